@@ -1,0 +1,131 @@
+"""Namespace, dtype and device bookkeeping shared by the whole core.
+
+Every public entry point calls these once, at the boundary, so that the
+numerical code below it can assume one namespace, one dtype and one device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+
+__all__ = [
+    "array_namespace",
+    "as_shape",
+    "check_array",
+    "device_of",
+    "namespace_name",
+    "prod",
+]
+
+
+def namespace_name(xp: Any) -> str:
+    """A short human name for an array namespace, used in error messages."""
+    name = getattr(xp, "__name__", repr(xp))
+    return name.removeprefix("array_api_compat.")
+
+
+def array_namespace(*arrays: Any, where: str = "kpflow") -> Any:
+    """Return the one array-API namespace of ``arrays``.
+
+    Raises
+    ------
+    TypeError
+        If the arrays come from two libraries; the message names both.
+    """
+    present = [a for a in arrays if a is not None and not isinstance(a, int | float | complex)]
+    if not present:
+        msg = f"{where}: expected at least one array, got none"
+        raise TypeError(msg)
+    spaces = []
+    for a in present:
+        try:
+            xp = array_api_compat.array_namespace(a)
+        except TypeError as err:
+            msg = f"{where}: expected an array-API array, got {type(a).__module__}.{type(a).__qualname__}"
+            raise TypeError(msg) from err
+        if all(xp is not s for s in spaces):
+            spaces.append(xp)
+    if len(spaces) > 1:
+        names = " and ".join(namespace_name(s) for s in spaces)
+        msg = f"{where}: arrays from two namespaces were mixed: {names}"
+        raise TypeError(msg)
+    return spaces[0]
+
+
+def device_of(x: Any) -> Any:
+    """The device of array ``x`` (array-api-compat's ``device``)."""
+    return array_api_compat.device(x)
+
+
+def prod(shape: Sequence[int]) -> int:
+    """The number of elements of a tensor of this shape (1 for ``()``)."""
+    return math.prod(shape)
+
+
+def as_shape(shape: Any, name: str, where: str) -> tuple[int, ...]:
+    """Validate and normalise a shape argument to a tuple of non-negative ints."""
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        out = tuple(int(s) for s in shape)
+    except TypeError as err:
+        msg = f"{where}: expected {name} to be a tuple of ints, got {shape!r}"
+        raise TypeError(msg) from err
+    if any(s < 0 for s in out) or any(int(s) != s for s in shape):
+        msg = f"{where}: expected {name} to hold non-negative ints, got {shape!r}"
+        raise ValueError(msg)
+    return out
+
+
+def check_array(
+    x: Any,
+    *,
+    xp: Any,
+    dtype: Any,
+    device: Any,
+    shape: tuple[int, ...] | None,
+    name: str,
+    where: str,
+    leading: int = 0,
+) -> None:
+    """Check that ``x`` has the namespace, dtype, device and shape expected.
+
+    ``leading`` is the number of free leading (batch) axes before ``shape``.
+
+    Raises
+    ------
+    TypeError
+        For a foreign namespace, another dtype or another device.
+    ValueError
+        For a wrong shape.
+    """
+    x_xp = array_namespace(x, where=where)
+    if x_xp is not xp:
+        msg = (
+            f"{where}: {name} comes from {namespace_name(x_xp)} but the operator works in "
+            f"{namespace_name(xp)}; mixing namespaces is not allowed"
+        )
+        raise TypeError(msg)
+    if x.dtype != dtype:
+        msg = (
+            f"{where}: expected {name} of dtype {dtype}, got {x.dtype}; "
+            "kpflow never casts silently, convert explicitly with xp.astype"
+        )
+        raise TypeError(msg)
+    x_dev = device_of(x)
+    if x_dev != device:
+        msg = f"{where}: {name} lives on device {x_dev} but the operator lives on {device}"
+        raise TypeError(msg)
+    if shape is not None:
+        got = tuple(x.shape)
+        if len(got) != leading + len(shape) or got[leading:] != shape:
+            lead = "(k, " if leading else "("
+            expected = lead + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 and not leading else ")")
+            if leading and not shape:
+                expected = "(k,)"
+            msg = f"{where}: expected {name} of shape {expected}, got {got}"
+            raise ValueError(msg)

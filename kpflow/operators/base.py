@@ -1,0 +1,244 @@
+"""The base class of every kpflow operator.
+
+A :class:`LinearOperator` is a linear map between tensor-shaped domains: it
+takes arrays of shape ``shape_in`` to arrays of shape ``shape_out``.  Its
+matrix is the array of shape ``(*shape_out, *shape_in)`` returned by
+:func:`todense`, flattened row-major on both sides.
+
+The class is deliberately small: subclasses implement the batched actions
+``_matmat`` and ``_rmatmat`` (a leading probe axis), and every derived
+operation (``todense``, ``adjoint``, ``partial_trace``, ``gram``, ...) is a
+:func:`functools.singledispatch` function in :mod:`kpflow.operators.functions`
+so that structured operators and downstream libraries can add exact rules
+without editing this file.
+"""
+
+from __future__ import annotations
+
+import abc
+import numbers
+from typing import Any
+
+from kpflow._array import array_namespace, check_array, device_of, namespace_name, prod
+
+__all__ = ["LinearOperator", "is_operator"]
+
+
+class LinearOperator(abc.ABC):
+    """A matrix-free linear map from arrays of shape ``shape_in`` to ``shape_out``.
+
+    Attributes
+    ----------
+    shape_in, shape_out : tuple of int
+        The tensor shapes of the domain and the codomain.
+    dtype
+        The one dtype of inputs and outputs (the namespace's dtype object).
+    device
+        The one device of inputs and outputs.
+    xp
+        The array-API namespace of inputs and outputs.
+
+    Notes
+    -----
+    Inputs are checked at this boundary: a wrong shape raises ``ValueError``,
+    another namespace, dtype or device raises ``TypeError``.  Nothing is ever
+    cast or moved silently.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> A = kpflow.Dense(xp.asarray([[2.0, 0.0], [1.0, 3.0]]))
+    >>> A.shape_in, A.shape_out
+    ((2,), (2,))
+    >>> A.matvec(xp.asarray([1.0, 1.0]))
+    Array([2., 4.], dtype=array_api_strict.float64)
+    """
+
+    def __init__(
+        self,
+        shape_in: tuple[int, ...],
+        shape_out: tuple[int, ...],
+        *,
+        xp: Any,
+        dtype: Any,
+        device: Any,
+    ) -> None:
+        self.shape_in = tuple(shape_in)
+        self.shape_out = tuple(shape_out)
+        self.xp = xp
+        self.dtype = dtype
+        self.device = device
+
+    # -- what subclasses implement ---------------------------------------------------------
+    @abc.abstractmethod
+    def _matmat(self, X: Any) -> Any:
+        """Apply to a block ``X`` of shape ``(k, *shape_in)``; return ``(k, *shape_out)``."""
+
+    @abc.abstractmethod
+    def _rmatmat(self, Y: Any) -> Any:
+        """Apply the adjoint to ``Y`` of shape ``(k, *shape_out)``; return ``(k, *shape_in)``."""
+
+    # -- the checked public actions --------------------------------------------------------
+    @property
+    def size_in(self) -> int:
+        """The dimension of the domain, ``prod(shape_in)``."""
+        return prod(self.shape_in)
+
+    @property
+    def size_out(self) -> int:
+        """The dimension of the codomain, ``prod(shape_out)``."""
+        return prod(self.shape_out)
+
+    def _check(self, x: Any, shape: tuple[int, ...], name: str, method: str, leading: int) -> None:
+        check_array(
+            x,
+            xp=self.xp,
+            dtype=self.dtype,
+            device=self.device,
+            shape=shape,
+            name=name,
+            where=f"{type(self).__name__}.{method}",
+            leading=leading,
+        )
+
+    def matvec(self, x: Any) -> Any:
+        """Return ``A x`` for ``x`` of shape ``shape_in``; the result has shape ``shape_out``."""
+        self._check(x, self.shape_in, "x", "matvec", 0)
+        return self._matmat(x[None, ...])[0, ...]
+
+    def rmatvec(self, y: Any) -> Any:
+        """Return ``Aᵀ y`` for ``y`` of shape ``shape_out``; the result has shape ``shape_in``."""
+        self._check(y, self.shape_out, "y", "rmatvec", 0)
+        return self._rmatmat(y[None, ...])[0, ...]
+
+    def matmat(self, X: Any) -> Any:
+        """Apply ``A`` to a block of ``k`` probes, ``(k, *shape_in) -> (k, *shape_out)``."""
+        self._check(X, self.shape_in, "X", "matmat", 1)
+        return self._matmat(X)
+
+    def rmatmat(self, Y: Any) -> Any:
+        """Apply ``Aᵀ`` to a block of ``k`` probes, ``(k, *shape_out) -> (k, *shape_in)``."""
+        self._check(Y, self.shape_out, "Y", "rmatmat", 1)
+        return self._rmatmat(Y)
+
+    # -- derived operations (dispatch functions, see kpflow.operators.functions) -----------
+    @property
+    def T(self) -> LinearOperator:
+        """The adjoint operator ``Aᵀ`` (structure is kept where a rule exists)."""
+        from kpflow.operators.functions import adjoint
+
+        return adjoint(self)
+
+    def todense(self) -> Any:
+        """The matrix of ``A`` as an array of shape ``(*shape_out, *shape_in)``."""
+        from kpflow.operators.functions import todense
+
+        return todense(self)
+
+    def reshape(self, shape_in: Any, shape_out: Any) -> LinearOperator:
+        """The same map seen on other tensor shapes of the same sizes."""
+        from kpflow.operators.functions import reshape
+
+        return reshape(self, shape_in, shape_out)
+
+    def partial_trace(self, axes: Any, *, mean: bool = False) -> LinearOperator:
+        """Trace out ``axes`` of a square operator (``shape_in == shape_out``)."""
+        from kpflow.operators.functions import partial_trace
+
+        return partial_trace(self, axes, mean=mean)
+
+    def gram(self) -> LinearOperator:
+        """The Gram operator ``A Aᵀ`` on ``shape_out``."""
+        from kpflow.operators.functions import gram
+
+        return gram(self)
+
+    # -- algebra ----------------------------------------------------------------------------
+    def __matmul__(self, other: Any) -> Any:
+        from kpflow.operators.algebra import compose
+
+        if isinstance(other, LinearOperator):
+            return compose(self, other)
+        return self.matvec(other)
+
+    def __add__(self, other: Any) -> LinearOperator:
+        from kpflow.operators.algebra import add
+
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return add(self, other)
+
+    def __sub__(self, other: Any) -> LinearOperator:
+        from kpflow.operators.algebra import add, scale
+
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return add(self, scale(-1.0, other))
+
+    def __neg__(self) -> LinearOperator:
+        from kpflow.operators.algebra import scale
+
+        return scale(-1.0, self)
+
+    def __mul__(self, c: Any) -> LinearOperator:
+        from kpflow.operators.algebra import scale
+
+        if not isinstance(c, numbers.Real):
+            return NotImplemented
+        return scale(float(c), self)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, c: Any) -> LinearOperator:
+        from kpflow.operators.algebra import scale
+
+        if not isinstance(c, numbers.Real):
+            return NotImplemented
+        if c == 0:
+            msg = f"{type(self).__name__}.__truediv__: cannot divide an operator by zero"
+            raise ZeroDivisionError(msg)
+        return scale(1.0 / float(c), self)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(shape_in={self.shape_in}, shape_out={self.shape_out}, "
+            f"dtype={self.dtype}, xp={namespace_name(self.xp)})"
+        )
+
+
+def is_operator(obj: Any) -> bool:
+    """Whether ``obj`` is a :class:`LinearOperator`.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> kpflow.operators.is_operator(kpflow.Diagonal(xp.ones(3)))
+    True
+    """
+    return isinstance(obj, LinearOperator)
+
+
+def meta_of_array(a: Any, where: str) -> dict[str, Any]:
+    """The ``xp``, ``dtype`` and ``device`` keyword arguments describing array ``a``."""
+    return {"xp": array_namespace(a, where=where), "dtype": a.dtype, "device": device_of(a)}
+
+
+def common_meta(ops: list[LinearOperator], where: str) -> dict[str, Any]:
+    """The shared metadata of several operators; mismatches raise ``TypeError`` naming both."""
+    first = ops[0]
+    for op in ops[1:]:
+        if op.xp is not first.xp:
+            msg = (
+                f"{where}: operators from two namespaces were mixed: "
+                f"{namespace_name(first.xp)} and {namespace_name(op.xp)}"
+            )
+            raise TypeError(msg)
+        if op.dtype != first.dtype:
+            msg = f"{where}: operators of two dtypes were mixed: {first.dtype} and {op.dtype}"
+            raise TypeError(msg)
+        if op.device != first.device:
+            msg = f"{where}: operators on two devices were mixed: {first.device} and {op.device}"
+            raise TypeError(msg)
+    return {"xp": first.xp, "dtype": first.dtype, "device": first.device}

@@ -1,0 +1,172 @@
+"""Shared fixtures: the backend × dtype matrix, hypothesis profiles, helpers.
+
+Backends: every built-in CPU backend that is installed, always including
+array_api_strict (on its non-default ``device1``, so that a hidden host
+transfer fails).  Narrow them with ``KPFLOW_TEST_BACKENDS=numpy,torch``.
+cupy joins when a GPU is visible.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=25,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    max_examples=10,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("KPFLOW_HYPOTHESIS_PROFILE", "ci"))
+
+ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
+
+
+def _gpu_visible() -> bool:
+    if find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _selected_backends() -> list[str]:
+    env = os.environ.get("KPFLOW_TEST_BACKENDS")
+    if env:
+        names = [n.strip() for n in env.split(",") if n.strip()]
+        unknown = set(names) - set(ALL_BACKENDS)
+        if unknown:
+            msg = f"KPFLOW_TEST_BACKENDS names unknown backends {sorted(unknown)}; known: {ALL_BACKENDS}"
+            raise pytest.UsageError(msg)
+    else:
+        names = [n for n in ALL_BACKENDS if n != "cupy" and find_spec(n) is not None]
+        if "array_api_strict" not in names:
+            names.append("array_api_strict")
+        if _gpu_visible():
+            names.append("cupy")
+    return names
+
+
+BACKENDS = _selected_backends()
+
+if "jax" in BACKENDS and find_spec("jax") is not None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # tests only; the library never does this
+
+RTOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+@dataclass
+class Case:
+    """One backend and dtype: make arrays there and read them back for comparison."""
+
+    name: str
+    xp: Any
+    dtype_name: str
+    device: Any
+
+    @property
+    def dtype(self) -> Any:
+        return getattr(self.xp, self.dtype_name)
+
+    @property
+    def rtol(self) -> float:
+        return RTOL[self.dtype_name]
+
+    def asarray(self, a: Any) -> Any:
+        """A host numpy array (or nested list) as this case's array, dtype and device."""
+        from kpflow.backends import get_backend
+
+        return get_backend(self.name).from_host(np.asarray(a, dtype=np.float64), dtype=self.dtype, device=self.device)
+
+    def randn(self, *shape: int, seed: int = 0) -> Any:
+        return self.asarray(np.random.default_rng(seed).standard_normal(shape))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """Copy ``x`` to a host numpy float64 array (tests only)."""
+        if self.name == "array_api_strict":
+            x = self.xp.asarray(x, device=self.xp.Device("CPU_DEVICE"))
+            return np.asarray(x, dtype=np.float64)
+        if self.name == "torch":
+            return x.detach().cpu().numpy().astype(np.float64)
+        if self.name == "cupy":
+            return x.get().astype(np.float64)
+        return np.asarray(x, dtype=np.float64)
+
+    def assert_close(self, got: Any, expected: Any, *, rtol: float | None = None, scale: float | None = None) -> None:
+        """Relative Frobenius agreement, after checking namespace, dtype and device of ``got``."""
+        check_meta(self, got)
+        g = self.to_numpy(got)
+        e = self.to_numpy(expected) if not isinstance(expected, np.ndarray) else expected
+        assert g.shape == e.shape, f"shape {g.shape} != {e.shape}"
+        tol = self.rtol if rtol is None else rtol
+        denom = max(float(np.linalg.norm(e)), scale or 0.0, 1e-300)
+        err = float(np.linalg.norm(g - e)) / denom
+        assert err <= tol, f"relative error {err:.3e} > {tol:.1e}"
+
+
+def check_meta(case: Case, x: Any) -> None:
+    """``x`` is in ``case``'s namespace, dtype and device."""
+    from array_api_compat import array_namespace, device
+
+    assert array_namespace(x) is case.xp, f"namespace {array_namespace(x)} is not {case.xp}"
+    assert x.dtype == case.dtype, f"dtype {x.dtype} is not {case.dtype}"
+    assert device(x) == case.device, f"device {device(x)} is not {case.device}"
+
+
+def _make_case(name: str, dtype_name: str) -> Case:
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(name)
+    xp = adapter.namespace()
+    if name == "array_api_strict":
+        device = xp.Device("device1")
+    else:
+        device = adapter.default_device()
+    return Case(name, xp, dtype_name, device)
+
+
+@pytest.fixture(params=BACKENDS, scope="session")
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=["float64", "float32"], scope="session")
+def dtype_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def case(backend_name: str, dtype_name: str) -> Case:
+    """A backend × dtype pair (all backends, float64 and float32)."""
+    return _make_case(backend_name, dtype_name)
+
+
+@pytest.fixture(scope="session")
+def case64(backend_name: str) -> Case:
+    """A backend in float64 only (for exactness tests)."""
+    return _make_case(backend_name, "float64")
+
+
+@pytest.fixture(scope="session")
+def xp(case: Case) -> Any:
+    """The array namespace of the current case."""
+    return case.xp

@@ -28,8 +28,11 @@ class ArrayApiStrictBackend(Backend):
     name = "array_api_strict"
 
     def owns(self, x: Any) -> bool:
-        mod = sys.modules.get("array_api_strict")
-        return mod is not None and isinstance(x, mod.Array)
+        if "array_api_strict" not in sys.modules:
+            return False
+        from array_api_strict._array_object import Array
+
+        return isinstance(x, Array)
 
     def namespace(self) -> Any:
         import array_api_strict

@@ -115,7 +115,8 @@ class Case:
         """Relative Frobenius agreement, after checking namespace, dtype and device of ``got``."""
         check_meta(self, got)
         g = self.to_numpy(got)
-        e = self.to_numpy(expected) if not isinstance(expected, np.ndarray) else expected
+        host = isinstance(expected, np.ndarray | np.generic | float | int | list)
+        e = np.asarray(expected, dtype=np.float64) if host else self.to_numpy(expected)
         assert g.shape == e.shape, f"shape {g.shape} != {e.shape}"
         tol = self.rtol if rtol is None else rtol
         denom = max(float(np.linalg.norm(e)), scale or 0.0, 1e-300)

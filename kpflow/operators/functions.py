@@ -339,7 +339,8 @@ class PartialTrace(LinearOperator):
     --------
     >>> import array_api_strict as xp
     >>> import kpflow
-    >>> A = kpflow.operators.Adjoint(kpflow.Dense(xp.reshape(xp.arange(16.0), (2, 2, 2, 2))))
+    >>> M = xp.reshape(xp.arange(16.0), (2, 2, 2, 2))
+    >>> A = kpflow.operators.Adjoint(kpflow.Dense(M, shape_in=(2, 2)))
     >>> kpflow.operators.PartialTrace(A, (0,)).shape_in
     (2,)
     """
@@ -402,7 +403,8 @@ def _(op: Identity, traced: tuple[int, ...]) -> LinearOperator:
 def _(op: Diagonal, traced: tuple[int, ...]) -> LinearOperator:
     if not traced:
         return op
-    return Diagonal(op.xp.sum(op.array, axis=traced))
+    # numpy reductions to 0-d give a numpy scalar; asarray keeps it an array.
+    return Diagonal(op.xp.asarray(op.xp.sum(op.array, axis=traced)))
 
 
 @_partial_trace.register

@@ -1,0 +1,50 @@
+"""Developer sessions: tests per backend, lint, types, docs.
+
+torch is always installed with the CPU pin below: an unpinned torch pulls a
+multi-GB CUDA build.  The pin lives here and in .ci/run, never in the package
+metadata.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "types"]
+nox.options.default_venv_backend = "virtualenv"
+
+TORCH_PIN = "torch==2.13.0"
+BACKENDS = ["numpy", "array_api_strict", "torch", "jax"]
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """Run the test suite on one backend (array_api_strict always rides along)."""
+    session.install("-e", ".[test]")
+    if backend == "torch":
+        session.install(TORCH_PIN)
+    elif backend == "jax":
+        session.install("jax")
+    selected = backend if backend == "array_api_strict" else f"{backend},array_api_strict"
+    session.run("python", "-m", "pytest", *session.posargs, env={"KPFLOW_TEST_BACKENDS": selected})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check over the whole tree."""
+    session.install("ruff")
+    session.run("ruff", "check", "kpflow", "backends", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy on the core and the adapters."""
+    session.install("-e", ".", "mypy", TORCH_PIN, "jax")
+    session.run("mypy", "kpflow", "backends")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Run every example in docs/ (the docs build is plain Markdown for now)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "--doctest-glob=*.md", "docs", "-p", "no:cacheprovider")

@@ -2,6 +2,4 @@
 
 from importlib.util import find_spec
 
-collect_ignore = [
-    f"backends/{name}.py" for name in ("torch", "jax", "cupy") if find_spec(name) is None
-]
+collect_ignore = [f"backends/{name}.py" for name in ("torch", "jax", "cupy") if find_spec(name) is None]

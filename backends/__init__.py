@@ -105,8 +105,7 @@ def get_backend(x: Any) -> Backend:
         if adapter.owns(x):
             return adapter
     msg = (
-        f"get_backend: no kpflow backend handles objects of type "
-        f"{type(x).__module__}.{type(x).__qualname__}"
+        f"get_backend: no kpflow backend handles objects of type {type(x).__module__}.{type(x).__qualname__}"
     )
     raise TypeError(msg)
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-
 from kpflow.backends._base import Backend
 
 __all__ = ["JaxBackend", "adapter"]

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from kpflow.backends._base import Backend
 
 __all__ = ["TorchBackend", "adapter"]
@@ -49,10 +48,12 @@ class TorchBackend(Backend):
 
     def jvp(self, f: Callable, primals: tuple, tangents: tuple) -> tuple[Any, Any]:
         # torch accepts mismatched tangent dtypes silently; kpflow makes them match.
-        return torch.func.jvp(f, tuple(primals), _match_dtype(tuple(tangents), tuple(primals)))
+        result = torch.func.jvp(f, tuple(primals), _match_dtype(tuple(tangents), tuple(primals)))
+        return result[0], result[1]
 
     def vjp(self, f: Callable, *primals: Any) -> tuple[Any, Callable]:
-        return torch.func.vjp(f, *primals)
+        result = torch.func.vjp(f, *primals)
+        return result[0], result[1]
 
     def vmap(self, f: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
         return torch.func.vmap(f, in_dims=in_axes, out_dims=out_axes)

@@ -40,7 +40,7 @@ def array_namespace(*arrays: Any, where: str = "kpflow") -> Any:
     if not present:
         msg = f"{where}: expected at least one array, got none"
         raise TypeError(msg)
-    spaces = []
+    spaces: list[Any] = []
     for a in present:
         try:
             xp = array_api_compat.array_namespace(a)
@@ -124,7 +124,9 @@ def check_array(
         got = tuple(x.shape)
         if len(got) != leading + len(shape) or got[leading:] != shape:
             lead = "(k, " if leading else "("
-            expected = lead + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 and not leading else ")")
+            expected = (
+                lead + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 and not leading else ")")
+            )
             if leading and not shape:
                 expected = "(k,)"
             msg = f"{where}: expected {name} of shape {expected}, got {got}"

@@ -95,7 +95,9 @@ class Case:
         """A host numpy array (or nested list) as this case's array, dtype and device."""
         from kpflow.backends import get_backend
 
-        return get_backend(self.name).from_host(np.asarray(a, dtype=np.float64), dtype=self.dtype, device=self.device)
+        return get_backend(self.name).from_host(
+            np.asarray(a, dtype=np.float64), dtype=self.dtype, device=self.device
+        )
 
     def randn(self, *shape: int, seed: int = 0) -> Any:
         return self.asarray(np.random.default_rng(seed).standard_normal(shape))
@@ -111,7 +113,9 @@ class Case:
             return x.get().astype(np.float64)
         return np.asarray(x, dtype=np.float64)
 
-    def assert_close(self, got: Any, expected: Any, *, rtol: float | None = None, scale: float | None = None) -> None:
+    def assert_close(
+        self, got: Any, expected: Any, *, rtol: float | None = None, scale: float | None = None
+    ) -> None:
         """Relative Frobenius agreement, after checking namespace, dtype and device of ``got``."""
         check_meta(self, got)
         g = self.to_numpy(got)

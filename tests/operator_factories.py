@@ -91,7 +91,9 @@ def _(case, seed):
 
 @register("difference")
 def _(case, seed):
-    return _dense(case, (3,), (2,), seed) - kpflow.Projector(case.randn(2, seed=seed), case.randn(3, seed=seed + 3))
+    return _dense(case, (3,), (2,), seed) - kpflow.Projector(
+        case.randn(2, seed=seed), case.randn(3, seed=seed + 3)
+    )
 
 
 @register("scaled")
@@ -101,7 +103,11 @@ def _(case, seed):
 
 @register("composition")
 def _(case, seed):
-    return _dense(case, (2,), (3,), seed) @ kpflow.Diagonal(case.randn(3, seed=seed + 1)) @ _dense(case, (3,), (4,), seed + 2)
+    return (
+        _dense(case, (2,), (3,), seed)
+        @ kpflow.Diagonal(case.randn(3, seed=seed + 1))
+        @ _dense(case, (3,), (4,), seed + 2)
+    )
 
 
 @register("reshaped")
@@ -133,4 +139,3 @@ def _(case, seed):
 def dense_matrix(case: Any, op: kpflow.LinearOperator) -> np.ndarray:
     """The operator's matrix on the host, (size_out, size_in), float64."""
     return case.to_numpy(op.todense()).reshape(op.size_out, op.size_in)
-

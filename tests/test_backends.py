@@ -1,4 +1,4 @@
-"""Adapters: lookup by array and name, lazy imports, SPEC 7 randomness, autodiff availability, outputs stay put."""
+"""Adapters: lookup by array and name, lazy imports, SPEC 7 randomness, autodiff, outputs stay put."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from importlib.util import find_spec
 
 import numpy as np
 import pytest
+from kpflow.backends import AutodiffUnavailableError, get_backend, random_normal, random_rademacher
 
 import kpflow
-from kpflow.backends import AutodiffUnavailableError, get_backend, random_normal, random_rademacher
 from tests.conftest import check_meta
 from tests.operator_factories import FACTORIES
 
@@ -48,9 +48,15 @@ def test_bad_rng_type_raises():
 def test_backends_without_autodiff_say_which_have_it(name):
     adapter = get_backend(name)
     assert not adapter.has_autodiff
-    for call in (lambda: adapter.vjp(np.sin, 1.0), lambda: adapter.jacrev(np.sin), lambda: adapter.vmap(np.sin),
-                 lambda: adapter.jvp(np.sin, (1.0,), (1.0,))):
-        with pytest.raises(AutodiffUnavailableError, match=f"the {name} backend has no automatic differentiation.*torch, jax"):
+    for call in (
+        lambda: adapter.vjp(np.sin, 1.0),
+        lambda: adapter.jacrev(np.sin),
+        lambda: adapter.vmap(np.sin),
+        lambda: adapter.jvp(np.sin, (1.0,), (1.0,)),
+    ):
+        with pytest.raises(
+            AutodiffUnavailableError, match=f"the {name} backend has no automatic differentiation.*torch, jax"
+        ):
             call()
 
 
@@ -72,18 +78,20 @@ def test_autodiff_backends_agree_on_jvp_and_vjp(case64):
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_outputs_keep_namespace_dtype_and_device(case, name):
     A = FACTORIES[name](case, 0)
-    for out in (A.matvec(case.randn(*A.shape_in)), A.rmatmat(case.randn(2, *A.shape_out)), A.todense(), A.T.todense()):
+    for out in (
+        A.matvec(case.randn(*A.shape_in)),
+        A.rmatmat(case.randn(2, *A.shape_out)),
+        A.todense(),
+        A.T.todense(),
+    ):
         check_meta(case, out)
 
 
 def test_importing_kpflow_imports_no_framework():
     code = (
-        "import sys, kpflow, kpflow.operators, kpflow.backends\n"
-        "import importlib.util\n"
-        "for sub in ('linalg', 'models', 'ntk'):\n"
-        "    if importlib.util.find_spec('kpflow.' + sub): __import__('kpflow.' + sub)\n"
-        "heavy = [m for m in ('torch', 'jax', 'cupy', 'scipy', 'matplotlib', 'tensorflow') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
+        "import sys, kpflow, kpflow.operators, kpflow.backends, kpflow.linalg, kpflow.models, kpflow.ntk\n"
+        "heavy = ('torch', 'jax', 'cupy', 'scipy', 'matplotlib', 'tensorflow')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"import kpflow imported: {out.stdout.strip()}"

@@ -65,8 +65,12 @@ def test_transpose_is_an_involution_and_matches_dense(case, name):
     M = dense_matrix(case, A)
     AT = A.T
     assert AT.shape_in == A.shape_out and AT.shape_out == A.shape_in
-    np.testing.assert_allclose(dense_matrix(case, AT), M.T, rtol=0, atol=10 * case.rtol * (np.abs(M).max() + 1))
-    np.testing.assert_allclose(dense_matrix(case, AT.T), M, rtol=0, atol=10 * case.rtol * (np.abs(M).max() + 1))
+    np.testing.assert_allclose(
+        dense_matrix(case, AT), M.T, rtol=0, atol=10 * case.rtol * (np.abs(M).max() + 1)
+    )
+    np.testing.assert_allclose(
+        dense_matrix(case, AT.T), M, rtol=0, atol=10 * case.rtol * (np.abs(M).max() + 1)
+    )
 
 
 def test_composition_transpose_reverses_order(case):
@@ -136,7 +140,11 @@ def test_partial_trace_matches_dense_reference(case, dims, data):
     case.assert_close(got, expected.reshape(got.shape), scale=1.0)
     # The dense rule and the Kronecker rule agree with the same reference.
     D = kpflow.Dense(case.randn(*shape, *shape, seed=seed), shape_in=shape)
-    case.assert_close(D.partial_trace(traced).todense(), _np_partial_trace(case.to_numpy(D.todense()), shape, traced).reshape(got.shape), scale=1.0)
+    case.assert_close(
+        D.partial_trace(traced).todense(),
+        _np_partial_trace(case.to_numpy(D.todense()), shape, traced).reshape(got.shape),
+        scale=1.0,
+    )
     K = kpflow.kron(D, kpflow.Diagonal(case.randn(2, seed=seed + 1)))
     kt = traced + (len(shape),)
     ref = _np_partial_trace(case.to_numpy(K.todense()), (*shape, 2), kt)

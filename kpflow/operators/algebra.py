@@ -129,9 +129,7 @@ class Composition(LinearOperator):
                     f"{left.shape_in} after one with output shape {right.shape_out}"
                 )
                 raise ValueError(msg)
-        super().__init__(
-            factors[-1].shape_in, factors[0].shape_out, **common_meta(factors, "Composition")
-        )
+        super().__init__(factors[-1].shape_in, factors[0].shape_out, **common_meta(factors, "Composition"))
         self.factors = tuple(factors)
 
     def _matmat(self, X: Any) -> Any:
@@ -203,7 +201,8 @@ class Gram(LinearOperator):
     def _matmat(self, X: Any) -> Any:
         return self.factor._matmat(self.factor._rmatmat(X))
 
-    _rmatmat = _matmat
+    def _rmatmat(self, Y: Any) -> Any:
+        return self._matmat(Y)
 
 
 def add(*ops: LinearOperator) -> LinearOperator:

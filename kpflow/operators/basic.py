@@ -131,7 +131,8 @@ class Diagonal(LinearOperator):
     def _matmat(self, X: Any) -> Any:
         return self.array[None, ...] * X
 
-    _rmatmat = _matmat
+    def _rmatmat(self, Y: Any) -> Any:
+        return self._matmat(Y)
 
 
 class Projector(LinearOperator):

@@ -135,13 +135,12 @@ def _(op: Kronecker) -> bool:
     return is_symmetric(op.A) and is_symmetric(op.B)
 
 
-def _factor_trace(op: LinearOperator, traced: tuple[int, ...]) -> tuple[float | None, LinearOperator | None]:
-    """Partial trace of one factor; a fully traced factor becomes a scalar."""
-    if len(traced) == len(op.shape_in) and traced:
-        xp = op.xp
-        t = _partial_trace(op, traced)  # the 1×1 operator holding tr(op)
-        return float(xp.reshape(todense(t), ())), None
-    return None, _partial_trace(op, traced)
+def _factor_trace(op: LinearOperator, traced: tuple[int, ...]) -> LinearOperator | float:
+    """Partial trace of one factor; a fully traced factor becomes its trace, a float."""
+    if traced and len(traced) == len(op.shape_in):
+        one_by_one = _partial_trace(op, traced)  # the 1×1 operator holding tr(op)
+        return float(op.xp.reshape(todense(one_by_one), ()))
+    return _partial_trace(op, traced)
 
 
 @_partial_trace.register
@@ -149,15 +148,13 @@ def _(op: Kronecker, traced: tuple[int, ...]) -> LinearOperator:
     if not traced:
         return op
     na = len(op.A.shape_in)
-    ta = tuple(a for a in traced if a < na)
-    tb = tuple(a - na for a in traced if a >= na)
-    ca, A = _factor_trace(op.A, ta)
-    cb, B = _factor_trace(op.B, tb)
-    if A is None and B is None:
-        total = op.xp.asarray(ca * cb, dtype=op.dtype, device=op.device)
-        return Dense(op.xp.reshape(total, ()), shape_in=())
-    if A is None:
-        return scale(ca, B)
-    if B is None:
-        return scale(cb, A)
-    return Kronecker(A, B)
+    A = _factor_trace(op.A, tuple(a for a in traced if a < na))
+    B = _factor_trace(op.B, tuple(a - na for a in traced if a >= na))
+    if isinstance(A, LinearOperator) and isinstance(B, LinearOperator):
+        return Kronecker(A, B)
+    if isinstance(A, LinearOperator):
+        return scale(float(B), A)  # type: ignore[arg-type]
+    if isinstance(B, LinearOperator):
+        return scale(A, B)
+    total = op.xp.asarray(A * B, dtype=op.dtype, device=op.device)
+    return Dense(op.xp.reshape(total, ()), shape_in=())

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from kpflow.backends._base import Backend
 
-__all__ = ["TorchBackend", "adapter"]
+__all__ = ["TorchBackend", "adapter", "from_module"]
 
 
 def _match_dtype(tangents: tuple, primals: tuple) -> tuple:
@@ -63,3 +63,161 @@ class TorchBackend(Backend):
 
 
 adapter = TorchBackend()
+
+
+_RECURRENT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _check_recurrent_module(module: Any, where: str) -> str:
+    """The kpflow model kind of ``module`` (``"RNN"``, ``"GRU"``, ``"LSTM"``), or an error."""
+    nn = torch.nn
+    if isinstance(module, nn.LSTM):
+        kind = "LSTM"
+    elif isinstance(module, nn.GRU):
+        kind = "GRU"
+    elif isinstance(module, nn.RNN):
+        kind = "RNN"
+    else:
+        msg = (
+            f"{where}: expected module to be a torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM, "
+            f"got {type(module).__name__}"
+        )
+        raise TypeError(msg)
+    unsupported = []
+    if module.num_layers != 1:
+        unsupported.append(f"num_layers={module.num_layers} (kpflow maps one layer; use num_layers=1)")
+    if not module.batch_first:
+        unsupported.append("batch_first=False (kpflow takes x as (B, T, n_in); use batch_first=True)")
+    if module.bidirectional:
+        unsupported.append("bidirectional=True (kpflow maps unidirectional cells only)")
+    if getattr(module, "proj_size", 0):
+        unsupported.append(f"proj_size={module.proj_size} (kpflow's LSTM has no projection; use 0)")
+    if unsupported:
+        msg = f"{where}: unsupported {type(module).__name__} setting(s): " + "; ".join(unsupported)
+        raise ValueError(msg)
+    return kind
+
+
+def _same_meta(tensors: dict[str, Any], reference: Any, what: str, where: str) -> None:
+    for name, tensor in tensors.items():
+        if tensor.dtype != reference.dtype or tensor.device != reference.device:
+            msg = (
+                f"{where}: {what} {name!r} is {tensor.dtype} on {tensor.device}, but the recurrent "
+                f"module's weights are {reference.dtype} on {reference.device}; convert both alike "
+                "(e.g. module.double(), readout.double())"
+            )
+            raise TypeError(msg)
+
+
+def from_module(module: Any, readout: Any = None, *, detach: bool = False) -> tuple[Any, ...]:
+    """A kpflow model and parameters that share a ``torch.nn`` recurrent module's weights.
+
+    Maps ``torch.nn.RNN`` (tanh or relu), ``torch.nn.GRU`` and ``torch.nn.LSTM`` to
+    :class:`kpflow.models.RNN`, :class:`kpflow.models.gru.GRU` and
+    :class:`kpflow.models.lstm.LSTM` (same equations, gate order and parameter names), and
+    optionally a ``torch.nn.Linear`` readout y = C z + c to :class:`kpflow.models.Linear`.
+
+    Parameters
+    ----------
+    module : torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM
+        One layer, ``batch_first=True``, unidirectional (and ``proj_size=0`` for the LSTM).
+    readout : torch.nn.Linear, optional
+        A readout with ``in_features == module.hidden_size``, of the module's dtype and
+        device.  For the LSTM it reads h (the first H of the kpflow state [h; c]).
+    detach : bool
+        False (default): the params are the module's ``nn.Parameter`` objects themselves,
+        so in-place updates (an optimizer step) show through and gradients of anything
+        computed from them flow into ``module.weight_*.grad``.  True: detached views
+        (``p.detach()``) on the same storage: updates show through, no autograd graph is
+        recorded (cheaper for analysis; equivalent to working under ``torch.no_grad()``).
+
+    Returns
+    -------
+    (model, params) without ``readout``, or (model, params, readout_model, readout_params)
+        ``params`` maps kpflow's (PyTorch's) names ``weight_ih`` (G·H, n_in), ``weight_hh``
+        (G·H, H), ``bias_ih`` (G·H,), ``bias_hh`` (G·H,) to the module's ``*_l0`` tensors
+        (G = 1, 3, 4 for RNN, GRU, LSTM; no biases when ``bias=False``).
+        ``readout_params`` maps ``weight`` C (n_out, H) and ``bias`` c (n_out,) to the
+        readout's tensors.  No tensor is copied: every one shares its module tensor's
+        storage (same ``data_ptr()``).
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not one of the three cells, ``readout`` is not a
+        ``torch.nn.Linear``, or the readout's dtype or device differs from the module's.
+    ValueError
+        For an unsupported setting (``num_layers != 1``, ``batch_first=False``,
+        ``bidirectional=True``, ``proj_size > 0``), naming it, or a readout whose
+        ``in_features`` is not the module's ``hidden_size``.
+
+    Notes
+    -----
+    ``model.run(params, x, h0)`` then reproduces ``module(x, h0)``: ``traj.states`` (B, T, H)
+    equals the module's output sequence (for the LSTM, ``traj.states[..., :H]`` does; the
+    kpflow state is [h; c], width 2H).  torch passes h0 with a leading layer axis,
+    (1, B, H); kpflow takes ``h0[0]`` of shape (B, H), and for the LSTM the pair
+    ``(h0[0], c0[0])`` or their concatenation (B, 2H).  With ``detach=True`` on CUDA, call
+    ``module.flatten_parameters()`` first, since it may move the weights to new storage.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.backends.torch import from_module
+    >>> _ = torch.manual_seed(0)
+    >>> gru = torch.nn.GRU(2, 3, batch_first=True, dtype=torch.float64)
+    >>> model, params = from_module(gru)
+    >>> params["weight_hh"].data_ptr() == gru.weight_hh_l0.data_ptr()
+    True
+    >>> x = torch.randn(4, 5, 2, dtype=torch.float64)
+    >>> with torch.no_grad():
+    ...     traj = model.run(params, x)
+    ...     bool(torch.allclose(traj.states, gru(x)[0], rtol=0, atol=1e-14))
+    True
+    >>> ntk.global_ntk(traj).shape_in
+    (4, 5, 3)
+    """
+    where = "kpflow.backends.torch.from_module"
+    kind = _check_recurrent_module(module, where)
+    from kpflow.models.gru import GRU
+    from kpflow.models.linear import Linear
+    from kpflow.models.lstm import LSTM
+    from kpflow.models.rnn import RNN
+
+    n_in, n_hidden, bias = int(module.input_size), int(module.hidden_size), bool(module.bias)
+    model: Any
+    if kind == "RNN":
+        nonlinearity = "tanh" if module.mode == "RNN_TANH" else "relu"
+        model = RNN(n_in, n_hidden, nonlinearity=nonlinearity, bias=bias)
+    elif kind == "GRU":
+        model = GRU(n_in, n_hidden, bias=bias)
+    else:
+        model = LSTM(n_in, n_hidden, bias=bias)
+
+    def share(t: Any) -> Any:
+        return t.detach() if detach else t
+
+    names = _RECURRENT_NAMES if bias else _RECURRENT_NAMES[:2]
+    params = {name: share(getattr(module, f"{name}_l0")) for name in names}
+    reference = params["weight_hh"]
+    _same_meta(params, reference, "the weight", where)
+    if readout is None:
+        return model, params
+
+    if not isinstance(readout, torch.nn.Linear):
+        msg = f"{where}: expected readout to be a torch.nn.Linear or None, got {type(readout).__name__}"
+        raise TypeError(msg)
+    if readout.in_features != n_hidden:
+        msg = (
+            f"{where}: expected readout.in_features to equal the module's hidden_size={n_hidden}, "
+            f"got {readout.in_features}"
+        )
+        raise ValueError(msg)
+    has_bias = readout.bias is not None
+    readout_model = Linear(n_hidden, int(readout.out_features), bias=has_bias)
+    readout_params = {"weight": share(readout.weight)}
+    if has_bias:
+        readout_params["bias"] = share(readout.bias)
+    _same_meta(readout_params, reference, "the readout's", where)
+    return model, params, readout_model, readout_params

@@ -1,10 +1,33 @@
 """kpflow: the global empirical neural tangent kernel, factorised as NTK_S = P K Pᵀ.
 
-The core is pure array-API code: it runs on numpy, array-api-strict, torch,
-jax and cupy, and importing it imports none of the frameworks.
+- :mod:`kpflow.operators`: matrix-free linear operators on tensor domains and their algebra;
+- :mod:`kpflow.linalg`: randomized matrix-free linear algebra (trace, eigsh, effective rank);
+- :mod:`kpflow.models`: built-in models (RNN, LeakyRNN, GRU, LSTM, MLP, Linear) and their sites;
+- :mod:`kpflow.ntk`: K (parameter kernel), P (propagator), NTK_S = P K Pᵀ, output NTK,
+  dense autodiff references;
+- :mod:`kpflow.analysis`: workflows such as the spectrum report of ``kpflow spectrum``.
+
+The core is pure array-API code: it runs on numpy, array-api-strict, torch, jax and
+cupy, and importing it imports none of the frameworks.
+
+Examples
+--------
+>>> import array_api_strict as xp
+>>> import kpflow
+>>> model = kpflow.models.RNN(2, 3)
+>>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((2, 4, 2)))
+>>> kpflow.global_ntk(traj).shape_in
+(2, 4, 3)
 """
 
-from kpflow import operators
+from kpflow import analysis, linalg, models, ntk, operators
+from kpflow.ntk import (
+    dense_global_ntk,
+    global_ntk,
+    output_ntk,
+    parameter_kernel,
+    propagator,
+)
 from kpflow.operators import (
     Dense,
     Diagonal,
@@ -25,6 +48,15 @@ __all__ = [
     "LinearOperator",
     "Projector",
     "__version__",
+    "analysis",
+    "dense_global_ntk",
+    "global_ntk",
     "kron",
+    "linalg",
+    "models",
+    "ntk",
     "operators",
+    "output_ntk",
+    "parameter_kernel",
+    "propagator",
 ]

@@ -1,0 +1,5 @@
+"""``python -m kpflow`` runs the ``kpflow`` command line."""
+
+from kpflow.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Randomized, matrix-free linear algebra on kpflow operators.
+
+Everything here runs on the operator's own backend, dtype and device, counts
+the operator-vector products it uses, and takes
+``rng: int | numpy.random.Generator | None`` (SPEC 7).
+
+=======================  ===================================================================
+function                 what
+=======================  ===================================================================
+:func:`trace`            ``tr A``: exact, Hutchinson, Hutch++, XTrace, XNysTrace
+:func:`eigsh`            top-k eigenpairs: structured rule, dense, block Lanczos, Nyström
+:func:`svds`             top-k singular triplets via the smaller of ``AAᵀ`` and ``AᵀA``
+:func:`fro_norm`         ``‖A‖_F``
+:func:`alignment`        ``⟨A, B⟩_F / (‖A‖_F ‖B‖_F)``
+:func:`effective_rank`   participation ratio ``tr(M)²/tr(M²)``, globally or along axes
+:func:`to_scipy`         a ``scipy.sparse.linalg.LinearOperator`` (numpy operators only)
+=======================  ===================================================================
+
+Exact structured rules are single-dispatch functions in
+:mod:`kpflow.linalg.rules`; register one for a new operator type with
+``rules.exact_trace.register(MyOperator)`` (likewise ``exact_fro_norm``,
+``exact_inner``, ``exact_eigsh``, ``is_psd``) without editing kpflow.
+
+Examples
+--------
+>>> import array_api_strict as xp
+>>> import kpflow
+>>> from kpflow import linalg
+>>> A = kpflow.kron(kpflow.Diagonal(xp.asarray([2.0, 1.0])), kpflow.Identity((3,), like=xp.zeros(1)))
+>>> float(linalg.trace(A)), round(float(linalg.effective_rank(A)), 12)
+(9.0, 5.4)
+>>> linalg.eigsh(A, 4).eigenvalues
+Array([2., 2., 2., 1.], dtype=array_api_strict.float64)
+"""
+
+from kpflow.linalg import rules
+from kpflow.linalg._common import DENSE_LIMIT, EighResult, ScalarResult, SvdResult
+from kpflow.linalg.eig import eigsh, svds
+from kpflow.linalg.norms import alignment, effective_rank, fro_norm
+from kpflow.linalg.scipy_bridge import to_scipy
+from kpflow.linalg.trace import trace
+
+__all__ = [
+    "DENSE_LIMIT",
+    "EighResult",
+    "ScalarResult",
+    "SvdResult",
+    "alignment",
+    "effective_rank",
+    "eigsh",
+    "fro_norm",
+    "rules",
+    "svds",
+    "to_scipy",
+    "trace",
+]

@@ -1,0 +1,483 @@
+"""Frobenius norm, alignment and effective rank (participation ratio) of operators.
+
+Cost comparison (``m`` = budget of products with the operator(s)):
+
+* ``fro_norm``: exact from a rule, or ``min(n_in, n_out)`` unit probes; otherwise Hutch++ on
+  ``‖A‖²_F = tr(AᵀA)`` deflated by a sketch of A's range (or plain Hutchinson).
+* ``alignment``: exact from rules for ``⟨A,B⟩_F`` and both norms, or ``2 n_in`` unit probes;
+  otherwise polarisation ``⟨A,B⟩ = (‖A+B‖² − ‖A−B‖²)/4`` and the two norms, from four
+  independent Hutch++ estimates.
+* ``effective_rank``: exact from rules for ``tr`` and ``‖·‖_F`` of ``A`` (or of its exact
+  partial trace), or ``n`` unit probes; otherwise ``t₁ t₂ / f²`` with two independent trace
+  estimates and an independent ``f² ≈ tr(M²)``.
+
+Ratios of estimates use independent probes for numerator and denominator
+(the numerator ``tr(M)²`` as a product of two independent unbiased trace
+estimates), so that no correlation biases them; the ratio itself still has
+the usual ``O(1/m)`` ratio bias, much smaller than its standard error.
+With ``keep``, ``tr(M²)`` of the partial trace ``M = Tr_other(A)`` comes from
+Hutch++ on ``M`` itself when the budget allows at least 8 exact products with
+``M`` (each costs ``n_traced`` products with ``A``); otherwise it is
+estimated with independent probe pairs: for ``x`` on the kept axes and two
+independent Rademacher ``z₁, z₂`` on the traced axes,
+``uᵢ = (I ⊗ zᵢᵀ) A (x ⊗ zᵢ)`` has mean ``M x``, so ``u₁·u₂`` is unbiased for
+``‖M x‖²`` and its mean over ``x`` for ``‖M‖²_F``; a single ``z`` would add
+the positive variance of ``u`` and bias the ratio upward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from kpflow.linalg import rules
+from kpflow.linalg._common import (
+    DENSE_LIMIT,
+    MatvecCounter,
+    ScalarResult,
+    check_budget,
+    check_method,
+    check_operator,
+    check_square,
+    host_rng,
+    like_array,
+    orthonormal_rows,
+    probes,
+    unit_rows,
+)
+from kpflow.linalg.trace import trace
+from kpflow.operators.base import LinearOperator, common_meta
+from kpflow.operators.functions import is_symmetric
+
+__all__ = ["alignment", "effective_rank", "fro_norm"]
+
+DEFAULT_BUDGET = 200
+
+
+def _zero(A: LinearOperator) -> Any:
+    return A.xp.zeros((), dtype=A.dtype, device=A.device)
+
+
+def _se(xp: Any, samples: Any) -> Any:
+    m = samples.shape[0]
+    return xp.std(samples, correction=1) / math.sqrt(m) if m >= 2 else None
+
+
+# -- Frobenius norm ------------------------------------------------------------------------------
+def _fro_sq_exact(A: LinearOperator, progress: Any) -> tuple[Any, int]:
+    """``‖A‖²_F`` from unit probes on the smaller side."""
+    xp = A.xp
+    counter = MatvecCounter(A, progress, min(A.size_in, A.size_out), "kpflow.linalg.fro_norm")
+    total = _zero(A)
+    try:
+        if A.size_in <= A.size_out:
+            for start in range(0, A.size_in, 256):
+                stop = min(A.size_in, start + 256)
+                Y = counter.matmat(unit_rows(A, start, stop, A.size_in))
+                total = total + xp.sum(Y * Y)
+        else:
+            for start in range(0, A.size_out, 256):
+                stop = min(A.size_out, start + 256)
+                Y = counter.rmatmat(unit_rows(A, start, stop, A.size_out))
+                total = total + xp.sum(Y * Y)
+    finally:
+        counter.close()
+    return total, counter.num_matvecs
+
+
+def _fro_sq_estimate(
+    counter: MatvecCounter, m: int, gen: Any, method: str, symmetric: bool
+) -> tuple[Any, Any]:
+    """Unbiased ``‖A‖²_F`` and its standard error; ``hutch++`` deflates a sketch of A's row space."""
+    A = counter.op
+    xp, n, like = A.xp, A.size_in, like_array(A)
+    if method == "hutchinson":
+        G = probes(gen, m, n, like, "rademacher")
+        AG = counter.matmat(G)
+        samples = xp.sum(AG * AG, axis=1)
+        return xp.mean(samples), _se(xp, samples)
+    # ‖A‖² = ‖AQ‖² + tr((I−P) AᵀA (I−P)) with P = QQᵀ onto (an approximation of) A's top
+    # right singular space: A's range for symmetric A, else the range of AᵀA Ω.
+    k = m // 3 if symmetric else m // 4
+    k = min(k, n)
+    S = probes(gen, k, n, like, "rademacher")
+    Y = counter.matmat(S) if symmetric else counter.rmatmat(counter.matmat(S))
+    Q = orthonormal_rows(xp, Y)
+    Z = counter.matmat(Q)
+    g = m - counter.num_matvecs
+    G = probes(gen, g, n, like, "rademacher")
+    G = G - (G @ xp.matrix_transpose(Q)) @ Q
+    AG = counter.matmat(G)
+    samples = xp.sum(AG * AG, axis=1)
+    return xp.sum(Z * Z) + xp.mean(samples), _se(xp, samples)
+
+
+def _fro_minimum(method: str, symmetric: bool) -> int:
+    if method == "hutchinson":
+        return 1
+    return 3 if symmetric else 4
+
+
+def fro_norm(
+    A: LinearOperator,
+    *,
+    method: str = "auto",
+    num_matvecs: int | None = None,
+    rng: Any = None,
+    progress: Any = None,
+) -> ScalarResult:
+    """The Frobenius norm ``‖A‖_F = √tr(AᵀA)`` from matrix-vector products.
+
+    Parameters
+    ----------
+    A : LinearOperator
+        Any shapes (K, P, NTK_S, J, ...).
+    method : {"auto", "exact", "hutchinson", "hutch++"}
+        ``"auto"``: a structured rule (:func:`kpflow.linalg.rules.exact_fro_norm`),
+        else ``"exact"`` (unit probes on the smaller side) when the budget
+        reaches ``min(n_in, n_out)`` (without a budget: when that is at most
+        ``DENSE_LIMIT``), else ``"hutch++"``.
+    num_matvecs : int, optional
+        Budget of products with ``A`` or ``Aᵀ`` (default 200).  ``hutch++``
+        needs 3 (4 for operators not known to be symmetric).
+    rng : int, numpy.random.Generator or None
+    progress : None, bool or callable
+
+    Returns
+    -------
+    ScalarResult
+        ``.value`` (0-d array), ``.error`` (standard error by the delta method),
+        ``.num_matvecs``, ``.method``.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> from kpflow.linalg import fro_norm
+    >>> float(fro_norm(kpflow.Dense(xp.asarray([[3.0, 0.0], [0.0, 4.0]]))))
+    5.0
+    """
+    where = "kpflow.linalg.fro_norm"
+    check_operator(A, where)
+    check_method(method, ("auto", "exact", "hutchinson", "hutch++"), where)
+    gen = host_rng(rng, where)
+    if num_matvecs is not None:
+        check_budget(num_matvecs, 0, where, method)
+    small = min(A.size_in, A.size_out)
+    if method in ("auto", "exact"):
+        exact = rules.exact_fro_norm(A)
+        if exact is not None:
+            return ScalarResult(exact, _zero(A), 0, "exact")
+        budget_ok = small <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= small
+        if method == "exact" or budget_ok:
+            sq, used = _fro_sq_exact(A, progress)
+            return ScalarResult(A.xp.sqrt(sq), _zero(A), used, "exact")
+        method = "hutch++"
+    symmetric = A.shape_in == A.shape_out and (is_symmetric(A) or rules.is_psd(A))
+    budget = DEFAULT_BUDGET if num_matvecs is None else int(num_matvecs)
+    check_budget(budget, _fro_minimum(method, symmetric), where, method)
+    counter = MatvecCounter(A, progress, budget, where)
+    try:
+        sq, se = _fro_sq_estimate(counter, budget, gen, method, symmetric)
+    finally:
+        counter.close()
+    xp = A.xp
+    value = xp.sqrt(xp.maximum(sq, 0.0))
+    error = None if se is None else se / (2 * xp.maximum(value, float(xp.finfo(A.dtype).smallest_normal)))
+    return ScalarResult(value, error, counter.num_matvecs, method)
+
+
+# -- alignment -----------------------------------------------------------------------------------
+def alignment(
+    A: LinearOperator,
+    B: LinearOperator,
+    *,
+    method: str = "auto",
+    num_matvecs: int | None = None,
+    rng: Any = None,
+    progress: Any = None,
+) -> ScalarResult:
+    """The alignment ``⟨A, B⟩_F / (‖A‖_F ‖B‖_F)``, the cosine similarity of two operators.
+
+    Parameters
+    ----------
+    A, B : LinearOperator
+        Of equal shapes, namespace, dtype and device (e.g. two NTKs, or K and
+        a target kernel ``y yᵀ``).
+    method : {"auto", "exact", "estimate"}
+        ``"auto"``: structured rules (:func:`kpflow.linalg.rules.exact_inner` and
+        ``exact_fro_norm``) when all apply, else ``"exact"`` (``2 n_in``
+        unit-vector products) when the budget allows (without a budget: when
+        ``n_in <= DENSE_LIMIT``), else ``"estimate"``: polarisation
+        ``⟨A,B⟩ = (‖A+B‖² − ‖A−B‖²)/4`` and the two norms from four independent
+        Hutch++ estimates (``m/6`` products of each of ``A+B``, ``A−B``, ``A``, ``B``).
+    num_matvecs : int, optional
+        Budget of products with ``A`` or ``B`` (default 200; ``"estimate"``
+        needs at least 30).
+    rng : int, numpy.random.Generator or None
+    progress : None, bool or callable
+
+    Returns
+    -------
+    ScalarResult
+        The alignment in ``[-1, 1]`` (estimates may stray slightly outside);
+        ``.error`` propagates the four standard errors to first order.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> from kpflow.linalg import alignment
+    >>> A = kpflow.Diagonal(xp.asarray([1.0, 0.0]))
+    >>> B = kpflow.Diagonal(xp.asarray([1.0, 1.0]))
+    >>> round(float(alignment(A, B)), 6)
+    0.707107
+    """
+    where = "kpflow.linalg.alignment"
+    check_operator(A, where, "A")
+    check_operator(B, where, "B")
+    common_meta([A, B], where)
+    if A.shape_in != B.shape_in or A.shape_out != B.shape_out:
+        msg = (
+            f"{where}: A and B must have equal shapes, got {A.shape_out}<-{A.shape_in} "
+            f"and {B.shape_out}<-{B.shape_in}"
+        )
+        raise ValueError(msg)
+    check_method(method, ("auto", "exact", "estimate"), where)
+    gen = host_rng(rng, where)
+    if num_matvecs is not None:
+        check_budget(num_matvecs, 0, where, method)
+    xp = A.xp
+    if method in ("auto", "exact"):
+        ip, fa, fb = rules.exact_inner(A, B), rules.exact_fro_norm(A), rules.exact_fro_norm(B)
+        if ip is not None and fa is not None and fb is not None:
+            return ScalarResult(ip / (fa * fb), _zero(A), 0, "exact")
+        n = A.size_in
+        budget_ok = n <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= 2 * n
+        if method == "exact" or budget_ok:
+            return _alignment_exact(A, B, progress)
+        method = "estimate"
+    budget = check_budget(DEFAULT_BUDGET if num_matvecs is None else num_matvecs, 30, where, method)
+    per = budget // 6
+    sym = all(x.shape_in == x.shape_out and (is_symmetric(x) or rules.is_psd(x)) for x in (A, B))
+    parts = []
+    used = 0
+    for op, cost in ((A + B, 2), (A - B, 2), (A, 1), (B, 1)):
+        counter = MatvecCounter(op, progress, per, where)
+        try:
+            parts.append(_fro_sq_estimate(counter, per, gen, "hutch++", sym))
+        finally:
+            counter.close()
+        used += cost * counter.num_matvecs
+    (sp, ep), (sm, em), (sa, ea), (sb, eb) = parts
+    inner = (sp - sm) / 4
+    norm = xp.sqrt(xp.maximum(sa, 0.0) * xp.maximum(sb, 0.0))
+    value = inner / norm
+    tiny = float(xp.finfo(A.dtype).smallest_normal)
+    rel = ((ep + em) / 4 / xp.maximum(xp.abs(inner), tiny)) ** 2
+    rel = rel + (ea / (2 * xp.maximum(sa, tiny))) ** 2 + (eb / (2 * xp.maximum(sb, tiny))) ** 2
+    return ScalarResult(value, xp.abs(value) * xp.sqrt(rel), used, "estimate")
+
+
+def _alignment_exact(A: LinearOperator, B: LinearOperator, progress: Any) -> ScalarResult:
+    xp, n = A.xp, A.size_in
+    ca = MatvecCounter(A, progress, n, "kpflow.linalg.alignment")
+    cb = MatvecCounter(B, None, n, "kpflow.linalg.alignment")
+    ip, sa, sb = _zero(A), _zero(A), _zero(A)
+    try:
+        for start in range(0, n, 256):
+            E = unit_rows(A, start, min(n, start + 256), n)
+            YA, YB = ca.matmat(E), cb.matmat(E)
+            ip = ip + xp.sum(YA * YB)
+            sa = sa + xp.sum(YA * YA)
+            sb = sb + xp.sum(YB * YB)
+    finally:
+        ca.close()
+    return ScalarResult(ip / xp.sqrt(sa * sb), _zero(A), ca.num_matvecs + cb.num_matvecs, "exact")
+
+
+# -- effective rank ------------------------------------------------------------------------------
+def _keep_axes(A: LinearOperator, keep: Any, where: str) -> tuple[int, ...]:
+    if isinstance(keep, int) and not isinstance(keep, bool):
+        keep = (keep,)
+    if not isinstance(keep, Iterable):
+        msg = f"{where}: expected keep to be an int or a tuple of ints, got {keep!r}"
+        raise TypeError(msg)
+    nd = len(A.shape_in)
+    out = []
+    for a in keep:
+        if isinstance(a, bool) or not isinstance(a, int):
+            msg = f"{where}: expected keep to hold ints, got {a!r}"
+            raise TypeError(msg)
+        if not -nd <= a < nd:
+            msg = f"{where}: keep axis {a} is out of range for shape {A.shape_in} (valid: {-nd} to {nd - 1})"
+            raise ValueError(msg)
+        out.append(a % nd)
+    if len(set(out)) != len(out):
+        msg = f"{where}: keep axes must not repeat, got {tuple(keep)}"
+        raise ValueError(msg)
+    if not out:
+        msg = f"{where}: expected keep to name at least one axis, got {keep!r}"
+        raise ValueError(msg)
+    return tuple(sorted(out))
+
+
+def effective_rank(
+    A: LinearOperator,
+    keep: Any = None,
+    *,
+    method: str = "auto",
+    num_matvecs: int | None = None,
+    rng: Any = None,
+    progress: Any = None,
+) -> ScalarResult:
+    """The participation ratio ``tr(M)² / tr(M²)`` of a symmetric operator or of a partial trace.
+
+    With ``keep=None``, ``M = A``; with ``keep`` (axes of ``A.shape_in``),
+    ``M = Tr_other(A)``, the partial trace over the other axes (for NTK_S on
+    states ``(B, T, H)``, ``keep=1`` gives the effective rank along time).
+    ``tr(M²) = ‖M‖²_F`` (``A`` is assumed symmetric).
+
+    Parameters
+    ----------
+    A : LinearOperator
+        Square and symmetric (e.g. K or NTK_S = P K Pᵀ).
+    keep : int or tuple of int, optional
+        The axes to keep.
+    method : {"auto", "exact", "estimate"}
+        ``"auto"``: exact from rules when ``exact_trace`` and ``exact_fro_norm``
+        apply to ``M`` (``M`` from :meth:`~kpflow.LinearOperator.partial_trace`,
+        which keeps Kronecker structure); else ``"exact"`` through ``n`` unit
+        probes of ``A`` when the budget reaches ``n`` (without a budget: when
+        ``n <= DENSE_LIMIT``); else ``"estimate"`` (see the module docstring):
+        half the budget for two independent XTrace/XNysTrace estimates of
+        ``tr M = tr A``, half for ``tr(M²)``.
+    num_matvecs : int, optional
+        Budget of products with ``A`` (default 200; ``"estimate"`` needs 16).
+    rng : int, numpy.random.Generator or None
+    progress : None, bool or callable
+
+    Returns
+    -------
+    ScalarResult
+        ``.error`` is a first-order standard error of the estimate.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> from kpflow.linalg import effective_rank
+    >>> A = kpflow.kron(kpflow.Identity((3,), like=xp.zeros(1)), kpflow.Diagonal(xp.asarray([1.0, 0.0])))
+    >>> round(float(effective_rank(A)), 12), round(float(effective_rank(A, keep=1)), 12)
+    (3.0, 1.0)
+    """
+    where = "kpflow.linalg.effective_rank"
+    check_operator(A, where)
+    check_square(A, where)
+    check_method(method, ("auto", "exact", "estimate"), where)
+    gen = host_rng(rng, where)
+    if num_matvecs is not None:
+        check_budget(num_matvecs, 0, where, method)
+    _xp, n = A.xp, A.size_in
+    keep_axes = tuple(range(len(A.shape_in))) if keep is None else _keep_axes(A, keep, where)
+    traced = tuple(a for a in range(len(A.shape_in)) if a not in keep_axes)
+    M = A.partial_trace(traced) if traced else A
+    if method in ("auto", "exact"):
+        t, f = rules.exact_trace(M), rules.exact_fro_norm(M)
+        if t is not None and f is not None:
+            return ScalarResult(t * t / (f * f), _zero(A), 0, "exact")
+        budget_ok = n <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= n
+        if method == "exact" or budget_ok:
+            return _effective_rank_dense(A, M, n, progress)
+        method = "estimate"
+    budget = check_budget(DEFAULT_BUDGET if num_matvecs is None else num_matvecs, 16, where, method)
+    return _effective_rank_estimate(A, traced, budget, gen, progress)
+
+
+def _effective_rank_dense(A: LinearOperator, M: LinearOperator, n: int, progress: Any) -> ScalarResult:
+    xp = A.xp
+    nk = M.size_in
+    if rules.has_cheap_dense(M):
+        from kpflow.operators.functions import todense
+
+        D = xp.reshape(todense(M), (nk, nk))
+        used = 0
+    else:
+        counter = MatvecCounter(M, progress, nk, "kpflow.linalg.effective_rank")
+        blocks = []
+        try:
+            for start in range(0, nk, 256):
+                blocks.append(counter.matmat(unit_rows(M, start, min(nk, start + 256), nk)))
+        finally:
+            counter.close()
+        D = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
+        used = n  # each product with M is n / nk products with A
+    t = xp.linalg.trace(D)
+    return ScalarResult(t * t / xp.sum(D * D), _zero(A), used, "exact")
+
+
+def _effective_rank_estimate(
+    A: LinearOperator, traced: tuple[int, ...], budget: int, gen: Any, progress: Any
+) -> ScalarResult:
+    xp = A.xp
+    tiny = float(xp.finfo(A.dtype).smallest_normal)
+    t_exact = rules.exact_trace(A)
+    used = 0
+    if t_exact is not None:
+        t1 = t2 = t_exact
+        e1 = e2 = _zero(A)
+        fro_budget = budget
+    else:
+        quarter = budget // 4
+        method = "xnystrace" if rules.is_psd(A) else "xtrace"
+        quarter = min(quarter, A.size_in if method == "xnystrace" else 2 * A.size_in)
+        r1 = trace(A, method=method, num_matvecs=quarter, rng=gen, progress=progress)
+        r2 = trace(A, method=method, num_matvecs=quarter, rng=gen, progress=progress)
+        t1, t2, e1, e2 = r1.value, r2.value, r1.error, r2.error
+        used += r1.num_matvecs + r2.num_matvecs
+        fro_budget = budget - used
+    nt = math.prod(A.shape_in[a] for a in traced)
+    if traced and fro_budget // nt < 8:
+        # Too few products to apply M = Tr_traced(A) exactly: independent probe pairs.
+        counter = MatvecCounter(A, progress, fro_budget, "kpflow.linalg.effective_rank")
+        try:
+            f2, ef = _partial_fro_sq_pairs(counter, traced, fro_budget // 2, gen)
+        finally:
+            counter.close()
+        used += counter.num_matvecs
+    else:
+        # Apply M exactly (one product with M costs nt products with A) and run Hutch++
+        # on tr(M²) = ‖M‖²_F; effective_rank assumes a symmetric operator.
+        M = A.partial_trace(traced) if traced else A
+        counter = MatvecCounter(M, progress, fro_budget // nt, "kpflow.linalg.effective_rank")
+        try:
+            f2, ef = _fro_sq_estimate(counter, fro_budget // nt, gen, "hutch++", True)
+        finally:
+            counter.close()
+        used += counter.num_matvecs * nt
+    value = t1 * t2 / f2
+    t = (t1 + t2) / 2
+    rel = (e1 / xp.maximum(xp.abs(t), tiny)) ** 2 + (e2 / xp.maximum(xp.abs(t), tiny)) ** 2
+    rel = rel + (ef / xp.maximum(xp.abs(f2), tiny)) ** 2
+    return ScalarResult(value, xp.abs(value) * xp.sqrt(rel), used, "estimate")
+
+
+def _partial_fro_sq_pairs(
+    counter: MatvecCounter, traced: tuple[int, ...], p: int, gen: Any
+) -> tuple[Any, Any]:
+    """Unbiased ``‖Tr_traced(A)‖²_F`` from ``p`` independent probe pairs (``2p`` matvecs)."""
+    A = counter.op
+    xp, shape = A.xp, A.shape_in
+    like = like_array(A)
+    keep_shape = tuple(1 if a in traced else s for a, s in enumerate(shape))
+    tr_shape = tuple(s if a in traced else 1 for a, s in enumerate(shape))
+    nk, nt = math.prod(keep_shape), math.prod(tr_shape)
+    x = xp.reshape(probes(gen, p, nk, like, "gaussian"), (p, *keep_shape))
+    z = xp.reshape(probes(gen, 2 * p, nt, like, "rademacher"), (2 * p, *tr_shape))
+    X = xp.concat([x, x], axis=0) * z  # x ⊗ z₁ for the first p, x ⊗ z₂ for the rest
+    Y = xp.reshape(counter.matmat(xp.reshape(X, (2 * p, A.size_in))), (2 * p, *shape))
+    axes = tuple(1 + a for a in traced)
+    U = xp.sum(Y * z, axis=axes)  # (2p, *kept): unbiased for M x
+    samples = xp.reshape(xp.sum(U[:p, ...] * U[p:, ...], axis=tuple(range(1, U.ndim))), (p,))
+    return xp.mean(samples), _se(xp, samples)

@@ -1,0 +1,29 @@
+"""Built-in models with analytic derivatives, and the model interface.
+
+Every model follows the contract of :mod:`kpflow.models.base`: ``init`` gives
+PyTorch-named parameters, ``run`` gives a :class:`Trajectory` holding the
+states z, the per-step Jacobians J_t (as actions) and the weight sites
+(A_w, D_w) from which ``kpflow.ntk`` builds K, P and NTK_S = P K Pᵀ.
+"""
+
+from kpflow.models.base import Model, RecurrentModel, RecurrentTrajectory, Site, Trajectory
+from kpflow.models.gru import GRU
+from kpflow.models.leaky import LeakyRNN
+from kpflow.models.linear import Linear
+from kpflow.models.lstm import LSTM
+from kpflow.models.mlp import MLP
+from kpflow.models.rnn import RNN
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "MLP",
+    "RNN",
+    "LeakyRNN",
+    "Linear",
+    "Model",
+    "RecurrentModel",
+    "RecurrentTrajectory",
+    "Site",
+    "Trajectory",
+]

@@ -1,0 +1,536 @@
+"""The model interface: models, trajectories and weight sites.
+
+Summary of the contract (every built-in model and every new one follows it)
+---------------------------------------------------------------------------
+**Model** (:class:`Model`; recurrent cells subclass :class:`RecurrentModel`)
+
+- ``param_shapes() -> dict[str, tuple]``: PyTorch names (``weight_ih``, ``weight_hh``,
+  ``bias_ih``, ``bias_hh``; gates stacked in torch's order).
+- ``init(rng=None, *, like=None, dtype=None, device=None) -> dict[str, array]``: numpy
+  float64 by default; with ``like`` the arrays take its namespace, dtype and device.
+- ``run(params, x, h0=None) -> Trajectory``: checks ``x``, ``params``, ``h0`` and that the
+  states are finite (errors name the argument), then runs the model once.
+- ``update_map(params, states, x, h0=None) -> array of state_shape``: the pure map f with
+  F(z, θ) = z − f(z; θ). For a recurrence f_t = step(z_{t−1}, x_t) with z_{−1} = h0. It is
+  array-API code, so torch.func / jax differentiate it: ∂f/∂θ at fixed z is J_θ (the
+  autodiff K), ∂f/∂z is L.
+- ``unroll(params, x, h0=None) -> states``: the pure forward pass θ ↦ z (dense reference).
+- recurrent models also have ``step(params, h_prev, x_t) -> h_t`` on any leading axes.
+
+**Trajectory** (:class:`Trajectory`) holds ``model, params, x, h0, states`` and the cached
+derivative pieces.  Its domain is ``state_shape``: ``(B, T, S)`` for recurrent models
+(S = H, LSTM: S = 2H with h first), ``(B, Σ_l n_l)`` for the MLP (blocks ``traj.blocks``).
+The sites are laid out on ``site_shape`` (``(B, T)`` or ``(B,)``, m = prod sites) and the
+state reads as ``(m, site_state_size)`` row-major.  Time (or depth) runs over
+``n_steps`` blocks; ``block(V, t)`` / ``join(blocks)`` cut and glue the probe block
+``V`` of shape ``(k, *state_shape)``.  All actions are batched over the leading probe axis k:
+
+- ``step_jvp(t, v)`` = J_t v with J_t = ∂z_t/∂z_{t−1} (``v`` of shape ``(k, *block_shape(t−1))``),
+  ``step_vjp(t, w)`` = J_tᵀ w, for t = 1 … n_steps − 1;
+- ``state_jvp(V)`` = L V (all steps at once), ``state_vjp(W)`` = Lᵀ W;
+- ``sites``: a list of :class:`Site`, one per pre-activation group u_w(s) = W_w a_w(s) + b_w.
+  A site has ``name``, ``variables`` A_w of shape ``(m, p_w)`` (bias columns of ones
+  included), ``width`` k_w, ``apply_D(U)``: ``(k, m, k_w) -> (k, *state_shape)`` and
+  ``apply_DT(V)``: ``(k, *state_shape) -> (k, m, k_w)``, the unit-structured ``unit_D`` of
+  shape ``(m, n_units, a, g)`` and ``scale`` (D = scale·I, e.g. the leaky RNN's dt);
+- ``triangular`` is True: L is block-subdiagonal, so P applies by a recursion.  A general
+  implicit model would set it False and P becomes a linear solve (not built yet).
+
+So K = Σ_w D_w (A_w A_wᵀ ⊗ I) D_wᵀ, P = (I − L)⁻¹ and NTK_S = P K Pᵀ (see ``kpflow.ntk``).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from kpflow._array import array_namespace, device_of, namespace_name, prod
+from kpflow.models.sites import Site, flat_sites, site_variables
+
+__all__ = [
+    "Model",
+    "RecurrentModel",
+    "RecurrentTrajectory",
+    "Site",
+    "Trajectory",
+    "check_size",
+    "draw_uniform",
+    "flat_sites",
+    "site_variables",
+]
+
+
+def check_size(n: Any, name: str, where: str) -> int:
+    """Validate a positive integer size; return it.
+
+    Examples
+    --------
+    >>> from kpflow.models.base import check_size
+    >>> check_size(3, "n_hidden", "RNN")
+    3
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        msg = f"{where}: expected {name} to be a positive int, got {n!r}"
+        raise ValueError(msg)
+    return int(n)
+
+
+def draw_uniform(
+    shapes: dict[str, tuple[int, ...]],
+    bound: float,
+    rng: Any,
+    *,
+    like: Any,
+    dtype: Any,
+    device: Any,
+    where: str,
+) -> dict[str, Any]:
+    """Parameters drawn from U(−bound, bound) on the host (SPEC 7), converted like ``like``.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.base import draw_uniform
+    >>> p = draw_uniform({"w": (2,)}, 1.0, 0, like=xp.zeros(1), dtype=None, device=None, where="f")
+    >>> p["w"].shape
+    (2,)
+    """
+    if rng is None or isinstance(rng, int | np.integer):
+        gen = np.random.default_rng(rng)
+    elif isinstance(rng, np.random.Generator):
+        gen = rng
+    else:
+        msg = (
+            f"{where}: expected rng to be an int, a numpy.random.Generator or None, got {type(rng).__name__}"
+        )
+        raise TypeError(msg)
+    host = {k: gen.uniform(-bound, bound, size=s) for k, s in shapes.items()}
+    if like is None:
+        dt = np.float64 if dtype is None else dtype
+        return {k: np.asarray(v, dtype=dt) for k, v in host.items()}
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(like)
+    dt = like.dtype if dtype is None else dtype
+    dev = device_of(like) if device is None else device
+    return {k: adapter.from_host(v, dtype=dt, device=dev) for k, v in host.items()}
+
+
+# -- trajectories --------------------------------------------------------------------------------
+class Trajectory(abc.ABC):
+    """A model run once: inputs, states and the cached pieces of the derivatives.
+
+    Attributes
+    ----------
+    model : Model
+    params : dict of str to array
+    x : array
+        The input, ``(B, T, n_in)`` (MLP: ``(B, n_in)``).
+    h0 : array or None
+        The initial state ``(B, S)`` (None means zeros; always None for the MLP).
+    states : array of shape ``state_shape``
+        z, row-major over sites then state coordinates.
+    state_shape, site_shape : tuple of int
+        The operator domain and the site grid (m = prod(site_shape)).
+    site_state_size : int
+        Length of the per-site state vector: ``state_shape`` reads as (m, site_state_size).
+    feature_columns : tuple (start, stop)
+        The per-site state columns a readout reads (h for the LSTM, the last layer for the MLP).
+    n_steps : int
+        Number of blocks along time (depth for the MLP).
+    triangular : bool
+        True when L is block-subdiagonal (P is a forward recursion).
+    xp, dtype, device
+        Namespace, dtype and device of everything.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import RNN
+    >>> model = RNN(2, 3)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((4, 5, 2)))
+    >>> traj.state_shape, traj.site_shape, traj.n_steps
+    ((4, 5, 3), (4, 5), 5)
+    >>> V = xp.ones((2, 4, 5, 3))
+    >>> traj.state_jvp(V).shape, traj.step_vjp(1, traj.block(V, 1)).shape
+    ((2, 4, 5, 3), (2, 4, 3))
+    """
+
+    triangular: bool = True
+
+    def __init__(self, model: Model, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
+        self.model = model
+        self.params = params
+        self.x = x
+        self.h0 = h0
+        self.states = states
+        self.xp = array_namespace(states)
+        self.dtype = states.dtype
+        self.device = device_of(states)
+        self._sites: list[Site] | None = None
+
+    # geometry --------------------------------------------------------------------------------
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The shape of z, the domain of K, P and NTK_S."""
+        return tuple(self.states.shape)
+
+    @property
+    @abc.abstractmethod
+    def site_shape(self) -> tuple[int, ...]:
+        """The site grid: ``(B, T)`` for recurrent models, ``(B,)`` for the MLP."""
+
+    @property
+    def m(self) -> int:
+        """The number of sites m = prod(site_shape)."""
+        return prod(self.site_shape)
+
+    @property
+    def site_state_size(self) -> int:
+        """Length of the per-site state vector."""
+        return prod(self.state_shape) // self.m
+
+    @property
+    def feature_columns(self) -> tuple[int, int]:
+        """Columns of the per-site state vector that a readout reads."""
+        return (0, self.site_state_size)
+
+    @property
+    @abc.abstractmethod
+    def n_steps(self) -> int:
+        """Number of blocks along time (depth)."""
+
+    @abc.abstractmethod
+    def block(self, V: Any, t: int) -> Any:
+        """Block t of a probe block ``V`` of shape ``(k, *state_shape)``."""
+
+    @abc.abstractmethod
+    def join(self, blocks: list[Any]) -> Any:
+        """Glue ``n_steps`` blocks back into ``(k, *state_shape)``."""
+
+    # derivative pieces ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def step_jvp(self, t: int, v: Any) -> Any:
+        """J_t v for t ≥ 1: block t−1 tangents ``(k, ...)`` to block t tangents."""
+
+    @abc.abstractmethod
+    def step_vjp(self, t: int, w: Any) -> Any:
+        """J_tᵀ w for t ≥ 1: block t cotangents to block t−1 cotangents."""
+
+    def state_jvp(self, V: Any) -> Any:
+        """L V for ``V`` of shape ``(k, *state_shape)``: (L V)_t = J_t V_{t−1}, (L V)_0 = 0."""
+        xp = self.xp
+        first = xp.zeros_like(self.block(V, 0))
+        return self.join([first] + [self.step_jvp(t, self.block(V, t - 1)) for t in range(1, self.n_steps)])
+
+    def state_vjp(self, W: Any) -> Any:
+        """Lᵀ W for ``W`` of shape ``(k, *state_shape)``: (Lᵀ W)_t = J_{t+1}ᵀ W_{t+1}."""
+        xp = self.xp
+        last = xp.zeros_like(self.block(W, self.n_steps - 1))
+        return self.join(
+            [self.step_vjp(t + 1, self.block(W, t + 1)) for t in range(self.n_steps - 1)] + [last]
+        )
+
+    @property
+    def sites(self) -> list[Site]:
+        """The weight sites (built once, on first use)."""
+        if self._sites is None:
+            self._sites = self._make_sites()
+        return self._sites
+
+    @abc.abstractmethod
+    def _make_sites(self) -> list[Site]:
+        """Build the list of :class:`Site` of this trajectory."""
+
+    def features(self) -> Any:
+        """The readout's input at every site, shape ``(m, n_features)``."""
+        flat = self.xp.reshape(self.states, (self.m, self.site_state_size))
+        lo, hi = self.feature_columns
+        return flat[:, lo:hi]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, state_shape={self.state_shape})"
+
+
+class RecurrentTrajectory(Trajectory):
+    """A trajectory of a recurrent cell: ``state_shape = (B, T, S)``, blocks are time steps.
+
+    Subclasses implement ``_jvp_prev(V, t)`` and ``_vjp_prev(W, t)``, the per-step
+    Jacobian J_t = ∂z_t/∂z_{t−1} applied at step ``t`` (an ``int``, with ``V`` of shape
+    ``(k, B, S)``) or at all steps at once (``t = slice(None)``, ``V`` of shape
+    ``(k, B, T, S)``), from caches of shape ``(B, T, ...)`` indexed ``cache[:, t]``; and
+    ``_make_sites()``.  Step t's previous state is ``prev_states[:, t]`` (h0 at t = 0).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import RNN
+    >>> traj = RNN(1, 2).run(RNN(1, 2).init(0, like=xp.zeros(1)), xp.ones((1, 3, 1)))
+    >>> traj.prev_states.shape
+    (1, 3, 2)
+    """
+
+    model: RecurrentModel
+
+    @property
+    def site_shape(self) -> tuple[int, ...]:
+        return tuple(self.states.shape[:2])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.states.shape[1])
+
+    @property
+    def prev_states(self) -> Any:
+        """z_{t−1} at every step, shape ``(B, T, S)`` (h0, or zeros, at t = 0)."""
+        return self.model._shift(self.states, self.h0)
+
+    def block(self, V: Any, t: int) -> Any:
+        return V[:, :, t, ...]
+
+    def join(self, blocks: list[Any]) -> Any:
+        return self.xp.stack(blocks, axis=2)
+
+    @abc.abstractmethod
+    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
+        """J_t V (see the class docstring)."""
+
+    @abc.abstractmethod
+    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
+        """J_tᵀ W (see the class docstring)."""
+
+    def step_jvp(self, t: int, v: Any) -> Any:
+        return self._jvp_prev(v, t)
+
+    def step_vjp(self, t: int, w: Any) -> Any:
+        return self._vjp_prev(w, t)
+
+    def state_jvp(self, V: Any) -> Any:
+        xp = self.xp
+        zero = xp.zeros_like(V[:, :, :1, ...])
+        return self._jvp_prev(xp.concat([zero, V[:, :, :-1, ...]], axis=2), slice(None))
+
+    def state_vjp(self, W: Any) -> Any:
+        xp = self.xp
+        U = self._vjp_prev(W, slice(None))
+        return xp.concat([U[:, :, 1:, ...], xp.zeros_like(U[:, :, :1, ...])], axis=2)
+
+
+# -- models --------------------------------------------------------------------------------------
+class Model(abc.ABC):
+    """Base class of kpflow models (see the module docstring for the whole contract).
+
+    Subclasses implement :meth:`param_shapes`, :meth:`unroll`, :meth:`update_map`,
+    :meth:`_check_inputs` and :meth:`_make_trajectory`; ``init`` and ``run`` are shared.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import MLP
+    >>> model = MLP((2, 3, 1))
+    >>> params = model.init(0, like=xp.zeros(1))
+    >>> x = xp.ones((4, 2))
+    >>> z = model.unroll(params, x)
+    >>> bool(xp.all(model.update_map(params, z, x) == z))  # z solves F(z, θ) = z − f(z; θ) = 0
+    True
+    """
+
+    def _init_bound(self) -> float:
+        """Half-width of the default uniform initialisation (torch's 1/√fan)."""
+        return 1.0
+
+    @abc.abstractmethod
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The parameter names (PyTorch's) and their shapes."""
+
+    def init(
+        self, rng: Any = None, *, like: Any = None, dtype: Any = None, device: Any = None
+    ) -> dict[str, Any]:
+        """Random parameters, torch's default U(−1/√H, 1/√H), drawn on the host (SPEC 7).
+
+        Parameters
+        ----------
+        rng : int, numpy.random.Generator or None
+        like : array, optional
+            The parameters take its namespace, dtype and device (numpy float64 without it).
+        dtype, device : optional
+            Override the dtype and device.
+
+        Returns
+        -------
+        dict of str to array
+            Shapes as in :meth:`param_shapes`.
+        """
+        return draw_uniform(
+            self.param_shapes(),
+            self._init_bound(),
+            rng,
+            like=like,
+            dtype=dtype,
+            device=device,
+            where=f"{type(self).__name__}.init",
+        )
+
+    def check_params(self, params: Any, where: str) -> tuple[Any, Any, Any]:
+        """Check keys and shapes of ``params``; return their (xp, dtype, device)."""
+        if not isinstance(params, dict):
+            msg = f"{where}: expected params to be a dict of arrays, got {type(params).__name__}"
+            raise TypeError(msg)
+        shapes = self.param_shapes()
+        missing = sorted(set(shapes) - set(params))
+        extra = sorted(set(params) - set(shapes))
+        if missing:
+            msg = f"{where}: params is missing the key(s) {missing}; expected keys {sorted(shapes)}"
+            raise ValueError(msg)
+        if extra:
+            msg = f"{where}: params has unexpected key(s) {extra}; expected keys {sorted(shapes)}"
+            raise ValueError(msg)
+        xp = array_namespace(*params.values(), where=where)
+        first = params[next(iter(shapes))]
+        for k, s in shapes.items():
+            got = tuple(params[k].shape)
+            if got != tuple(s):
+                msg = f"{where}: expected params[{k!r}] of shape {tuple(s)}, got {got}"
+                raise ValueError(msg)
+            if params[k].dtype != first.dtype:
+                msg = f"{where}: params mix dtypes {first.dtype} and {params[k].dtype} (at {k!r})"
+                raise TypeError(msg)
+        if not xp.isdtype(first.dtype, "real floating"):
+            msg = f"{where}: expected real floating params, got {first.dtype}"
+            raise TypeError(msg)
+        return xp, first.dtype, device_of(first)
+
+    def _check_array(self, a: Any, name: str, shape: tuple[int, ...], meta: tuple, where: str) -> None:
+        xp, dtype, device = meta
+        a_xp = array_namespace(a, where=where)
+        if a_xp is not xp:
+            msg = f"{where}: {name} comes from {namespace_name(a_xp)} but params from {namespace_name(xp)}"
+            raise TypeError(msg)
+        if a.dtype != dtype:
+            msg = f"{where}: expected {name} of dtype {dtype} (the params' dtype), got {a.dtype}"
+            raise TypeError(msg)
+        if device_of(a) != device:
+            msg = f"{where}: {name} lives on {device_of(a)} but params on {device}"
+            raise TypeError(msg)
+        if tuple(a.shape) != shape:
+            msg = f"{where}: expected {name} of shape {shape}, got {tuple(a.shape)}"
+            raise ValueError(msg)
+
+    @abc.abstractmethod
+    def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
+        """Validate ``x`` and ``h0`` against the model and the params' (xp, dtype, device)."""
+
+    @abc.abstractmethod
+    def unroll(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
+        """The pure forward map θ ↦ z (array-API code, differentiable by torch.func / jax)."""
+
+    @abc.abstractmethod
+    def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
+        """f(z; θ) of the constraint F = z − f(z; θ): each block recomputed from the given states."""
+
+    @abc.abstractmethod
+    def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> Trajectory:
+        """Build the model's :class:`Trajectory` (caching the derivative pieces)."""
+
+    def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> Trajectory:
+        """Run the model once and return its :class:`Trajectory`.
+
+        Raises
+        ------
+        ValueError
+            For ``x`` of the wrong rank or feature size, ``params`` missing a key or with a
+            wrong shape, ``h0`` of the wrong shape, or non-finite states.
+        TypeError
+            For mixed namespaces, dtypes or devices.
+        """
+        where = f"{type(self).__name__}.run"
+        meta = self.check_params(params, where)
+        self._check_inputs(x, h0, meta, where)
+        xp = meta[0]
+        for name, value in (("x", x), ("h0", h0)):
+            # Checked before the run: an inf input would otherwise surface as a floating-point
+            # warning inside the first matmul instead of this message.
+            if value is not None and not bool(xp.all(xp.isfinite(value))):
+                msg = f"{where}: expected finite values in {name}, got inf or nan"
+                raise ValueError(msg)
+        states = self.unroll(params, x, h0)
+        if not bool(xp.all(xp.isfinite(states))):
+            msg = f"{where}: the states are not finite (inf or nan); check x, h0 and the scale of params"
+            raise ValueError(msg)
+        return self._make_trajectory(params, x, h0, states)
+
+
+class RecurrentModel(Model):
+    """A recurrent cell z_t = step(z_{t−1}, x_t; θ) with x of shape (B, T, n_in).
+
+    Subclasses implement :meth:`step`, :meth:`param_shapes` and :meth:`_make_trajectory`
+    and set ``n_in``, ``n_hidden`` and ``state_size`` (S).
+
+    Attributes
+    ----------
+    n_in, n_hidden, state_size : int
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import RNN
+    >>> model = RNN(2, 3)
+    >>> params = model.init(0, like=xp.zeros(1))
+    >>> model.step(params, xp.zeros((4, 3)), xp.ones((4, 2))).shape
+    (4, 3)
+    """
+
+    n_in: int
+    n_hidden: int
+    state_size: int
+
+    def _init_bound(self) -> float:
+        return 1.0 / float(np.sqrt(self.n_hidden))
+
+    @abc.abstractmethod
+    def step(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
+        """One step: h_prev ``(..., S)`` and x_t ``(..., n_in)`` to h_t ``(..., S)`` (pure)."""
+
+    def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
+        xp = meta[0]
+        x_xp = array_namespace(x, where=where)
+        if x_xp is not xp:
+            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(xp)}"
+            raise TypeError(msg)
+        if x.ndim != 3 or x.shape[2] != self.n_in:
+            msg = f"{where}: expected x of shape (B, T, n_in={self.n_in}), got {tuple(x.shape)}"
+            raise ValueError(msg)
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            msg = f"{where}: expected x with B >= 1 and T >= 1, got {tuple(x.shape)}"
+            raise ValueError(msg)
+        self._check_array(x, "x", tuple(x.shape), meta, where)
+        if h0 is not None:
+            self._check_array(h0, "h0", (x.shape[0], self.state_size), meta, where)
+
+    def _shift(self, states: Any, h0: Any) -> Any:
+        """z_{t−1} at every step: ``(B, T, S)`` with h0 (or zeros) in front."""
+        xp = array_namespace(states)
+        if h0 is None:
+            first = xp.zeros_like(states[:, :1, :])
+        else:
+            first = h0[:, None, :]
+        return xp.concat([first, states[:, :-1, :]], axis=1)
+
+    def unroll(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
+        xp = array_namespace(x)
+        B, T = x.shape[0], x.shape[1]
+        any_param = next(iter(params.values()))
+        h = xp.zeros((B, self.state_size), dtype=any_param.dtype, device=device_of(x)) if h0 is None else h0
+        out = []
+        for t in range(T):
+            h = self.step(params, h, x[:, t, :])
+            out.append(h)
+        return xp.stack(out, axis=1)
+
+    def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
+        return self.step(params, self._shift(states, h0), x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_in={self.n_in}, n_hidden={self.n_hidden})"

@@ -1,0 +1,183 @@
+"""The gated recurrent unit (GRU) of ``torch.nn.GRU``, with analytic derivatives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpflow._array import array_namespace
+from kpflow.models.base import (
+    RecurrentModel,
+    RecurrentTrajectory,
+    Site,
+    check_size,
+    flat_sites,
+    site_variables,
+)
+
+__all__ = ["GRU", "GRUTrajectory", "linear", "sigmoid"]
+
+
+def linear(xp: Any, a: Any, W: Any) -> Any:
+    """a Wᵀ on the last axis of ``a`` (a stack of pre-activations)."""
+    return a @ xp.matrix_transpose(W)
+
+
+def sigmoid(xp: Any, u: Any) -> Any:
+    """σ(u) = 1 / (1 + e^{−u}), computed as (1 + tanh(u/2))/2.
+
+    The tanh form never overflows (``1/(1 + exp(-u))`` warns for u ≪ 0) and agrees with
+    torch's sigmoid to rounding.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.gru import sigmoid
+    >>> sigmoid(xp, xp.asarray([0.0, -1000.0]))
+    Array([0.5, 0. ], dtype=array_api_strict.float64)
+    """
+    return 0.5 + 0.5 * xp.tanh(0.5 * u)
+
+
+class GRU(RecurrentModel):
+    """The gated recurrent unit of ``torch.nn.GRU`` (one layer, ``batch_first=True``).
+
+    Gate order r, z, n, as in PyTorch::
+
+        r   = σ(W_ir x_t + b_ir + W_hr h + b_hr)
+        z   = σ(W_iz x_t + b_iz + W_hz h + b_hz)
+        h_n = W_hn h + b_hn
+        n   = tanh(W_in x_t + b_in + r ⊙ h_n)
+        h_t = (1 − z) ⊙ n + z ⊙ h,          h = h_{t−1}
+
+    Parameters
+    ----------
+    n_in, n_hidden : int
+        Input size and hidden size H (the state size S = H).
+    bias : bool
+        Whether ``bias_ih`` and ``bias_hh`` exist.
+
+    Notes
+    -----
+    Parameters (PyTorch's names, the gates stacked r, z, n): ``weight_ih`` (3H, n_in),
+    ``weight_hh`` (3H, H), ``bias_ih`` (3H,), ``bias_hh`` (3H,).
+
+    Four weight sites, each with a diagonal D (``unit_D`` of shape (m, H, 1, 1)); with
+    h_n as above (bias included) and σ′ = σ(1 − σ):
+
+    ========  ==========================  =====================================
+    site      site variables a(s)          D (per unit)
+    ========  ==========================  =====================================
+    ``r``     [x_t; h_{t−1}; 1; 1]         d_r = (1 − z)(1 − n²) h_n r(1 − r)
+    ``z``     [x_t; h_{t−1}; 1; 1]         d_z = (h_{t−1} − n) z(1 − z)
+    ``in``    [x_t; 1]                     d_in = (1 − z)(1 − n²)
+    ``hn``    [h_{t−1}; 1]                 d_hn = r d_in
+    ========  ==========================  =====================================
+
+    so K = D_r(Ĝ⊗I)D_r + D_z(Ĝ⊗I)D_z + D_in((G_x+1)⊗I)D_in + D_hn((G_h+1)⊗I)D_hn with
+    Ĝ = G_x + G_h + 2 (without bias, the ones columns are dropped).  The state Jacobian
+    is J_t v = z ⊙ v + d_r ⊙ W_hr v + d_z ⊙ W_hz v + d_hn ⊙ W_hn v.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.gru import GRU
+    >>> model = GRU(2, 3)
+    >>> params = model.init(0, like=xp.zeros(1))
+    >>> traj = model.run(params, xp.ones((4, 5, 2)))
+    >>> traj.states.shape, [(s.name, s.p, s.width) for s in traj.sites]
+    ((4, 5, 3), [('r', 7, 3), ('z', 7, 3), ('in', 3, 3), ('hn', 4, 3)])
+    """
+
+    def __init__(self, n_in: int, n_hidden: int, *, bias: bool = True) -> None:
+        self.n_in = check_size(n_in, "n_in", "GRU")
+        self.n_hidden = check_size(n_hidden, "n_hidden", "GRU")
+        self.state_size = self.n_hidden
+        self.bias = bool(bias)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        H, n = self.n_hidden, self.n_in
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (3 * H, n), "weight_hh": (3 * H, H)}
+        if self.bias:
+            shapes.update({"bias_ih": (3 * H,), "bias_hh": (3 * H,)})
+        return shapes
+
+    def gates(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> tuple[Any, Any, Any, Any]:
+        """The gates (r, z, n) and h_n = W_hn h_{t−1} + b_hn, each of shape ``(..., H)``.
+
+        ``h_prev`` is ``(..., H)`` and ``x_t`` is ``(..., n_in)`` on the same leading axes.
+        """
+        xp = array_namespace(h_prev, x_t)
+        H = self.n_hidden
+        gi = linear(xp, x_t, params["weight_ih"])
+        gh = linear(xp, h_prev, params["weight_hh"])
+        if self.bias:
+            gi = gi + params["bias_ih"]
+            gh = gh + params["bias_hh"]
+        r = sigmoid(xp, gi[..., :H] + gh[..., :H])
+        z = sigmoid(xp, gi[..., H : 2 * H] + gh[..., H : 2 * H])
+        h_n = gh[..., 2 * H :]
+        n = xp.tanh(gi[..., 2 * H :] + r * h_n)
+        return r, z, n, h_n
+
+    def step(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
+        _, z, n, _ = self.gates(params, h_prev, x_t)
+        return (1.0 - z) * n + z * h_prev
+
+    def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> GRUTrajectory:
+        return GRUTrajectory(self, params, x, h0, states)
+
+    def __repr__(self) -> str:
+        return f"GRU(n_in={self.n_in}, n_hidden={self.n_hidden}, bias={self.bias})"
+
+
+class GRUTrajectory(RecurrentTrajectory):
+    """A run of :class:`GRU`.
+
+    Caches, each of shape (B, T, H): the update gate ``z`` and the D coefficients
+    ``d_r, d_z, d_in, d_hn`` (see :class:`GRU`), recomputed for all steps at once from
+    the states.  J_t never forms an H×H matrix: it is three diagonal scalings of W_hh v.
+    """
+
+    model: GRU
+
+    def __init__(self, model: GRU, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
+        super().__init__(model, params, x, h0, states)
+        xp = self.xp
+        h_prev = self.prev_states
+        r, z, n, h_n = model.gates(params, h_prev, x)
+        H = model.n_hidden
+        self.z = z
+        self.d_in = (1.0 - z) * (1.0 - n * n)
+        # one (B, T, 3H) cache feeds J_t in a single GEMM; d_r, d_z, d_hn are slices of it
+        self._d_rzn = xp.concat(
+            [self.d_in * h_n * r * (1.0 - r), (h_prev - n) * z * (1.0 - z), r * self.d_in], axis=-1
+        )
+        self.d_r = self._d_rzn[..., :H]
+        self.d_z = self._d_rzn[..., H : 2 * H]
+        self.d_hn = self._d_rzn[..., 2 * H :]
+
+    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
+        H = self.model.n_hidden
+        U = self._d_rzn[:, t, ...] * linear(self.xp, V, self.params["weight_hh"])
+        return self.z[:, t, ...] * V + U[..., :H] + U[..., H : 2 * H] + U[..., 2 * H :]
+
+    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
+        U = self._d_rzn[:, t, ...] * self.xp.concat([W, W, W], axis=-1)
+        return self.z[:, t, ...] * W + U @ self.params["weight_hh"]
+
+    def _make_sites(self) -> list[Site]:
+        nb = 1 if self.model.bias else 0
+        x, h = flat_sites(self.x), flat_sites(self.prev_states)
+        A_xh = site_variables([x, h], 2 * nb)
+        A_x = site_variables([x], nb)
+        A_h = site_variables([h], nb)
+        shape = self.state_shape
+        return [
+            Site(name, A, state_shape=shape, unit_D=flat_sites(d)[:, :, None, None])
+            for name, A, d in (
+                ("r", A_xh, self.d_r),
+                ("z", A_xh, self.d_z),
+                ("in", A_x, self.d_in),
+                ("hn", A_h, self.d_hn),
+            )
+        ]

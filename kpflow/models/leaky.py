@@ -1,0 +1,127 @@
+"""The leaky (continuous-time, Euler-discretised) RNN of computational neuroscience.
+
+h_t = (1 − dt) h_{t−1} + dt (W φ(h_{t−1}) + U x_t [+ b]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpflow._array import array_namespace
+from kpflow.models.base import (
+    RecurrentModel,
+    RecurrentTrajectory,
+    Site,
+    check_size,
+    flat_sites,
+    site_variables,
+)
+from kpflow.models.rnn import activation, activation_derivative, check_nonlinearity, linear
+
+__all__ = ["LeakyRNN", "LeakyRNNTrajectory"]
+
+
+class LeakyRNN(RecurrentModel):
+    """The leaky RNN h_t = (1 − dt) h_{t−1} + dt (W φ(h_{t−1}) + U x_t [+ b]).
+
+    Parameters
+    ----------
+    n_in, n_hidden : int
+        Input size and hidden size H (the state size S = H).
+    dt : float
+        The Euler step, 0 < dt ≤ 1 (dt = 1 is a "rate" RNN without leak).
+    nonlinearity : {"tanh", "relu"}
+        φ, applied to the previous state (the rate).
+    bias : bool
+        Whether the bias b exists.
+
+    Notes
+    -----
+    Parameters (PyTorch-style names): ``weight_hh`` is W (H, H), ``weight_ih`` is U
+    (H, n_in), ``bias`` is b (H,) (one bias, so +1 in G, not +2).  One weight site,
+    a(s) = [φ(h_{t−1}); x_t; 1], with the constant D = dt·I, so K = dt² (G ⊗ I_H) exactly
+    and the spectrum of K is dt² eig(AᵀA), each eigenvalue H times.  The state Jacobian is
+    J_t = (1 − dt) I + dt W diag(φ′(h_{t−1})).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import LeakyRNN
+    >>> model = LeakyRNN(2, 3, dt=0.1)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((4, 5, 2)))
+    >>> traj.states.shape, traj.sites[0].scale
+    ((4, 5, 3), 0.1)
+    """
+
+    def __init__(
+        self, n_in: int, n_hidden: int, *, dt: float, nonlinearity: str = "tanh", bias: bool = False
+    ) -> None:
+        self.n_in = check_size(n_in, "n_in", "LeakyRNN")
+        self.n_hidden = check_size(n_hidden, "n_hidden", "LeakyRNN")
+        self.state_size = self.n_hidden
+        if isinstance(dt, bool) or not isinstance(dt, int | float) or not (0.0 < float(dt) <= 1.0):
+            msg = f"LeakyRNN: expected dt to be a float in (0, 1], got {dt!r}"
+            raise ValueError(msg)
+        self.dt = float(dt)
+        self.nonlinearity = check_nonlinearity(nonlinearity, "LeakyRNN")
+        self.bias = bool(bias)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        H, n = self.n_hidden, self.n_in
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (H, n), "weight_hh": (H, H)}
+        if self.bias:
+            shapes["bias"] = (H,)
+        return shapes
+
+    def step(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
+        xp = array_namespace(h_prev, x_t)
+        rate = activation(xp, self.nonlinearity, h_prev)
+        drive = linear(xp, rate, params["weight_hh"]) + linear(xp, x_t, params["weight_ih"])
+        if self.bias:
+            drive = drive + params["bias"]
+        return (1.0 - self.dt) * h_prev + self.dt * drive
+
+    def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> LeakyRNNTrajectory:
+        return LeakyRNNTrajectory(self, params, x, h0, states)
+
+    def __repr__(self) -> str:
+        return (
+            f"LeakyRNN(n_in={self.n_in}, n_hidden={self.n_hidden}, dt={self.dt}, "
+            f"nonlinearity={self.nonlinearity!r}, bias={self.bias})"
+        )
+
+
+class LeakyRNNTrajectory(RecurrentTrajectory):
+    """A run of :class:`LeakyRNN`; caches φ(h_{t−1}) and φ′(h_{t−1}), both (B, T, H).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import LeakyRNN
+    >>> model = LeakyRNN(1, 2, dt=0.5)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((3, 4, 1)))
+    >>> traj.rate.shape, traj.sites[0].p
+    ((3, 4, 2), 3)
+    """
+
+    model: LeakyRNN
+
+    def __init__(self, model: LeakyRNN, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
+        super().__init__(model, params, x, h0, states)
+        xp = self.xp
+        prev = self.prev_states
+        self.rate = activation(xp, model.nonlinearity, prev)
+        self.d = activation_derivative(xp, model.nonlinearity, prev, self.rate)
+
+    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
+        dt = self.model.dt
+        return (1.0 - dt) * V + dt * linear(self.xp, self.d[:, t, ...] * V, self.params["weight_hh"])
+
+    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
+        dt = self.model.dt
+        return (1.0 - dt) * W + dt * (self.d[:, t, ...] * (W @ self.params["weight_hh"]))
+
+    def _make_sites(self) -> list[Site]:
+        model = self.model
+        A = site_variables([flat_sites(self.rate), flat_sites(self.x)], 1 if model.bias else 0)
+        return [Site("hidden", A, state_shape=self.state_shape, scale=model.dt, width=model.n_hidden)]

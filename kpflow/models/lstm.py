@@ -1,0 +1,211 @@
+"""The long short-term memory cell (LSTM) of ``torch.nn.LSTM``, with analytic derivatives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpflow._array import array_namespace
+from kpflow.models.base import (
+    RecurrentModel,
+    RecurrentTrajectory,
+    Site,
+    Trajectory,
+    check_size,
+    flat_sites,
+    site_variables,
+)
+from kpflow.models.gru import linear, sigmoid
+
+__all__ = ["LSTM", "LSTMTrajectory"]
+
+
+class LSTM(RecurrentModel):
+    """The LSTM of ``torch.nn.LSTM`` (one layer, ``batch_first=True``); state [h; c].
+
+    Gate order i, f, g, o, as in PyTorch::
+
+        u   = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh          (4H pre-activations)
+        i, f, g, o = σ(u_i), σ(u_f), tanh(u_g), σ(u_o)
+        c_t = f ⊙ c_{t−1} + i ⊙ g
+        h_t = o ⊙ tanh(c_t)
+
+    The state z_t = [h_t; c_t] has width S = 2H, h first, so ``traj.states`` is
+    (B, T, 2H) and P runs through the whole (h, c) state.  The NTK of h alone is the
+    h-block of the (h, c) NTK; a readout reads h (``traj.feature_columns == (0, H)``).
+
+    Parameters
+    ----------
+    n_in, n_hidden : int
+        Input size and hidden size H.
+    bias : bool
+        Whether ``bias_ih`` and ``bias_hh`` exist.
+
+    Notes
+    -----
+    Parameters (PyTorch's names, the gates stacked i, f, g, o): ``weight_ih`` (4H, n_in),
+    ``weight_hh`` (4H, H), ``bias_ih`` (4H,), ``bias_hh`` (4H,).
+
+    The initial state ``h0`` of :meth:`run` is either an array (B, 2H) = [h0; c0] or a
+    pair ``(h0, c0)`` of (B, H) arrays (PyTorch passes them as (1, B, H); drop the layer
+    axis).  ``None`` means zeros.
+
+    One weight site (all four gates share it) with site variables
+    a(s) = [x_t; h_{t−1}; 1; 1] and width 4H.  D(s) = ∂[h_t; c_t]/∂u is 2H×4H and
+    couples each unit's four gate pre-activations to its h and c only, so it is stored
+    unit-structured (``unit_D`` of shape (m, H, 2, 4)).  With τ = tanh c_t, c = c_{t−1}:
+
+    - ∂c_t/∂u_{i,f,g,o} = [g i(1−i), c f(1−f), i(1−g²), 0]
+    - ∂h_t/∂u_{i,f,g} = o(1−τ²) ∂c_t/∂u,   ∂h_t/∂u_o = τ o(1−o)
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.lstm import LSTM
+    >>> model = LSTM(2, 3)
+    >>> params = model.init(0, like=xp.zeros(1))
+    >>> traj = model.run(params, xp.ones((4, 5, 2)))
+    >>> traj.states.shape, [(s.p, s.width, s.unit_D.shape) for s in traj.sites]
+    ((4, 5, 6), [(7, 12, (20, 3, 2, 4))])
+    """
+
+    def __init__(self, n_in: int, n_hidden: int, *, bias: bool = True) -> None:
+        self.n_in = check_size(n_in, "n_in", "LSTM")
+        self.n_hidden = check_size(n_hidden, "n_hidden", "LSTM")
+        self.state_size = 2 * self.n_hidden
+        self.bias = bool(bias)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        H, n = self.n_hidden, self.n_in
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (4 * H, n), "weight_hh": (4 * H, H)}
+        if self.bias:
+            shapes.update({"bias_ih": (4 * H,), "bias_hh": (4 * H,)})
+        return shapes
+
+    def gates(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> tuple[Any, Any, Any, Any]:
+        """The gates (i, f, g, o), each ``(..., H)``.
+
+        ``h_prev`` is h_{t−1} ``(..., H)`` (not the full state) and ``x_t`` is ``(..., n_in)``.
+        """
+        xp = array_namespace(h_prev, x_t)
+        H = self.n_hidden
+        u = linear(xp, x_t, params["weight_ih"]) + linear(xp, h_prev, params["weight_hh"])
+        if self.bias:
+            u = u + params["bias_ih"] + params["bias_hh"]
+        i = sigmoid(xp, u[..., :H])
+        f = sigmoid(xp, u[..., H : 2 * H])
+        g = xp.tanh(u[..., 2 * H : 3 * H])
+        o = sigmoid(xp, u[..., 3 * H :])
+        return i, f, g, o
+
+    def step(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
+        """One step on the state [h; c]: ``h_prev`` (..., 2H) and x_t (..., n_in) to (..., 2H)."""
+        xp = array_namespace(h_prev, x_t)
+        H = self.n_hidden
+        i, f, g, o = self.gates(params, h_prev[..., :H], x_t)
+        c = f * h_prev[..., H:] + i * g
+        return xp.concat([o * xp.tanh(c), c], axis=-1)
+
+    def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> Trajectory:
+        """Run once; ``h0`` is None, a (B, 2H) array [h0; c0] or a pair (h0, c0) of (B, H).
+
+        Returns
+        -------
+        LSTMTrajectory
+            ``states`` of shape (B, T, 2H), h first; ``traj.h0`` is the (B, 2H) array.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`RecurrentModel.run`, and for a pair ``h0`` of the wrong length or shapes.
+        TypeError
+            For mixed namespaces, dtypes or devices.
+        """
+        if isinstance(h0, tuple | list):
+            h0 = self._join_pair(params, x, h0)
+        return super().run(params, x, h0)
+
+    def _join_pair(self, params: dict[str, Any], x: Any, pair: Any) -> Any:
+        where = "LSTM.run"
+        if len(pair) != 2:
+            msg = (
+                f"{where}: expected h0 to be an array (B, 2H) or a pair (h0, c0), "
+                f"got a sequence of length {len(pair)}"
+            )
+            raise ValueError(msg)
+        meta = self.check_params(params, where)
+        self._check_inputs(x, None, meta, where)
+        shape = (x.shape[0], self.n_hidden)
+        for name, a in zip(("h0[0] (h0)", "h0[1] (c0)"), pair, strict=True):
+            self._check_array(a, name, shape, meta, where)
+        return meta[0].concat([pair[0], pair[1]], axis=-1)
+
+    def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> LSTMTrajectory:
+        return LSTMTrajectory(self, params, x, h0, states)
+
+    def __repr__(self) -> str:
+        return f"LSTM(n_in={self.n_in}, n_hidden={self.n_hidden}, bias={self.bias})"
+
+
+class LSTMTrajectory(RecurrentTrajectory):
+    """A run of :class:`LSTM`; the state is [h; c] of width 2H.
+
+    Caches ``f`` and ``hc`` = o(1 − tanh² c_t) of shape (B, T, H), and the rows of D,
+    ``Dh`` = ∂h_t/∂u and ``Dc`` = ∂c_t/∂u of shape (B, T, 4H) (gate blocks i, f, g, o,
+    each diagonal in the unit).  The state Jacobian is
+
+        J_t [v_h; v_c] = [Σ_gates Dh ⊙ (W_hh v_h) + hc ⊙ f ⊙ v_c;
+                          Σ_gates Dc ⊙ (W_hh v_h) + f ⊙ v_c].
+    """
+
+    model: LSTM
+
+    def __init__(self, model: LSTM, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
+        super().__init__(model, params, x, h0, states)
+        xp = self.xp
+        H = model.n_hidden
+        prev = self.prev_states
+        i, f, g, o = model.gates(params, prev[..., :H], x)
+        tau = xp.tanh(states[..., H:])
+        self.f = f
+        self.hc = o * (1.0 - tau * tau)
+        dc = [g * i * (1.0 - i), prev[..., H:] * f * (1.0 - f), i * (1.0 - g * g)]
+        self.Dc = xp.concat([*dc, xp.zeros_like(o)], axis=-1)
+        self.Dh = xp.concat([self.hc * d for d in dc] + [tau * o * (1.0 - o)], axis=-1)
+
+    @property
+    def feature_columns(self) -> tuple[int, int]:
+        """A readout reads h: columns (0, H) of the per-site state [h; c]."""
+        return (0, self.model.n_hidden)
+
+    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
+        xp, H = self.xp, self.model.n_hidden
+        U = linear(xp, V[..., :H], self.params["weight_hh"])
+        fvc = self.f[:, t, ...] * V[..., H:]
+        dh = _gate_sum(self.Dh[:, t, ...] * U, H) + self.hc[:, t, ...] * fvc
+        dc = _gate_sum(self.Dc[:, t, ...] * U, H) + fvc
+        return xp.concat([dh, dc], axis=-1)
+
+    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
+        xp, H = self.xp, self.model.n_hidden
+        wh, wc = W[..., :H], W[..., H:]
+        U = self.Dh[:, t, ...] * xp.concat([wh] * 4, axis=-1) + self.Dc[:, t, ...] * xp.concat(
+            [wc] * 4, axis=-1
+        )
+        back_c = self.f[:, t, ...] * (self.hc[:, t, ...] * wh + wc)
+        return xp.concat([U @ self.params["weight_hh"], back_c], axis=-1)
+
+    def _make_sites(self) -> list[Site]:
+        xp, H = self.xp, self.model.n_hidden
+        A = site_variables(
+            [flat_sites(self.x), flat_sites(self.prev_states[..., :H])], 2 if self.model.bias else 0
+        )
+        m = A.shape[0]
+        # (m, 4H) gate-major -> (m, H, 4); stacking h and c rows gives (m, H, 2, 4)
+        rows = [xp.permute_dims(xp.reshape(flat_sites(D), (m, 4, H)), (0, 2, 1)) for D in (self.Dh, self.Dc)]
+        unit_D = xp.stack(rows, axis=2)
+        return [Site("ih+hh", A, state_shape=self.state_shape, unit_D=unit_D)]
+
+
+def _gate_sum(U: Any, H: int) -> Any:
+    """Sum the four gate blocks of ``U`` (..., 4H) to (..., H)."""
+    return U[..., :H] + U[..., H : 2 * H] + U[..., 2 * H : 3 * H] + U[..., 3 * H :]

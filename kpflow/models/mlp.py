@@ -1,0 +1,257 @@
+"""A multi-layer perceptron, seen as a recurrence over depth.
+
+z_0 = φ(W_0 x + b_0), z_l = φ(W_l z_{l−1} + b_l), the last layer linear by default.
+Depth plays the role of time: the state is the concatenation of the per-layer
+blocks, of different widths, and L is block-subdiagonal (layer l reads layer l−1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kpflow._array import array_namespace, namespace_name
+from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, site_variables
+from kpflow.models.rnn import activation, activation_derivative, check_nonlinearity, linear
+
+__all__ = ["MLP", "MLPTrajectory"]
+
+
+class MLP(Model):
+    """A fully connected network ``widths = (n_in, n_1, …, n_L)`` with L layers.
+
+    z_l = φ(W_l z_{l−1} + b_l) for l = 0 … L−1 (z_{−1} = x), the last layer without φ
+    unless ``linear_output=False`` (THEORY's two-layer example: z₁ = tanh(W₁x + b₁),
+    z₂ = W₂z₁ + b₂).
+
+    Parameters
+    ----------
+    widths : sequence of int
+        At least two sizes: the input and each layer's width.
+    nonlinearity : {"tanh", "relu"}
+    bias : bool
+    linear_output : bool
+        Whether the last layer is linear (default True).
+
+    Notes
+    -----
+    Parameters are named as ``torch.nn.ModuleList`` of ``nn.Linear`` called ``layers``:
+    ``layers.{l}.weight`` (n_{l+1}, n_l) and ``layers.{l}.bias`` (n_{l+1},) (l 0-based;
+    n_0 = n_in).  ``x`` has shape (B, n_in).  The trajectory's state has shape
+    (B, n_1 + … + n_L); ``traj.blocks[l] = (start, stop)`` gives layer l's columns.  Each
+    layer is one weight site over the B batch sites, a(s) = [z_{l−1}(s); 1] and
+    D = diag(φ′) (the identity for a linear layer), writing only its own block.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import MLP
+    >>> model = MLP((3, 4, 2))
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((5, 3)))
+    >>> traj.states.shape, traj.blocks
+    ((5, 6), [(0, 4), (4, 6)])
+    """
+
+    def __init__(
+        self,
+        widths: Any,
+        *,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        linear_output: bool = True,
+    ) -> None:
+        try:
+            widths = tuple(widths)
+        except TypeError as err:
+            msg = f"MLP: expected widths to be a sequence of ints, got {widths!r}"
+            raise ValueError(msg) from err
+        if len(widths) < 2:
+            msg = f"MLP: expected widths = (n_in, n_1, ...) with at least one layer, got {widths!r}"
+            raise ValueError(msg)
+        self.widths = tuple(check_size(w, "every width", "MLP") for w in widths)
+        self.n_in = self.widths[0]
+        self.n_layers = len(self.widths) - 1
+        self.nonlinearity = check_nonlinearity(nonlinearity, "MLP")
+        self.bias = bool(bias)
+        self.linear_output = bool(linear_output)
+        self.state_size = sum(self.widths[1:])
+        offs = np.cumsum((0, *self.widths[1:])).tolist()
+        self.blocks = [(int(offs[l]), int(offs[l + 1])) for l in range(self.n_layers)]
+
+    def is_linear(self, l: int) -> bool:
+        """Whether layer ``l`` has no nonlinearity."""
+        return self.linear_output and l == self.n_layers - 1
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for l in range(self.n_layers):
+            shapes[f"layers.{l}.weight"] = (self.widths[l + 1], self.widths[l])
+            if self.bias:
+                shapes[f"layers.{l}.bias"] = (self.widths[l + 1],)
+        return shapes
+
+    def init(
+        self, rng: Any = None, *, like: Any = None, dtype: Any = None, device: Any = None
+    ) -> dict[str, Any]:
+        """torch's ``nn.Linear`` default per layer, U(−1/√n_l, 1/√n_l), drawn on the host."""
+        gen = rng if isinstance(rng, np.random.Generator) else None
+        if gen is None:
+            if rng is not None and not isinstance(rng, int | np.integer):
+                msg = (
+                    "MLP.init: expected rng to be an int, a numpy.random.Generator or None, "
+                    f"got {type(rng).__name__}"
+                )
+                raise TypeError(msg)
+            gen = np.random.default_rng(rng)
+        shapes = self.param_shapes()
+        out: dict[str, Any] = {}
+        for l in range(self.n_layers):
+            layer = {k: s for k, s in shapes.items() if k.startswith(f"layers.{l}.")}
+            bound = 1.0 / float(np.sqrt(self.widths[l]))
+            out.update(
+                draw_uniform(layer, bound, gen, like=like, dtype=dtype, device=device, where="MLP.init")
+            )
+        return out
+
+    def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
+        if h0 is not None:
+            msg = f"{where}: expected h0=None for a feed-forward model, got {type(h0).__name__}"
+            raise ValueError(msg)
+        xp = meta[0]
+        x_xp = array_namespace(x, where=where)
+        if x_xp is not xp:
+            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(xp)}"
+            raise TypeError(msg)
+        if x.ndim != 2 or x.shape[1] != self.n_in or x.shape[0] < 1:
+            msg = f"{where}: expected x of shape (B, n_in={self.n_in}) with B >= 1, got {tuple(x.shape)}"
+            raise ValueError(msg)
+        self._check_array(x, "x", tuple(x.shape), meta, where)
+
+    def layer(self, params: dict[str, Any], l: int, z_prev: Any) -> Any:
+        """Layer ``l`` applied to its input ``z_prev`` (..., n_l) -> (..., n_{l+1})."""
+        xp = array_namespace(z_prev)
+        u = linear(xp, z_prev, params[f"layers.{l}.weight"])
+        if self.bias:
+            u = u + params[f"layers.{l}.bias"]
+        return u if self.is_linear(l) else activation(xp, self.nonlinearity, u)
+
+    def unroll(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
+        xp = array_namespace(x)
+        z, out = x, []
+        for l in range(self.n_layers):
+            z = self.layer(params, l, z)
+            out.append(z)
+        return out[0] if len(out) == 1 else xp.concat(out, axis=-1)
+
+    def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
+        xp = array_namespace(states)
+        out = []
+        for l in range(self.n_layers):
+            inp = x if l == 0 else states[..., self.blocks[l - 1][0] : self.blocks[l - 1][1]]
+            out.append(self.layer(params, l, inp))
+        return out[0] if len(out) == 1 else xp.concat(out, axis=-1)
+
+    def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> MLPTrajectory:
+        return MLPTrajectory(self, params, x, h0, states)
+
+    def __repr__(self) -> str:
+        return f"MLP(widths={self.widths}, nonlinearity={self.nonlinearity!r}, bias={self.bias})"
+
+
+class MLPTrajectory(Trajectory):
+    """A run of :class:`MLP`: ``state_shape = (B, Σ n_l)``, one block per layer.
+
+    Attributes
+    ----------
+    blocks : list of (start, stop)
+        Layer l's columns of the state.
+    d : list of array or None
+        φ′ at each layer's pre-activation, (B, n_l) (None for a linear layer).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import MLP
+    >>> model = MLP((2, 3, 1))
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((4, 2)))
+    >>> traj.layer_states(1).shape, [s.columns for s in traj.sites]
+    ((4, 1), [(0, 3), (3, 4)])
+    """
+
+    model: MLP
+
+    def __init__(self, model: MLP, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
+        super().__init__(model, params, x, h0, states)
+        xp = self.xp
+        self.blocks = list(model.blocks)
+        self.d: list[Any] = []
+        for l in range(model.n_layers):
+            if model.is_linear(l):
+                self.d.append(None)
+                continue
+            inp = x if l == 0 else self.layer_states(l - 1)
+            u = linear(xp, inp, params[f"layers.{l}.weight"])
+            if model.bias:
+                u = u + params[f"layers.{l}.bias"]
+            self.d.append(activation_derivative(xp, model.nonlinearity, u, self.layer_states(l)))
+
+    def layer_states(self, l: int) -> Any:
+        """z_l, shape (B, n_{l+1})."""
+        lo, hi = self.blocks[l]
+        return self.states[:, lo:hi]
+
+    @property
+    def site_shape(self) -> tuple[int, ...]:
+        return (int(self.states.shape[0]),)
+
+    @property
+    def feature_columns(self) -> tuple[int, int]:
+        return self.blocks[-1]
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.blocks)
+
+    def block(self, V: Any, t: int) -> Any:
+        lo, hi = self.blocks[t]
+        return V[:, :, lo:hi]
+
+    def join(self, blocks: list[Any]) -> Any:
+        return blocks[0] if len(blocks) == 1 else self.xp.concat(blocks, axis=-1)
+
+    def step_jvp(self, t: int, v: Any) -> Any:
+        out = linear(self.xp, v, self.params[f"layers.{t}.weight"])
+        return out if self.d[t] is None else self.d[t] * out
+
+    def step_vjp(self, t: int, w: Any) -> Any:
+        if self.d[t] is not None:
+            w = self.d[t] * w
+        return w @ self.params[f"layers.{t}.weight"]
+
+    def _make_sites(self) -> list[Site]:
+        model = self.model
+        sites = []
+        for l in range(model.n_layers):
+            inp = self.x if l == 0 else self.layer_states(l - 1)
+            A = site_variables([inp], 1 if model.bias else 0)
+            name = f"layers.{l}"
+            if self.d[l] is None:
+                site = Site(
+                    name,
+                    A,
+                    state_shape=self.state_shape,
+                    scale=1.0,
+                    width=model.widths[l + 1],
+                    columns=self.blocks[l],
+                )
+            else:
+                site = Site(
+                    name,
+                    A,
+                    state_shape=self.state_shape,
+                    unit_D=self.d[l][:, :, None, None],
+                    columns=self.blocks[l],
+                )
+            sites.append(site)
+        return sites

@@ -1,0 +1,148 @@
+"""The Elman RNN, h_t = φ(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh), as ``torch.nn.RNN``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpflow._array import array_namespace
+from kpflow.models.base import (
+    RecurrentModel,
+    RecurrentTrajectory,
+    Site,
+    check_size,
+    flat_sites,
+    site_variables,
+)
+
+__all__ = ["RNN", "RNNTrajectory"]
+
+_NONLINEARITIES = ("tanh", "relu")
+
+
+def check_nonlinearity(nonlinearity: Any, where: str, allowed: tuple[str, ...] = _NONLINEARITIES) -> str:
+    """Validate a nonlinearity name."""
+    if nonlinearity not in allowed:
+        msg = f"{where}: expected nonlinearity to be one of {allowed}, got {nonlinearity!r}"
+        raise ValueError(msg)
+    return str(nonlinearity)
+
+
+def activation(xp: Any, name: str, u: Any) -> Any:
+    """φ(u) for ``name`` in tanh, relu."""
+    if name == "tanh":
+        return xp.tanh(u)
+    return xp.maximum(u, xp.zeros_like(u))
+
+
+def activation_derivative(xp: Any, name: str, u: Any, y: Any) -> Any:
+    """φ′(u) given u and y = φ(u) (tanh: 1 − y², relu: 1[u > 0])."""
+    if name == "tanh":
+        return 1.0 - y * y
+    return xp.astype(u > 0, y.dtype)
+
+
+def linear(xp: Any, a: Any, W: Any) -> Any:
+    """a Wᵀ on the last axis of ``a``."""
+    return a @ xp.matrix_transpose(W)
+
+
+class RNN(RecurrentModel):
+    """The Elman RNN of ``torch.nn.RNN`` (one layer, ``batch_first=True``).
+
+    h_t = φ(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh), φ = tanh or relu.
+
+    Parameters
+    ----------
+    n_in, n_hidden : int
+        Input size and hidden size H (the state size S = H).
+    nonlinearity : {"tanh", "relu"}
+    bias : bool
+        Whether ``bias_ih`` and ``bias_hh`` exist (each adds +1 to every entry of G).
+
+    Notes
+    -----
+    Parameters: ``weight_ih`` (H, n_in), ``weight_hh`` (H, H), ``bias_ih`` (H,),
+    ``bias_hh`` (H,).  One weight site: a(s) = [h_{t−1}; x_t; 1; 1] and
+    D(s) = diag(φ′) taken at the step's output, so K = D (G ⊗ I_H) D.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import RNN
+    >>> model = RNN(2, 3)
+    >>> params = model.init(0, like=xp.zeros(1))
+    >>> traj = model.run(params, xp.ones((4, 5, 2)))
+    >>> traj.states.shape, [s.p for s in traj.sites]
+    ((4, 5, 3), [7])
+    """
+
+    def __init__(self, n_in: int, n_hidden: int, *, nonlinearity: str = "tanh", bias: bool = True) -> None:
+        self.n_in = check_size(n_in, "n_in", "RNN")
+        self.n_hidden = check_size(n_hidden, "n_hidden", "RNN")
+        self.state_size = self.n_hidden
+        self.nonlinearity = check_nonlinearity(nonlinearity, "RNN")
+        self.bias = bool(bias)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        H, n = self.n_hidden, self.n_in
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (H, n), "weight_hh": (H, H)}
+        if self.bias:
+            shapes.update({"bias_ih": (H,), "bias_hh": (H,)})
+        return shapes
+
+    def preactivation(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
+        """u = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh on any leading axes."""
+        xp = array_namespace(h_prev, x_t)
+        u = linear(xp, x_t, params["weight_ih"]) + linear(xp, h_prev, params["weight_hh"])
+        if self.bias:
+            u = u + params["bias_ih"] + params["bias_hh"]
+        return u
+
+    def step(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
+        xp = array_namespace(h_prev, x_t)
+        return activation(xp, self.nonlinearity, self.preactivation(params, h_prev, x_t))
+
+    def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> RNNTrajectory:
+        return RNNTrajectory(self, params, x, h0, states)
+
+    def __repr__(self) -> str:
+        return (
+            f"RNN(n_in={self.n_in}, n_hidden={self.n_hidden}, "
+            f"nonlinearity={self.nonlinearity!r}, bias={self.bias})"
+        )
+
+
+class RNNTrajectory(RecurrentTrajectory):
+    """A run of :class:`RNN`; caches d = φ′(u_t) of shape (B, T, H), J_t = diag(d_t) W_hh.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import RNN
+    >>> traj = RNN(1, 2).run(RNN(1, 2).init(0, like=xp.zeros(1)), xp.ones((3, 4, 1)))
+    >>> traj.d.shape, traj.sites[0].unit_D.shape
+    ((3, 4, 2), (12, 2, 1, 1))
+    """
+
+    model: RNN
+
+    def __init__(self, model: RNN, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
+        super().__init__(model, params, x, h0, states)
+        xp = self.xp
+        if model.nonlinearity == "tanh":
+            self.d = 1.0 - states * states
+        else:
+            u = model.preactivation(params, self.prev_states, x)
+            self.d = activation_derivative(xp, "relu", u, states)
+
+    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
+        return self.d[:, t, ...] * linear(self.xp, V, self.params["weight_hh"])
+
+    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
+        return (W * self.d[:, t, ...]) @ self.params["weight_hh"]
+
+    def _make_sites(self) -> list[Site]:
+        model = self.model
+        A = site_variables([flat_sites(self.prev_states), flat_sites(self.x)], 2 if model.bias else 0)
+        d = flat_sites(self.d)
+        return [Site("hidden", A, state_shape=self.state_shape, unit_D=d[:, :, None, None])]

@@ -1,0 +1,203 @@
+"""Weight sites: the pre-activation groups u_w(s) = W_w a_w(s) + b_w of a trajectory.
+
+A :class:`Site` holds the site variables A_w (one row per site, bias columns of
+ones included) and the action of D_w = ∂f/∂u_w, from which the parameter kernel
+is K = Σ_w D_w (A_w A_wᵀ ⊗ I) D_wᵀ (THEORY section 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpflow._array import array_namespace, device_of, prod
+
+__all__ = ["Site", "flat_sites", "site_variables"]
+
+
+class Site:
+    """One weight site: the pre-activations u_w(s) = W_w a_w(s) + b_w at every site s.
+
+    The Jacobian of the one-step map with respect to W_w (state held fixed) factors as
+    D_w (A_w ⊗ I): the site variables A_w (rows a_w(s)ᵀ, with a column of ones per bias)
+    times D_w = ∂f/∂u_w.  Hence the site's part of K is D_w (G_w ⊗ I) D_wᵀ, G_w = A_w A_wᵀ.
+
+    Parameters
+    ----------
+    name : str
+        Which weights feed this pre-activation (e.g. ``"hh+ih"``).
+    variables : array of shape (m, p)
+        A_w: row s is the site variable a_w(s) (including bias columns of ones).
+    state_shape : tuple of int
+        The trajectory's state shape; ``prod(state_shape)`` is a multiple of m.
+    unit_D : array of shape (m, n_units, a, g), optional
+        D_w per site and unit: unit i's g gate pre-activations (gate-major index
+        q·n_units + i of the width k_w = g·n_units) feed its a state coordinates (index
+        j·n_units + i of the site's ``a·n_units`` output columns).  RNN and GRU sites
+        have a = g = 1 (a diagonal D), the LSTM a = 2, g = 4.
+    scale : float, optional
+        D_w = scale·I (the leaky RNN: dt).  Give either ``unit_D`` or ``scale`` with
+        ``width``.
+    width : int, optional
+        k_w; inferred from ``unit_D`` as g·n_units.
+    columns : tuple (start, stop), optional
+        The columns of the per-site state vector (length ``prod(state_shape) // m``) this
+        site writes; all of them by default (the MLP's layers write their own block).
+
+    Attributes
+    ----------
+    name, variables, width, unit_D, scale, columns, state_shape, m
+        As above; ``m`` is the number of sites.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import Site
+    >>> A = xp.ones((3, 2))
+    >>> site = Site("w", A, state_shape=(3, 2), scale=0.5, width=2)
+    >>> site.apply_D(xp.ones((1, 3, 2)))[0, 0, :]
+    Array([0.5, 0.5], dtype=array_api_strict.float64)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        variables: Any,
+        *,
+        state_shape: tuple[int, ...],
+        unit_D: Any = None,
+        scale: float | None = None,
+        width: int | None = None,
+        columns: tuple[int, int] | None = None,
+    ) -> None:
+        if (unit_D is None) == (scale is None):
+            msg = f"Site({name!r}): give exactly one of unit_D and scale"
+            raise ValueError(msg)
+        self.name = name
+        self.variables = variables
+        self.state_shape = tuple(state_shape)
+        self.m = int(variables.shape[0])
+        self.site_state_size = prod(self.state_shape) // self.m
+        self.unit_D = unit_D
+        self.scale = None if scale is None else float(scale)
+        if unit_D is not None:
+            _, n_units, a, g = unit_D.shape
+            self.n_units, self.a, self.g = int(n_units), int(a), int(g)
+            self.width = self.g * self.n_units
+            out = self.a * self.n_units
+        else:
+            if width is None:
+                msg = f"Site({name!r}): a scaled site needs its width"
+                raise ValueError(msg)
+            self.n_units, self.a, self.g = int(width), 1, 1
+            self.width = int(width)
+            out = self.width
+        self.columns = (0, self.site_state_size) if columns is None else tuple(columns)
+        if self.columns[1] - self.columns[0] != out:
+            msg = f"Site({name!r}): D maps to {out} state columns but columns={self.columns}"
+            raise ValueError(msg)
+
+    @property
+    def p(self) -> int:
+        """The site-variable dimension p_w (columns of A_w)."""
+        return int(self.variables.shape[1])
+
+    def dense_unit_D(self) -> Any:
+        """``unit_D`` as an array of shape (m, n_units, a, g), also for a scaled site."""
+        if self.unit_D is not None:
+            return self.unit_D
+        A = self.variables
+        xp = array_namespace(A)
+        return xp.full((self.m, self.n_units, 1, 1), self.scale, dtype=A.dtype, device=device_of(A))
+
+    def _embed(self, Y: Any) -> Any:
+        """(k, m, out) -> (k, *state_shape), zero outside ``columns``."""
+        xp = array_namespace(Y)
+        k = Y.shape[0]
+        lo, hi = self.columns
+        parts = []
+        if lo > 0:
+            parts.append(xp.zeros((k, self.m, lo), dtype=Y.dtype, device=device_of(Y)))
+        parts.append(Y)
+        if hi < self.site_state_size:
+            rest = self.site_state_size - hi
+            parts.append(xp.zeros((k, self.m, rest), dtype=Y.dtype, device=device_of(Y)))
+        full = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
+        return xp.reshape(full, (k, *self.state_shape))
+
+    def _restrict(self, V: Any) -> Any:
+        """(k, *state_shape) -> (k, m, out), the site's columns."""
+        xp = array_namespace(V)
+        k = V.shape[0]
+        flat = xp.reshape(V, (k, self.m, self.site_state_size))
+        lo, hi = self.columns
+        if lo == 0 and hi == self.site_state_size:
+            return flat
+        return flat[:, :, lo:hi]
+
+    def apply_D(self, U: Any) -> Any:
+        """D_w U: pre-activation tangents ``(k, m, width)`` to state tangents ``(k, *state_shape)``."""
+        xp = array_namespace(U)
+        k = U.shape[0]
+        if self.unit_D is None:
+            return self._embed(self.scale * U)
+        if self.a == 1 and self.g == 1:
+            return self._embed(U * self.unit_D[:, :, 0, 0])
+        n = self.n_units
+        Ug = xp.permute_dims(xp.reshape(U, (k, self.m, self.g, n)), (0, 1, 3, 2))
+        Y = xp.sum(Ug[:, :, :, None, :] * self.unit_D, axis=-1)  # (k, m, n, a)
+        Y = xp.reshape(xp.permute_dims(Y, (0, 1, 3, 2)), (k, self.m, self.a * n))
+        return self._embed(Y)
+
+    def apply_DT(self, V: Any) -> Any:
+        """D_wᵀ V: state tangents ``(k, *state_shape)`` to pre-activation space ``(k, m, width)``."""
+        xp = array_namespace(V)
+        R = self._restrict(V)
+        k = R.shape[0]
+        if self.unit_D is None:
+            return self.scale * R
+        if self.a == 1 and self.g == 1:
+            return R * self.unit_D[:, :, 0, 0]
+        n = self.n_units
+        Ra = xp.permute_dims(xp.reshape(R, (k, self.m, self.a, n)), (0, 1, 3, 2))
+        U = xp.sum(Ra[:, :, :, :, None] * self.unit_D, axis=-2)  # (k, m, n, g)
+        return xp.reshape(xp.permute_dims(U, (0, 1, 3, 2)), (k, self.m, self.g * n))
+
+    def __repr__(self) -> str:
+        return f"Site({self.name!r}, m={self.m}, p={self.p}, width={self.width})"
+
+
+def _ones_column(like: Any, m: int) -> Any:
+    """A column of ones ``(m, 1)`` like ``like`` (a bias's site variable)."""
+    xp = array_namespace(like)
+    return xp.ones((m, 1), dtype=like.dtype, device=device_of(like))
+
+
+def site_variables(parts: list[Any], n_bias: int) -> Any:
+    """A_w: the site-variable blocks ``(m, p_i)`` side by side, then ``n_bias`` columns of ones.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.sites import site_variables
+    >>> site_variables([xp.zeros((2, 1))], 2)
+    Array([[0., 1., 1.],
+           [0., 1., 1.]], dtype=array_api_strict.float64)
+    """
+    xp = array_namespace(*parts)
+    m = parts[0].shape[0]
+    cols = list(parts) + [_ones_column(parts[0], m) for _ in range(n_bias)]
+    return cols[0] if len(cols) == 1 else xp.concat(cols, axis=1)
+
+
+def flat_sites(a: Any) -> Any:
+    """Reshape ``(B, T, p)`` site data to ``(B·T, p)`` row-major (the site order).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.base import flat_sites
+    >>> flat_sites(xp.zeros((2, 3, 4))).shape
+    (6, 4)
+    """
+    xp = array_namespace(a)
+    return xp.reshape(a, (prod(a.shape[:-1]), a.shape[-1]))

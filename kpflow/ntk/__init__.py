@@ -1,0 +1,33 @@
+"""The NTK factorisation NTK_S = P K Pᵀ: the parameter kernel K, the propagator P, products.
+
+- :func:`parameter_kernel` -> K = J_θ J_θᵀ (Kronecker core Σ_w D_w (G_w ⊗ I) D_wᵀ, or autodiff);
+- :func:`propagator` -> P = (I − L)⁻¹ (forward recursion; ``.T`` is BPTT; ``.inverse()`` is I − L);
+- :func:`global_ntk` -> NTK_S = P K Pᵀ (``.P``, ``.K``);
+- :func:`output_ntk` -> (C̃P) K (C̃P)ᵀ + G_ro ⊗ I_out;
+- :func:`dense_global_ntk`, :func:`dense_output_ntk` -> dense autodiff references (torch, jax).
+"""
+
+# Registers the exact Kronecker-core rules with kpflow.linalg (spectrum, trace, norms, partial traces).
+from kpflow.ntk import shortcuts
+from kpflow.ntk.dense import DEFAULT_MAX_DENSE_SIZE, dense_global_ntk, dense_output_ntk
+from kpflow.ntk.global_ntk import GlobalNTK, OutputNTK, ReadoutMap, global_ntk, output_ntk
+from kpflow.ntk.kernel import AutodiffKernel, KroneckerCoreKernel, parameter_kernel
+from kpflow.ntk.propagator import ConstraintJacobian, Propagator, propagator
+
+__all__ = [
+    "DEFAULT_MAX_DENSE_SIZE",
+    "AutodiffKernel",
+    "ConstraintJacobian",
+    "GlobalNTK",
+    "KroneckerCoreKernel",
+    "OutputNTK",
+    "Propagator",
+    "ReadoutMap",
+    "dense_global_ntk",
+    "dense_output_ntk",
+    "global_ntk",
+    "output_ntk",
+    "parameter_kernel",
+    "propagator",
+    "shortcuts",
+]

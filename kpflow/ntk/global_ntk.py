@@ -1,0 +1,240 @@
+"""The global empirical NTK of the states, NTK_S = P K Pᵀ, and the output-space NTK.
+
+NTK_S = (dz/dθ)(dz/dθ)ᵀ, the kernel by which one gradient step moves every state:
+Δz ≈ −η NTK_S ∇_z L.  With a readout y = C z + c trained too, the output-space NTK is
+NTK_out = (C̃P) K (C̃P)ᵀ + G_ro ⊗ I_out, C̃ = I_m ⊗ C, G_ro[s, s′] = ⟨z(s), z(s′)⟩ + 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpflow.models.base import Site, Trajectory, site_variables
+from kpflow.models.linear import Linear
+from kpflow.ntk.kernel import KroneckerCoreKernel, check_trajectory, parameter_kernel
+from kpflow.ntk.propagator import Propagator, propagator
+from kpflow.operators.base import LinearOperator
+from kpflow.operators.functions import adjoint, is_symmetric
+
+__all__ = ["GlobalNTK", "OutputNTK", "ReadoutMap", "global_ntk", "output_ntk"]
+
+
+class GlobalNTK(LinearOperator):
+    """NTK_S = P K Pᵀ on ``state_shape``: BPTT, then K, then the forward recursion.
+
+    Attributes
+    ----------
+    P : Propagator
+        The propagator (I − L)⁻¹.
+    K : LinearOperator
+        The parameter kernel.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> model = RNN(1, 2)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((1, 3, 1)))
+    >>> N = ntk.global_ntk(traj)
+    >>> N.todense().shape
+    (1, 3, 2, 1, 3, 2)
+    """
+
+    def __init__(self, P: Propagator, K: LinearOperator) -> None:
+        super().__init__(P.shape_in, P.shape_out, xp=P.xp, dtype=P.dtype, device=P.device)
+        self.P = P
+        self.K = K
+
+    def _matmat(self, X: Any) -> Any:
+        return self.P._matmat(self.K._matmat(self.P._rmatmat(X)))
+
+    def _rmatmat(self, Y: Any) -> Any:
+        return self._matmat(Y)
+
+
+@adjoint.register
+def _(op: GlobalNTK) -> LinearOperator:
+    return op
+
+
+@is_symmetric.register
+def _(op: GlobalNTK) -> bool:
+    return True
+
+
+def global_ntk(traj: Trajectory, *, method: str = "kronecker") -> GlobalNTK:
+    """The global empirical NTK of the states, NTK_S = P K Pᵀ, on ``state_shape``.
+
+    Parameters
+    ----------
+    traj : Trajectory
+        From ``model.run``.
+    method : {"kronecker", "autodiff"}
+        How K is applied (see :func:`parameter_kernel`).
+
+    Returns
+    -------
+    GlobalNTK
+        Symmetric PSD operator ``(k, *state_shape) -> (k, *state_shape)`` with ``.P`` and ``.K``.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> model = RNN(2, 3)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((2, 4, 2)))
+    >>> N = ntk.global_ntk(traj)
+    >>> N.matmat(xp.ones((5, 2, 4, 3))).shape
+    (5, 2, 4, 3)
+    """
+    check_trajectory(traj, "global_ntk")
+    return GlobalNTK(propagator(traj), parameter_kernel(traj, method=method))
+
+
+class ReadoutMap(LinearOperator):
+    """C̃ = I_m ⊗ C: state tangents ``(k, *state_shape)`` to outputs ``(k, *site_shape, n_out)``.
+
+    C reads the trajectory's ``feature_columns`` of each site (h for the LSTM, the last
+    layer for the MLP).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> traj = RNN(1, 2).run(RNN(1, 2).init(0, like=xp.zeros(1)), xp.ones((1, 3, 1)))
+    >>> C = xp.ones((4, 2))
+    >>> ntk.ReadoutMap(traj, C).shape_out
+    (1, 3, 4)
+    """
+
+    def __init__(self, traj: Trajectory, weight: Any) -> None:
+        shape_out = (*traj.site_shape, int(weight.shape[0]))
+        super().__init__(traj.state_shape, shape_out, xp=traj.xp, dtype=traj.dtype, device=traj.device)
+        self.traj = traj
+        self.weight = weight
+
+    def _matmat(self, X: Any) -> Any:
+        xp, traj = self.xp, self.traj
+        k = X.shape[0]
+        lo, hi = traj.feature_columns
+        Z = xp.reshape(X, (k, traj.m, traj.site_state_size))[:, :, lo:hi]
+        return xp.reshape(Z @ xp.matrix_transpose(self.weight), (k, *self.shape_out))
+
+    def _rmatmat(self, Y: Any) -> Any:
+        xp, traj = self.xp, self.traj
+        k = Y.shape[0]
+        lo, hi = traj.feature_columns
+        Z = xp.reshape(Y, (k, traj.m, self.weight.shape[0])) @ self.weight  # (k, m, F)
+        parts = []
+        if lo > 0:
+            parts.append(xp.zeros((k, traj.m, lo), dtype=self.dtype, device=self.device))
+        parts.append(Z)
+        if hi < traj.site_state_size:
+            parts.append(
+                xp.zeros((k, traj.m, traj.site_state_size - hi), dtype=self.dtype, device=self.device)
+            )
+        full = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
+        return xp.reshape(full, (k, *self.shape_in))
+
+
+class OutputNTK(LinearOperator):
+    """NTK_out = C̃ NTK_S C̃ᵀ + G_ro ⊗ I_out on ``(*site_shape, n_out)``.
+
+    Attributes
+    ----------
+    readout_map : ReadoutMap
+        C̃ = I_m ⊗ C.
+    state_ntk : GlobalNTK
+        NTK_S = P K Pᵀ.
+    readout_kernel : KroneckerCoreKernel
+        G_ro ⊗ I_out, the readout's own parameters' term (one site, D = I).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN, Linear
+    >>> traj = RNN(1, 2).run(RNN(1, 2).init(0, like=xp.zeros(1)), xp.ones((1, 3, 1)))
+    >>> N = ntk.output_ntk(traj, Linear(2, 1).init(0, like=xp.zeros(1)))
+    >>> N.readout_kernel.sites[0].p, N.todense().shape
+    (3, (1, 3, 1, 1, 3, 1))
+    """
+
+    def __init__(self, readout_map: ReadoutMap, state_ntk: GlobalNTK, readout_kernel: KroneckerCoreKernel):
+        shape = readout_map.shape_out
+        super().__init__(shape, shape, xp=state_ntk.xp, dtype=state_ntk.dtype, device=state_ntk.device)
+        self.readout_map = readout_map
+        self.state_ntk = state_ntk
+        self.readout_kernel = readout_kernel
+
+    def _matmat(self, X: Any) -> Any:
+        C = self.readout_map
+        inner = C._matmat(self.state_ntk._matmat(C._rmatmat(X)))
+        return inner + self.readout_kernel._matmat(X)
+
+    def _rmatmat(self, Y: Any) -> Any:
+        return self._matmat(Y)
+
+
+@adjoint.register
+def _(op: OutputNTK) -> LinearOperator:
+    return op
+
+
+@is_symmetric.register
+def _(op: OutputNTK) -> bool:
+    return True
+
+
+def output_ntk(traj: Trajectory, readout_params: dict[str, Any], *, method: str = "kronecker") -> OutputNTK:
+    """The output-space NTK of a trajectory read out by y = C z + c, all parameters trained.
+
+    NTK_out = (C̃P) K (C̃P)ᵀ + G_ro ⊗ I_out (THEORY section 1), the kernel neural-tangents
+    computes.  The readout reads ``traj.feature_columns`` of each site.
+
+    Parameters
+    ----------
+    traj : Trajectory
+    readout_params : dict
+        ``weight`` C of shape (n_out, n_features) and optionally ``bias`` c of shape
+        (n_out,) (as :class:`kpflow.models.Linear`), in the trajectory's namespace, dtype
+        and device.
+    method : {"kronecker", "autodiff"}
+        How K is applied.
+
+    Returns
+    -------
+    OutputNTK
+        Symmetric operator on ``(*site_shape, n_out)``: ``(B, T, n_out)`` for recurrent
+        models, ``(B, n_out)`` for the MLP.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN, Linear
+    >>> model, readout = RNN(2, 3), Linear(3, 1)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((2, 4, 2)))
+    >>> ntk.output_ntk(traj, readout.init(1, like=xp.zeros(1))).shape_in
+    (2, 4, 1)
+    """
+    where = "output_ntk"
+    check_trajectory(traj, where)
+    if not isinstance(readout_params, dict) or "weight" not in readout_params:
+        msg = f"{where}: expected readout_params to be a dict with 'weight' (and optionally 'bias')"
+        raise ValueError(msg)
+    weight = readout_params["weight"]
+    lo, hi = traj.feature_columns
+    if weight.ndim != 2:
+        got = tuple(weight.shape)
+        msg = f"{where}: expected readout_params['weight'] of shape (n_out, {hi - lo}), got {got}"
+        raise ValueError(msg)
+    readout = Linear(hi - lo, int(weight.shape[0]), bias="bias" in readout_params)
+    readout.check_params(readout_params, where, like=traj.states)
+    C = ReadoutMap(traj, weight)
+    variables = site_variables([traj.features()], 1 if readout.bias else 0)
+    site = Site("readout", variables, state_shape=C.shape_out, scale=1.0, width=readout.n_out)
+    return OutputNTK(C, global_ntk(traj, method=method), KroneckerCoreKernel([site], like=traj.states))

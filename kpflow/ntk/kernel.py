@@ -1,0 +1,213 @@
+"""The parameter kernel K = J_θ J_θᵀ: through the Kronecker core, or by autodiff.
+
+Two ways to apply K to a block of k probes (shapes ``(k, *state_shape)``):
+
+=================  ===============================================  ==========================
+method             cost per block of k probes                       needs
+=================  ===============================================  ==========================
+``"kronecker"``    Σ_w O(k·m·p_w·k_w) (two thin GEMMs per site)     the model's weight sites
+``"autodiff"``     one vmapped vjp + one vmapped jvp of the         torch or jax arrays
+                   one-step map at all sites (≈ 2 model passes)
+=================  ===============================================  ==========================
+
+The core never forms the m×m site Gram G_w = A_w A_wᵀ: K V = Σ_w D_w A_w (A_wᵀ (D_wᵀ V)).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpflow.models.base import Site, Trajectory
+from kpflow.operators.base import LinearOperator
+from kpflow.operators.functions import adjoint, is_symmetric
+
+__all__ = ["AutodiffKernel", "KroneckerCoreKernel", "check_trajectory", "parameter_kernel"]
+
+
+def check_trajectory(traj: Any, where: str) -> Trajectory:
+    """Raise ``TypeError`` unless ``traj`` is a :class:`kpflow.models.Trajectory`."""
+    if not isinstance(traj, Trajectory):
+        msg = f"{where}: expected traj to be a kpflow Trajectory (from model.run), got {type(traj).__name__}"
+        raise TypeError(msg)
+    return traj
+
+
+class KroneckerCoreKernel(LinearOperator):
+    """K = Σ_w D_w (G_w ⊗ I) D_wᵀ, applied as Σ_w D_w A_w (A_wᵀ (D_wᵀ V)).
+
+    Parameters
+    ----------
+    sites : list of :class:`kpflow.models.Site`
+        The weight sites (A_w, D_w); all share ``state_shape``.
+    like : array
+        Gives the namespace, dtype and device (e.g. the trajectory's states).
+
+    Attributes
+    ----------
+    sites : list of Site
+        Exact rules (spectrum, trace, …) read A_w and D_w from here.
+
+    Notes
+    -----
+    Symmetric positive semi-definite; ``K.T`` is ``K``.  Domain and codomain are
+    ``state_shape``.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> traj = RNN(1, 2).run(RNN(1, 2).init(0, like=xp.zeros(1)), xp.ones((1, 3, 1)))
+    >>> K = ntk.parameter_kernel(traj)
+    >>> K.shape_in, len(K.sites)
+    ((1, 3, 2), 1)
+    """
+
+    def __init__(self, sites: list[Site], *, like: Any) -> None:
+        from kpflow.operators.base import meta_of_array
+
+        shape = sites[0].state_shape
+        super().__init__(shape, shape, **meta_of_array(like, "KroneckerCoreKernel"))
+        self.sites = list(sites)
+
+    def _matmat(self, X: Any) -> Any:
+        xp = self.xp
+        out = None
+        for site in self.sites:
+            A = site.variables
+            U = site.apply_DT(X)  # (k, m, k_w)
+            C = xp.matrix_transpose(A) @ U  # (k, p, k_w)
+            term = site.apply_D(A @ C)
+            out = term if out is None else out + term
+        return out
+
+    def _rmatmat(self, Y: Any) -> Any:
+        return self._matmat(Y)
+
+
+@adjoint.register
+def _(op: KroneckerCoreKernel) -> LinearOperator:
+    return op
+
+
+@is_symmetric.register
+def _(op: KroneckerCoreKernel) -> bool:
+    return True
+
+
+class AutodiffKernel(LinearOperator):
+    """K = J_θ J_θᵀ by a vmapped vjp then a vmapped jvp of the one-step map (torch, jax).
+
+    J_θ is the derivative of ``model.update_map(θ, z, x, h0)`` with the states z held
+    fixed.  Used to cross-check the Kronecker core and for models without sites.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> traj = RNN(1, 2).run(RNN(1, 2).init(0), np.ones((1, 3, 1)))
+    >>> ntk.parameter_kernel(traj, method="autodiff")
+    Traceback (most recent call last):
+    ...
+    kpflow.backends._base.AutodiffUnavailableError: parameter_kernel: method="autodiff" ...
+    """
+
+    def __init__(self, traj: Trajectory, adapter: Any) -> None:
+        super().__init__(traj.state_shape, traj.state_shape, xp=traj.xp, dtype=traj.dtype, device=traj.device)
+        self.traj = traj
+        self.adapter = adapter
+        names = sorted(traj.params)
+        self._theta = tuple(traj.params[n] for n in names)
+        model, states, x, h0 = traj.model, traj.states, traj.x, traj.h0
+
+        def f(*theta: Any) -> Any:
+            return model.update_map(dict(zip(names, theta, strict=True)), states, x, h0)
+
+        self._f = f
+        _, self._vjp_fn = adapter.vjp(f, *self._theta)
+
+    def _matmat(self, X: Any) -> Any:
+        adapter, f, theta = self.adapter, self._f, self._theta
+        cot = adapter.vmap(self._vjp_fn)(X)
+
+        def jv(*tangents: Any) -> Any:
+            return adapter.jvp(f, theta, tangents)[1]
+
+        return adapter.vmap(jv)(*cot)
+
+    def _rmatmat(self, Y: Any) -> Any:
+        return self._matmat(Y)
+
+
+@adjoint.register
+def _(op: AutodiffKernel) -> LinearOperator:
+    return op
+
+
+@is_symmetric.register
+def _(op: AutodiffKernel) -> bool:
+    return True
+
+
+def autodiff_adapter(x: Any, where: str) -> Any:
+    """The backend adapter of ``x`` if it has autodiff; else ``AutodiffUnavailableError``."""
+    from kpflow.backends import AutodiffUnavailableError, get_backend
+
+    adapter = get_backend(x)
+    if not adapter.has_autodiff:
+        msg = (
+            f"{where} needs automatic differentiation, which the {adapter.name} backend lacks; "
+            "run the model on torch or jax arrays"
+        )
+        raise AutodiffUnavailableError(msg)
+    return adapter
+
+
+def parameter_kernel(traj: Trajectory, *, method: str = "kronecker") -> LinearOperator:
+    """The parameter kernel K = J_θ J_θᵀ of a trajectory, on ``state_shape``.
+
+    K is the one-step (immediate) NTK: J_θ = ∂f(z_{t−1}, x_t; θ)/∂θ with the states held
+    fixed.  With weight sites, K = Σ_w D_w (G_w ⊗ I) D_wᵀ, G_w = A_w A_wᵀ.
+
+    Parameters
+    ----------
+    traj : Trajectory
+        From ``model.run``.
+    method : {"kronecker", "autodiff"}
+        ``"kronecker"`` applies the Kronecker core (any backend); ``"autodiff"`` uses
+        vjp/jvp of the one-step map (torch or jax only), for cross-checking.
+
+    Returns
+    -------
+    KroneckerCoreKernel or AutodiffKernel
+        A symmetric operator from ``state_shape`` to ``state_shape``.
+
+    Raises
+    ------
+    TypeError
+        If ``traj`` is not a Trajectory; ``AutodiffUnavailableError`` (a ``TypeError``)
+        for ``method="autodiff"`` on numpy, array_api_strict or cupy.
+    ValueError
+        For an unknown ``method``.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> model = RNN(2, 3)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((2, 4, 2)))
+    >>> K = ntk.parameter_kernel(traj)
+    >>> K.matvec(traj.states).shape
+    (2, 4, 3)
+    """
+    where = "parameter_kernel"
+    check_trajectory(traj, where)
+    if method == "kronecker":
+        return KroneckerCoreKernel(traj.sites, like=traj.states)
+    if method == "autodiff":
+        adapter = autodiff_adapter(traj.states, f'{where}: method="autodiff"')
+        return AutodiffKernel(traj, adapter)
+    msg = f'{where}: expected method "kronecker" or "autodiff", got {method!r}'
+    raise ValueError(msg)

@@ -1,0 +1,135 @@
+"""The propagator P = (∂F/∂z)⁻¹ = (I − L)⁻¹ and its inverse I − L.
+
+P q is the forward recursion y_0 = q_0, y_t = q_t + J_t y_{t−1}; Pᵀ q is
+backpropagation through time, w_{T−1} = q_{T−1}, w_t = q_t + J_{t+1}ᵀ w_{t+1}.
+Both push a whole block of probes through each step with one batched Jacobian
+action; the B·T·H·H Jacobians are never stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpflow.models.base import Trajectory
+from kpflow.ntk.kernel import check_trajectory
+from kpflow.operators.base import LinearOperator
+
+__all__ = ["ConstraintJacobian", "Propagator", "propagator"]
+
+
+class Propagator(LinearOperator):
+    """P = (I − L)⁻¹ on ``state_shape``: a forward recursion over the blocks of z.
+
+    Parameters
+    ----------
+    traj : Trajectory
+        A trajectory whose L is block-subdiagonal (``traj.triangular``).
+
+    Attributes
+    ----------
+    traj : Trajectory
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> model = RNN(1, 2)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((1, 3, 1)))
+    >>> P = ntk.propagator(traj)
+    >>> q = xp.ones((1, 3, 2))
+    >>> bool(xp.all(xp.abs(P.inverse().matvec(P.matvec(q)) - q) < 1e-12))
+    True
+    """
+
+    def __init__(self, traj: Trajectory) -> None:
+        shape = traj.state_shape
+        super().__init__(shape, shape, xp=traj.xp, dtype=traj.dtype, device=traj.device)
+        self.traj = traj
+
+    def _matmat(self, X: Any) -> Any:
+        traj = self.traj
+        y = traj.block(X, 0)
+        out = [y]
+        for t in range(1, traj.n_steps):
+            y = traj.block(X, t) + traj.step_jvp(t, y)
+            out.append(y)
+        return traj.join(out)
+
+    def _rmatmat(self, Y: Any) -> Any:
+        traj = self.traj
+        n = traj.n_steps
+        w = traj.block(Y, n - 1)
+        out = [w]
+        for t in range(n - 2, -1, -1):
+            w = traj.block(Y, t) + traj.step_vjp(t + 1, w)
+            out.append(w)
+        return traj.join(out[::-1])
+
+    def inverse(self) -> ConstraintJacobian:
+        """P⁻¹ = I − L = ∂F/∂z, applied without any recursion."""
+        return ConstraintJacobian(self.traj)
+
+
+class ConstraintJacobian(LinearOperator):
+    """∂F/∂z = I − L = P⁻¹ on ``state_shape``: (I − L) V = V − (J_t V_{t−1})_t.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> model = RNN(1, 2)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((1, 2, 1)))
+    >>> ntk.propagator(traj).inverse().todense().shape
+    (1, 2, 2, 1, 2, 2)
+    """
+
+    def __init__(self, traj: Trajectory) -> None:
+        shape = traj.state_shape
+        super().__init__(shape, shape, xp=traj.xp, dtype=traj.dtype, device=traj.device)
+        self.traj = traj
+
+    def _matmat(self, X: Any) -> Any:
+        return X - self.traj.state_jvp(X)
+
+    def _rmatmat(self, Y: Any) -> Any:
+        return Y - self.traj.state_vjp(Y)
+
+    def inverse(self) -> Propagator:
+        """P = (I − L)⁻¹."""
+        return Propagator(self.traj)
+
+
+def propagator(traj: Trajectory) -> Propagator:
+    """The propagator P = (∂F/∂z)⁻¹ = (I − L)⁻¹ of a trajectory, on ``state_shape``.
+
+    ``P.T`` is backpropagation through time and ``P.inverse()`` is I − L.
+
+    Parameters
+    ----------
+    traj : Trajectory
+
+    Returns
+    -------
+    Propagator
+        Maps ``(k, *state_shape)`` to ``(k, *state_shape)``.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow.ntk as ntk
+    >>> from kpflow.models import RNN
+    >>> model = RNN(2, 3)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((2, 4, 2)))
+    >>> ntk.propagator(traj).T.matvec(traj.states).shape
+    (2, 4, 3)
+    """
+    check_trajectory(traj, "propagator")
+    if not traj.triangular:
+        msg = (
+            f"propagator: the trajectory of {type(traj.model).__name__} has a non-triangular "
+            "∂F/∂z; kpflow has no implicit-model solver for it"
+        )
+        raise ValueError(msg)
+    return Propagator(traj)

@@ -1,0 +1,191 @@
+"""kpflow.linalg.eigsh and svds: block Lanczos, dense, Nyström and structured rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kpflow
+from kpflow.linalg import eigsh, svds
+from tests.conftest import check_meta
+from tests.linalg_helpers import SPECTRA, Opaque, numpy_operator, spectral_matrix, spectral_operator
+
+
+def _orthonormality_error(case, V) -> float:
+    Vn = case.to_numpy(V).reshape(V.shape[0], -1)
+    return float(np.abs(Vn @ Vn.T - np.eye(Vn.shape[0])).max())
+
+
+def test_degenerate_top_eigenvalue_is_returned_with_full_multiplicity(case):
+    A, _, _lam = spectral_operator(case, "degenerate", 100)
+    w, V, res, nmv = eigsh(A, 10, method="lanczos", rng=0)
+    for x in (w, V, res):
+        check_meta(case, x)
+    assert w.shape == (10,) and V.shape == (10, 100)
+    tol = 1e-8 if case.dtype_name == "float64" else 1e-5
+    assert np.abs(case.to_numpy(w) / 5.0 - 1.0).max() <= tol
+    assert case.to_numpy(res).max() <= (1e-9 if case.dtype_name == "float64" else 1e-3) * 5.0
+    assert _orthonormality_error(case, V) <= 1e3 * case.rtol
+    assert 0 < nmv <= 100
+
+
+def test_lanczos_converges_on_residuals_before_exhausting_the_space():
+    M, _ = spectral_matrix("degenerate", 300, seed=2)
+    w, _, res, nmv = eigsh(numpy_operator(M), 10, method="lanczos", rng=0)
+    np.testing.assert_allclose(np.asarray(w), np.full(10, 5.0), rtol=1e-10)
+    assert np.asarray(res).max() <= 1e-10 * 5.0 and nmv < 300
+
+
+def test_degenerate_eigenvalue_twenty_times_at_k_twenty():
+    M, _ = spectral_matrix("degenerate", 150)
+    w, _V, res, _ = eigsh(numpy_operator(M), 20, method="lanczos", rng=1)
+    np.testing.assert_allclose(np.asarray(w), np.full(20, 5.0), rtol=1e-8)
+    assert np.asarray(res).max() <= 1e-8
+    w21 = np.asarray(eigsh(numpy_operator(M), 21, method="lanczos", rng=1).eigenvalues)
+    np.testing.assert_allclose(w21[20], 3.0, rtol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(SPECTRA))
+def test_lanczos_matches_the_prescribed_spectrum(name):
+    M, lam = spectral_matrix(name, 120, seed=3)
+    w, V, res, _nmv = eigsh(numpy_operator(M), 5, method="lanczos", rng=2)
+    np.testing.assert_allclose(np.asarray(w), lam[:5], rtol=1e-9, atol=1e-12)
+    V = np.asarray(V)
+    np.testing.assert_allclose(V @ M @ V.T, np.diag(lam[:5]), atol=1e-9)
+    assert np.asarray(res).max() <= 1e-9 * lam[0]
+
+
+def test_dense_method_and_auto_choices(case):
+    A, _M, lam = spectral_operator(case, "exp", 40)
+    dense = eigsh(A, 3, method="dense")
+    assert dense.num_matvecs == 40
+    case.assert_close(dense.eigenvalues, lam[:3], rtol=10 * case.rtol)
+    auto_small = eigsh(A, 3)
+    assert auto_small.num_matvecs == 40
+    ruled = eigsh(A.op, 3)  # Dense rule: k products only, for the residual norms
+    assert ruled.num_matvecs == 3
+    case.assert_close(ruled.eigenvalues, lam[:3], rtol=10 * case.rtol)
+    check_meta(case, ruled.eigenvectors)
+
+
+def test_kronecker_eigenpairs_from_factors_keep_multiplicities(case64):
+    a = case64.asarray(np.diag([3.0, 2.0, -4.0]))
+    b = case64.asarray(spectral_matrix("poly", 4, seed=1)[0] - 0.2 * np.eye(4))
+    K = kpflow.Kronecker(kpflow.Dense(a), kpflow.Kronecker(kpflow.Dense(b), kpflow.Identity((2,), like=a)))
+    k = 7
+    r = eigsh(K, k)
+    assert r.num_matvecs == k  # residual norms only
+    dense = np.asarray(case64.to_numpy(K.todense())).reshape(24, 24)
+    expected = np.sort(np.linalg.eigvalsh(dense))[::-1][:k]
+    case64.assert_close(r.eigenvalues, expected, rtol=1e-12)
+    assert case64.to_numpy(r.residual_norms).max() <= 1e-12
+    assert r.eigenvectors.shape == (k, 3, 4, 2)
+    assert _orthonormality_error(case64, r.eigenvectors) <= 1e-12
+
+
+def test_gram_uses_the_smaller_side(case):
+    F = kpflow.Dense(case.randn(60, 8, seed=4))
+    G = F.gram()  # 60 x 60, rank 8
+    r = eigsh(G, 5)
+    s = np.linalg.svd(case.to_numpy(F.array), compute_uv=False)
+    case.assert_close(r.eigenvalues, s[:5] ** 2, rtol=100 * case.rtol)
+    assert case.to_numpy(r.residual_norms).max() <= 100 * case.rtol * s[0] ** 2
+    assert _orthonormality_error(case, r.eigenvectors) <= 100 * case.rtol
+
+
+def test_identity_diagonal_and_scaled_rules(case):
+    like = case.asarray([0.0])
+    I = kpflow.Identity((3, 2), like=like)
+    r = eigsh(I, 4)
+    case.assert_close(r.eigenvalues, np.ones(4))
+    assert r.eigenvectors.shape == (4, 3, 2)
+    d = np.array([0.5, 4.0, -1.0, 4.0, 2.0])
+    r = eigsh(2.0 * kpflow.Diagonal(case.asarray(d)), 3)
+    case.assert_close(r.eigenvalues, np.array([8.0, 8.0, 4.0]))
+    assert case.to_numpy(r.residual_norms).max() == 0.0
+
+
+def test_nystrom_approximates_a_psd_operator(case64):
+    A, _, lam = spectral_operator(case64, "exp", 100)
+    r = eigsh(A, 3, method="nystrom", block_size=60, rng=0)
+    assert r.num_matvecs == 63
+    case64.assert_close(r.eigenvalues, lam[:3], rtol=1e-5)
+    check_meta(case64, r.residual_norms)
+
+
+def test_svds_matches_numpy(case):
+    _check_svds(case, (40, 15))
+
+
+def test_svds_of_a_wide_operator_uses_the_left_gram(case64):
+    _check_svds(case64, (15, 40))
+
+
+def _check_svds(case, shape):
+    M = np.random.default_rng(5).standard_normal(shape)
+    A = Opaque(kpflow.Dense(case.asarray(M)))
+    U, s, V, nmv = svds(A, 4, method="lanczos", rng=0)
+    for x in (U, s, V):
+        check_meta(case, x)
+    assert U.shape == (4, shape[0]) and V.shape == (4, shape[1]) and nmv > 0
+    case.assert_close(s, np.linalg.svd(M, compute_uv=False)[:4], rtol=100 * case.rtol)
+    Un, sn, Vn = case.to_numpy(U), case.to_numpy(s), case.to_numpy(V)
+    np.testing.assert_allclose(Vn @ M.T, Un * sn[:, None], atol=1e3 * case.rtol * sn[0])
+    np.testing.assert_allclose(Un @ M, Vn * sn[:, None], atol=1e3 * case.rtol * sn[0])
+
+
+def test_svds_of_a_kronecker_product_is_structured(case64):
+    a, b = case64.randn(5, 3, seed=1), case64.randn(2, 4, seed=2)
+    K = kpflow.kron(a, b)
+    U, s, V, _ = svds(K, 3)
+    expected = np.sort(
+        np.outer(*(np.linalg.svd(case64.to_numpy(x), compute_uv=False) for x in (a, b))).ravel()
+    )
+    case64.assert_close(s, expected[::-1][:3], rtol=1e-10)
+    assert U.shape == (3, 5, 2) and V.shape == (3, 3, 4)
+
+
+def test_not_converging_warns_and_reports_residuals():
+    M, _ = spectral_matrix("poly", 200, seed=0)
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        r = eigsh(numpy_operator(M), 5, method="lanczos", rng=0, max_matvecs=20, tol=1e-14)
+    assert r.num_matvecs == 20 and np.asarray(r.residual_norms).shape == (5,)
+
+
+def test_progress_callback_reports_products():
+    M, _ = spectral_matrix("exp", 100)
+    seen = []
+    r = eigsh(numpy_operator(M), 3, method="lanczos", rng=0, progress=lambda d, t: seen.append(d))
+    assert seen[-1] == r.num_matvecs
+
+
+def test_bad_input_is_a_clear_error():
+    A = numpy_operator(np.eye(10))
+    with pytest.raises(ValueError, match="k=11 is larger than the dimension"):
+        eigsh(A, 11)
+    with pytest.raises(ValueError, match="k >= 1"):
+        eigsh(A, 0)
+    with pytest.raises(TypeError, match="positive int"):
+        eigsh(A, 2.0)
+    with pytest.raises(ValueError, match="square"):
+        eigsh(numpy_operator(np.ones((3, 4))), 1)
+    with pytest.raises(ValueError, match="unknown method 'arpack'"):
+        eigsh(A, 2, method="arpack")
+    with pytest.raises(ValueError, match="block_size=2 must be at least k=3"):
+        eigsh(A, 3, method="lanczos", block_size=2)
+    with pytest.raises(TypeError, match="rng"):
+        eigsh(A, 2, method="lanczos", rng=1.5)
+    with pytest.raises(ValueError, match=r"min\(size_in, size_out\)"):
+        svds(numpy_operator(np.ones((3, 4))), 4)
+
+
+def test_low_rank_operator_with_k_above_the_rank(case64):
+    case = case64
+    F = np.random.default_rng(0).standard_normal((80, 5))
+    A = Opaque(kpflow.Dense(case.asarray(F @ F.T)))
+    w, V, res, _ = eigsh(A, 7, method="lanczos", rng=0)
+    expected = np.concatenate([np.linalg.svd(F, compute_uv=False) ** 2, [0.0, 0.0]])
+    scale = expected[0]
+    np.testing.assert_allclose(case.to_numpy(w), expected, atol=100 * case.rtol * scale)
+    assert case.to_numpy(res).max() <= 100 * case.rtol * scale
+    assert _orthonormality_error(case, V) <= 100 * case.rtol

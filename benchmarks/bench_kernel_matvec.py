@@ -27,10 +27,12 @@ Run: ``python benchmarks/bench_kernel_matvec.py`` (``--quick`` for a short smoke
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +76,7 @@ def autodiff_variants(
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """Vmapped vjp + jvp routes for K V = J (Jᵀ V), setup done here (outside the timing)."""
     func = torch.func
-    _, vjp_fn = func.vjp(f, *theta)
+    vjp_fn = func.vjp(f, *theta)[1]
     batched_vjp = func.vmap(vjp_fn)
 
     def jvp_one(*tangents: torch.Tensor) -> torch.Tensor:
@@ -95,7 +97,7 @@ def autodiff_variants(
         return batched_linear(*batched_vjp(V))
 
     # v ↦ Jᵀ v is linear, so its vjp at any point is u ↦ J u.
-    _, transpose_fn = func.vjp(lambda v: vjp_fn(v), torch.zeros_like(V[0]))
+    transpose_fn = func.vjp(lambda v: vjp_fn(v), torch.zeros_like(V[0]))[1]
     batched_transpose = func.vmap(lambda *u: transpose_fn(u)[0])
 
     def vjp_vjp() -> torch.Tensor:
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.asarray(rng.standard_normal((B, T, n_in)), dtype=dtype)
     V = torch.asarray(rng.standard_normal((k, B, T, H)), dtype=dtype)
     with torch.no_grad():
-        traj = model.run(params, x)
+        traj: Any = model.run(params, x)
     K_core = ntk.parameter_kernel(traj)
     _ = traj.sites  # built once per trajectory, like the baselines' vjp setup
     K_auto = ntk.parameter_kernel(traj, method="autodiff")
@@ -146,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     routes.update(autodiff_variants(plain_step(x, traj.prev_states), theta, V))
 
     print(f"K V, tanh RNN B={B} T={T} H={H} n_in={n_in}, {k} probes, {dtype}, torch CPU")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeat} repeats")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeat} repeats, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     with torch.no_grad():
         results = timed_round_robin(routes, repeat)
     core_median, core_best, core_out = results["kpflow Kronecker core"]

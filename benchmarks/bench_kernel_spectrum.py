@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             times.append(time.perf_counter() - t0)
         t_exact = statistics.median(times)
         w_exact = to_numpy(exact.eigenvalues)
-        row = {"model": name, "exact": t_exact, "rule": registered, "w": w_exact}
+        row: dict[str, Any] = {"model": name, "exact": t_exact, "rule": registered, "w": w_exact}
         t0 = time.perf_counter()
         res = eigsh(K, k, method="lanczos", tol=args.tol, rng=0, max_matvecs=args.max_matvecs)
         row["krylov"] = time.perf_counter() - t0

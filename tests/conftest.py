@@ -66,7 +66,7 @@ def _selected_backends() -> list[str]:
 
 BACKENDS = _selected_backends()
 
-if "jax" in BACKENDS and find_spec("jax") is not None:
+if find_spec("jax") is not None:  # also when not selected: references may still use jax
     import jax
 
     jax.config.update("jax_enable_x64", True)  # tests only; the library never does this

@@ -7,8 +7,6 @@ block-diagonal over batch and lower-triangular in time.
 
 from __future__ import annotations
 
-from importlib.util import find_spec
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,7 +14,7 @@ from hypothesis import strategies as st
 
 import kpflow.ntk as ntk
 from kpflow.operators import is_symmetric
-from tests.conftest import check_meta
+from tests.conftest import BACKENDS, check_meta
 from tests.ntk_helpers import (
     NAMES,
     RECURRENT,
@@ -154,7 +152,9 @@ def test_global_ntk_by_autodiff_kernel_matches_kronecker(name):
     case.assert_close(a, b, rtol=TOL)
 
 
-@pytest.mark.skipif(not (find_spec("jax") and find_spec("torch")), reason="needs both torch and jax")
+@pytest.mark.skipif(
+    not {"jax", "torch"} <= set(BACKENDS), reason="needs both torch and jax among the selected backends"
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_jax_autodiff_kernel_and_dense_reference_agree_with_torch(name):
     # jax's eager mode compiles each primitive per shape, so jax's own autodiff routes

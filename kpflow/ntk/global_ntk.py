@@ -13,13 +13,12 @@ from kpflow.models.base import Site, Trajectory, site_variables
 from kpflow.models.linear import Linear
 from kpflow.ntk.kernel import KroneckerCoreKernel, check_trajectory, parameter_kernel
 from kpflow.ntk.propagator import Propagator, propagator
-from kpflow.operators.base import LinearOperator
-from kpflow.operators.functions import adjoint, is_symmetric
+from kpflow.operators.base import LinearOperator, SymmetricOperator
 
 __all__ = ["GlobalNTK", "OutputNTK", "ReadoutMap", "global_ntk", "output_ntk"]
 
 
-class GlobalNTK(LinearOperator):
+class GlobalNTK(SymmetricOperator):
     """NTK_S = P K Pᵀ on ``state_shape``: BPTT, then K, then the forward recursion.
 
     Attributes
@@ -48,19 +47,6 @@ class GlobalNTK(LinearOperator):
 
     def _matmat(self, X: Any) -> Any:
         return self.P._matmat(self.K._matmat(self.P._rmatmat(X)))
-
-    def _rmatmat(self, Y: Any) -> Any:
-        return self._matmat(Y)
-
-
-@adjoint.register
-def _(op: GlobalNTK) -> LinearOperator:
-    return op
-
-
-@is_symmetric.register
-def _(op: GlobalNTK) -> bool:
-    return True
 
 
 def global_ntk(traj: Trajectory, *, method: str = "kronecker") -> GlobalNTK:
@@ -140,7 +126,7 @@ class ReadoutMap(LinearOperator):
         return xp.reshape(full, (k, *self.shape_in))
 
 
-class OutputNTK(LinearOperator):
+class OutputNTK(SymmetricOperator):
     """NTK_out = C̃ NTK_S C̃ᵀ + G_ro ⊗ I_out on ``(*site_shape, n_out)``.
 
     Attributes
@@ -174,19 +160,6 @@ class OutputNTK(LinearOperator):
         C = self.readout_map
         inner = C._matmat(self.state_ntk._matmat(C._rmatmat(X)))
         return inner + self.readout_kernel._matmat(X)
-
-    def _rmatmat(self, Y: Any) -> Any:
-        return self._matmat(Y)
-
-
-@adjoint.register
-def _(op: OutputNTK) -> LinearOperator:
-    return op
-
-
-@is_symmetric.register
-def _(op: OutputNTK) -> bool:
-    return True
 
 
 def output_ntk(traj: Trajectory, readout_params: dict[str, Any], *, method: str = "kronecker") -> OutputNTK:

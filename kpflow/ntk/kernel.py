@@ -18,8 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from kpflow.models.base import Site, Trajectory
-from kpflow.operators.base import LinearOperator
-from kpflow.operators.functions import adjoint, is_symmetric
+from kpflow.operators.base import LinearOperator, SymmetricOperator
 
 __all__ = ["AutodiffKernel", "KroneckerCoreKernel", "check_trajectory", "parameter_kernel"]
 
@@ -32,7 +31,7 @@ def check_trajectory(traj: Any, where: str) -> Trajectory:
     return traj
 
 
-class KroneckerCoreKernel(LinearOperator):
+class KroneckerCoreKernel(SymmetricOperator):
     """K = Σ_w D_w (G_w ⊗ I) D_wᵀ, applied as Σ_w D_w A_w (A_wᵀ (D_wᵀ V)).
 
     Parameters
@@ -81,21 +80,8 @@ class KroneckerCoreKernel(LinearOperator):
             out = term if out is None else out + term
         return out
 
-    def _rmatmat(self, Y: Any) -> Any:
-        return self._matmat(Y)
 
-
-@adjoint.register
-def _(op: KroneckerCoreKernel) -> LinearOperator:
-    return op
-
-
-@is_symmetric.register
-def _(op: KroneckerCoreKernel) -> bool:
-    return True
-
-
-class AutodiffKernel(LinearOperator):
+class AutodiffKernel(SymmetricOperator):
     """K = J_θ J_θᵀ by a vmapped vjp then a vmapped jvp of the one-step map (torch, jax).
 
     J_θ is the derivative of ``model.update_map(θ, z, x, h0)`` with the states z held
@@ -135,19 +121,6 @@ class AutodiffKernel(LinearOperator):
             return adapter.jvp(f, theta, tangents)[1]
 
         return adapter.vmap(jv)(*cot)
-
-    def _rmatmat(self, Y: Any) -> Any:
-        return self._matmat(Y)
-
-
-@adjoint.register
-def _(op: AutodiffKernel) -> LinearOperator:
-    return op
-
-
-@is_symmetric.register
-def _(op: AutodiffKernel) -> bool:
-    return True
 
 
 def autodiff_adapter(x: Any, where: str) -> Any:

@@ -16,7 +16,7 @@ from kpflow.operators.algebra import (
     compose,
     scale,
 )
-from kpflow.operators.base import LinearOperator, is_operator
+from kpflow.operators.base import LinearOperator, SymmetricOperator, is_operator
 from kpflow.operators.basic import Dense, Diagonal, Identity, Projector
 from kpflow.operators.functions import (
     PartialTrace,
@@ -43,6 +43,7 @@ __all__ = [
     "Reshaped",
     "Scaled",
     "Sum",
+    "SymmetricOperator",
     "add",
     "adjoint",
     "compose",

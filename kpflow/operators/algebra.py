@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kpflow._array import prod
-from kpflow.operators.base import LinearOperator, common_meta
+from kpflow.operators.base import LinearOperator, SymmetricOperator, common_meta
 
 __all__ = [
     "Adjoint",
@@ -177,7 +177,7 @@ class Reshaped(LinearOperator):
         return xp.reshape(X, (k, *self.shape_in))
 
 
-class Gram(LinearOperator):
+class Gram(SymmetricOperator):
     """The Gram operator ``A Aᵀ`` on ``A.shape_out``: symmetric positive semi-definite.
 
     ``factor`` keeps ``A`` so that spectral routines can work on whichever of
@@ -200,9 +200,6 @@ class Gram(LinearOperator):
 
     def _matmat(self, X: Any) -> Any:
         return self.factor._matmat(self.factor._rmatmat(X))
-
-    def _rmatmat(self, Y: Any) -> Any:
-        return self._matmat(Y)
 
 
 def add(*ops: LinearOperator) -> LinearOperator:

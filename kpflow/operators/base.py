@@ -21,7 +21,7 @@ from typing import Any
 
 from kpflow._array import array_namespace, check_array, device_of, namespace_name, prod
 
-__all__ = ["LinearOperator", "is_operator"]
+__all__ = ["LinearOperator", "SymmetricOperator", "is_operator"]
 
 
 class LinearOperator(abc.ABC):
@@ -205,6 +205,26 @@ class LinearOperator(abc.ABC):
             f"{type(self).__name__}(shape_in={self.shape_in}, shape_out={self.shape_out}, "
             f"dtype={self.dtype}, xp={namespace_name(self.xp)})"
         )
+
+
+class SymmetricOperator(LinearOperator):
+    """A square operator with ``A = Aᵀ``: subclasses implement ``_matmat`` only.
+
+    ``_rmatmat`` is ``_matmat``, ``A.T`` is ``A`` itself and ``is_symmetric(A)`` is True
+    (rules registered once, for every subclass: K, NTK_S, Gram operators, ...).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> A = kpflow.Dense(xp.asarray([[1.0, 2.0]]))
+    >>> G = A.gram()
+    >>> isinstance(G, kpflow.operators.SymmetricOperator), G.T is G
+    (True, True)
+    """
+
+    def _rmatmat(self, Y: Any) -> Any:
+        return self._matmat(Y)
 
 
 def is_operator(obj: Any) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kpflow._array import as_shape, prod
-from kpflow.operators.base import LinearOperator, meta_of_array
+from kpflow.operators.base import LinearOperator, SymmetricOperator, meta_of_array
 
 __all__ = ["Dense", "Diagonal", "Identity", "Projector"]
 
@@ -105,7 +105,7 @@ class Dense(LinearOperator):
         return xp.reshape(X, (k, *self.shape_in))
 
 
-class Diagonal(LinearOperator):
+class Diagonal(SymmetricOperator):
     """Elementwise scaling ``X ↦ d ⊙ X`` on tensors of the shape of ``d``.
 
     Parameters
@@ -130,9 +130,6 @@ class Diagonal(LinearOperator):
 
     def _matmat(self, X: Any) -> Any:
         return self.array[None, ...] * X
-
-    def _rmatmat(self, Y: Any) -> Any:
-        return self._matmat(Y)
 
 
 class Projector(LinearOperator):

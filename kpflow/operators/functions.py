@@ -14,7 +14,7 @@ from typing import Any
 
 from kpflow._array import as_shape, prod
 from kpflow.operators.algebra import Adjoint, Composition, Gram, Reshaped, Scaled, Sum, add, scale
-from kpflow.operators.base import LinearOperator
+from kpflow.operators.base import LinearOperator, SymmetricOperator
 from kpflow.operators.basic import Dense, Diagonal, Identity, Projector
 
 __all__ = ["adjoint", "gram", "is_symmetric", "partial_trace", "reshape", "todense"]
@@ -116,8 +116,7 @@ def _(op: Adjoint) -> LinearOperator:
 
 
 @adjoint.register(Identity)
-@adjoint.register(Diagonal)
-@adjoint.register(Gram)
+@adjoint.register(SymmetricOperator)
 def _(op: LinearOperator) -> LinearOperator:
     return op
 
@@ -218,8 +217,7 @@ def is_symmetric(op: LinearOperator) -> bool:
 
 
 @is_symmetric.register(Identity)
-@is_symmetric.register(Diagonal)
-@is_symmetric.register(Gram)
+@is_symmetric.register(SymmetricOperator)
 def _(op: LinearOperator) -> bool:
     return op.shape_in == op.shape_out
 

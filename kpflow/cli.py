@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--dt", type=_unit_interval, default=0.1, help="leaky RNN time step (default: 0.1)")
     spec.add_argument("--k", type=_positive_int, default=10, help="top eigenvalues to print (default: 10)")
     spec.add_argument(
-        "--matvecs", type=_positive_int, default=100, help="NTK_S products per estimate (default: 100)"
+        "--matvecs", type=_positive_int, default=300, help="NTK_S products per estimate (default: 300)"
     )
     spec.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and probes (default: 0)")
     spec.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -49,7 +49,7 @@ def spectrum_report(
     traj: Trajectory,
     *,
     k: int = 10,
-    num_matvecs: int = 200,
+    num_matvecs: int = 300,
     rng: Any = None,
     progress: Any = None,
 ) -> dict[str, Any]:

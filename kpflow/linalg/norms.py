@@ -22,7 +22,11 @@ estimated with independent probe pairs: for ``x`` on the kept axes and two
 independent Rademacher ``z₁, z₂`` on the traced axes,
 ``uᵢ = (I ⊗ zᵢᵀ) A (x ⊗ zᵢ)`` has mean ``M x``, so ``u₁·u₂`` is unbiased for
 ``‖M x‖²`` and its mean over ``x`` for ``‖M‖²_F``; a single ``z`` would add
-the positive variance of ``u`` and bias the ratio upward.
+the positive variance of ``u`` and bias the ratio upward.  For PSD operators
+(NTK_S = P K Pᵀ) the pairs act only on the residual of a Nyström approximation
+``Â`` (half the budget), whose partial trace is exact: ``M = Tr_other(Â) + R``
+(see :func:`_partial_fro_sq_nystrom`), so with decaying spectra the variance
+falls with the spectral tail, as in Hutch++.
 """
 
 from __future__ import annotations
@@ -442,7 +446,10 @@ def _effective_rank_estimate(
         # Too few products to apply M = Tr_traced(A) exactly: independent probe pairs.
         counter = MatvecCounter(A, progress, fro_budget, "kpflow.linalg.effective_rank")
         try:
-            f2, ef = _partial_fro_sq_pairs(counter, traced, fro_budget // 2, gen)
+            if rules.is_psd(A) and fro_budget >= 8:
+                f2, ef = _partial_fro_sq_nystrom(counter, traced, fro_budget, gen)
+            else:
+                f2, ef = _partial_fro_sq_pairs(counter, traced, fro_budget // 2, gen)
         finally:
             counter.close()
         used += counter.num_matvecs
@@ -481,3 +488,47 @@ def _partial_fro_sq_pairs(
     U = xp.sum(Y * z, axis=axes)  # (2p, *kept): unbiased for M x
     samples = xp.reshape(xp.sum(U[:p, ...] * U[p:, ...], axis=tuple(range(1, U.ndim))), (p,))
     return xp.mean(samples), _se(xp, samples)
+
+
+def _partial_fro_sq_nystrom(
+    counter: MatvecCounter, traced: tuple[int, ...], budget: int, gen: Any
+) -> tuple[Any, Any]:
+    """``‖Tr_traced(A)‖²_F`` for a PSD ``A``: exact on a Nyström sketch, unbiased pairs on the rest.
+
+    With ``A + νI ≈ Fᵀ F`` from a stable Nyström sketch of ``s = budget/2`` probes,
+    ``M = Tr_traced(A) = L + R`` where ``L = Tr_traced(Fᵀ F) − ν n_traced I`` is exact and
+    cheap (``F`` has ``s`` rows) and ``R = Tr_traced(A − Â)``.  With independent probe pairs
+    ``uᵢ = (I ⊗ zᵢᵀ)(A − Â)(x ⊗ zᵢ)`` (mean ``R x``), ``‖L‖² + ⟨L x, u₁ + u₂⟩ + ⟨u₁, u₂⟩`` is
+    unbiased for ``‖M‖²_F`` given the sketch, and its variance is set by the residual only.
+    """
+    from kpflow.linalg.trace import nystrom_sketch
+
+    A = counter.op
+    xp, shape = A.xp, A.shape_in
+    like = like_array(A)
+    keep = tuple(a for a in range(len(shape)) if a not in traced)
+    nk = math.prod(shape[a] for a in keep)
+    nt = math.prod(shape[a] for a in traced)
+    s = max(2, min(budget // 2, A.size_in))
+    sk = nystrom_sketch(counter, s, gen)
+    F = xp.matrix_transpose(sk["B"]) @ sk["Q"]  # (s, n): A + νI ≈ Fᵀ F
+    nu = sk["nu"]
+    Fk = xp.permute_dims(xp.reshape(F, (s, *shape)), (0, *(1 + a for a in keep), *(1 + a for a in traced)))
+    G = xp.reshape(xp.permute_dims(xp.reshape(Fk, (s, nk, nt)), (1, 0, 2)), (nk, s * nt))
+    L = G @ xp.matrix_transpose(G) - (nu * nt) * unit_rows(A, 0, nk, nk)
+    low = xp.sum(L * L)
+    p = (budget - s) // 2
+    if p < 2:
+        return low, None
+    keep_shape = tuple(1 if a in traced else n for a, n in enumerate(shape))
+    tr_shape = tuple(n if a in traced else 1 for a, n in enumerate(shape))
+    x = probes(gen, p, nk, like, "gaussian")
+    z = xp.reshape(probes(gen, 2 * p, nt, like, "rademacher"), (2 * p, *tr_shape))
+    xs = xp.reshape(x, (p, *keep_shape))
+    X = xp.reshape(xp.concat([xs, xs], axis=0) * z, (2 * p, A.size_in))
+    resid = counter.matmat(X) - (X @ xp.matrix_transpose(F)) @ F + nu * X  # (A − Â) X
+    axes = tuple(1 + a for a in traced)
+    U = xp.reshape(xp.sum(xp.reshape(resid, (2 * p, *shape)) * z, axis=axes), (2 * p, nk))
+    Lx = x @ xp.matrix_transpose(L)
+    samples = xp.sum(Lx * (U[:p, :] + U[p:, :]) + U[:p, :] * U[p:, :], axis=1)
+    return low + xp.mean(samples), _se(xp, samples)

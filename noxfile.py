@@ -45,6 +45,8 @@ def types(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Run every example in docs/ (the docs build is plain Markdown for now)."""
-    session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", "--doctest-glob=*.md", "docs", "-p", "no:cacheprovider")
+    """Run every example in docs/ and the README (the docs are plain Markdown for now)."""
+    session.install("-e", ".[test,jax]", TORCH_PIN)
+    session.run(
+        "python", "-m", "pytest", "tests/test_ntk_docs.py", "tests/test_readme.py", "-p", "no:cacheprovider"
+    )

@@ -114,3 +114,42 @@ def test_torch_in_gives_torch_out():
     S = kpflow.kron(torch.randn(3, 3, dtype=torch.float32), torch.randn(2, 2, dtype=torch.float32))
     assert isinstance(S.partial_trace(0).todense(), torch.Tensor)
     assert S.partial_trace(0).todense().dtype == torch.float32
+
+
+def test_third_party_adapters_register_through_the_entry_point_group(monkeypatch):
+    import importlib.metadata
+
+    import kpflow.backends as backends
+    from kpflow.backends import Backend
+
+    class Boxed:
+        """A stand-in array type that no built-in adapter owns."""
+
+    class BoxedBackend(Backend):
+        name = "boxed"
+
+        def owns(self, x):
+            return isinstance(x, Boxed)
+
+        def namespace(self):
+            return np
+
+    adapter = BoxedBackend()
+
+    class FakeEntryPoint:
+        name = "boxed"
+
+        def load(self):
+            return adapter
+
+    def fake_entry_points(*, group):
+        assert group == "kpflow.backends"
+        return [FakeEntryPoint()]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
+    monkeypatch.setattr(backends, "_third_party", None)
+    assert get_backend("boxed") is adapter
+    assert get_backend(Boxed()) is adapter
+    with pytest.raises(ValueError, match=r"expected one of \[.*'boxed'.*\]"):
+        get_backend("nope")
+    monkeypatch.setattr(backends, "_third_party", None)

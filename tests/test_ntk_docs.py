@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import re
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,11 @@ def test_page_examples_run(page):
     if page.stem in NO_EXAMPLE:
         return
     assert blocks, f"{page.name} has no example"
+    for framework in ("torch", "jax"):
+        if re.search(rf"^\s*(>>> )?(import|from) {framework}\b", text, flags=re.M) and not find_spec(
+            framework
+        ):
+            pytest.skip(f"{page.name} uses {framework}, which is not installed")
     namespace: dict = {}
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for i, block in enumerate(blocks):

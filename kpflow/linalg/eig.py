@@ -285,12 +285,12 @@ class _Basis:
     def project(self, W: Any) -> tuple[Any, Any]:
         if self.kernels is not None:
             return self.kernels["project"](W, self.V)
-        return _project(self.xp, W, self.V)
+        return _project(self.xp, W, self.V[: self.m, :])  # the active rows only, no padding
 
     def finish(self, W: Any) -> Any:
         if self.kernels is not None:
             return self.kernels["finish"](W, self.V)
-        return _finish(self.xp, W, self.V)
+        return _finish(self.xp, W, self.V[: self.m, :])
 
     def add(self, Q: Any, AQ: Any) -> None:
         xp, m, s = self.xp, self.m, Q.shape[0]
@@ -298,12 +298,16 @@ class _Basis:
         if self.kernels is not None:
             self.V, self.AV, self.T = self.kernels["insert"](self.V, self.AV, self.T, Q, AQ, xp.asarray(m))
         else:
+            # The storage is this object's own, so it is updated in place where the backend
+            # allows (copy=None); a copy of the whole n-row basis per block would dominate.
             rows = (slice(m, m + s), slice(None))
-            self.V = xpx.at(self.V, rows).set(Q, copy=True, xp=xp)
-            self.AV = xpx.at(self.AV, rows).set(AQ, copy=True, xp=xp)
-            cross = self.V @ xp.matrix_transpose(AQ)  # (size, s), zero on padding
-            self.T = xpx.at(self.T, (slice(None), slice(m, m + s))).set(cross, copy=True, xp=xp)
-            self.T = xpx.at(self.T, rows).set(xp.matrix_transpose(cross), copy=True, xp=xp)
+            self.V = xpx.at(self.V, rows).set(Q, copy=None, xp=xp)
+            self.AV = xpx.at(self.AV, rows).set(AQ, copy=None, xp=xp)
+            cross = self.V[: m + s, :] @ xp.matrix_transpose(AQ)  # (m + s, s)
+            self.T = xpx.at(self.T, (slice(0, m + s), slice(m, m + s))).set(cross, copy=None, xp=xp)
+            self.T = xpx.at(self.T, (slice(m, m + s), slice(0, m + s))).set(
+                xp.matrix_transpose(cross), copy=None, xp=xp
+            )
         self.m = m + s
 
     def ritz(self) -> tuple[Any, Any, Any, float]:

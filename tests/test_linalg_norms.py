@@ -8,7 +8,7 @@ import pytest
 import kpflow
 from kpflow.linalg import alignment, effective_rank, fro_norm
 from kpflow.linalg._common import MatvecCounter
-from kpflow.linalg.norms import _partial_fro_sq_pairs
+from kpflow.linalg.rank import _partial_fro_sq_pairs
 from tests.conftest import check_meta
 from tests.linalg_helpers import Opaque, numpy_operator, spectral_matrix, spectral_operator
 
@@ -207,7 +207,7 @@ rules_module.is_psd.register(_OpaquePSD, lambda op: True)
 
 
 def test_nystrom_deflated_pairs_are_unbiased_and_beat_plain_pairs():
-    from kpflow.linalg.norms import _partial_fro_sq_nystrom
+    from kpflow.linalg.rank import _partial_fro_sq_nystrom
 
     shape = (5, 12)
     M, _ = spectral_matrix("exp", 60, seed=7)

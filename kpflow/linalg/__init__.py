@@ -36,7 +36,8 @@ Array([2., 2., 2., 1.], dtype=array_api_strict.float64)
 from kpflow.linalg import rules
 from kpflow.linalg._common import DENSE_LIMIT, EighResult, ScalarResult, SvdResult
 from kpflow.linalg.eig import eigsh, svds
-from kpflow.linalg.norms import alignment, effective_rank, fro_norm
+from kpflow.linalg.norms import alignment, fro_norm
+from kpflow.linalg.rank import effective_rank
 from kpflow.linalg.scipy_bridge import to_scipy
 from kpflow.linalg.trace import trace
 

@@ -13,29 +13,9 @@ from kpflow.models.base import (
     flat_sites,
     site_variables,
 )
+from kpflow.models.ops import linear, sigmoid, torch_cell_param_shapes
 
-__all__ = ["GRU", "GRUTrajectory", "linear", "sigmoid"]
-
-
-def linear(xp: Any, a: Any, W: Any) -> Any:
-    """a Wᵀ on the last axis of ``a`` (a stack of pre-activations)."""
-    return a @ xp.matrix_transpose(W)
-
-
-def sigmoid(xp: Any, u: Any) -> Any:
-    """σ(u) = 1 / (1 + e^{−u}), computed as (1 + tanh(u/2))/2.
-
-    The tanh form never overflows (``1/(1 + exp(-u))`` warns for u ≪ 0) and agrees with
-    torch's sigmoid to rounding.
-
-    Examples
-    --------
-    >>> import array_api_strict as xp
-    >>> from kpflow.models.gru import sigmoid
-    >>> sigmoid(xp, xp.asarray([0.0, -1000.0]))
-    Array([0.5, 0. ], dtype=array_api_strict.float64)
-    """
-    return 0.5 + 0.5 * xp.tanh(0.5 * u)
+__all__ = ["GRU", "GRUTrajectory"]
 
 
 class GRU(RecurrentModel):
@@ -95,11 +75,7 @@ class GRU(RecurrentModel):
         self.bias = bool(bias)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        H, n = self.n_hidden, self.n_in
-        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (3 * H, n), "weight_hh": (3 * H, H)}
-        if self.bias:
-            shapes.update({"bias_ih": (3 * H,), "bias_hh": (3 * H,)})
-        return shapes
+        return torch_cell_param_shapes(3, self.n_in, self.n_hidden, self.bias)
 
     def gates(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> tuple[Any, Any, Any, Any]:
         """The gates (r, z, n) and h_n = W_hn h_{t−1} + b_hn, each of shape ``(..., H)``.

@@ -16,7 +16,7 @@ from kpflow.models.base import (
     flat_sites,
     site_variables,
 )
-from kpflow.models.rnn import activation, activation_derivative, check_nonlinearity, linear
+from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear
 
 __all__ = ["LeakyRNN", "LeakyRNNTrajectory"]
 

@@ -14,7 +14,7 @@ from kpflow.models.base import (
     flat_sites,
     site_variables,
 )
-from kpflow.models.gru import linear, sigmoid
+from kpflow.models.ops import linear, sigmoid, torch_cell_param_shapes
 
 __all__ = ["LSTM", "LSTMTrajectory"]
 
@@ -75,11 +75,7 @@ class LSTM(RecurrentModel):
         self.bias = bool(bias)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        H, n = self.n_hidden, self.n_in
-        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (4 * H, n), "weight_hh": (4 * H, H)}
-        if self.bias:
-            shapes.update({"bias_ih": (4 * H,), "bias_hh": (4 * H,)})
-        return shapes
+        return torch_cell_param_shapes(4, self.n_in, self.n_hidden, self.bias)
 
     def gates(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> tuple[Any, Any, Any, Any]:
         """The gates (i, f, g, o), each ``(..., H)``.

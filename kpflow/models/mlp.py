@@ -13,7 +13,7 @@ import numpy as np
 
 from kpflow._array import array_namespace, namespace_name
 from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, site_variables
-from kpflow.models.rnn import activation, activation_derivative, check_nonlinearity, linear
+from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear
 
 __all__ = ["MLP", "MLPTrajectory"]
 

@@ -13,37 +13,15 @@ from kpflow.models.base import (
     flat_sites,
     site_variables,
 )
+from kpflow.models.ops import (
+    activation,
+    activation_derivative,
+    check_nonlinearity,
+    linear,
+    torch_cell_param_shapes,
+)
 
 __all__ = ["RNN", "RNNTrajectory"]
-
-_NONLINEARITIES = ("tanh", "relu")
-
-
-def check_nonlinearity(nonlinearity: Any, where: str, allowed: tuple[str, ...] = _NONLINEARITIES) -> str:
-    """Validate a nonlinearity name."""
-    if nonlinearity not in allowed:
-        msg = f"{where}: expected nonlinearity to be one of {allowed}, got {nonlinearity!r}"
-        raise ValueError(msg)
-    return str(nonlinearity)
-
-
-def activation(xp: Any, name: str, u: Any) -> Any:
-    """φ(u) for ``name`` in tanh, relu."""
-    if name == "tanh":
-        return xp.tanh(u)
-    return xp.maximum(u, xp.zeros_like(u))
-
-
-def activation_derivative(xp: Any, name: str, u: Any, y: Any) -> Any:
-    """φ′(u) given u and y = φ(u) (tanh: 1 − y², relu: 1[u > 0])."""
-    if name == "tanh":
-        return 1.0 - y * y
-    return xp.astype(u > 0, y.dtype)
-
-
-def linear(xp: Any, a: Any, W: Any) -> Any:
-    """a Wᵀ on the last axis of ``a``."""
-    return a @ xp.matrix_transpose(W)
 
 
 class RNN(RecurrentModel):
@@ -84,11 +62,7 @@ class RNN(RecurrentModel):
         self.bias = bool(bias)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        H, n = self.n_hidden, self.n_in
-        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (H, n), "weight_hh": (H, H)}
-        if self.bias:
-            shapes.update({"bias_ih": (H,), "bias_hh": (H,)})
-        return shapes
+        return torch_cell_param_shapes(1, self.n_in, self.n_hidden, self.bias)
 
     def preactivation(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
         """u = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh on any leading axes."""

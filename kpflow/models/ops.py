@@ -1,0 +1,111 @@
+"""The array-API building blocks shared by the built-in cells.
+
+Nonlinearities and their derivatives, the affine map ``a Wᵀ``, and PyTorch's
+parameter layout for its recurrent cells (gates stacked along the first axis).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "activation",
+    "activation_derivative",
+    "check_nonlinearity",
+    "linear",
+    "sigmoid",
+    "torch_cell_param_shapes",
+]
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+def check_nonlinearity(nonlinearity: Any, where: str, allowed: tuple[str, ...] = NONLINEARITIES) -> str:
+    """Validate a nonlinearity name.
+
+    Examples
+    --------
+    >>> from kpflow.models.ops import check_nonlinearity
+    >>> check_nonlinearity("relu", "RNN")
+    'relu'
+    """
+    if nonlinearity not in allowed:
+        msg = f"{where}: expected nonlinearity to be one of {allowed}, got {nonlinearity!r}"
+        raise ValueError(msg)
+    return str(nonlinearity)
+
+
+def activation(xp: Any, name: str, u: Any) -> Any:
+    """φ(u) for ``name`` in tanh, relu.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.ops import activation
+    >>> activation(xp, "relu", xp.asarray([-1.0, 2.0]))
+    Array([0., 2.], dtype=array_api_strict.float64)
+    """
+    if name == "tanh":
+        return xp.tanh(u)
+    return xp.maximum(u, xp.zeros_like(u))
+
+
+def activation_derivative(xp: Any, name: str, u: Any, y: Any) -> Any:
+    """φ′(u) given u and y = φ(u) (tanh: 1 − y², relu: 1[u > 0]).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.ops import activation_derivative
+    >>> u = xp.asarray([-1.0, 2.0])
+    >>> activation_derivative(xp, "relu", u, u)
+    Array([0., 1.], dtype=array_api_strict.float64)
+    """
+    if name == "tanh":
+        return 1.0 - y * y
+    return xp.astype(u > 0, y.dtype)
+
+
+def linear(xp: Any, a: Any, W: Any) -> Any:
+    """a Wᵀ on the last axis of ``a`` (a stack of pre-activations).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.ops import linear
+    >>> linear(xp, xp.ones((2, 3)), xp.ones((4, 3))).shape
+    (2, 4)
+    """
+    return a @ xp.matrix_transpose(W)
+
+
+def sigmoid(xp: Any, u: Any) -> Any:
+    """σ(u) = 1 / (1 + e^{−u}), computed as (1 + tanh(u/2))/2.
+
+    The tanh form never overflows (``1/(1 + exp(-u))`` warns for u ≪ 0) and agrees with
+    torch's sigmoid to rounding.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.ops import sigmoid
+    >>> sigmoid(xp, xp.asarray([0.0, -1000.0]))
+    Array([0.5, 0. ], dtype=array_api_strict.float64)
+    """
+    return 0.5 + 0.5 * xp.tanh(0.5 * u)
+
+
+def torch_cell_param_shapes(n_gates: int, n_in: int, n_hidden: int, bias: bool) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of a one-layer ``torch.nn`` RNN (1 gate), GRU (3) or LSTM (4).
+
+    Examples
+    --------
+    >>> from kpflow.models.ops import torch_cell_param_shapes
+    >>> torch_cell_param_shapes(3, 2, 5, bias=False)
+    {'weight_ih': (15, 2), 'weight_hh': (15, 5)}
+    """
+    rows = n_gates * n_hidden
+    shapes: dict[str, tuple[int, ...]] = {"weight_ih": (rows, n_in), "weight_hh": (rows, n_hidden)}
+    if bias:
+        shapes.update({"bias_ih": (rows,), "bias_hh": (rows,)})
+    return shapes

@@ -138,14 +138,27 @@ def _host_rng(rng: Any, where: str) -> Any:
     raise TypeError(msg)
 
 
-def random_normal(rng: Any, shape: tuple[int, ...], *, like: Any) -> Any:
-    """Standard normal samples drawn on the host (SPEC 7), returned like ``like``.
+def _seed(rng: Any, where: str) -> int:
+    """One integer seed drawn from the host generator (SPEC 7); below 2³¹ for every framework."""
+    return int(_host_rng(rng, where).integers(0, 2**31))
 
-    The same seed gives the same numbers on every backend.
+
+def random_normal(rng: Any, shape: tuple[int, ...], *, like: Any) -> Any:
+    """Standard normal samples made on ``like``'s device from a host-drawn seed (SPEC 7).
+
+    The host generator supplies one integer seed per call; the adapter's
+    :meth:`~kpflow.backends.Backend.random_normal` draws with it on the array's device
+    (torch: a ``torch.Generator`` there, jax: ``jax.random.key(seed)``, cupy:
+    ``cupy.random.default_rng(seed)``), so no sample is copied from the host.  numpy and
+    array_api_strict draw on the host with ``numpy.random.default_rng(seed)``.
+
+    A seeded call is reproducible on each backend; numpy and array_api_strict give
+    identical numbers, other backends their own (the same in distribution).
 
     Parameters
     ----------
     rng : int, numpy.random.Generator or None
+        The seed, or a generator that is advanced by one draw.
     shape : tuple of int
     like : array
         The result takes its namespace, dtype and device.
@@ -157,13 +170,12 @@ def random_normal(rng: Any, shape: tuple[int, ...], *, like: Any) -> Any:
     >>> random_normal(0, (2,), like=xp.zeros(1, device=xp.Device("device1"))).device
     array_api_strict.Device('device1')
     """
-    gen = _host_rng(rng, "random_normal")
-    sample = gen.standard_normal(shape)
-    return get_backend(like).from_host(sample, dtype=like.dtype, device=_device(like))
+    seed = _seed(rng, "random_normal")
+    return get_backend(like).random_normal(seed, tuple(shape), dtype=like.dtype, device=_device(like))
 
 
 def random_rademacher(rng: Any, shape: tuple[int, ...], *, like: Any) -> Any:
-    """Random ±1 entries drawn on the host (SPEC 7), returned like ``like``.
+    """Random ±1 entries made on ``like``'s device from a host-drawn seed (see :func:`random_normal`).
 
     Examples
     --------
@@ -172,9 +184,8 @@ def random_rademacher(rng: Any, shape: tuple[int, ...], *, like: Any) -> Any:
     >>> sorted(set(random_rademacher(1, (50,), like=np.zeros(1)).tolist()))
     [-1.0, 1.0]
     """
-    gen = _host_rng(rng, "random_rademacher")
-    sample = gen.choice([-1.0, 1.0], size=shape)
-    return get_backend(like).from_host(sample, dtype=like.dtype, device=_device(like))
+    seed = _seed(rng, "random_rademacher")
+    return get_backend(like).random_rademacher(seed, tuple(shape), dtype=like.dtype, device=_device(like))
 
 
 def _device(x: Any) -> Any:

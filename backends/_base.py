@@ -1,12 +1,14 @@
 """The adapter interface every backend implements.
 
 An adapter is the one place where kpflow touches a framework directly: its
-namespace, its devices, conversion of host random numbers (SPEC 7), and, for
+namespace, its devices, random numbers drawn on the array's device from a host
+seed (SPEC 7), whether autograd records graphs (``no_grad``), and, for
 frameworks that have them, ``jvp``, ``vjp``, ``vmap``, ``jacrev`` and ``jit``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +27,26 @@ class AutodiffUnavailableError(TypeError):
 class Backend:
     """Base adapter; subclasses set ``name`` and override what their framework supports.
 
-    Subclasses must implement :meth:`owns` and :meth:`namespace`.
+    Subclasses must implement :meth:`owns` and :meth:`namespace`.  The defaults draw
+    random numbers on the host (:meth:`random_normal`), record no autograd graph
+    (:meth:`no_grad` is a null context) and do not compile (:meth:`jit`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow.backends import get_backend
+    >>> adapter = get_backend("numpy")
+    >>> with adapter.no_grad():
+    ...     x = adapter.random_normal(0, (2, 3), dtype=np.float64)
+    >>> x.shape, bool(np.all(x == adapter.random_normal(0, (2, 3), dtype=np.float64)))
+    ((2, 3), True)
     """
 
     name: str = "base"
     has_autodiff: bool = False
+    #: Whether the framework compiles a kernel for every new array shape, even eagerly (jax):
+    #: callers that can choose their shapes (probe blocks) then keep to a few sizes.
+    compiles_per_shape: bool = False
 
     def owns(self, x: Any) -> bool:
         """Whether array ``x`` belongs to this backend (without importing the framework)."""
@@ -64,6 +81,32 @@ class Backend:
         """Convert a host numpy sample to this backend's array with ``dtype`` on ``device``."""
         xp = self.namespace()
         return xp.asarray(array, dtype=dtype, device=device)
+
+    def random_normal(self, seed: int, shape: tuple[int, ...], *, dtype: Any, device: Any = None) -> Any:
+        """Standard normal samples of ``shape`` from the integer ``seed``, made on ``device``.
+
+        The default draws on the host (``numpy.random.default_rng(seed)``) and converts
+        with :meth:`from_host`; adapters of frameworks with their own generators draw on
+        the device instead.  The same seed gives the same numbers on the same backend.
+        """
+        sample = np.random.default_rng(seed).standard_normal(shape)
+        return self.from_host(sample, dtype=dtype, device=device)
+
+    def random_rademacher(self, seed: int, shape: tuple[int, ...], *, dtype: Any, device: Any = None) -> Any:
+        """Random ±1 entries of ``shape`` from the integer ``seed``, made on ``device``."""
+        sample = np.random.default_rng(seed).choice([-1.0, 1.0], size=shape)
+        return self.from_host(sample, dtype=dtype, device=device)
+
+    # -- autograd graphs ---------------------------------------------------------------------
+    def no_grad(self) -> contextlib.AbstractContextManager:
+        """A context in which no autograd graph is recorded (a no-op for frameworks without one).
+
+        torch records a graph for every operation on tensors that require grad; kpflow's
+        iterative solvers and estimators run under this context so that their results carry
+        no graph.  jax traces functionally and records nothing, so its adapter keeps the
+        default.
+        """
+        return contextlib.nullcontext()
 
     # -- autodiff ----------------------------------------------------------------------------
     def _no_autodiff(self, what: str) -> AutodiffUnavailableError:

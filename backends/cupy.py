@@ -1,4 +1,7 @@
-"""The cupy adapter: NVIDIA GPUs through array-api-compat's cupy namespace, no autodiff."""
+"""The cupy adapter: NVIDIA GPUs through array-api-compat's cupy namespace, no autodiff.
+
+Random numbers come from ``cupy.random.default_rng(seed)`` on the target device.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +41,20 @@ class CupyBackend(Backend):
             return cupy.asarray(array, dtype=dtype)
         with device:
             return cupy.asarray(array, dtype=dtype)
+
+    def random_normal(self, seed: int, shape: tuple[int, ...], *, dtype: Any, device: Any = None) -> Any:
+        # cupy's generator draws on the current device: no host sample, no copy.
+        import cupy
+
+        with cupy.cuda.Device() if device is None else device:
+            return cupy.random.default_rng(seed).standard_normal(tuple(shape), dtype=dtype)
+
+    def random_rademacher(self, seed: int, shape: tuple[int, ...], *, dtype: Any, device: Any = None) -> Any:
+        import cupy
+
+        with cupy.cuda.Device() if device is None else device:
+            uniform = cupy.random.default_rng(seed).random(tuple(shape))
+            return cupy.where(uniform < 0.5, -1.0, 1.0).astype(dtype)
 
 
 adapter = CupyBackend()

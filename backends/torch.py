@@ -23,7 +23,9 @@ class TorchBackend(Backend):
     """torch tensors on any device, with ``torch.func`` transforms.
 
     ``jit`` returns the function unchanged: kpflow runs torch eagerly, where
-    ``torch.func`` transforms compose without recompilation.
+    ``torch.func`` transforms compose without recompilation.  ``no_grad`` is
+    ``torch.no_grad()``; random numbers come from a ``torch.Generator`` on the
+    target device, seeded from the host.
 
     Examples
     --------
@@ -45,6 +47,23 @@ class TorchBackend(Backend):
         import array_api_compat.torch
 
         return array_api_compat.torch
+
+    def no_grad(self) -> Any:
+        return torch.no_grad()
+
+    def _generator(self, seed: int, device: Any) -> Any:
+        gen = torch.Generator(device=torch.device("cpu") if device is None else device)
+        return gen.manual_seed(int(seed))
+
+    def random_normal(self, seed: int, shape: tuple[int, ...], *, dtype: Any, device: Any = None) -> Any:
+        # A generator on the target device draws there: no host sample, no copy.
+        gen = self._generator(seed, device)
+        return torch.randn(tuple(shape), generator=gen, dtype=dtype, device=gen.device)
+
+    def random_rademacher(self, seed: int, shape: tuple[int, ...], *, dtype: Any, device: Any = None) -> Any:
+        gen = self._generator(seed, device)
+        bits = torch.randint(0, 2, tuple(shape), generator=gen, dtype=dtype, device=gen.device)
+        return 2 * bits - 1
 
     def jvp(self, f: Callable, primals: tuple, tangents: tuple) -> tuple[Any, Any]:
         # torch accepts mismatched tangent dtypes silently; kpflow makes them match.

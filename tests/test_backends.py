@@ -29,14 +29,47 @@ def test_unknown_backend_name_and_foreign_object_raise():
         get_backend([1.0])
 
 
-def test_seeded_draws_are_identical_on_every_backend(case):
-    x = random_normal(42, (3, 2), like=case.randn(1))
+def test_seeded_draws_repeat_on_each_backend_and_stay_on_its_device(case):
+    like = case.randn(1)
+    x = random_normal(42, (3, 2), like=like)
     check_meta(case, x)
-    expected = np.random.default_rng(42).standard_normal((3, 2))
-    case.assert_close(x, expected)
-    r = random_rademacher(np.random.default_rng(1), (50,), like=case.randn(1))
+    assert np.array_equal(case.to_numpy(x), case.to_numpy(random_normal(42, (3, 2), like=like)))
+    assert not np.array_equal(case.to_numpy(x), case.to_numpy(random_normal(43, (3, 2), like=like)))
+    r = random_rademacher(np.random.default_rng(1), (50,), like=like)
     check_meta(case, r)
     assert set(np.unique(case.to_numpy(r))) == {-1.0, 1.0}
+    again = random_rademacher(np.random.default_rng(1), (50,), like=like)
+    assert np.array_equal(case.to_numpy(r), case.to_numpy(again))
+
+
+def test_a_generator_supplies_one_seed_per_draw(case):
+    gen = np.random.default_rng(5)
+    first = case.to_numpy(random_normal(gen, (4,), like=case.randn(1)))
+    assert not np.array_equal(first, case.to_numpy(random_normal(gen, (4,), like=case.randn(1))))
+    gen, twin = np.random.default_rng(5), np.random.default_rng(5)
+    random_normal(gen, (1000,), like=case.randn(1))
+    twin.integers(0, 2**31)  # one integer draw, whatever the size of the sample
+    assert gen.integers(2**62) == twin.integers(2**62)
+
+
+def test_numpy_and_array_api_strict_draw_identical_numbers_on_the_host():
+    import array_api_strict as xps
+
+    seed = np.random.default_rng(42).integers(0, 2**31)
+    expected = np.random.default_rng(seed).standard_normal((3, 2))
+    got = random_normal(42, (3, 2), like=np.zeros(1))
+    np.testing.assert_array_equal(got, expected)
+    strict = random_normal(42, (3, 2), like=xps.zeros(1, device=xps.Device("device1")))
+    assert strict.device == xps.Device("device1")
+    np.testing.assert_array_equal(np.asarray(xps.asarray(strict, device=xps.Device("CPU_DEVICE"))), expected)
+
+
+def test_seeded_draws_are_standard_normal_and_rademacher_in_distribution(case64):
+    # 20000 samples: the mean has standard error 0.0071, the standard deviation 0.0050; 5 of each
+    x = case64.to_numpy(random_normal(0, (200, 100), like=case64.randn(1)))
+    assert abs(x.mean()) < 0.035 and abs(x.std() - 1) < 0.025
+    r = case64.to_numpy(random_rademacher(0, (200, 100), like=case64.randn(1)))
+    assert set(np.unique(r)) == {-1.0, 1.0} and abs(r.mean()) < 0.035
 
 
 def test_bad_rng_type_raises():
@@ -97,13 +130,27 @@ def test_importing_kpflow_imports_no_framework():
     assert out.stdout.strip() == "", f"import kpflow imported: {out.stdout.strip()}"
 
 
-def test_backends_subpackage_is_kpflow_backends_not_top_level():
+def test_backends_subpackage_is_kpflow_backends_not_top_level(tmp_path):
+    import os
+
     import kpflow.backends
 
     assert kpflow.backends.__name__ == "kpflow.backends"
-    spec = find_spec("backends")
-    # A top-level `backends` may only be the source folder of a checkout on sys.path, never installed.
-    assert spec is None or "site-packages" not in str(spec.origin)
+    assert find_spec("kpflow.backends").origin == kpflow.backends.__file__
+    # The source folder `backends/` is importable as a top-level package only from a checkout
+    # on sys.path.  The install maps it to kpflow.backends alone, so from an empty folder, with
+    # no PYTHONPATH, `backends` must not be found.
+    code = (
+        "from importlib.util import find_spec\n"
+        "import kpflow.backends\n"
+        "b = kpflow.backends\n"
+        "print(find_spec('backends') is None, b.__name__, b.get_backend('numpy').name)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "kpflow.backends", "numpy"], out.stdout
 
 
 def test_torch_in_gives_torch_out():

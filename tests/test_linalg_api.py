@@ -41,8 +41,24 @@ def test_scalar_results_convert_and_eigh_results_unpack():
     assert isinstance(r, ScalarResult) and float(r) == 6.0 and "exact" in repr(r)
     res = linalg.eigsh(A, 2)
     assert isinstance(res, EighResult)
-    w, V, residuals, nmv = res
-    assert w is res.eigenvalues and V.shape == (2, 3) and residuals.shape == (2,) and nmv == res.num_matvecs
+    w, V = res  # like numpy.linalg.eigh: two values, the diagnostics are attributes
+    assert w is res.eigenvalues and V is res.eigenvectors and V.shape == (2, 3)
+    assert res.residual_norms.shape == (2,) and res.num_matvecs == 0  # the diagonal's exact rule
+    assert len(res) == len(np.linalg.eigh(np.eye(2))) == 2 and res[0] is w
+
+
+def test_result_reprs_show_shapes_not_arrays():
+    big = numpy_operator(np.diag(1.9 * 0.5 ** np.arange(300)))
+    res = linalg.eigsh(big, 3, method="lanczos", rng=0)
+    text = repr(res)
+    assert "(3, 300)" in text and "max_residual" in text and len(text) < 200
+    assert "1.9" not in text  # no eigenvalue printed
+    U, s, V = linalg.svds(big, 2)
+    svd = linalg.svds(big, 2)
+    assert len(svd) == 3 and "(2, 300)" in repr(svd) and len(repr(svd)) < 200
+    assert U.shape == (2, 300) and s.shape == (2,) and V.shape == (2, 300)
+    with pytest.raises(ValueError, match="not enough values to unpack"):
+        _w, _V, _res, _n = res
 
 
 class _Core(Opaque):

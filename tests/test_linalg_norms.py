@@ -115,14 +115,21 @@ def test_effective_rank_exact_routes(case):
         assert abs(float(r) - truth) <= 100 * case.rtol * truth
 
 
-def test_effective_rank_estimate_within_stated_error(case):
+def test_effective_rank_estimate_error_matches_its_spread(case):
+    # Each backend draws its own probes (on its device), so a single seeded estimate is one
+    # random draw per backend; over ten seeds the stated first-order error must match the
+    # actual spread (at this small budget it understates it by about 1.6x: measured over
+    # 300 seeds, the standardised error has a standard deviation of 1.6).
     A, _M, lam = spectral_operator(case, "exp", 100)
     truth = lam.sum() ** 2 / (lam**2).sum()
-    r = effective_rank(A, method="estimate", num_matvecs=80, rng=1)
-    check_meta(case, r.value)
-    check_meta(case, r.error)
-    assert r.num_matvecs == 80 and r.method == "estimate"
-    assert abs(float(r) - truth) <= 4 * float(r.error) + 1e-3 * truth
+    results = [effective_rank(A, method="estimate", num_matvecs=80, rng=s) for s in range(10)]
+    for r in results:
+        check_meta(case, r.value)
+        check_meta(case, r.error)
+        assert r.num_matvecs == 80 and r.method == "estimate"
+    actual = np.sqrt(np.mean([(float(r) - truth) ** 2 for r in results]))
+    stated = np.sqrt(np.mean([float(r.error) ** 2 for r in results]))
+    assert 0.25 <= actual / stated <= 4.0, (actual, stated)
 
 
 def test_partial_effective_rank_is_exact_on_kronecker_products(case64):
@@ -233,3 +240,27 @@ def test_partial_effective_rank_of_a_psd_operator_is_within_its_stated_error(cas
         check_meta(case, est.value)
         assert est.num_matvecs <= 48
         assert abs(float(est) - expected) <= 4 * float(est.error) + 1e-6 * expected
+
+
+def test_effective_rank_estimates_are_clamped_into_the_range_of_participation_ratios():
+    # tr(M)²/tr(M²) lies in [1, n] for a PSD M (in [0, n] for any symmetric M); near-rank-one
+    # operators put half the raw estimates below 1, and those are reported as exactly 1.
+    import array_api_compat.numpy as cnp
+
+    from tests.linalg_helpers import orthogonal
+
+    shape, n = (6, 5, 4), 120
+    Q = orthogonal(n, 3)
+    near_rank_one = (Q * np.concatenate([[100.0], np.full(n - 1, 1e-3)])) @ Q.T
+    A = _OpaquePSD(kpflow.Dense(cnp.asarray(near_rank_one.reshape(*shape, *shape)), shape_in=shape))
+    results = [effective_rank(A, method="estimate", num_matvecs=16, rng=s) for s in range(30)]
+    values = np.array([float(r) for r in results])
+    assert values.min() >= 1.0 and values.max() <= n
+    assert np.sum(values == 1.0) >= 1  # some raw estimates fell below 1
+    assert all(np.isfinite(float(r.error)) and float(r.error) > 0 for r in results)  # errors kept
+    partial = [float(effective_rank(A, keep=1, method="estimate", num_matvecs=16, rng=s)) for s in range(5)]
+    assert min(partial) >= 1.0 and max(partial) <= shape[1]
+    indefinite = (Q * np.tile([1.0, -1.0], n // 2)) @ Q.T  # tr = 0: the ratio is 0, not known PSD
+    B = Opaque(kpflow.Dense(cnp.asarray(indefinite.reshape(*shape, *shape)), shape_in=shape))
+    values = np.array([float(effective_rank(B, method="estimate", num_matvecs=16, rng=s)) for s in range(30)])
+    assert values.min() == 0.0 and values.max() <= n

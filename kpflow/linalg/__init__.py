@@ -2,7 +2,19 @@
 
 Everything here runs on the operator's own backend, dtype and device, counts
 the operator-vector products it uses, and takes
-``rng: int | numpy.random.Generator | None`` (SPEC 7).
+``rng: int | numpy.random.Generator | None`` (SPEC 7): the host generator supplies
+one integer seed per probe block, and the block is drawn with it on the operator's
+device (torch, jax and cupy generators; numpy and array_api_strict draw on the host
+and give identical numbers).  A seeded call is reproducible on each backend; other
+backends give other, equally distributed, probes.
+
+No function here records an autograd graph: each runs under the backend's
+``no_grad()`` (torch: ``torch.no_grad()``), so results computed from parameters
+that require grad carry no graph and cost no memory for one.  Differentiable NTK
+quantities come from the operators' own products (``ntk.matvec(v)``) called
+directly.  On jax, probe blocks are padded to a few sizes and the dense algebra
+between products runs as compiled kernels, so that kernels are compiled once per
+shape rather than once per primitive and block size.
 
 =======================  ===================================================================
 function                 what

@@ -4,15 +4,21 @@ Every algorithm works on *flat blocks*: a block of ``k`` vectors is an array
 of shape ``(k, n)`` whose rows are the vectors.  :class:`MatvecCounter`
 reshapes blocks to the operator's tensor shapes, applies the operator in one
 batched call per chunk, counts the products (a block of ``k`` probes is ``k``
-matvecs) and reports progress.
+matvecs) and reports progress.  :func:`without_graph` runs a public entry point
+under the backend's ``no_grad()``; :func:`kernel` compiles the dense algebra
+between products where the backend compiles per shape (jax).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
+from kpflow._array import device_of
+from kpflow.linalg._progress import Progress
 from kpflow.operators.base import LinearOperator
 
 __all__ = [
@@ -21,14 +27,19 @@ __all__ = [
     "MatvecCounter",
     "ScalarResult",
     "SvdResult",
+    "adapter_of",
     "check_budget",
     "check_k",
     "check_method",
     "check_operator",
     "check_square",
     "host_rng",
+    "kernel",
     "like_array",
+    "mean_and_error",
+    "padded_size",
     "probes",
+    "without_graph",
 ]
 
 #: Operators with at most this many rows (or columns) are densified exactly
@@ -90,11 +101,45 @@ class ScalarResult:
         )
 
 
-class EighResult(NamedTuple):
+def _shape_text(a: Any) -> str:
+    return f"<{tuple(a.shape)} {a.dtype}>"
+
+
+class _UnpacksLike:
+    """A result that unpacks like numpy's (its ``_unpacked`` fields) and keeps diagnostics as attributes."""
+
+    __slots__ = ()
+    _unpacked: tuple[str, ...] = ()
+    _extra: tuple[str, ...] = ()
+
+    def _pair(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._unpacked)
+
+    def __iter__(self) -> Any:
+        return iter(self._pair())
+
+    def __len__(self) -> int:
+        return len(self._unpacked)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._pair()[index]
+
+    def __repr__(self) -> str:
+        parts = [f"{name}={_shape_text(getattr(self, name))}" for name in self._unpacked]
+        res = getattr(self, "residual_norms", None)
+        if res is not None and int(res.shape[0]) > 0:
+            from kpflow._array import array_namespace
+
+            parts.append(f"max_residual={float(array_namespace(res).max(res)):.3g}")
+        parts.append(f"num_matvecs={self.num_matvecs}")  # type: ignore[attr-defined]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class EighResult(_UnpacksLike):
     """Top-``k`` eigenpairs of a symmetric operator, largest first.
 
-    Unpacks as ``eigenvalues, eigenvectors, residual_norms, num_matvecs``
-    (write ``w, V, *_ = eigsh(A, k)`` to keep the first two).
+    Unpacks into two, like ``numpy.linalg.eigh``: ``w, V = eigsh(A, k)``.  The
+    diagnostics are attributes.  The repr shows shapes, not whole arrays.
 
     Attributes
     ----------
@@ -106,16 +151,29 @@ class EighResult(NamedTuple):
         ``‖A v_j − λ_j v_j‖`` for each returned pair.
     num_matvecs : int
         Operator-vector products used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow.linalg import EighResult
+    >>> r = EighResult(np.ones(2), np.eye(2), np.zeros(2), 4)
+    >>> w, V = r
+    >>> r
+    EighResult(eigenvalues=<(2,) float64>, eigenvectors=<(2, 2) float64>, max_residual=0, num_matvecs=4)
     """
 
-    eigenvalues: Any
-    eigenvectors: Any
-    residual_norms: Any
-    num_matvecs: int
+    __slots__ = ("eigenvalues", "eigenvectors", "num_matvecs", "residual_norms")
+    _unpacked = ("eigenvalues", "eigenvectors")
+
+    def __init__(self, eigenvalues: Any, eigenvectors: Any, residual_norms: Any, num_matvecs: int) -> None:
+        self.eigenvalues = eigenvalues
+        self.eigenvectors = eigenvectors
+        self.residual_norms = residual_norms
+        self.num_matvecs = int(num_matvecs)
 
 
-class SvdResult(NamedTuple):
-    """Top-``k`` singular triplets, largest first; unpacks as ``U, s, V, num_matvecs``.
+class SvdResult(_UnpacksLike):
+    """Top-``k`` singular triplets, largest first; unpacks into three: ``U, s, V = svds(A, k)``.
 
     Attributes
     ----------
@@ -124,15 +182,27 @@ class SvdResult(NamedTuple):
     s : array of shape (k,)
         Singular values, descending.
     V : array of shape (k, *shape_in)
-        Right singular vectors (rows); ``A V[j] = s[j] U[j]``.
+        Right singular vectors (rows, like numpy's ``Vh``); ``A V[j] = s[j] U[j]``.
     num_matvecs : int
         Products with ``A`` or ``Aᵀ`` used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow.linalg import SvdResult
+    >>> U, s, V = SvdResult(np.eye(2), np.ones(2), np.eye(2), 3)
+    >>> SvdResult(np.eye(2), np.ones(2), np.eye(2), 3)
+    SvdResult(U=<(2, 2) float64>, s=<(2,) float64>, V=<(2, 2) float64>, num_matvecs=3)
     """
 
-    U: Any
-    s: Any
-    V: Any
-    num_matvecs: int
+    __slots__ = ("U", "V", "num_matvecs", "s")
+    _unpacked = ("U", "s", "V")
+
+    def __init__(self, U: Any, s: Any, V: Any, num_matvecs: int) -> None:
+        self.U = U
+        self.s = s
+        self.V = V
+        self.num_matvecs = int(num_matvecs)
 
 
 # -- input checks ----------------------------------------------------------------------------------
@@ -208,8 +278,75 @@ def like_array(A: LinearOperator) -> Any:
     return A.xp.zeros((1,), dtype=A.dtype, device=A.device)
 
 
+# namespace -> adapter; namespaces are modules, so the cache is tiny and never stale
+_ADAPTERS: dict[Any, Any] = {}
+
+
+def adapter_of(A: LinearOperator) -> Any:
+    """The backend adapter (:class:`kpflow.backends.Backend`) of ``A``'s arrays."""
+    adapter = _ADAPTERS.get(A.xp)
+    if adapter is None:
+        from kpflow.backends import get_backend
+
+        adapter = _ADAPTERS[A.xp] = get_backend(like_array(A))
+    return adapter
+
+
+def without_graph(func: Callable) -> Callable:
+    """Run ``func(A, ...)`` under the adapter's ``no_grad()`` of its operator argument ``A``.
+
+    kpflow's solvers and estimators never record autograd graphs of their iterations:
+    on torch, a result computed from parameters that require grad would otherwise
+    carry the graph of every product and orthogonalisation (memory grows with the
+    iterations, and ``numpy.asarray`` of the result fails).  Differentiable NTK
+    quantities are the operators' own products (``A.matvec(v)``), called directly.
+    Arguments that are not operators are passed through (the function reports them).
+    """
+
+    @functools.wraps(func)
+    def wrapper(A: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(A, LinearOperator):
+            return func(A, *args, **kwargs)
+        with adapter_of(A).no_grad():
+            return func(A, *args, **kwargs)
+
+    return wrapper
+
+
+@functools.lru_cache(maxsize=512)
+def _jitted(adapter: Any, fn: Callable, static: tuple) -> Callable:
+    return adapter.jit(functools.partial(fn, adapter.namespace(), *static))
+
+
+def kernel(A: LinearOperator, fn: Callable, *static: Any) -> Callable:
+    """``fn(xp, *static, *arrays)`` bound to ``A``'s namespace, compiled where that pays.
+
+    The dense algebra between products (orthogonalisations, sketches, leave-one-out
+    formulas) is written as such pure functions of arrays.  On backends that compile a
+    kernel for every primitive and shape even eagerly (jax), each function becomes one
+    compiled program (one compilation per input shape instead of one per primitive, and
+    no host round trip between its steps); elsewhere it runs as it is.  ``static`` holds
+    hashable Python values (ints, strings) the function branches on.
+    """
+    adapter = adapter_of(A)
+    if not getattr(adapter, "compiles_per_shape", False):
+        return functools.partial(fn, A.xp, *static)
+    return _jitted(adapter, fn, tuple(static))
+
+
+def mean_and_error(xp: Any, samples: Any) -> tuple[Any, Any]:
+    """The mean of ``samples`` (m,) and its standard error (``None`` when ``m < 2``)."""
+    m = samples.shape[0]
+    se = xp.std(samples, correction=1) / math.sqrt(m) if m >= 2 else None
+    return xp.mean(samples), se
+
+
 def probes(gen: Any, k: int, n: int, like: Any, kind: str = "gaussian") -> Any:
-    """``k`` random vectors of length ``n`` as a ``(k, n)`` block like ``like``."""
+    """``k`` random vectors of length ``n`` as a ``(k, n)`` block like ``like``, made on its device.
+
+    One integer seed is drawn from the host generator ``gen``; the block is drawn with
+    it on ``like``'s device (see :func:`kpflow.backends.random_normal`).
+    """
     from kpflow.backends import random_normal, random_rademacher
 
     draw = random_normal if kind == "gaussian" else random_rademacher
@@ -221,42 +358,35 @@ def dtype_eps(A: LinearOperator) -> float:
     return float(A.xp.finfo(A.dtype).eps)
 
 
-# -- progress ------------------------------------------------------------------------------------
-class _Progress:
-    """``progress=True`` drives a tqdm bar when tqdm is installed (silent otherwise);
-    a callable is called as ``progress(done, total)``; ``None``/``False`` is silent."""
+# -- products ------------------------------------------------------------------------------------
+#: Smallest padded block on backends that compile per shape (see :func:`padded_size`).
+MIN_BUCKET = 16
 
-    def __init__(self, progress: Any, total: int, desc: str) -> None:
-        self.total = int(total)
-        self.done = 0
-        self.bar = None
-        self.callback: Callable[[int, int], Any] | None = None
-        if progress is True:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=self.total, desc=desc, leave=False)
-        elif callable(progress):
-            self.callback = progress
-        elif progress not in (None, False):
-            msg = f"{desc}: expected progress to be None, a bool or a callable, got {progress!r}"
-            raise TypeError(msg)
 
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        if self.callback is not None:
-            self.callback(self.done, self.total)
+def padded_size(rows: int) -> int:
+    """The padded block size for ``rows`` probes: the next power of two, at least MIN_BUCKET.
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    On backends that compile a kernel for every new shape (jax, even eagerly), an operator
+    applied to blocks of many different sizes compiles each of its primitives again for
+    every size.  Padding with zero rows (a linear map sends them to zero) keeps to at most
+    ``log2(CHUNK / MIN_BUCKET) + 1`` sizes, for at most twice the work per block.
+    """
+    return min(CHUNK, max(MIN_BUCKET, 1 << (rows - 1).bit_length()))
+
+
+def _pad_rows(xp: Any, size: int, shape: tuple, block: Any) -> Any:
+    """``block`` (rows, n) with zero rows appended up to ``size``, as (size, *shape)."""
+    fill = xp.zeros((size - block.shape[0], block.shape[1]), dtype=block.dtype, device=device_of(block))
+    return xp.reshape(xp.concat([block, fill], axis=0), (size, *shape))
 
 
 class MatvecCounter:
     """Apply an operator to flat blocks, counting products and reporting progress.
+
+    Blocks are pushed through in chunks of at most ``CHUNK`` rows.  On backends whose
+    adapter compiles per shape (``compiles_per_shape``: jax), each chunk is padded with
+    zero rows to a power-of-two size (:func:`padded_size`), so that the kernels compiled for
+    the operator's primitives are reused by every later block and every later call.
 
     Parameters
     ----------
@@ -271,7 +401,20 @@ class MatvecCounter:
     def __init__(self, op: LinearOperator, progress: Any = None, total: int = 0, desc: str = "") -> None:
         self.op = op
         self.num_matvecs = 0
-        self._progress = _Progress(progress, total, desc)
+        self._progress = Progress(progress, total, desc)
+        self._pad = bool(getattr(adapter_of(op), "compiles_per_shape", False))
+
+    def _apply(self, block: Any, apply: Any, shape_in: tuple, size_out: int) -> Any:
+        xp, op = self.op.xp, self.op
+        rows = block.shape[0]
+        size = rows
+        if self._pad and padded_size(rows) > rows:
+            size = padded_size(rows)
+            block = kernel(op, _pad_rows, size, shape_in)(block)
+        else:
+            block = xp.reshape(block, (size, *shape_in))
+        out = xp.reshape(apply(block), (size, size_out))
+        return out if size == rows else out[:rows, ...]
 
     def _run(self, X: Any, apply: Any, shape_in: tuple, size_out: int) -> Any:
         xp = self.op.xp
@@ -279,8 +422,8 @@ class MatvecCounter:
         outs = []
         for start in range(0, k, CHUNK):
             stop = min(k, start + CHUNK)
-            block = xp.reshape(X[start:stop, ...], (stop - start, *shape_in))
-            outs.append(xp.reshape(apply(block), (stop - start, size_out)))
+            block = X if (start, stop) == (0, k) else X[start:stop, ...]
+            outs.append(self._apply(block, apply, shape_in, size_out))
             self.num_matvecs += stop - start
             self._progress.update(stop - start)
         if not outs:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from kpflow.linalg._common import EighResult, unit_rows
+from kpflow.linalg._common import EighResult, unit_rows, without_graph
 from kpflow.linalg.rules import DENSE_RULE_LIMIT, has_cheap_dense, is_psd
 from kpflow.operators.algebra import Gram, Reshaped, Scaled
 from kpflow.operators.base import LinearOperator
@@ -51,6 +51,7 @@ def _result(op: LinearOperator, vals: Any, vecs: Any, extra_matvecs: int = 0) ->
     return EighResult(vals, op.xp.reshape(vecs, (k, *op.shape_in)), res, k + extra_matvecs)
 
 
+@without_graph
 @functools.singledispatch
 def exact_eigsh(op: LinearOperator, k: int) -> EighResult | None:
     """Top-``k`` eigenpairs of a symmetric ``A`` from its structure; ``None`` when no rule applies.

@@ -11,7 +11,6 @@ Cost comparison (``m`` = budget of products with the operator(s)):
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from kpflow.linalg import rules
@@ -23,10 +22,13 @@ from kpflow.linalg._common import (
     check_method,
     check_operator,
     host_rng,
+    kernel,
     like_array,
+    mean_and_error,
     orthonormal_rows,
     probes,
     unit_rows,
+    without_graph,
 )
 from kpflow.operators.base import LinearOperator, common_meta
 from kpflow.operators.functions import is_symmetric
@@ -41,8 +43,7 @@ def _zero(A: LinearOperator) -> Any:
 
 
 def _se(xp: Any, samples: Any) -> Any:
-    m = samples.shape[0]
-    return xp.std(samples, correction=1) / math.sqrt(m) if m >= 2 else None
+    return mean_and_error(xp, samples)[1]
 
 
 # -- Frobenius norm ------------------------------------------------------------------------------
@@ -67,31 +68,38 @@ def _fro_sq_exact(A: LinearOperator, progress: Any) -> tuple[Any, int]:
     return total, counter.num_matvecs
 
 
+def _squared_norms(xp: Any, AG: Any) -> tuple[Any, Any]:
+    """Mean and standard error of ``‖A gᵢ‖²`` over the rows of ``A G``."""
+    return mean_and_error(xp, xp.sum(AG * AG, axis=1))
+
+
+def _deflated_total(xp: Any, Z: Any, AG: Any) -> tuple[Any, Any]:
+    mean, se = _squared_norms(xp, AG)
+    return xp.sum(Z * Z) + mean, se
+
+
 def _fro_sq_estimate(
     counter: MatvecCounter, m: int, gen: Any, method: str, symmetric: bool
 ) -> tuple[Any, Any]:
     """Unbiased ``‖A‖²_F`` and its standard error; ``hutch++`` deflates a sketch of A's row space."""
+    from kpflow.linalg.trace import deflate
+
     A = counter.op
-    xp, n, like = A.xp, A.size_in, like_array(A)
+    n, like = A.size_in, like_array(A)
     if method == "hutchinson":
         G = probes(gen, m, n, like, "rademacher")
-        AG = counter.matmat(G)
-        samples = xp.sum(AG * AG, axis=1)
-        return xp.mean(samples), _se(xp, samples)
+        return kernel(A, _squared_norms)(counter.matmat(G))
     # ‖A‖² = ‖AQ‖² + tr((I−P) AᵀA (I−P)) with P = QQᵀ onto (an approximation of) A's top
     # right singular space: A's range for symmetric A, else the range of AᵀA Ω.
     k = m // 3 if symmetric else m // 4
     k = min(k, n)
     S = probes(gen, k, n, like, "rademacher")
     Y = counter.matmat(S) if symmetric else counter.rmatmat(counter.matmat(S))
-    Q = orthonormal_rows(xp, Y)
+    Q = kernel(A, orthonormal_rows)(Y)
     Z = counter.matmat(Q)
     g = m - counter.num_matvecs
-    G = probes(gen, g, n, like, "rademacher")
-    G = G - (G @ xp.matrix_transpose(Q)) @ Q
-    AG = counter.matmat(G)
-    samples = xp.sum(AG * AG, axis=1)
-    return xp.sum(Z * Z) + xp.mean(samples), _se(xp, samples)
+    G = kernel(A, deflate)(probes(gen, g, n, like, "rademacher"), Q)
+    return kernel(A, _deflated_total)(Z, counter.matmat(G))
 
 
 def _fro_minimum(method: str, symmetric: bool) -> int:
@@ -100,6 +108,7 @@ def _fro_minimum(method: str, symmetric: bool) -> int:
     return 3 if symmetric else 4
 
 
+@without_graph
 def fro_norm(
     A: LinearOperator,
     *,
@@ -170,6 +179,7 @@ def fro_norm(
 
 
 # -- alignment -----------------------------------------------------------------------------------
+@without_graph
 def alignment(
     A: LinearOperator,
     B: LinearOperator,

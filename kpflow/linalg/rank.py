@@ -28,6 +28,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from kpflow._array import device_of
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
     DENSE_LIMIT,
@@ -38,28 +39,47 @@ from kpflow.linalg._common import (
     check_operator,
     check_square,
     host_rng,
+    kernel,
     like_array,
+    mean_and_error,
     probes,
     unit_rows,
+    without_graph,
 )
-from kpflow.linalg.norms import DEFAULT_BUDGET, _fro_sq_estimate, _se, _zero
+from kpflow.linalg.norms import DEFAULT_BUDGET, _fro_sq_estimate, _zero
 from kpflow.linalg.trace import trace
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["effective_rank"]
 
 
+def _axis_index(A: LinearOperator, name: str, where: str) -> int:
+    """The index of the axis called ``name`` in ``A.axis_names``."""
+    names = getattr(A, "axis_names", None)
+    if names is None:
+        msg = (
+            f"{where}: keep={name!r} names an axis, but this {type(A).__name__} has no axis names "
+            f"(shape_in={A.shape_in}); pass axis indices instead"
+        )
+        raise ValueError(msg)
+    if name not in names:
+        msg = f"{where}: keep={name!r} is not an axis of this operator; its axes are {tuple(names)}"
+        raise ValueError(msg)
+    return tuple(names).index(name)
+
+
 def _keep_axes(A: LinearOperator, keep: Any, where: str) -> tuple[int, ...]:
-    if isinstance(keep, int) and not isinstance(keep, bool):
+    if isinstance(keep, str) or (isinstance(keep, int) and not isinstance(keep, bool)):
         keep = (keep,)
     if not isinstance(keep, Iterable):
-        msg = f"{where}: expected keep to be an int or a tuple of ints, got {keep!r}"
+        msg = f"{where}: expected keep to be an int, an axis name or a tuple of them, got {keep!r}"
         raise TypeError(msg)
+    keep = tuple(_axis_index(A, a, where) if isinstance(a, str) else a for a in keep)
     nd = len(A.shape_in)
     out = []
     for a in keep:
         if isinstance(a, bool) or not isinstance(a, int):
-            msg = f"{where}: expected keep to hold ints, got {a!r}"
+            msg = f"{where}: expected keep to hold ints or axis names, got {a!r}"
             raise TypeError(msg)
         if not -nd <= a < nd:
             msg = f"{where}: keep axis {a} is out of range for shape {A.shape_in} (valid: {-nd} to {nd - 1})"
@@ -74,6 +94,7 @@ def _keep_axes(A: LinearOperator, keep: Any, where: str) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+@without_graph
 def effective_rank(
     A: LinearOperator,
     keep: Any = None,
@@ -94,8 +115,9 @@ def effective_rank(
     ----------
     A : LinearOperator
         Square and symmetric (e.g. K or NTK_S = P K Pᵀ).
-    keep : int or tuple of int, optional
-        The axes to keep.
+    keep : int, str or tuple of them, optional
+        The axes to keep: indices, or names from ``A.axis_names`` (operators built from
+        a trajectory name theirs: ``"batch"``, ``"time"``, ``"hidden"``; MLP ``"units"``).
     method : {"auto", "exact", "estimate"}
         ``"auto"``: exact from rules when ``exact_trace`` and ``exact_fro_norm``
         apply to ``M`` (``M`` from :meth:`~kpflow.LinearOperator.partial_trace`,
@@ -112,7 +134,11 @@ def effective_rank(
     Returns
     -------
     ScalarResult
-        ``.error`` is a first-order standard error of the estimate.
+        ``.error`` is a first-order standard error of the estimate.  Every participation
+        ratio of a symmetric ``M`` of dimension ``n_M`` lies in ``[0, n_M]``, and in
+        ``[1, n_M]`` when ``M`` is PSD; an ``"estimate"`` that strays outside is clamped
+        into that range (``[1, n_M]`` when :func:`~kpflow.linalg.rules.is_psd` knows ``A``
+        is PSD, as for K and NTK_S), and ``.error`` stays that of the unclamped ratio.
 
     Examples
     --------
@@ -122,6 +148,17 @@ def effective_rank(
     >>> A = kpflow.kron(kpflow.Identity((3,), like=xp.zeros(1)), kpflow.Diagonal(xp.asarray([1.0, 0.0])))
     >>> round(float(effective_rank(A)), 12), round(float(effective_rank(A, keep=1)), 12)
     (3.0, 1.0)
+
+    Operators built from a trajectory name their axes:
+
+    >>> import numpy as np
+    >>> from kpflow.models import RNN
+    >>> traj = RNN(1, 4).run(RNN(1, 4).init(0), np.ones((2, 5, 1)))
+    >>> K = kpflow.parameter_kernel(traj)
+    >>> K.axis_names
+    ('batch', 'time', 'hidden')
+    >>> float(effective_rank(K, keep="time")) == float(effective_rank(K, keep=1))
+    True
     """
     where = "kpflow.linalg.effective_rank"
     check_operator(A, where)
@@ -171,8 +208,6 @@ def _effective_rank_dense(A: LinearOperator, M: LinearOperator, n: int, progress
 def _effective_rank_estimate(
     A: LinearOperator, traced: tuple[int, ...], budget: int, gen: Any, progress: Any
 ) -> ScalarResult:
-    xp = A.xp
-    tiny = float(xp.finfo(A.dtype).smallest_normal)
     t_exact = rules.exact_trace(A)
     used = 0
     if t_exact is not None:
@@ -210,11 +245,56 @@ def _effective_rank_estimate(
         finally:
             counter.close()
         used += counter.num_matvecs * nt
-    value = t1 * t2 / f2
-    t = (t1 + t2) / 2
-    rel = (e1 / xp.maximum(xp.abs(t), tiny)) ** 2 + (e2 / xp.maximum(xp.abs(t), tiny)) ** 2
-    rel = rel + (ef / xp.maximum(xp.abs(f2), tiny)) ** 2
-    return ScalarResult(value, xp.abs(value) * xp.sqrt(rel), used, "estimate")
+    nk = A.size_in // nt  # the dimension of M
+    lowest = 1.0 if rules.is_psd(A) else 0.0
+    value, error = kernel(A, _ratio_estimate, lowest, float(nk))(t1, t2, e1, e2, f2, ef)
+    return ScalarResult(value, error, used, "estimate")
+
+
+def _ratio_estimate(
+    xp: Any, lowest: float, highest: float, t1: Any, t2: Any, e1: Any, e2: Any, f2: Any, ef: Any
+) -> tuple[Any, Any]:
+    """``t₁ t₂ / f²`` clamped into ``[lowest, highest]``, and its first-order standard error.
+
+    The error is that of the raw ratio (the clamp only moves an estimate that strayed
+    outside the range every participation ratio lies in); ``None`` when a part has none.
+    """
+    tiny = float(xp.finfo(f2.dtype).smallest_normal)
+    raw = t1 * t2 / f2
+    value = xp.clip(raw, lowest, highest)
+    if e1 is None or e2 is None or ef is None:
+        return value, None
+    t = xp.maximum(xp.abs((t1 + t2) / 2), tiny)
+    rel = (e1 / t) ** 2 + (e2 / t) ** 2 + (ef / xp.maximum(xp.abs(f2), tiny)) ** 2
+    return value, xp.abs(raw) * xp.sqrt(rel)
+
+
+def _pair_probes(xp: Any, shape: tuple, traced: tuple, x: Any, z: Any) -> Any:
+    """The flat probes ``x ⊗ z₁`` (first ``p`` rows) and ``x ⊗ z₂`` (the rest), ``(2p, n)``.
+
+    ``x`` (p, n_kept) are Gaussian on the kept axes, ``z`` (2p, n_traced) Rademacher on the
+    traced ones.
+    """
+    p = x.shape[0]
+    keep_shape = tuple(1 if a in traced else s for a, s in enumerate(shape))
+    tr_shape = tuple(s if a in traced else 1 for a, s in enumerate(shape))
+    xs = xp.reshape(x, (p, *keep_shape))
+    zs = xp.reshape(z, (2 * p, *tr_shape))
+    return xp.reshape(xp.concat([xs, xs], axis=0) * zs, (2 * p, math.prod(shape)))
+
+
+def _pair_contractions(xp: Any, shape: tuple, traced: tuple, Y: Any, z: Any) -> Any:
+    """``uᵢ = (I ⊗ zᵢᵀ) yᵢ`` for the rows ``yᵢ`` of ``Y`` (2p, n): shape (2p, n_kept)."""
+    tr_shape = tuple(s if a in traced else 1 for a, s in enumerate(shape))
+    zs = xp.reshape(z, (z.shape[0], *tr_shape))
+    U = xp.sum(xp.reshape(Y, (Y.shape[0], *shape)) * zs, axis=tuple(1 + a for a in traced))
+    return xp.reshape(U, (Y.shape[0], -1))
+
+
+def _pair_total(xp: Any, shape: tuple, traced: tuple, Y: Any, z: Any) -> tuple[Any, Any]:
+    U = _pair_contractions(xp, shape, traced, Y, z)  # unbiased for M x
+    p = U.shape[0] // 2
+    return mean_and_error(xp, xp.sum(U[:p, ...] * U[p:, ...], axis=1))
 
 
 def _partial_fro_sq_pairs(
@@ -222,19 +302,12 @@ def _partial_fro_sq_pairs(
 ) -> tuple[Any, Any]:
     """Unbiased ``‖Tr_traced(A)‖²_F`` from ``p`` independent probe pairs (``2p`` matvecs)."""
     A = counter.op
-    xp, shape = A.xp, A.shape_in
-    like = like_array(A)
-    keep_shape = tuple(1 if a in traced else s for a, s in enumerate(shape))
-    tr_shape = tuple(s if a in traced else 1 for a, s in enumerate(shape))
-    nk, nt = math.prod(keep_shape), math.prod(tr_shape)
-    x = xp.reshape(probes(gen, p, nk, like, "gaussian"), (p, *keep_shape))
-    z = xp.reshape(probes(gen, 2 * p, nt, like, "rademacher"), (2 * p, *tr_shape))
-    X = xp.concat([x, x], axis=0) * z  # x ⊗ z₁ for the first p, x ⊗ z₂ for the rest
-    Y = xp.reshape(counter.matmat(xp.reshape(X, (2 * p, A.size_in))), (2 * p, *shape))
-    axes = tuple(1 + a for a in traced)
-    U = xp.sum(Y * z, axis=axes)  # (2p, *kept): unbiased for M x
-    samples = xp.reshape(xp.sum(U[:p, ...] * U[p:, ...], axis=tuple(range(1, U.ndim))), (p,))
-    return xp.mean(samples), _se(xp, samples)
+    shape, like = A.shape_in, like_array(A)
+    nt = math.prod(shape[a] for a in traced)
+    x = probes(gen, p, A.size_in // nt, like, "gaussian")
+    z = probes(gen, 2 * p, nt, like, "rademacher")
+    X = kernel(A, _pair_probes, shape, traced)(x, z)
+    return kernel(A, _pair_total, shape, traced)(counter.matmat(X), z)
 
 
 def _partial_fro_sq_nystrom(
@@ -251,31 +324,42 @@ def _partial_fro_sq_nystrom(
     from kpflow.linalg.trace import nystrom_sketch
 
     A = counter.op
-    xp, shape = A.xp, A.shape_in
-    like = like_array(A)
-    keep = tuple(a for a in range(len(shape)) if a not in traced)
-    nk = math.prod(shape[a] for a in keep)
+    shape, like = A.shape_in, like_array(A)
     nt = math.prod(shape[a] for a in traced)
+    nk = A.size_in // nt
     s = max(2, min(budget // 2, A.size_in))
     sk = nystrom_sketch(counter, s, gen)
-    F = xp.matrix_transpose(sk["B"]) @ sk["Q"]  # (s, n): A + νI ≈ Fᵀ F
-    nu = sk["nu"]
-    Fk = xp.permute_dims(xp.reshape(F, (s, *shape)), (0, *(1 + a for a in keep), *(1 + a for a in traced)))
-    G = xp.reshape(xp.permute_dims(xp.reshape(Fk, (s, nk, nt)), (1, 0, 2)), (nk, s * nt))
-    L = G @ xp.matrix_transpose(G) - (nu * nt) * unit_rows(A, 0, nk, nk)
-    low = xp.sum(L * L)
+    F, L, low = kernel(A, _nystrom_partial, shape, traced)(sk["B"], sk["Q"], sk["nu"])
     p = (budget - s) // 2
     if p < 2:
         return low, None
-    keep_shape = tuple(1 if a in traced else n for a, n in enumerate(shape))
-    tr_shape = tuple(n if a in traced else 1 for a, n in enumerate(shape))
     x = probes(gen, p, nk, like, "gaussian")
-    z = xp.reshape(probes(gen, 2 * p, nt, like, "rademacher"), (2 * p, *tr_shape))
-    xs = xp.reshape(x, (p, *keep_shape))
-    X = xp.reshape(xp.concat([xs, xs], axis=0) * z, (2 * p, A.size_in))
-    resid = counter.matmat(X) - (X @ xp.matrix_transpose(F)) @ F + nu * X  # (A − Â) X
-    axes = tuple(1 + a for a in traced)
-    U = xp.reshape(xp.sum(xp.reshape(resid, (2 * p, *shape)) * z, axis=axes), (2 * p, nk))
+    z = probes(gen, 2 * p, nt, like, "rademacher")
+    X = kernel(A, _pair_probes, shape, traced)(x, z)
+    total = kernel(A, _nystrom_pair_total, shape, traced)
+    return total(X, counter.matmat(X), F, sk["nu"], z, x, L, low)
+
+
+def _nystrom_partial(xp: Any, shape: tuple, traced: tuple, B: Any, Q: Any, nu: Any) -> tuple[Any, Any, Any]:
+    """``F`` (s, n) with ``A + νI ≈ Fᵀ F``, ``L = Tr_traced(Fᵀ F) − ν n_traced I`` and ``‖L‖²_F``."""
+    keep = tuple(a for a in range(len(shape)) if a not in traced)
+    nk = math.prod(shape[a] for a in keep)
+    nt = math.prod(shape[a] for a in traced)
+    F = xp.matrix_transpose(B) @ Q
+    s = F.shape[0]
+    Fk = xp.permute_dims(xp.reshape(F, (s, *shape)), (0, *(1 + a for a in keep), *(1 + a for a in traced)))
+    G = xp.reshape(xp.permute_dims(xp.reshape(Fk, (s, nk, nt)), (1, 0, 2)), (nk, s * nt))
+    L = G @ xp.matrix_transpose(G) - (nu * nt) * xp.eye(nk, dtype=F.dtype, device=device_of(F))
+    return F, L, xp.sum(L * L)
+
+
+def _nystrom_pair_total(
+    xp: Any, shape: tuple, traced: tuple, X: Any, AX: Any, F: Any, nu: Any, z: Any, x: Any, L: Any, low: Any
+) -> tuple[Any, Any]:
+    resid = AX - (X @ xp.matrix_transpose(F)) @ F + nu * X  # (A − Â) X
+    U = _pair_contractions(xp, shape, traced, resid, z)
+    p = x.shape[0]
     Lx = x @ xp.matrix_transpose(L)
     samples = xp.sum(Lx * (U[:p, :] + U[p:, :]) + U[:p, :] * U[p:, :], axis=1)
-    return low + xp.mean(samples), _se(xp, samples)
+    mean, se = mean_and_error(xp, samples)
+    return low + mean, se

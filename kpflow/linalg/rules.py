@@ -38,7 +38,9 @@ Registering a rule for a new operator type (no kpflow file is edited)::
         ...                                                  # an EighResult, or None
 
 A rule may return ``None`` for instances it cannot handle cheaply; the caller
-then falls back to the generic route.
+then falls back to the generic route.  The dispatchers run every rule under the
+backend's ``no_grad()`` (see :mod:`kpflow.linalg`): exact answers carry no autograd
+graph either.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import functools
 import math
 from typing import Any
 
+from kpflow.linalg._common import without_graph
 from kpflow.operators.algebra import Adjoint, Composition, Gram, Reshaped, Scaled, Sum
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.basic import Dense, Diagonal, Identity, Projector
@@ -123,6 +126,7 @@ def _matrix(op: LinearOperator) -> Any:
 
 
 # -- trace ---------------------------------------------------------------------------------------
+@without_graph
 @functools.singledispatch
 def exact_trace(op: LinearOperator) -> Any:
     """``tr A`` exactly from ``A``'s structure, as a 0-d array; ``None`` when no rule applies.
@@ -200,6 +204,7 @@ def _(op: Gram) -> Any:
 
 
 # -- Frobenius norm --------------------------------------------------------------------------------
+@without_graph
 @functools.singledispatch
 def exact_fro_norm(op: LinearOperator) -> Any:
     """``‖A‖_F`` exactly from ``A``'s structure, as a 0-d array; ``None`` when no rule applies.
@@ -267,6 +272,7 @@ def _(op: Gram) -> Any:
 
 
 # -- Frobenius inner product -----------------------------------------------------------------------
+@without_graph
 @functools.singledispatch
 def exact_inner(A: LinearOperator, B: LinearOperator) -> Any:
     """``⟨A, B⟩_F = tr(Aᵀ B)`` exactly, as a 0-d array; ``None`` when no rule applies.

@@ -38,12 +38,14 @@ from kpflow.linalg._common import (
     check_method,
     check_operator,
     check_square,
-    dtype_eps,
     host_rng,
+    kernel,
     like_array,
+    mean_and_error,
     orthonormal_rows,
     probes,
     unit_rows,
+    without_graph,
 )
 from kpflow.operators.base import LinearOperator
 
@@ -57,6 +59,7 @@ _MIN_BUDGET = {"hutchinson": 1, "hutch++": 3, "xtrace": 4, "xnystrace": 2}
 DEFAULT_BUDGET = 100
 
 
+@without_graph
 def trace(
     A: LinearOperator,
     *,
@@ -81,10 +84,11 @@ def trace(
     num_matvecs : int, optional
         The budget of products with ``A``; default ``min(n, 100)``.
     rng : int, numpy.random.Generator or None
-        Seed or generator for the probes (drawn on the host, SPEC 7).
+        Seed or generator for the probes (SPEC 7): it supplies one integer seed per
+        probe block, drawn with on ``A``'s device; reproducible per backend.
     progress : None, bool or callable
-        ``True`` shows a tqdm bar (if tqdm is installed); a callable is
-        called as ``progress(done, total)``.
+        ``True`` shows a tqdm bar (a plain text line on stderr without tqdm);
+        a callable is called as ``progress(done, total)``.
 
     Returns
     -------
@@ -172,65 +176,58 @@ def _exact_by_probes(A: LinearOperator, progress: Any) -> ScalarResult:
     return ScalarResult(total, _zero(A), counter.num_matvecs, "exact")
 
 
-def _std_error(xp: Any, samples: Any) -> Any:
-    m = samples.shape[0]
-    if m < 2:
-        return None
-    return xp.std(samples, correction=1) / math.sqrt(m)
-
-
-def hutchinson_samples(counter: MatvecCounter, m: int, gen: Any) -> Any:
-    """``m`` Rademacher quadratic forms ``gᵀ A g`` (each unbiased for ``tr A``)."""
-    A = counter.op
-    G = probes(gen, m, A.size_in, like_array(A), "rademacher")
-    return A.xp.sum(G * counter.matmat(G), axis=1)
+def _quadratic_forms(xp: Any, G: Any, AG: Any) -> tuple[Any, Any]:
+    """Mean and standard error of the quadratic forms ``gᵢᵀ A gᵢ`` (rows of ``G`` and ``A G``)."""
+    return mean_and_error(xp, xp.sum(G * AG, axis=1))
 
 
 def _hutchinson(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
-    xp = counter.op.xp
-    samples = hutchinson_samples(counter, m, gen)
-    return xp.mean(samples), _std_error(xp, samples)
+    # m Rademacher quadratic forms gᵀ A g, each unbiased for tr A.
+    A = counter.op
+    G = probes(gen, m, A.size_in, like_array(A), "rademacher")
+    return kernel(A, _quadratic_forms)(G, counter.matmat(G))
+
+
+def deflate(xp: Any, G: Any, Q: Any) -> Any:
+    """``G (I − QᵀQ)``: the rows of ``G`` with the row space of orthonormal ``Q`` removed."""
+    return G - (G @ xp.matrix_transpose(Q)) @ Q
+
+
+def _hutchpp_total(xp: Any, Q: Any, AQ: Any, G: Any, AG: Any) -> tuple[Any, Any]:
+    mean, se = _quadratic_forms(xp, G, AG)
+    return xp.sum(Q * AQ) + mean, se
 
 
 def _hutchpp(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
     # Meyer et al.: Q = orth(A S) from m/3 sketch vectors, tr(Qᵀ A Q) exactly, and
     # Hutchinson on the deflated (I − QQᵀ) A (I − QQᵀ) with the remaining m/3.
     A = counter.op
-    xp, n, like = A.xp, A.size_in, like_array(A)
+    n, like = A.size_in, like_array(A)
     k = m // 3
     g = m - 2 * k
     S = probes(gen, k, n, like, "rademacher")
-    Q = orthonormal_rows(xp, counter.matmat(S))
-    low_rank = xp.sum(Q * counter.matmat(Q))
-    G = probes(gen, g, n, like, "rademacher")
-    G = G - (G @ xp.matrix_transpose(Q)) @ Q
-    samples = xp.sum(G * counter.matmat(G), axis=1)
-    return low_rank + xp.mean(samples), _std_error(xp, samples)
+    Q = kernel(A, orthonormal_rows)(counter.matmat(S))
+    AQ = counter.matmat(Q)
+    G = kernel(A, deflate)(probes(gen, g, n, like, "rademacher"), Q)
+    return kernel(A, _hutchpp_total)(Q, AQ, G, counter.matmat(G))
 
 
-def xtrace_estimates(counter: MatvecCounter, s: int, gen: Any) -> Any:
-    """The ``s`` exchangeable XTrace estimates (2s matvecs); their mean is the estimate.
-
-    Estimate ``i`` is ``tr(Qᵢᵀ A Qᵢ) + ωᵢᵀ (I − QᵢQᵢᵀ) A (I − QᵢQᵢᵀ) ωᵢ`` with
-    ``Qᵢ`` an orthonormal basis of ``A Ω₋ᵢ`` (all test vectors but ``ωᵢ``).
-    ``range(Qᵢ)`` is ``range(Q)`` minus the direction ``Q sᵢ`` with
-    ``sᵢ ∝ R⁻ᵀ eᵢ`` (``A Ω = Q R``), so every leave-one-out basis comes from one
-    QR and one block ``A Q`` (Epperly, Tropp, Webber 2024).
-    """
-    A = counter.op
-    xp, n = A.xp, A.size_in
-    Om = probes(gen, s, n, like_array(A), "gaussian")  # rows ω_i
-    Y = counter.matmat(Om)  # rows y_i = A ω_i
+def _range_basis(xp: Any, Y: Any) -> tuple[Any, Any]:
+    """Rows ``Q`` (s, n), orthonormal, and ``R`` (s, s) with ``Yᵀ = Qᵀ R`` (QR of ``Yᵀ``)."""
     Qm, R = xp.linalg.qr(xp.matrix_transpose(Y))  # (n, s), (s, s)
-    Q = xp.matrix_transpose(Qm)
-    Z = counter.matmat(Q)  # rows z_j = A q_j
+    return xp.matrix_transpose(Qm), R
+
+
+def _numerical_rank(xp: Any, R: Any) -> Any:
+    s = R.shape[0]
+    sig = xp.linalg.svdvals(R)
+    return xp.count_nonzero(sig > s * float(xp.finfo(R.dtype).eps) * xp.max(sig))
+
+
+def _xtrace_full_rank(xp: Any, Om: Any, Y: Any, Q: Any, Z: Any, R: Any) -> Any:
     H = Q @ xp.matrix_transpose(Z)  # H[j, l] = q_jᵀ A q_l
     W = Q @ xp.matrix_transpose(Om)  # columns w_i = Qᵀ ω_i
     T = Z @ xp.matrix_transpose(Om)  # columns t_i = (ω_iᵀ A Q)ᵀ
-    sig = xp.linalg.svdvals(R)
-    rank = int(xp.sum(xp.astype(sig > s * dtype_eps(A) * xp.max(sig), xp.int64)))
-    if rank < s:
-        return _xtrace_rank_deficient(xp, Om, Y, Q, Z, R, rank)
     S = xp.matrix_transpose(xp.linalg.inv(R))  # columns ∝ R⁻ᵀ e_i
     S = S / xp.linalg.vector_norm(S, axis=0)[None, :]
     C = W - S * xp.sum(S * W, axis=0)[None, :]  # c_i = (I − s_i s_iᵀ) w_i
@@ -244,7 +241,27 @@ def xtrace_estimates(counter: MatvecCounter, s: int, gen: Any) -> Any:
     )
 
 
-def _xtrace_rank_deficient(xp: Any, Om: Any, Y: Any, Q: Any, Z: Any, R: Any, rank: int) -> Any:
+def xtrace_estimates(counter: MatvecCounter, s: int, gen: Any) -> Any:
+    """The ``s`` exchangeable XTrace estimates (2s matvecs); their mean is the estimate.
+
+    Estimate ``i`` is ``tr(Qᵢᵀ A Qᵢ) + ωᵢᵀ (I − QᵢQᵢᵀ) A (I − QᵢQᵢᵀ) ωᵢ`` with
+    ``Qᵢ`` an orthonormal basis of ``A Ω₋ᵢ`` (all test vectors but ``ωᵢ``).
+    ``range(Qᵢ)`` is ``range(Q)`` minus the direction ``Q sᵢ`` with
+    ``sᵢ ∝ R⁻ᵀ eᵢ`` (``A Ω = Q R``), so every leave-one-out basis comes from one
+    QR and one block ``A Q`` (Epperly, Tropp, Webber 2024).
+    """
+    A = counter.op
+    Om = probes(gen, s, A.size_in, like_array(A), "gaussian")  # rows ω_i
+    Y = counter.matmat(Om)  # rows y_i = A ω_i
+    Q, R = kernel(A, _range_basis)(Y)  # A Ω = (Q R)ᵀ: Q (s, n) rows, R (s, s)
+    Z = counter.matmat(Q)  # rows z_j = A q_j
+    rank = int(kernel(A, _numerical_rank)(R))  # the one host sync: which formula applies
+    if rank < s:
+        return kernel(A, _xtrace_rank_deficient, rank)(Om, Y, Q, Z, R)
+    return kernel(A, _xtrace_full_rank)(Om, Y, Q, Z, R)
+
+
+def _xtrace_rank_deficient(xp: Any, rank: int, Om: Any, Y: Any, Q: Any, Z: Any, R: Any) -> Any:
     """XTrace when ``A Ω`` has numerical rank ``r < s``.
 
     Then every ``A Ω₋ᵢ`` spans the same ``r``-dimensional range (``A`` has rank ``r``
@@ -269,9 +286,23 @@ def _xtrace_rank_deficient(xp: Any, Om: Any, Y: Any, Q: Any, Z: Any, R: Any, ran
 
 
 def _xtrace(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
-    xp = counter.op.xp
     ests = xtrace_estimates(counter, m // 2, gen)
-    return xp.mean(ests), _std_error(xp, ests)
+    return kernel(counter.op, mean_and_error)(ests)
+
+
+def _nystrom_factors(xp: Any, Om: Any, Y: Any) -> tuple[Any, Any, Any, Any]:
+    s = Om.shape[0]
+    finfo = xp.finfo(Y.dtype)
+    eps = float(finfo.eps)
+    nu = eps * xp.linalg.vector_norm(Y) / math.sqrt(s)  # a 0-d array: no host round trip
+    Yn = Y + nu * Om
+    Hn = Om @ xp.matrix_transpose(Yn)
+    h, V = xp.linalg.eigh((Hn + xp.matrix_transpose(Hn)) / 2)
+    floor = xp.maximum(xp.max(h), 0.0) * (eps * s) + float(finfo.smallest_normal)
+    h = xp.maximum(h, floor)
+    X = xp.matrix_transpose(V) / xp.sqrt(h)[:, None]  # XᵀX = Hν⁻¹
+    Q, R = _range_basis(xp, Yn)
+    return Q, R @ xp.matrix_transpose(X), X, nu
 
 
 def nystrom_sketch(counter: MatvecCounter, s: int, gen: Any) -> dict[str, Any]:
@@ -279,34 +310,28 @@ def nystrom_sketch(counter: MatvecCounter, s: int, gen: Any) -> dict[str, Any]:
 
     ``A + νI ≈ Q B Bᵀ Qᵀ`` with ``Y_ν = (A + νI) Ω = Q R`` and
     ``B = R Xᵀ``, where ``Xᵀ X = (Ωᵀ Y_ν)⁻¹`` comes from an eigendecomposition
-    (robust where a Cholesky factorisation would fail in float32).
+    (robust where a Cholesky factorisation would fail in float32).  The shift ``ν``
+    is a 0-d array.
     """
     A = counter.op
-    xp, n = A.xp, A.size_in
-    eps = dtype_eps(A)
-    Om = probes(gen, s, n, like_array(A), "gaussian")
+    Om = probes(gen, s, A.size_in, like_array(A), "gaussian")
     Y = counter.matmat(Om)
-    nu = eps * float(xp.linalg.vector_norm(Y)) / math.sqrt(s)
-    Yn = Y + nu * Om
-    Hn = Om @ xp.matrix_transpose(Yn)
-    h, V = xp.linalg.eigh((Hn + xp.matrix_transpose(Hn)) / 2)
-    floor = max(float(xp.max(h)), 0.0) * eps * s + float(xp.finfo(A.dtype).smallest_normal)
-    h = xp.maximum(h, floor)
-    X = xp.matrix_transpose(V) / xp.sqrt(h)[:, None]  # XᵀX = Hν⁻¹
-    Qm, R = xp.linalg.qr(xp.matrix_transpose(Yn))
-    return {"Q": xp.matrix_transpose(Qm), "B": R @ xp.matrix_transpose(X), "X": X, "nu": nu, "n": n}
+    Q, B, X, nu = kernel(A, _nystrom_factors)(Om, Y)
+    return {"Q": Q, "B": B, "X": X, "nu": nu, "n": A.size_in}
+
+
+def _xnystrace_total(xp: Any, n: int, B: Any, X: Any, nu: Any) -> tuple[Any, Any]:
+    # Leave-one-out Nyström: Â₍ᵢ₎ = Â − zᵢzᵢᵀ with zᵢ = Y gᵢ/√Gᵢᵢ, G = (ΩᵀY)⁻¹, so
+    # estimate i is tr Â − ‖zᵢ‖² + 1/Gᵢᵢ (the quadratic forms ωᵢᵀAωᵢ and ωᵢᵀÂωᵢ cancel).
+    g = xp.sum(X * X, axis=0)  # G_ii
+    BX = B @ X
+    mean, se = mean_and_error(xp, xp.sum(B * B) - xp.sum(BX * BX, axis=0) / g + 1.0 / g)
+    return mean - nu * n, se
 
 
 def _xnystrace(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
-    # Leave-one-out Nyström: Â₍ᵢ₎ = Â − zᵢzᵢᵀ with zᵢ = Y gᵢ/√Gᵢᵢ, G = (ΩᵀY)⁻¹, so
-    # estimate i is tr Â − ‖zᵢ‖² + 1/Gᵢᵢ (the quadratic forms ωᵢᵀAωᵢ and ωᵢᵀÂωᵢ cancel).
-    xp = counter.op.xp
     sk = nystrom_sketch(counter, m, gen)
-    B, X = sk["B"], sk["X"]
-    g = xp.sum(X * X, axis=0)  # G_ii
-    BX = B @ X
-    ests = xp.sum(B * B) - xp.sum(BX * BX, axis=0) / g + 1.0 / g
-    return xp.mean(ests) - sk["nu"] * sk["n"], _std_error(xp, ests)
+    return kernel(counter.op, _xnystrace_total, sk["n"])(sk["B"], sk["X"], sk["nu"])
 
 
 _ESTIMATORS = {

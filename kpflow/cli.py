@@ -28,16 +28,29 @@ BACKENDS = ("numpy", "array_api_strict", "torch", "jax")
 DTYPES = ("float64", "float32")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        msg = f"expected a positive integer, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from err
-    if value < 1:
-        msg = f"expected a positive integer, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+#: The smallest ``--matvecs``: the effective-rank estimates split their budget into
+#: independent probe pairs and need at least this many products.
+MIN_MATVECS = 16
+
+
+def _int_at_least(minimum: int, what: str) -> Any:
+    """An argparse type: an int ``>= minimum`` (argparse names the flag in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            msg = f"expected {what}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from err
+        if value < minimum:
+            msg = f"expected {what}, got {value}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
 
 
 def _unit_interval(text: str) -> float:
@@ -61,10 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     >>> build_parser().parse_args(["spectrum", "--model", "rnn"]).model
     'rnn'
     """
+    from kpflow import __version__
+
     parser = argparse.ArgumentParser(
         prog="kpflow",
         description="The global empirical NTK of recurrent and feed-forward networks, NTK_S = P K Pᵀ.",
     )
+    parser.add_argument("--version", action="version", version=f"kpflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     spec = sub.add_parser(
         "spectrum",
@@ -80,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spec.add_argument("--model", choices=MODELS, default="gru", help="built-in model (default: gru)")
     spec.add_argument("--backend", choices=BACKENDS, default="numpy", help="array backend (default: numpy)")
-    spec.add_argument("--dtype", choices=DTYPES, default="float64", help="floating dtype (default: float64)")
+    spec.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help=(
+            "floating dtype (default: float64; on jax float32 unless jax's x64 mode is on, "
+            "JAX_ENABLE_X64=1, since jax without it has no float64)"
+        ),
+    )
     spec.add_argument("--batch", type=_positive_int, default=8, help="batch size B (default: 8)")
     spec.add_argument("--time", type=_positive_int, default=30, help="sequence length T (default: 30)")
     spec.add_argument("--hidden", type=_positive_int, default=32, help="hidden width H (default: 32)")
@@ -89,9 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--dt", type=_unit_interval, default=0.1, help="leaky RNN time step (default: 0.1)")
     spec.add_argument("--k", type=_positive_int, default=10, help="top eigenvalues to print (default: 10)")
     spec.add_argument(
-        "--matvecs", type=_positive_int, default=300, help="NTK_S products per estimate (default: 300)"
+        "--matvecs",
+        type=_int_at_least(MIN_MATVECS, f"an integer >= {MIN_MATVECS}"),
+        default=300,
+        help=f"NTK_S products per estimate, at least {MIN_MATVECS} (default: 300)",
     )
-    spec.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and probes (default: 0)")
+    spec.add_argument(
+        "--seed",
+        type=_int_at_least(0, "a non-negative integer"),
+        default=0,
+        help="seed of weights, inputs and probes (default: 0)",
+    )
     spec.add_argument("--json", action="store_true", help="print the report as JSON")
     spec.add_argument("--progress", action="store_true", help="show progress bars on stderr")
     return parser
@@ -134,6 +166,17 @@ def _like(backend: str, dtype: str) -> Any:
     return like
 
 
+def _default_dtype(backend: str) -> str:
+    """float64, except on jax without x64 mode (which has no float64): float32 there."""
+    if backend == "jax":
+        try:
+            import jax
+        except ImportError:
+            return "float64"  # _like reports the missing backend
+        return "float64" if jax.config.read("jax_enable_x64") else "float32"
+    return "float64"
+
+
 def _fail(msg: str) -> int:
     print(f"kpflow: error: {msg}", file=sys.stderr)
     return 2
@@ -155,6 +198,8 @@ def run_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     from kpflow.analysis import spectrum_report
     from kpflow.backends import get_backend
 
+    if args.dtype is None:
+        args.dtype = _default_dtype(args.backend)
     like = _like(args.backend, args.dtype)
     model = _make_model(args)
     rng = np.random.default_rng(args.seed)

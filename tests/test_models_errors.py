@@ -54,7 +54,7 @@ def test_param_of_wrong_shape_is_rejected(name):
 @pytest.mark.parametrize("name", RECURRENT)
 def test_h0_of_wrong_shape_is_rejected(name):
     model, params, x = _problem(name)
-    with pytest.raises(ValueError, match="expected h0 of shape"):
+    with pytest.raises(ValueError, match="expected h0 (of shape|to be the LSTM's initial state)"):
         model.run(params, x, np.ones((3, model.state_size)))
 
 
@@ -70,8 +70,21 @@ def test_non_finite_states_are_rejected(name):
     with pytest.raises(ValueError, match="expected finite values in x, got inf or nan"):
         model.run(params, np.full_like(x, np.inf))
     bad = {k: np.full_like(v, np.nan) for k, v in params.items()}
-    with pytest.raises(ValueError, match="states are not finite"):
+    with pytest.raises(ValueError, match=r"expected finite values in params\["):
         model.run(bad, x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_single_non_finite_param_is_rejected_by_name(name):
+    # An inf weight can hide behind a saturating tanh: the states stay finite, the NTK is
+    # meaningless.  Each param is checked, and the message names it.
+    model, params, x = _problem(name)
+    for key in params:
+        bad = dict(params)
+        bad[key] = params[key].copy()
+        bad[key].reshape(-1)[0] = np.inf
+        with pytest.raises(ValueError, match=rf"expected finite values in params\[{key!r}\]"):
+            model.run(bad, x)
 
 
 @pytest.mark.parametrize("name", NAMES)

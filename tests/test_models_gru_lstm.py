@@ -205,7 +205,7 @@ def _reference_K(setup: Setup) -> np.ndarray:
 
 
 def _K_from_sites(case: Any, traj: Any) -> np.ndarray:
-    """THEORY's K = Σ_w D_w (G_w ⊗ I) D_wᵀ built densely on the host from A_w and ``unit_D``."""
+    """K = Σ_w D_w (G_w ⊗ I) D_wᵀ (docs/theory.md) built densely on the host from A_w and ``unit_D``."""
     B, T, S = traj.state_shape
     K = np.zeros((B * T, S, B * T, S))
     for site in traj.sites:
@@ -340,7 +340,11 @@ def test_bad_inputs_name_the_argument(case64: Any, kind: str) -> None:
     with pytest.raises(ValueError, match=r"expected params\['weight_hh'\] of shape"):
         model.run(bad, x)
     wrong = 3 if kind == "LSTM" else 4  # the LSTM's array h0 is [h0; c0] of width 2H = 6
-    with pytest.raises(ValueError, match=rf"{where}: expected h0 of shape \(2, {S}\), got \(2, {wrong}\)"):
+    if kind == "LSTM":  # an h0 of the hidden width alone: the message names the (h0, c0) pair
+        pattern = rf"{where}: expected h0 to be .* \[h0; c0\] of shape \(B, 2H\) = \(2, 6\), or a pair"
+    else:
+        pattern = rf"{where}: expected h0 of shape \(2, {S}\), got \(2, {wrong}\)"
+    with pytest.raises(ValueError, match=pattern):
         model.run(params, x, case64.asarray(np.ones((2, wrong))))
     with pytest.raises(ValueError, match="finite"):
         model.run(params, case64.asarray(np.full((2, 3, 2), np.nan)))

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from kpflow import linalg
-from kpflow.models.base import RecurrentTrajectory, Trajectory
+from kpflow.models.base import Trajectory
 from kpflow.ntk import global_ntk, parameter_kernel
 
 __all__ = ["axis_names", "spectrum_report"]
@@ -31,9 +31,7 @@ def axis_names(traj: Trajectory) -> tuple[str, ...]:
     >>> axis_names(model.run(model.init(0, like=xp.zeros(1)), xp.ones((4, 2))))
     ('batch', 'units')
     """
-    if isinstance(traj, RecurrentTrajectory):
-        return ("batch", "time", "hidden")
-    return ("batch", "units")
+    return tuple(traj.axis_names)
 
 
 def _floats(xp: Any, a: Any) -> list[float]:

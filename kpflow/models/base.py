@@ -18,8 +18,11 @@ Summary of the contract (every built-in model and every new one follows it)
 - recurrent models also have ``step(params, h_prev, x_t) -> h_t`` on any leading axes.
 
 **Trajectory** (:class:`Trajectory`) holds ``model, params, x, h0, states`` and the cached
-derivative pieces.  Its domain is ``state_shape``: ``(B, T, S)`` for recurrent models
-(S = H, LSTM: S = 2H with h first), ``(B, Σ_l n_l)`` for the MLP (blocks ``traj.blocks``).
+derivative pieces.  ``run`` gives it its own copies of ``params``, ``x`` and ``h0`` (torch:
+``clone()``, which keeps autograd; jax arrays are immutable and not copied), so updating the
+caller's arrays in place afterwards (an optimizer step) never changes a trajectory.
+Its domain is ``state_shape``: ``(B, T, S)`` for recurrent models (S = H, LSTM: S = 2H
+with h first), ``(B, Σ_l n_l)`` for the MLP (blocks ``traj.blocks``).
 The sites are laid out on ``site_shape`` (``(B, T)`` or ``(B,)``, m = prod sites) and the
 state reads as ``(m, site_state_size)`` row-major.  Time (or depth) runs over
 ``n_steps`` blocks; ``block(V, t)`` / ``join(blocks)`` cut and glue the probe block
@@ -58,6 +61,7 @@ __all__ = [
     "check_size",
     "draw_uniform",
     "flat_sites",
+    "owned_copy",
     "site_variables",
 ]
 
@@ -116,6 +120,31 @@ def draw_uniform(
     dt = like.dtype if dtype is None else dtype
     dev = device_of(like) if device is None else device
     return {k: adapter.from_host(v, dtype=dt, device=dev) for k, v in host.items()}
+
+
+def owned_copy(a: Any) -> Any:
+    """A copy of array ``a`` that no one else can mutate (jax arrays are immutable: ``a`` itself).
+
+    On torch the copy is ``a.clone()``, which keeps autograd: gradients of anything computed
+    from the copy still flow into ``a`` (e.g. a module's ``nn.Parameter``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow.models.base import owned_copy
+    >>> a = np.zeros(2)
+    >>> b = owned_copy(a)
+    >>> a[0] = 1.0
+    >>> b
+    array([0., 0.])
+    """
+    import array_api_compat
+
+    if array_api_compat.is_jax_array(a):
+        return a
+    if array_api_compat.is_torch_array(a):
+        return a.clone()
+    return array_namespace(a).asarray(a, copy=True)
 
 
 # -- trajectories --------------------------------------------------------------------------------
@@ -181,6 +210,11 @@ class Trajectory(abc.ABC):
     @abc.abstractmethod
     def site_shape(self) -> tuple[int, ...]:
         """The site grid: ``(B, T)`` for recurrent models, ``(B,)`` for the MLP."""
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """Names of the axes of ``state_shape``: ``("batch", "time", "hidden")`` (recurrent)."""
+        return ("batch", "time", "hidden")
 
     @property
     def m(self) -> int:
@@ -449,12 +483,20 @@ class Model(abc.ABC):
         meta = self.check_params(params, where)
         self._check_inputs(x, h0, meta, where)
         xp = meta[0]
-        for name, value in (("x", x), ("h0", h0)):
-            # Checked before the run: an inf input would otherwise surface as a floating-point
-            # warning inside the first matmul instead of this message.
+        # Checked before the run: an inf input would otherwise surface as a floating-point
+        # warning inside the first matmul, and an inf weight can hide behind a saturating
+        # tanh and give finite states with a meaningless NTK.
+        named = [(f"params[{k!r}]", v) for k, v in params.items()] + [("x", x), ("h0", h0)]
+        for name, value in named:
             if value is not None and not bool(xp.all(xp.isfinite(value))):
                 msg = f"{where}: expected finite values in {name}, got inf or nan"
                 raise ValueError(msg)
+        # The trajectory owns what it was computed from: it caches states and derivatives
+        # computed from params, x and h0, so a later in-place update of the caller's arrays
+        # (an optimizer step) must not leak into it.
+        params = {k: owned_copy(v) for k, v in params.items()}
+        x = owned_copy(x)
+        h0 = None if h0 is None else owned_copy(h0)
         states = self.unroll(params, x, h0)
         if not bool(xp.all(xp.isfinite(states))):
             msg = f"{where}: the states are not finite (inf or nan); check x, h0 and the scale of params"

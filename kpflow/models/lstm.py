@@ -120,6 +120,19 @@ class LSTM(RecurrentModel):
             h0 = self._join_pair(params, x, h0)
         return super().run(params, x, h0)
 
+    def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
+        if h0 is not None and getattr(h0, "ndim", None) is not None:
+            expected = (int(x.shape[0]), self.state_size)
+            if tuple(h0.shape) != expected:
+                B, H = expected[0], self.n_hidden
+                msg = (
+                    f"{where}: expected h0 to be the LSTM's initial state [h0; c0] of shape "
+                    f"(B, 2H) = ({B}, {2 * H}), or a pair (h0, c0) of two ({B}, {H}) arrays; "
+                    f"got an array of shape {tuple(h0.shape)}"
+                )
+                raise ValueError(msg)
+        super()._check_inputs(x, h0, meta, where)
+
     def _join_pair(self, params: dict[str, Any], x: Any, pair: Any) -> Any:
         where = "LSTM.run"
         if len(pair) != 2:

@@ -22,8 +22,8 @@ class MLP(Model):
     """A fully connected network ``widths = (n_in, n_1, …, n_L)`` with L layers.
 
     z_l = φ(W_l z_{l−1} + b_l) for l = 0 … L−1 (z_{−1} = x), the last layer without φ
-    unless ``linear_output=False`` (THEORY's two-layer example: z₁ = tanh(W₁x + b₁),
-    z₂ = W₂z₁ + b₂).
+    unless ``linear_output=False`` (the two-layer example of docs/theory.md, "Feed-forward
+    and implicit models": z₁ = tanh(W₁x + b₁), z₂ = W₂z₁ + b₂).
 
     Parameters
     ----------
@@ -200,6 +200,11 @@ class MLPTrajectory(Trajectory):
         """z_l, shape (B, n_{l+1})."""
         lo, hi = self.blocks[l]
         return self.states[:, lo:hi]
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """Names of the axes of ``state_shape``: ``("batch", "units")``."""
+        return ("batch", "units")
 
     @property
     def site_shape(self) -> tuple[int, ...]:

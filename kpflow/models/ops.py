@@ -36,7 +36,7 @@ def check_nonlinearity(nonlinearity: Any, where: str, allowed: tuple[str, ...] =
 
 
 def activation(xp: Any, name: str, u: Any) -> Any:
-    """φ(u) for ``name`` in tanh, relu.
+    """φ(u) for ``name`` in tanh, relu (relu's derivative at 0 is taken as 0 everywhere).
 
     Examples
     --------
@@ -47,7 +47,11 @@ def activation(xp: Any, name: str, u: Any) -> Any:
     """
     if name == "tanh":
         return xp.tanh(u)
-    return xp.maximum(u, xp.zeros_like(u))
+    # where(u > 0, u, 0), not maximum(u, 0): autodiff of maximum splits the tie at u = 0 and
+    # gives slope 0.5 there, while the analytic derivative (activation_derivative) is 1[u > 0].
+    # With where, every path (forward, torch.func/jax derivatives, analytic D) agrees: φ′(0) = 0,
+    # as torch.relu's own gradient.
+    return xp.where(u > 0, u, xp.zeros_like(u))
 
 
 def activation_derivative(xp: Any, name: str, u: Any, y: Any) -> Any:

@@ -2,14 +2,15 @@
 
 A :class:`Site` holds the site variables A_w (one row per site, bias columns of
 ones included) and the action of D_w = ∂f/∂u_w, from which the parameter kernel
-is K = Σ_w D_w (A_w A_wᵀ ⊗ I) D_wᵀ (THEORY section 2).
+is K = Σ_w D_w (A_w A_wᵀ ⊗ I) D_wᵀ (docs/theory.md, "The Kronecker core of K").
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from kpflow._array import array_namespace, device_of, prod
+from kpflow._array import array_namespace, device_of, namespace_name, prod
 
 __all__ = ["Site", "flat_sites", "site_variables"]
 
@@ -69,14 +70,21 @@ class Site:
         width: int | None = None,
         columns: tuple[int, int] | None = None,
     ) -> None:
+        where = f"Site({name!r})"
         if (unit_D is None) == (scale is None):
-            msg = f"Site({name!r}): give exactly one of unit_D and scale"
+            msg = f"{where}: give exactly one of unit_D and scale"
             raise ValueError(msg)
+        _check_variables(variables, tuple(state_shape), where)
         self.name = name
         self.variables = variables
         self.state_shape = tuple(state_shape)
         self.m = int(variables.shape[0])
         self.site_state_size = prod(self.state_shape) // self.m
+        if unit_D is not None:
+            _check_unit_D(unit_D, variables, where)
+        elif not math.isfinite(float(scale)):  # type: ignore[arg-type]
+            msg = f"{where}: expected a finite scale, got {scale!r}"
+            raise ValueError(msg)
         self.unit_D = unit_D
         self.scale = None if scale is None else float(scale)
         if unit_D is not None:
@@ -164,6 +172,55 @@ class Site:
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, m={self.m}, p={self.p}, width={self.width})"
+
+
+def _check_variables(variables: Any, state_shape: tuple[int, ...], where: str) -> None:
+    """A_w must be a real floating 2-D array whose row count m divides prod(state_shape)."""
+    xp = array_namespace(variables, where=where)
+    if variables.ndim != 2:
+        msg = f"{where}: expected variables (A_w) of shape (m, p), got shape {tuple(variables.shape)}"
+        raise ValueError(msg)
+    if not xp.isdtype(variables.dtype, "real floating"):
+        msg = f"{where}: expected real floating variables (A_w), got {variables.dtype}"
+        raise TypeError(msg)
+    m = int(variables.shape[0])
+    if m < 1 or prod(state_shape) % m != 0:
+        msg = (
+            f"{where}: variables (A_w) has m={m} rows (one per site), which does not divide the "
+            f"state size prod(state_shape={state_shape}) = {prod(state_shape)}"
+        )
+        raise ValueError(msg)
+
+
+def _check_unit_D(unit_D: Any, variables: Any, where: str) -> None:
+    """``unit_D`` must be (m, n_units, a, g) in the namespace, dtype and device of A_w.
+
+    A wrong shape would broadcast silently in the matvec but be reshaped in the exact
+    rules, so the two would disagree: it is rejected here.
+    """
+    xp = array_namespace(variables)
+    d_xp = array_namespace(unit_D, where=where)
+    if d_xp is not xp:
+        msg = (
+            f"{where}: unit_D comes from {namespace_name(d_xp)} but variables (A_w) from {namespace_name(xp)}"
+        )
+        raise TypeError(msg)
+    if unit_D.dtype != variables.dtype:
+        msg = (
+            f"{where}: expected unit_D of dtype {variables.dtype} (the dtype of variables), "
+            f"got {unit_D.dtype}"
+        )
+        raise TypeError(msg)
+    if device_of(unit_D) != device_of(variables):
+        msg = f"{where}: unit_D lives on {device_of(unit_D)} but variables (A_w) on {device_of(variables)}"
+        raise TypeError(msg)
+    m = int(variables.shape[0])
+    if unit_D.ndim != 4 or int(unit_D.shape[0]) != m or any(int(n) < 1 for n in unit_D.shape[1:]):
+        msg = (
+            f"{where}: expected unit_D of shape (m={m}, n_units, a, g) with positive sizes, "
+            f"got {tuple(unit_D.shape)}"
+        )
+        raise ValueError(msg)
 
 
 def _ones_column(like: Any, m: int) -> Any:

@@ -10,7 +10,7 @@
 # Registers the exact Kronecker-core rules with kpflow.linalg (spectrum, trace, norms, partial traces).
 from kpflow.ntk import shortcuts
 from kpflow.ntk.dense import DEFAULT_MAX_DENSE_SIZE, dense_global_ntk, dense_output_ntk
-from kpflow.ntk.global_ntk import GlobalNTK, OutputNTK, ReadoutMap, global_ntk, output_ntk
+from kpflow.ntk.global_ntk import GlobalNTK, OutputNTK, ReadoutMap, StateBlockNTK, global_ntk, output_ntk
 from kpflow.ntk.kernel import AutodiffKernel, KroneckerCoreKernel, parameter_kernel
 from kpflow.ntk.propagator import ConstraintJacobian, Propagator, propagator
 
@@ -23,6 +23,7 @@ __all__ = [
     "OutputNTK",
     "Propagator",
     "ReadoutMap",
+    "StateBlockNTK",
     "dense_global_ntk",
     "dense_output_ntk",
     "global_ntk",

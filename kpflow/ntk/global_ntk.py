@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kpflow.models.base import Site, Trajectory, site_variables
+from kpflow.models.base import Site, Trajectory, owned_copy, site_variables
 from kpflow.models.linear import Linear
 from kpflow.ntk.kernel import KroneckerCoreKernel, check_trajectory, parameter_kernel
 from kpflow.ntk.propagator import Propagator, propagator
 from kpflow.operators.base import LinearOperator, SymmetricOperator
 
-__all__ = ["GlobalNTK", "OutputNTK", "ReadoutMap", "global_ntk", "output_ntk"]
+__all__ = ["GlobalNTK", "OutputNTK", "ReadoutMap", "StateBlockNTK", "global_ntk", "output_ntk"]
 
 
 class GlobalNTK(SymmetricOperator):
@@ -44,12 +44,84 @@ class GlobalNTK(SymmetricOperator):
         super().__init__(P.shape_in, P.shape_out, xp=P.xp, dtype=P.dtype, device=P.device)
         self.P = P
         self.K = K
+        self.axis_names = P.axis_names
 
     def _matmat(self, X: Any) -> Any:
         return self.P._matmat(self.K._matmat(self.P._rmatmat(X)))
 
 
-def global_ntk(traj: Trajectory, *, method: str = "kronecker") -> GlobalNTK:
+class StateBlockNTK(SymmetricOperator):
+    """One block of NTK_S: E NTK_S Eᵀ, with E keeping the per-site state columns ``[lo, hi)``.
+
+    For the LSTM (state [h; c]) the h block E_h P K Pᵀ E_hᵀ is how one gradient step moves
+    h alone.  P runs through the whole state: restricting P and K to h *before*
+    multiplying would drop every path through c.
+
+    Attributes
+    ----------
+    full : GlobalNTK
+        NTK_S on the whole state.
+    columns : tuple (lo, hi)
+        The per-site state columns kept.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import kpflow
+    >>> from kpflow.models import LSTM
+    >>> traj = LSTM(1, 2).run(LSTM(1, 2).init(0), np.ones((1, 3, 1)))
+    >>> h = kpflow.global_ntk(traj, part="h")
+    >>> h.shape_in, h.columns
+    ((1, 3, 2), (0, 2))
+    """
+
+    def __init__(self, full: GlobalNTK, traj: Trajectory, columns: tuple[int, int]) -> None:
+        lo, hi = columns
+        shape = (*traj.site_shape, hi - lo)
+        super().__init__(shape, shape, xp=full.xp, dtype=full.dtype, device=full.device)
+        self.full = full
+        self.columns = (lo, hi)
+        self._m, self._size = traj.m, traj.site_state_size
+        self.axis_names = full.axis_names
+
+    def _embed(self, X: Any) -> Any:
+        xp, k = self.xp, X.shape[0]
+        lo, hi = self.columns
+        flat = xp.reshape(X, (k, self._m, hi - lo))
+        z = {"dtype": self.dtype, "device": self.device}
+        parts = [xp.zeros((k, self._m, lo), **z), flat, xp.zeros((k, self._m, self._size - hi), **z)]
+        return xp.reshape(xp.concat(parts, axis=-1), (k, *self.full.shape_in))
+
+    def _matmat(self, X: Any) -> Any:
+        xp, k = self.xp, X.shape[0]
+        lo, hi = self.columns
+        Y = xp.reshape(self.full._matmat(self._embed(X)), (k, self._m, self._size))[:, :, lo:hi]
+        return xp.reshape(Y, (k, *self.shape_out))
+
+
+_PARTS = ("all", "h", "c")
+
+
+def _part_columns(traj: Trajectory, part: Any, where: str) -> tuple[int, int] | None:
+    """The per-site state columns of ``part`` (None for the whole state)."""
+    from kpflow.models.lstm import LSTMTrajectory
+
+    if part not in _PARTS:
+        msg = f"{where}: expected part to be one of {_PARTS}, got {part!r}"
+        raise ValueError(msg)
+    if isinstance(traj, LSTMTrajectory):
+        H = traj.model.n_hidden
+        return None if part == "all" else ((0, H) if part == "h" else (H, 2 * H))
+    if part == "c":
+        msg = (
+            f"{where}: part='c' needs an LSTM trajectory (state [h; c]); "
+            f"{type(traj.model).__name__} has no cell state (use part='all' or 'h')"
+        )
+        raise ValueError(msg)
+    return None
+
+
+def global_ntk(traj: Trajectory, *, method: str = "kronecker", part: str = "all") -> LinearOperator:
     """The global empirical NTK of the states, NTK_S = P K Pᵀ, on ``state_shape``.
 
     Parameters
@@ -58,11 +130,17 @@ def global_ntk(traj: Trajectory, *, method: str = "kronecker") -> GlobalNTK:
         From ``model.run``.
     method : {"kronecker", "autodiff"}
         How K is applied (see :func:`parameter_kernel`).
+    part : {"all", "h", "c"}
+        Which block of the state: ``"all"`` (default) the whole state; for the LSTM (state
+        [h; c] of width 2H) ``"h"`` or ``"c"`` give the block E NTK_S Eᵀ on ``(B, T, H)``
+        (:class:`StateBlockNTK`, P still running through the whole state).  For the other
+        models ``"h"`` is the whole state and ``"c"`` is an error.
 
     Returns
     -------
-    GlobalNTK
-        Symmetric PSD operator ``(k, *state_shape) -> (k, *state_shape)`` with ``.P`` and ``.K``.
+    GlobalNTK or StateBlockNTK
+        Symmetric PSD operator ``(k, *state_shape) -> (k, *state_shape)`` with ``.P`` and
+        ``.K`` (a block: on ``(k, B, T, H)``, with ``.full`` the whole NTK_S).
 
     Examples
     --------
@@ -76,7 +154,9 @@ def global_ntk(traj: Trajectory, *, method: str = "kronecker") -> GlobalNTK:
     (5, 2, 4, 3)
     """
     check_trajectory(traj, "global_ntk")
-    return GlobalNTK(propagator(traj), parameter_kernel(traj, method=method))
+    columns = _part_columns(traj, part, "global_ntk")
+    full = GlobalNTK(propagator(traj), parameter_kernel(traj, method=method))
+    return full if columns is None else StateBlockNTK(full, traj, columns)
 
 
 class ReadoutMap(LinearOperator):
@@ -165,8 +245,8 @@ class OutputNTK(SymmetricOperator):
 def output_ntk(traj: Trajectory, readout_params: dict[str, Any], *, method: str = "kronecker") -> OutputNTK:
     """The output-space NTK of a trajectory read out by y = C z + c, all parameters trained.
 
-    NTK_out = (C̃P) K (C̃P)ᵀ + G_ro ⊗ I_out (THEORY section 1), the kernel neural-tangents
-    computes.  The readout reads ``traj.feature_columns`` of each site.
+    NTK_out = (C̃P) K (C̃P)ᵀ + G_ro ⊗ I_out (docs/theory.md, "The output NTK"), the kernel
+    neural-tangents computes.  The readout reads ``traj.feature_columns`` of each site.
 
     Parameters
     ----------
@@ -207,7 +287,10 @@ def output_ntk(traj: Trajectory, readout_params: dict[str, Any], *, method: str 
         raise ValueError(msg)
     readout = Linear(hi - lo, int(weight.shape[0]), bias="bias" in readout_params)
     readout.check_params(readout_params, where, like=traj.states)
-    C = ReadoutMap(traj, weight)
+    # Own the readout weight as the trajectory owns its params: an in-place update of the
+    # caller's readout must not change this operator.
+    C = ReadoutMap(traj, owned_copy(weight))
     variables = site_variables([traj.features()], 1 if readout.bias else 0)
     site = Site("readout", variables, state_shape=C.shape_out, scale=1.0, width=readout.n_out)
-    return OutputNTK(C, global_ntk(traj, method=method), KroneckerCoreKernel([site], like=traj.states))
+    state_ntk = GlobalNTK(propagator(traj), parameter_kernel(traj, method=method))
+    return OutputNTK(C, state_ntk, KroneckerCoreKernel([site], like=traj.states))

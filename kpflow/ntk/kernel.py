@@ -177,10 +177,14 @@ def parameter_kernel(traj: Trajectory, *, method: str = "kronecker") -> LinearOp
     """
     where = "parameter_kernel"
     check_trajectory(traj, where)
+    K: LinearOperator
     if method == "kronecker":
-        return KroneckerCoreKernel(traj.sites, like=traj.states)
-    if method == "autodiff":
+        K = KroneckerCoreKernel(traj.sites, like=traj.states)
+    elif method == "autodiff":
         adapter = autodiff_adapter(traj.states, f'{where}: method="autodiff"')
-        return AutodiffKernel(traj, adapter)
-    msg = f'{where}: expected method "kronecker" or "autodiff", got {method!r}'
-    raise ValueError(msg)
+        K = AutodiffKernel(traj, adapter)
+    else:
+        msg = f'{where}: expected method "kronecker" or "autodiff", got {method!r}'
+        raise ValueError(msg)
+    K.axis_names = traj.axis_names
+    return K

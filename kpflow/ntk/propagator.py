@@ -46,6 +46,7 @@ class Propagator(LinearOperator):
         shape = traj.state_shape
         super().__init__(shape, shape, xp=traj.xp, dtype=traj.dtype, device=traj.device)
         self.traj = traj
+        self.axis_names = traj.axis_names
 
     def _matmat(self, X: Any) -> Any:
         traj = self.traj
@@ -89,6 +90,7 @@ class ConstraintJacobian(LinearOperator):
         shape = traj.state_shape
         super().__init__(shape, shape, xp=traj.xp, dtype=traj.dtype, device=traj.device)
         self.traj = traj
+        self.axis_names = traj.axis_names
 
     def _matmat(self, X: Any) -> Any:
         return X - self.traj.state_jvp(X)

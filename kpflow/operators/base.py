@@ -37,6 +37,10 @@ class LinearOperator(abc.ABC):
         The one device of inputs and outputs.
     xp
         The array-API namespace of inputs and outputs.
+    axis_names : tuple of str or None
+        Names of the axes of ``shape_in`` where they have meaning (operators built from a
+        trajectory: ``("batch", "time", "hidden")`` or ``("batch", "units")``), so that
+        ``keep="time"`` works in :func:`kpflow.linalg.effective_rank`; ``None`` otherwise.
 
     Notes
     -----
@@ -69,6 +73,7 @@ class LinearOperator(abc.ABC):
         self.xp = xp
         self.dtype = dtype
         self.device = device
+        self.axis_names: tuple[str, ...] | None = None
 
     # -- what subclasses implement ---------------------------------------------------------
     @abc.abstractmethod

@@ -1,8 +1,8 @@
 """K V on a block of probes: kpflow's Kronecker core versus the best vmapped autodiff vjp + jvp.
 
-K = J_θ J_θᵀ is the parameter kernel of a tanh RNN (THEORY.md section 2).  kpflow applies
-it through its Kronecker core, K V = D A (Aᵀ (D V)), with the site variables A and the
-derivatives D cached on the trajectory.  The baselines apply the same K by automatic
+K = J_θ J_θᵀ is the parameter kernel of a tanh RNN (docs/theory.md, "The Kronecker core of K").
+kpflow applies it through its Kronecker core, K V = D A (Aᵀ (D V)), with the site variables A
+and the derivatives D cached on the trajectory.  The baselines apply the same K by automatic
 differentiation of the one-step map f(θ) = tanh(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh) at
 all B·T sites at once (states held fixed): a vjp (Jᵀ V) then a jvp (J ·), both vmapped over
 the probes, so no baseline loops over probes in Python.  Per-trajectory setup (the vjp's

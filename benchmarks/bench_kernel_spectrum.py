@@ -1,11 +1,11 @@
 """Top-k spectrum of K: the exact Kronecker-core rule versus block Krylov on the same operator.
 
-K = Σ_w D_w (G_w ⊗ I) D_wᵀ is the parameter kernel (THEORY.md sections 2 and 3).  For a
-Kronecker core, ``kpflow.linalg.eigsh(K, k)`` dispatches to an exact rule (registered by
-``kpflow.ntk`` with ``kpflow.linalg.rules.exact_eigsh``): per-unit small Gram matrices,
-no iteration, exact multiplicities.  The baseline is the same call forced to the iterative
-method, ``eigsh(K, k, method="lanczos")``: randomized block Krylov (block Lanczos with full
-reorthogonalisation and Rayleigh–Ritz), stopped at residual norms ≤ ``--tol`` · ‖K‖
+K = Σ_w D_w (G_w ⊗ I) D_wᵀ is the parameter kernel (docs/theory.md, "The Kronecker core of K"
+and "Exact shortcuts").  For a Kronecker core, ``kpflow.linalg.eigsh(K, k)`` dispatches to an
+exact rule (registered by ``kpflow.ntk`` with ``kpflow.linalg.rules.exact_eigsh``): per-unit
+small Gram matrices, no iteration, exact multiplicities.  The baseline is the same call forced
+to the iterative method, ``eigsh(K, k, method="lanczos")``: randomized block Krylov (block
+Lanczos with full reorthogonalisation and Rayleigh–Ritz), stopped at residual norms ≤ ``--tol`` · ‖K‖
 (default 1e-6, looser than eigsh's own 1e-10 default, which makes the baseline faster and
 the ratio conservative).  Both run on the same K on the same backend; the ratio is the
 Krylov time over the exact time.  Agreement is printed as max |λ_exact − λ_Krylov| /

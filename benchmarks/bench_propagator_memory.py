@@ -1,7 +1,7 @@
 """Peak memory and time of the propagator P = (I − L)⁻¹ versus storing the per-step Jacobians.
 
-P q is the forward recursion y_t = q_t + J_t y_{t−1} (THEORY.md section 1).  kpflow applies
-J_t as a Jacobian-vector product from the trajectory's cached gates, to a whole block of k
+P q is the forward recursion y_t = q_t + J_t y_{t−1} (docs/theory.md, "Applying P and Pᵀ").
+kpflow applies J_t as a Jacobian-vector product from the trajectory's cached gates, to a whole block of k
 probes per step, and never stores the B·T·H·H Jacobians that the research code kept.
 This script measures, for a GRU on numpy:
 

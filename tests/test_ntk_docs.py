@@ -2,45 +2,37 @@
 
 from __future__ import annotations
 
-import doctest
 import re
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
+from tests.docs_helpers import extra_modules, needed_extras, python_blocks, run_examples
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
 NO_EXAMPLE = {"index"}  # the map of the docs
 
 
-def _python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+def missing_needs(text: str) -> list[str]:
+    """The modules of the extras a page names (its "**Needs:**" line) that are not installed."""
+    return sorted(m for m in extra_modules(needed_extras(text)) if find_spec(m) is None)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
 def test_page_examples_run(page):
     """Blocks written as doctests are checked output by output; plain blocks must run cleanly."""
     text = page.read_text(encoding="utf-8")
-    blocks = _python_blocks(text)
     if page.stem in NO_EXAMPLE:
         return
-    assert blocks, f"{page.name} has no example"
-    for framework in ("torch", "jax"):
-        if re.search(rf"^\s*(>>> )?(import|from) {framework}\b", text, flags=re.M) and not find_spec(
-            framework
-        ):
-            pytest.skip(f"{page.name} uses {framework}, which is not installed")
-    namespace: dict = {}
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    for i, block in enumerate(blocks):
-        if ">>>" in block:
-            test = doctest.DocTestParser().get_doctest(block, namespace, f"{page.stem}[{i}]", str(page), 0)
-            runner.run(test, clear_globs=False)
-            namespace.update(test.globs)  # DocTest works on a copy; later blocks see these names
-        else:
-            exec(compile(block, f"{page}[{i}]", "exec"), namespace)
-    assert runner.failures == 0
+    assert python_blocks(text), f"{page.name} has no example"
+    missing = missing_needs(text)
+    if missing:
+        pytest.skip(f"{page.name} needs {missing}, which is not installed")
+    failed, attempted = run_examples(text, page.stem, str(page))
+    assert attempted > 0
+    assert failed == 0
 
 
 def test_there_is_a_page_per_concept():
@@ -53,3 +45,17 @@ def test_the_index_links_every_page():
     for page in PAGES:
         if page.stem != "index":
             assert str(page.relative_to(DOCS)) in index, f"docs/index.md does not link {page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_page_links_stay_inside_the_docs(page):
+    """A page's relative links resolve to files of the repository; none points at notes kept outside it."""
+    text = page.read_text(encoding="utf-8")
+    assert "THEORY" not in text, f"{page.name} cites THEORY; cite docs/theory.md instead"
+    root = DOCS.parent
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" in target:
+            continue
+        resolved = (page.parent / target).resolve()
+        assert resolved.is_relative_to(root), f"{page.name} links {target}, outside the repository"
+        assert resolved.exists(), f"{page.name} links {target}, which does not exist"

@@ -35,3 +35,9 @@ def test_readme_example_runs():
     runner.run(test)
     assert test.examples, "the README has no example"
     assert runner.failures == 0
+
+
+def test_readme_cites_the_theory_page_not_notes_outside_the_repository():
+    assert "docs/theory.md" in README
+    assert (ROOT / "docs" / "theory.md").exists()
+    assert "THEORY" not in README and "shared/" not in README

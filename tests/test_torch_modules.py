@@ -110,7 +110,7 @@ def test_states_and_global_ntk_equal_the_module_through_jacrev(kind, size, with_
     N = ntk.global_ntk(traj).todense()
     assert tuple(N.shape) == (B, T, S, B, T, S)
     reference = module_ntk(module, x, h0_module)
-    # For the LSTM, the NTK of h alone is the h-block of the (h, c) NTK (THEORY section 2).
+    # For the LSTM, the NTK of h alone is the h-block of the (h, c) NTK (docs/models_gru_lstm.md).
     assert rel_err(state_block(N, B, T, S, H), reference) <= 1e-10
 
 

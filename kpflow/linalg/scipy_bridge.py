@@ -15,7 +15,8 @@ def to_scipy(A: LinearOperator) -> Any:
 
     Only numpy-backed operators are accepted (scipy works on host numpy
     arrays; kpflow never moves data between devices behind your back).
-    scipy is imported inside this function.
+    scipy is imported inside this function; it is not a dependency of
+    kpflow (``pip install scipy``).
 
     Parameters
     ----------
@@ -34,6 +35,8 @@ def to_scipy(A: LinearOperator) -> Any:
     ------
     TypeError
         If ``A`` is not numpy-backed.
+    ImportError
+        If scipy is not installed (kpflow does not depend on it): ``pip install scipy``.
 
     Examples
     --------
@@ -58,7 +61,16 @@ def to_scipy(A: LinearOperator) -> Any:
         )
         raise TypeError(msg)
     import numpy as np
-    import scipy.sparse.linalg as spla
+
+    try:
+        import scipy.sparse.linalg as spla
+    except ImportError as err:
+        msg = (
+            f"{where} needs scipy, which could not be imported ({err}); kpflow does not "
+            "install it: run `pip install scipy`, or use kpflow.linalg's own eigsh, svds and "
+            "trace, which need no scipy"
+        )
+        raise ImportError(msg, name="scipy") from err
 
     xp = A.xp
     n_in, n_out = A.size_in, A.size_out

@@ -16,17 +16,33 @@ TORCH_PIN = "torch==2.13.0"
 BACKENDS = ["numpy", "array_api_strict", "torch", "jax"]
 
 
-@nox.session
-@nox.parametrize("backend", BACKENDS)
-def tests(session: nox.Session, backend: str) -> None:
-    """Run the test suite on one backend (array_api_strict always rides along)."""
+def _pytest_on(session: nox.Session, backend: str, profile: str) -> None:
+    """Install for ``backend`` and run pytest there (array_api_strict always rides along)."""
     session.install("-e", ".[test]")
     if backend == "torch":
         session.install(TORCH_PIN)
     elif backend == "jax":
         session.install("jax")
     selected = backend if backend == "array_api_strict" else f"{backend},array_api_strict"
-    session.run("python", "-m", "pytest", *session.posargs, env={"KPFLOW_TEST_BACKENDS": selected})
+    env = {"KPFLOW_TEST_BACKENDS": selected, "KPFLOW_HYPOTHESIS_PROFILE": profile}
+    session.run("python", "-m", "pytest", *session.posargs, env=env)
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """Run the test suite on one backend, with the derandomized ``ci`` hypothesis profile."""
+    _pytest_on(session, backend, "ci")
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def thorough(session: nox.Session, backend: str) -> None:
+    """The test suite with the ``thorough`` hypothesis profile: fresh random draws, 200 per test.
+
+    Not run by default (minutes to hours); e.g. ``nox -s "thorough(backend='torch')" -- -k ntk``.
+    """
+    _pytest_on(session, backend, "thorough")
 
 
 @nox.session

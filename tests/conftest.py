@@ -31,7 +31,27 @@ settings.register_profile(
     max_examples=10,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-settings.load_profile(os.environ.get("KPFLOW_HYPOTHESIS_PROFILE", "ci"))
+# Randomized and long (`nox -s thorough`): fresh draws every run, so it finds what the fixed ci
+# draws miss.  A failure prints the blob that replays it with @reproduce_failure.
+settings.register_profile(
+    "thorough",
+    derandomize=False,
+    deadline=None,
+    max_examples=200,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+HYPOTHESIS_PROFILE = os.environ.get("KPFLOW_HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(n: int) -> int:
+    """``n`` examples for a costly property test; the ``thorough`` profile's count when that is larger.
+
+    ``@settings(max_examples=n)`` would otherwise override every profile, ``thorough`` too.
+    """
+    return max(n, settings.default.max_examples) if HYPOTHESIS_PROFILE == "thorough" else n
+
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
 

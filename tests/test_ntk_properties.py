@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import kpflow.ntk as ntk
 from kpflow.operators import is_symmetric
-from tests.conftest import BACKENDS, check_meta
+from tests.conftest import BACKENDS, check_meta, examples
 from tests.ntk_helpers import (
     NAMES,
     RECURRENT,
@@ -43,7 +43,7 @@ def _host(x) -> np.ndarray:
 
 @needs_reference
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=5)
+@settings(max_examples=examples(5))
 @given(data=st.data())
 def test_kronecker_kernel_equals_autodiff_kernel(case64, name, data):
     built = build(case64, name, *draw_shape(data, case64))
@@ -60,7 +60,7 @@ def test_kronecker_kernel_equals_autodiff_kernel(case64, name, data):
 
 @needs_reference
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=5)
+@settings(max_examples=examples(5))
 @given(data=st.data())
 def test_state_jacobian_L_equals_autodiff_of_update_map(case64, name, data):
     built = build(case64, name, *draw_shape(data, case64))
@@ -85,7 +85,7 @@ def test_state_jacobian_L_equals_autodiff_of_update_map(case64, name, data):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=6)
+@settings(max_examples=examples(6))
 @given(data=st.data())
 def test_propagator_inverse_is_exact_inverse(case64, name, data):
     traj = build(case64, name, *draw_shape(data, case64)).traj
@@ -99,7 +99,7 @@ def test_propagator_inverse_is_exact_inverse(case64, name, data):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=6)
+@settings(max_examples=examples(6))
 @given(data=st.data())
 def test_adjoint_identities_hold_for_K_P_and_NTK(case64, name, data):
     traj = build(case64, name, *draw_shape(data, case64)).traj
@@ -123,7 +123,7 @@ def test_adjoint_identities_hold_for_K_P_and_NTK(case64, name, data):
 
 
 @pytest.mark.parametrize("name", RECURRENT)
-@settings(max_examples=5)
+@settings(max_examples=examples(5))
 @given(data=st.data())
 def test_propagator_is_causal_and_batch_diagonal(case64, name, data):
     traj = build(case64, name, *draw_shape(data, case64)).traj
@@ -141,7 +141,7 @@ def test_propagator_is_causal_and_batch_diagonal(case64, name, data):
 
 
 @needs_reference
-@pytest.mark.parametrize("name", ["rnn_tanh", "mlp_tanh"])
+@pytest.mark.parametrize("name", NAMES)
 def test_global_ntk_by_autodiff_kernel_matches_kronecker(name):
     from tests.ntk_helpers import reference_case
 

@@ -15,8 +15,8 @@ from kpflow.linalg import rules
 from kpflow.models import LeakyRNN
 from kpflow.ntk import parameter_kernel
 from kpflow.operators.base import LinearOperator
-from tests.conftest import check_meta
-from tests.ntk_helpers import NAMES, build, shapes
+from tests.conftest import check_meta, examples
+from tests.ntk_helpers import NAMES, build, draw_shape
 
 
 def _dense_K(case, K):
@@ -25,10 +25,11 @@ def _dense_K(case, K):
     return 0.5 * (M + M.T)
 
 
-@settings(max_examples=6)
-@given(name=st.sampled_from(NAMES), dims=shapes())
-def test_trace_fro_norm_and_top_eigenpairs_equal_dense(case64, name, dims):
-    K = parameter_kernel(build(case64, name, *dims).traj)
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=examples(4))
+@given(data=st.data())
+def test_trace_fro_norm_and_top_eigenpairs_equal_dense(case64, name, data):
+    K = parameter_kernel(build(case64, name, *draw_shape(data, case64)).traj)
     M = _dense_K(case64, K)
     scale = max(np.abs(M).max(), 1e-300)
     tr, fro = rules.exact_trace(K), rules.exact_fro_norm(K)
@@ -49,10 +50,11 @@ def test_trace_fro_norm_and_top_eigenpairs_equal_dense(case64, name, dims):
     assert float(np.max(case64.to_numpy(res.residual_norms))) <= 1e-9 * scale
 
 
-@settings(max_examples=6)
-@given(name=st.sampled_from(NAMES), dims=shapes())
-def test_partial_traces_over_every_axis_subset_equal_dense(case64, name, dims):
-    K = parameter_kernel(build(case64, name, *dims).traj)
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=examples(4))
+@given(data=st.data())
+def test_partial_traces_over_every_axis_subset_equal_dense(case64, name, data):
+    K = parameter_kernel(build(case64, name, *draw_shape(data, case64)).traj)
     dense = kpflow.Dense(case64.asarray(_dense_K(case64, K).reshape(K.shape_in * 2)), shape_in=K.shape_in)
     nd = len(K.shape_in)
     for r in range(1, nd + 1):
@@ -110,13 +112,19 @@ def test_tanh_rnn_spectrum_is_a_union_over_units(case64):
 
 
 def test_asking_for_more_eigenpairs_than_the_rule_sees_falls_back(case64):
-    K = parameter_kernel(build(case64, "leaky_relu", 1, 2, 2, 1, 0, False).traj)
+    # K = dt² (G ⊗ I_H) on m = 6 sites with p = 3 site variables: the unit Gram AᵀA (3 × 3)
+    # shows 3·H = 6 of the n = 12 eigenvalues; the other 6 are zeros it cannot see.
+    K = parameter_kernel(build(case64, "leaky_relu", 2, 3, 2, 1, 0, False).traj)
     n = K.size_in
-    assert rules.exact_eigsh(K, n) is None or rules.exact_eigsh(K, n).eigenvalues.shape == (n,)
+    assert n == 12
+    evals = np.sort(np.linalg.eigvalsh(_dense_K(case64, K)))[::-1]
+    seen = rules.exact_eigsh(K, 6)
+    assert seen is not None
+    np.testing.assert_allclose(case64.to_numpy(seen.eigenvalues), evals[:6], atol=1e-12)
+    assert rules.exact_eigsh(K, 7) is None
+    assert rules.exact_eigsh(K, n) is None
     res = linalg.eigsh(K, n)
-    np.testing.assert_allclose(
-        case64.to_numpy(res.eigenvalues), np.sort(np.linalg.eigvalsh(_dense_K(case64, K)))[::-1], atol=1e-12
-    )
+    np.testing.assert_allclose(case64.to_numpy(res.eigenvalues), evals, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["rnn_tanh", "mlp_tanh"])

@@ -64,5 +64,12 @@ def docs(session: nox.Session) -> None:
     """Run every example in docs/ and the README (the docs are plain Markdown for now)."""
     session.install("-e", ".[test,jax]", TORCH_PIN)
     session.run(
-        "python", "-m", "pytest", "tests/test_ntk_docs.py", "tests/test_readme.py", "-p", "no:cacheprovider"
+        "python",
+        "-m",
+        "pytest",
+        "tests/test_ntk_docs.py",
+        "tests/test_docs_standalone.py",
+        "tests/test_readme.py",
+        "-p",
+        "no:cacheprovider",
     )

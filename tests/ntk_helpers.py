@@ -30,6 +30,7 @@ MODELS: dict[str, Callable[[int, int], Model]] = {
     "gru": lambda n_in, H: GRU(n_in, H),
     "gru_nobias": lambda n_in, H: GRU(n_in, H, bias=False),
     "lstm": lambda n_in, H: LSTM(n_in, H),
+    "lstm_nobias": lambda n_in, H: LSTM(n_in, H, bias=False),
 }
 
 NAMES = sorted(MODELS)

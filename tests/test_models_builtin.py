@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import kpflow.ntk as ntk
 from kpflow.models import MLP, RNN, LeakyRNN, Linear, RecurrentModel
-from tests.conftest import check_meta
+from tests.conftest import check_meta, examples
 from tests.ntk_helpers import MODELS, NAMES, draw_shape, host_problem, on_backend
 
 needs_torch = pytest.mark.skipif(find_spec("torch") is None, reason="needs torch")
@@ -53,7 +53,7 @@ def _numpy64():
 @needs_torch
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
-@settings(max_examples=5)
+@settings(max_examples=examples(5))
 @given(data=st.data())
 def test_rnn_matches_torch_nn_rnn(nonlinearity, bias, data):
     import torch

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import kpflow.ntk as ntk
 from kpflow.models.gru import GRU
 from kpflow.models.lstm import LSTM
+from tests.conftest import examples
 
 MODELS = {"GRU": GRU, "LSTM": LSTM}
 EXACT = 1e-10
@@ -272,7 +273,7 @@ def _reference_ntk(setup: Setup) -> np.ndarray:
     return ntk.dense_global_ntk(traj).numpy()
 
 
-@settings(max_examples=8)
+@settings(max_examples=examples(8))
 @given(data=st.data())
 def test_global_ntk_equals_dense_reference_on_random_shapes(case64: Any, data: Any) -> None:
     kind = data.draw(st.sampled_from(["GRU", "LSTM"]), label="kind")

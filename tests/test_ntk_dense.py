@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import kpflow.ntk as ntk
 from kpflow.models import Linear
-from tests.conftest import check_meta
+from tests.conftest import check_meta, examples
 from tests.ntk_helpers import NAMES, REFERENCE, build, draw_shape, reference_traj, rel_err
 
 pytestmark = pytest.mark.skipif(REFERENCE is None, reason="needs torch or jax for the dense reference")
@@ -23,7 +23,7 @@ TOL = 1e-10
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=6)
+@settings(max_examples=examples(6))
 @given(data=st.data())
 def test_global_ntk_todense_equals_dense_jacobian_gram(case64, name, data):
     shape = draw_shape(data, case64)
@@ -37,7 +37,7 @@ def test_global_ntk_todense_equals_dense_jacobian_gram(case64, name, data):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=4)
+@settings(max_examples=examples(4))
 @given(data=st.data())
 def test_output_ntk_equals_dense_output_ntk_with_readout_term(case64, name, data):
     shape = draw_shape(data, case64)
@@ -59,7 +59,7 @@ def test_output_ntk_equals_dense_output_ntk_with_readout_term(case64, name, data
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=4)
+@settings(max_examples=examples(4))
 @given(data=st.data())
 def test_states_agree_with_reference_backend(case64, name, data):
     shape = draw_shape(data, case64)

@@ -212,6 +212,24 @@ def test_exact_routes_past_256_unit_probes_equal_dense(case64_eager):
     close(case64_eager.to_numpy(linalg.alignment(N, N.K, method="exact").value), expected)
 
 
+def test_exact_routes_with_small_unit_blocks_equal_dense(case64_eager, monkeypatch):
+    # UNIT_BLOCK = 7 does not divide n = 60 or the kept sizes, so every route meets a ragged
+    # last block, the partial-trace route (effective rank along an axis) included.
+    holders = lower(monkeypatch, "UNIT_BLOCK", 7)
+    assert {"kpflow.linalg.trace", "kpflow.linalg.norms", "kpflow.linalg.rank"} <= set(holders)
+    traj = build(case64_eager, "gru", 2, 5, 6, 2, 1, True).traj
+    N = ntk.global_ntk(traj)
+    M, KM = dense(case64_eager, N), dense(case64_eager, N.K)
+    close(case64_eager.to_numpy(linalg.trace(N, method="exact").value), np.trace(M))
+    close(case64_eager.to_numpy(linalg.fro_norm(N, method="exact").value), np.linalg.norm(M))
+    close(case64_eager.to_numpy(linalg.effective_rank(N, method="exact").value), pr(M))
+    T = M.reshape(2, 5, 6, 2, 5, 6)
+    along_time = np.einsum("btibsi->ts", T)
+    close(case64_eager.to_numpy(linalg.effective_rank(N, keep="time", method="exact").value), pr(along_time))
+    expected = np.sum(M * KM) / (np.linalg.norm(M) * np.linalg.norm(KM))
+    close(case64_eager.to_numpy(linalg.alignment(N, N.K, method="exact").value), expected)
+
+
 # -- DENSE_LIMIT: above it, auto picks the iterative routes ----------------------------------------
 #: (B, T, H, n_in, seed, with_h0) with fewer parameters than states: NTK_S = J Jᵀ is then low
 #: rank, and the randomized estimators are exact at their default budgets (≥ rank + 1 probes).

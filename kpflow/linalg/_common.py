@@ -47,6 +47,10 @@ __all__ = [
 #: ``method="auto"`` and no structured rule applies.
 DENSE_LIMIT = 256
 
+#: Exact routes push unit vectors e_j through an operator in blocks of this many (bounded
+#: memory: a block is ``UNIT_BLOCK × n``).
+UNIT_BLOCK = 256
+
 #: Probes are pushed through the operator in chunks of at most this many
 #: vectors, so that progress can be reported and memory stays bounded.
 CHUNK = 64

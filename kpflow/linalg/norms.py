@@ -16,6 +16,7 @@ from typing import Any
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
     DENSE_LIMIT,
+    UNIT_BLOCK,
     MatvecCounter,
     ScalarResult,
     check_budget,
@@ -54,13 +55,13 @@ def _fro_sq_exact(A: LinearOperator, progress: Any) -> tuple[Any, int]:
     total = _zero(A)
     try:
         if A.size_in <= A.size_out:
-            for start in range(0, A.size_in, 256):
-                stop = min(A.size_in, start + 256)
+            for start in range(0, A.size_in, UNIT_BLOCK):
+                stop = min(A.size_in, start + UNIT_BLOCK)
                 Y = counter.matmat(unit_rows(A, start, stop, A.size_in))
                 total = total + xp.sum(Y * Y)
         else:
-            for start in range(0, A.size_out, 256):
-                stop = min(A.size_out, start + 256)
+            for start in range(0, A.size_out, UNIT_BLOCK):
+                stop = min(A.size_out, start + UNIT_BLOCK)
                 Y = counter.rmatmat(unit_rows(A, start, stop, A.size_out))
                 total = total + xp.sum(Y * Y)
     finally:
@@ -277,8 +278,8 @@ def _alignment_exact(A: LinearOperator, B: LinearOperator, progress: Any) -> Sca
     cb = MatvecCounter(B, None, n, "kpflow.linalg.alignment")
     ip, sa, sb = _zero(A), _zero(A), _zero(A)
     try:
-        for start in range(0, n, 256):
-            E = unit_rows(A, start, min(n, start + 256), n)
+        for start in range(0, n, UNIT_BLOCK):
+            E = unit_rows(A, start, min(n, start + UNIT_BLOCK), n)
             YA, YB = ca.matmat(E), cb.matmat(E)
             ip = ip + xp.sum(YA * YB)
             sa = sa + xp.sum(YA * YA)

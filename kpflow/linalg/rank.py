@@ -32,6 +32,7 @@ from kpflow._array import device_of
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
     DENSE_LIMIT,
+    UNIT_BLOCK,
     MatvecCounter,
     ScalarResult,
     check_budget,
@@ -195,8 +196,8 @@ def _effective_rank_dense(A: LinearOperator, M: LinearOperator, n: int, progress
         counter = MatvecCounter(M, progress, nk, "kpflow.linalg.effective_rank")
         blocks = []
         try:
-            for start in range(0, nk, 256):
-                blocks.append(counter.matmat(unit_rows(M, start, min(nk, start + 256), nk)))
+            for start in range(0, nk, UNIT_BLOCK):
+                blocks.append(counter.matmat(unit_rows(M, start, min(nk, start + UNIT_BLOCK), nk)))
         finally:
             counter.close()
         D = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)

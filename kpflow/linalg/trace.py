@@ -32,6 +32,7 @@ from typing import Any
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
     DENSE_LIMIT,
+    UNIT_BLOCK,
     MatvecCounter,
     ScalarResult,
     check_budget,
@@ -165,7 +166,7 @@ def _exact_by_probes(A: LinearOperator, progress: Any) -> ScalarResult:
     xp, n = A.xp, A.size_in
     counter = MatvecCounter(A, progress, n, "kpflow.linalg.trace")
     total = _zero(A)
-    chunk = 256
+    chunk = UNIT_BLOCK
     try:
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)

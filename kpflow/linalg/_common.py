@@ -15,7 +15,7 @@ import functools
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from kpflow._array import device_of
 from kpflow.linalg._progress import Progress
@@ -296,7 +296,10 @@ def adapter_of(A: LinearOperator) -> Any:
     return adapter
 
 
-def without_graph(func: Callable) -> Callable:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def without_graph(func: _F) -> _F:
     """Run ``func(A, ...)`` under the adapter's ``no_grad()`` of its operator argument ``A``.
 
     kpflow's solvers and estimators never record autograd graphs of their iterations:
@@ -314,7 +317,8 @@ def without_graph(func: Callable) -> Callable:
         with adapter_of(A).no_grad():
             return func(A, *args, **kwargs)
 
-    return wrapper
+    # functools.wraps copies __dict__, so a singledispatch function keeps register/dispatch.
+    return cast(_F, wrapper)
 
 
 @functools.lru_cache(maxsize=512)

@@ -33,16 +33,16 @@ DTYPES = ("float64", "float32")
 MIN_MATVECS = 16
 
 
-def _int_at_least(minimum: int, what: str) -> Any:
-    """An argparse type: an int ``>= minimum`` (argparse names the flag in its error)."""
+def _checked(convert: Any, accept: Any, what: str) -> Any:
+    """An argparse type: ``convert(text)`` that ``accept`` holds for (argparse names the flag)."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError as err:
             msg = f"expected {what}, got {text!r}"
             raise argparse.ArgumentTypeError(msg) from err
-        if value < minimum:
+        if not accept(value):
             msg = f"expected {what}, got {value}"
             raise argparse.ArgumentTypeError(msg)
         return value
@@ -50,19 +50,13 @@ def _int_at_least(minimum: int, what: str) -> Any:
     return parse
 
 
+def _int_at_least(minimum: int, what: str) -> Any:
+    """An argparse type: an int ``>= minimum``."""
+    return _checked(int, lambda v: v >= minimum, what)
+
+
 _positive_int = _int_at_least(1, "a positive integer")
-
-
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as err:
-        msg = f"expected a number in (0, 1], got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from err
-    if not 0.0 < value <= 1.0:
-        msg = f"expected a number in (0, 1], got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+_unit_interval = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,22 +25,10 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-settings.register_profile(
-    "dev",
-    deadline=None,
-    max_examples=10,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+settings.register_profile("dev", parent=settings.get_profile("ci"), derandomize=False, max_examples=10)
 # Randomized and long (`nox -s thorough`): fresh draws every run, so it finds what the fixed ci
 # draws miss.  A failure prints the blob that replays it with @reproduce_failure.
-settings.register_profile(
-    "thorough",
-    derandomize=False,
-    deadline=None,
-    max_examples=200,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), derandomize=False, max_examples=200)
 HYPOTHESIS_PROFILE = os.environ.get("KPFLOW_HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(HYPOTHESIS_PROFILE)
 

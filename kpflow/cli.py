@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of weights, inputs and probes (default: 0)",
     )
     spec.add_argument("--json", action="store_true", help="print the report as JSON")
-    spec.add_argument("--progress", action="store_true", help="show progress bars on stderr")
+    spec.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress on stderr (a tqdm bar with pip install kpflow[progress])",
+    )
     return parser
 
 

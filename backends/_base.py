@@ -97,6 +97,16 @@ class Backend:
         sample = np.random.default_rng(seed).choice([-1.0, 1.0], size=shape)
         return self.from_host(sample, dtype=dtype, device=device)
 
+    # -- several devices ----------------------------------------------------------------------
+    def distribute(self, block: Any) -> Any:
+        """Lay a probe block ``(k, *shape)`` out for the operator product (default: unchanged).
+
+        Every operator product in :mod:`kpflow.linalg` passes its probe block through here
+        first.  An adapter that can split the probe axis across several devices (jax
+        sharding) does so; the others return ``block`` itself.
+        """
+        return block
+
     # -- autograd graphs ---------------------------------------------------------------------
     def no_grad(self) -> contextlib.AbstractContextManager:
         """A context in which no autograd graph is recorded (a no-op for frameworks without one).

@@ -410,7 +410,8 @@ class MatvecCounter:
         self.op = op
         self.num_matvecs = 0
         self._progress = Progress(progress, total, desc)
-        self._pad = bool(getattr(adapter_of(op), "compiles_per_shape", False))
+        self._adapter = adapter_of(op)
+        self._pad = bool(getattr(self._adapter, "compiles_per_shape", False))
 
     def _apply(self, block: Any, apply: Any, shape_in: tuple, size_out: int) -> Any:
         xp, op = self.op.xp, self.op
@@ -421,6 +422,7 @@ class MatvecCounter:
             block = kernel(op, _pad_rows, size, shape_in)(block)
         else:
             block = xp.reshape(block, (size, *shape_in))
+        block = self._adapter.distribute(block)
         out = xp.reshape(apply(block), (size, size_out))
         return out if size == rows else out[:rows, ...]
 

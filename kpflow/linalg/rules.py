@@ -13,6 +13,7 @@ dispatcher                                returns
 ``exact_inner(A, B)``                     0-d array ``⟨A, B⟩_F``, or ``None`` (dispatch on ``A``)
 ``exact_eigsh(op, k)``                    :class:`~kpflow.linalg.EighResult` (top ``k``), or ``None``
 ``is_psd(op)``                            ``True`` when ``A`` is known to be symmetric PSD
+``gram_factor(op)``                       an operator ``F`` with ``A = F Fᵀ``, or ``None``
 ========================================  ==========================================================
 
 Rules shipped here: :class:`~kpflow.Identity`, :class:`~kpflow.Diagonal`,
@@ -63,6 +64,7 @@ __all__ = [
     "exact_fro_norm",
     "exact_inner",
     "exact_trace",
+    "gram_factor",
     "has_cheap_dense",
     "is_psd",
 ]
@@ -376,6 +378,33 @@ def _(op: Composition) -> bool:
 @is_psd.register(PartialTrace)
 def _(op: Any) -> bool:
     return op.shape_in == op.shape_out and is_psd(op.op)
+
+
+# -- Gram factors --------------------------------------------------------------------------------
+@functools.singledispatch
+def gram_factor(op: LinearOperator) -> LinearOperator | None:
+    """An operator ``F`` with ``A = F Fᵀ`` known from ``A``'s structure, or ``None``.
+
+    Iterative spectral routines use it to work on whichever of ``F Fᵀ`` (on ``A``'s
+    domain) and ``Fᵀ F`` (on ``F.shape_in``) is smaller: they share their nonzero
+    spectrum, and a Krylov basis on the smaller side costs less memory.  For NTK_S the
+    factor is the state Jacobian J_S = P F (registered by :mod:`kpflow.ntk`).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> from kpflow.linalg.rules import gram_factor
+    >>> F = kpflow.Dense(xp.asarray([[1.0, 2.0]]))
+    >>> gram_factor(F.gram()) is F, gram_factor(F)
+    (True, None)
+    """
+    return None
+
+
+@gram_factor.register
+def _(op: Gram) -> LinearOperator | None:
+    return op.factor
 
 
 # The spectral rules live in their own module (size); they register on the same dispatcher.

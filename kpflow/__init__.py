@@ -4,7 +4,7 @@
 - :mod:`kpflow.linalg`: randomized matrix-free linear algebra (trace, eigsh, effective rank);
 - :mod:`kpflow.models`: built-in models (RNN, LeakyRNN, GRU, LSTM, MLP, Linear) and their sites;
 - :mod:`kpflow.ntk`: K (parameter kernel), P (propagator), NTK_S = P K Pᵀ, output NTK,
-  dense autodiff references;
+  dense autodiff references, the state Jacobian J_S = dz/dθ (NTK_S = J_S J_Sᵀ);
 - :mod:`kpflow.analysis`: workflows such as the spectrum report of ``kpflow spectrum``.
 
 The core is pure array-API code: it runs on numpy, array-api-strict, torch, jax and
@@ -27,6 +27,7 @@ from kpflow.ntk import (
     output_ntk,
     parameter_kernel,
     propagator,
+    state_jacobian,
 )
 from kpflow.operators import (
     Dense,
@@ -59,4 +60,5 @@ __all__ = [
     "output_ntk",
     "parameter_kernel",
     "propagator",
+    "state_jacobian",
 ]

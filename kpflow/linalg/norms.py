@@ -3,7 +3,11 @@
 Cost comparison (``m`` = budget of products with the operator(s)):
 
 * ``fro_norm``: exact from a rule, or ``min(n_in, n_out)`` unit probes; otherwise Hutch++ on
-  ``‖A‖²_F = tr(AᵀA)`` deflated by a sketch of A's range (or plain Hutchinson).
+  ``‖A‖²_F = tr(AᵀA)`` deflated by a sketch of A's range (or plain Hutchinson).  A Gram
+  operator ``A = F Fᵀ`` whose factor has fewer columns ``r < n`` (``rules.gram_factor``:
+  NTK_S = J_S J_Sᵀ with fewer parameters than states) is handled on the smaller side,
+  ``‖F Fᵀ‖_F = ‖Fᵀ F‖_F``: ``r`` unit probes, or Hutch++ with ``r``-long probes
+  (see :func:`gram_small_side`).
 * ``alignment``: exact from rules for ``⟨A,B⟩_F`` and both norms, or ``2 n_in`` unit probes;
   otherwise polarisation ``⟨A,B⟩ = (‖A+B‖² − ‖A−B‖²)/4`` and the two norms, from four
   independent Hutch++ estimates.
@@ -34,7 +38,7 @@ from kpflow.linalg._common import (
 from kpflow.operators.base import LinearOperator, common_meta
 from kpflow.operators.functions import is_symmetric
 
-__all__ = ["alignment", "fro_norm"]
+__all__ = ["alignment", "fro_norm", "gram_small_side"]
 
 DEFAULT_BUDGET = 200
 
@@ -47,11 +51,38 @@ def _se(xp: Any, samples: Any) -> Any:
     return mean_and_error(xp, samples)[1]
 
 
+# -- the smaller side of a Gram operator --------------------------------------------------------
+def gram_small_side(A: LinearOperator) -> LinearOperator | None:
+    """``Fᵀ F`` when ``A = F Fᵀ`` (:func:`~kpflow.linalg.rules.gram_factor`) and ``F`` has fewer
+    columns than ``A`` has rows; else ``None``.
+
+    ``Fᵀ F`` has ``A``'s nonzero spectrum, so ``tr``, ``‖·‖_F`` and the participation ratio
+    are the same, and one product with it costs one with ``F`` and one with ``Fᵀ``, as one
+    with ``A`` does; its probes are ``F.size_in`` long instead of ``A.size_in``.  For
+    NTK_S = J_S J_Sᵀ this is the parameter side J_Sᵀ J_S (the Gauss–Newton matrix).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> from kpflow.linalg.norms import gram_small_side
+    >>> F = kpflow.Dense(xp.ones((5, 2)))
+    >>> gram_small_side(F.gram()).shape_in, gram_small_side(F.T.gram())
+    ((2,), None)
+    """
+    if A.shape_in != A.shape_out:
+        return None
+    F = rules.gram_factor(A)
+    if F is None or F.size_in >= A.size_in:
+        return None
+    return F.T.gram()
+
+
 # -- Frobenius norm ------------------------------------------------------------------------------
-def _fro_sq_exact(A: LinearOperator, progress: Any) -> tuple[Any, int]:
+def _fro_sq_exact(A: LinearOperator, progress: Any, where: str = "kpflow.linalg.fro_norm") -> tuple[Any, int]:
     """``‖A‖²_F`` from unit probes on the smaller side."""
     xp = A.xp
-    counter = MatvecCounter(A, progress, min(A.size_in, A.size_out), "kpflow.linalg.fro_norm")
+    counter = MatvecCounter(A, progress, min(A.size_in, A.size_out), where)
     total = _zero(A)
     try:
         if A.size_in <= A.size_out:
@@ -128,7 +159,13 @@ def fro_norm(
         ``"auto"``: a structured rule (:func:`kpflow.linalg.rules.exact_fro_norm`),
         else ``"exact"`` (unit probes on the smaller side) when the budget
         reaches ``min(n_in, n_out)`` (without a budget: when that is at most
-        ``DENSE_LIMIT``), else ``"hutch++"``.
+        ``DENSE_LIMIT``), else ``"hutch++"``.  Every method runs on ``Fᵀ F`` instead
+        when ``A = F Fᵀ`` is a Gram operator whose factor has fewer columns ``r`` than
+        ``A`` has rows (:func:`gram_small_side`; NTK_S with fewer parameters than
+        states): the same norm at the same cost per product, with probes of length
+        ``r`` and ``"exact"`` in ``r`` products.  Hutch++'s Rademacher probes then see
+        the diagonal of ``Fᵀ F`` instead of that of ``A``, so its error (reported in
+        ``.error``) is not the state side's: neither larger nor smaller in general.
     num_matvecs : int, optional
         Budget of products with ``A`` or ``Aᵀ`` (default 200).  ``hutch++``
         needs 3 (4 for operators not known to be symmetric).
@@ -160,6 +197,10 @@ def fro_norm(
         exact = rules.exact_fro_norm(A)
         if exact is not None:
             return ScalarResult(exact, _zero(A), 0, "exact")
+    gram = gram_small_side(A)
+    if gram is not None:  # ‖F Fᵀ‖_F = ‖Fᵀ F‖_F, on the smaller side
+        return fro_norm(gram, method=method, num_matvecs=num_matvecs, rng=gen, progress=progress)
+    if method in ("auto", "exact"):
         budget_ok = small <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= small
         if method == "exact" or budget_ok:
             sq, used = _fro_sq_exact(A, progress)

@@ -2,7 +2,10 @@
 
 * ``effective_rank``: exact from rules for ``tr`` and ``‖·‖_F`` of ``A`` (or of its exact
   partial trace), or ``n`` unit probes; otherwise ``t₁ t₂ / f²`` with two independent trace
-  estimates and an independent ``f² ≈ tr(M²)``.
+  estimates and an independent ``f² ≈ tr(M²)``.  The global ratio of a Gram operator
+  ``A = F Fᵀ`` whose factor has fewer columns ``r < n`` (NTK_S = J_S J_Sᵀ with fewer
+  parameters than states) is computed on ``Fᵀ F``, which has the same nonzero spectrum:
+  ``r`` unit probes for the exact ratio, ``r``-long probes for the estimate.
 
 Ratios of estimates use independent probes for numerator and denominator
 (the numerator ``tr(M)²`` as a product of two independent unbiased trace
@@ -47,7 +50,7 @@ from kpflow.linalg._common import (
     unit_rows,
     without_graph,
 )
-from kpflow.linalg.norms import DEFAULT_BUDGET, _fro_sq_estimate, _zero
+from kpflow.linalg.norms import DEFAULT_BUDGET, _fro_sq_estimate, _zero, gram_small_side
 from kpflow.linalg.trace import trace
 from kpflow.operators.base import LinearOperator
 
@@ -126,7 +129,12 @@ def effective_rank(
         probes of ``A`` when the budget reaches ``n`` (without a budget: when
         ``n <= DENSE_LIMIT``); else ``"estimate"`` (see the module docstring):
         half the budget for two independent XTrace/XNysTrace estimates of
-        ``tr M = tr A``, half for ``tr(M²)``.
+        ``tr M = tr A``, half for ``tr(M²)``.  With ``keep=None`` and a Gram operator
+        ``A = F Fᵀ`` whose factor has fewer columns ``r`` than ``n``
+        (:func:`~kpflow.linalg.rules.gram_factor`; NTK_S = J_S J_Sᵀ), every method runs
+        on ``Fᵀ F`` instead (the same ratio, the same cost per product, ``r`` in place of
+        ``n`` above; the estimate is clamped into ``[1, r]``), the estimate only when a
+        quarter of its budget is at most ``r`` (else it runs on ``A``).
     num_matvecs : int, optional
         Budget of products with ``A`` (default 200; ``"estimate"`` needs 16).
     rng : int, numpy.random.Generator or None
@@ -176,12 +184,31 @@ def effective_rank(
         t, f = rules.exact_trace(M), rules.exact_fro_norm(M)
         if t is not None and f is not None:
             return ScalarResult(t * t / (f * f), _zero(A), 0, "exact")
+    gram = None if traced else gram_small_side(A)
+    if gram is not None and _fits(gram.size_in, method, num_matvecs):
+        # tr(F Fᵀ)²/‖F Fᵀ‖²_F = tr(Fᵀ F)²/‖Fᵀ F‖²_F, on the smaller side
+        return effective_rank(gram, method=method, num_matvecs=num_matvecs, rng=gen, progress=progress)
+    if method in ("auto", "exact"):
         budget_ok = n <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= n
         if method == "exact" or budget_ok:
             return _effective_rank_dense(A, M, n, progress)
         method = "estimate"
     budget = check_budget(DEFAULT_BUDGET if num_matvecs is None else num_matvecs, 16, where, method)
     return _effective_rank_estimate(A, traced, budget, gen, progress)
+
+
+def _fits(r: int, method: str, num_matvecs: int | None) -> bool:
+    """Whether the ratio runs as well on a Gram operator's ``r``-dimensional side ``Fᵀ F``.
+
+    Exactly, always; as an estimate, when each trace estimate's quarter of the budget fits
+    in ``r`` probes (XNysTrace's sketch cannot be larger than the dimension, and on ``A``
+    a larger sketch would catch the whole range of a rank-``r`` operator).
+    """
+    if method == "exact" or (
+        method == "auto" and (r <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= r)
+    ):
+        return True
+    return (DEFAULT_BUDGET if num_matvecs is None else num_matvecs) // 4 <= r
 
 
 def _effective_rank_dense(A: LinearOperator, M: LinearOperator, n: int, progress: Any) -> ScalarResult:

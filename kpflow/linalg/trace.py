@@ -14,6 +14,16 @@ xnystrace      as xtrace, symmetric PSD only, uses all      leave-one-out (free)
                ``m`` products for the Nyström sketch
 =============  ==========================================  =====================================
 
+A Gram operator ``A = F Fᵀ`` with a known factor (:func:`~kpflow.linalg.rules.gram_factor`;
+NTK_S = J_S J_Sᵀ) has ``tr A = ‖F‖²_F``: the exact trace takes ``min(r, n)`` products with
+``F`` or ``Fᵀ`` alone (``r`` = F's columns), half the work of ``n`` products with ``A``.
+When ``r < n`` the estimators run on ``Fᵀ F`` (probes of length ``r``) if their budget
+fits it (by default ``min(n, 100)``, as on ``A``; else they run on ``A``).  XTrace and
+XNysTrace use Gaussian probes and depend on them only through their components in the
+range of the operator, so their error has the same distribution on either side (a seed
+gives other numbers); Hutchinson and Hutch++ use Rademacher probes, whose variance
+2(‖A‖²_F − Σ A_ii²) depends on the diagonal, which ``Fᵀ F`` and ``F Fᵀ`` do not share.
+
 References
 ----------
 Hutchinson, "A stochastic estimator of the trace of the influence matrix for
@@ -48,6 +58,7 @@ from kpflow.linalg._common import (
     unit_rows,
     without_graph,
 )
+from kpflow.linalg.norms import _fro_sq_exact
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["trace"]
@@ -82,8 +93,15 @@ def trace(
         ``"xnystrace"`` for operators known to be PSD
         (:func:`~kpflow.linalg.rules.is_psd`) and ``"xtrace"`` for the rest.
         ``"xnystrace"`` requires a symmetric PSD operator (not checked).
+        For a Gram operator ``A = F Fᵀ`` (:func:`~kpflow.linalg.rules.gram_factor`, e.g.
+        NTK_S = J_S J_Sᵀ) ``"exact"`` is ``‖F‖²_F`` from ``r = min(F.size_in, n)``
+        products with ``F`` or ``Fᵀ`` (``"auto"`` takes it when ``r`` is within the
+        budget, or at most ``DENSE_LIMIT``), and when ``F`` has fewer columns than ``n``
+        the estimators run on ``Fᵀ F`` (the module docstring says how that changes their
+        error: not at all for XTrace and XNysTrace).
     num_matvecs : int, optional
-        The budget of products with ``A``; default ``min(n, 100)``.
+        The budget of products with ``A`` (or with ``Fᵀ F``, at the same cost); default
+        ``min(n, 100)``.
     rng : int, numpy.random.Generator or None
         Seed or generator for the probes (SPEC 7): it supplies one integer seed per
         probe block, drawn with on ``A``'s device; reproducible per backend.
@@ -127,23 +145,26 @@ def trace(
     n = A.size_in
     if num_matvecs is not None:
         check_budget(num_matvecs, 0, where, method)
-    if method == "auto":
+    if method in ("auto", "exact"):
         exact = rules.exact_trace(A)
         if exact is not None:
             return ScalarResult(exact, _zero(A), 0, "exact")
+    factor = rules.gram_factor(A)
+    if factor is not None:
+        routed = _trace_of_gram(A, factor, method, num_matvecs, gen, progress)
+        if routed is not None:
+            return routed
+    if method == "auto":
         if (num_matvecs is None and n <= DENSE_LIMIT) or (num_matvecs is not None and num_matvecs >= n):
             method = "exact"
         else:
             method = "xnystrace" if rules.is_psd(A) else "xtrace"
     if method == "exact":
-        exact = rules.exact_trace(A)
-        if exact is not None:
-            return ScalarResult(exact, _zero(A), 0, "exact")
         return _exact_by_probes(A, progress)
     budget = min(n, DEFAULT_BUDGET) if num_matvecs is None else int(num_matvecs)
     budget = check_budget(budget, _MIN_BUDGET[method], where, method)
-    limit = 2 * n if method == "xtrace" else (3 * n if method == "hutch++" else n)
-    if method != "hutchinson" and budget > limit:
+    limit = _budget_limit(method, n)
+    if budget > limit:
         msg = (
             f"{where}: method {method!r} cannot use num_matvecs={budget} on an operator of "
             f"dimension {n} (at most {limit}); use method='exact'"
@@ -159,6 +180,33 @@ def trace(
 
 def _zero(A: LinearOperator) -> Any:
     return A.xp.zeros((), dtype=A.dtype, device=A.device)
+
+
+def _budget_limit(method: str, n: int) -> int | float:
+    """The most products ``method`` can use on an operator of dimension ``n``."""
+    return {"xtrace": 2 * n, "hutch++": 3 * n, "xnystrace": n}.get(method, math.inf)
+
+
+def _trace_of_gram(
+    A: LinearOperator, F: LinearOperator, method: str, num_matvecs: int | None, gen: Any, progress: Any
+) -> ScalarResult | None:
+    """``tr(F Fᵀ)`` through the factor: ``‖F‖²_F`` exactly, or an estimator on the smaller ``Fᵀ F``.
+
+    ``None`` when neither applies: the estimators when ``F`` has at least ``n`` columns, or
+    when their budget (by default ``A``'s, ``min(n, DEFAULT_BUDGET)``) is more than ``Fᵀ F``'s
+    dimension lets them use.  Then ``A`` itself is traced, as without a factor.
+    """
+    n, r = A.size_in, F.size_in
+    small = min(n, r)
+    budget_ok = small <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= small
+    if method == "exact" or (method == "auto" and budget_ok):
+        sq, used = _fro_sq_exact(F, progress, "kpflow.linalg.trace")
+        return ScalarResult(sq, _zero(A), used, "exact")
+    budget = min(n, DEFAULT_BUDGET) if num_matvecs is None else num_matvecs
+    if r >= n or budget > _budget_limit("xnystrace" if method == "auto" else method, r):
+        return None
+    # tr(F Fᵀ) = tr(Fᵀ F): the same estimators on r-long probes, at the same cost per product.
+    return trace(F.T.gram(), method=method, num_matvecs=budget, rng=gen, progress=progress)
 
 
 def _exact_by_probes(A: LinearOperator, progress: Any) -> ScalarResult:

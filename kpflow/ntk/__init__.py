@@ -4,6 +4,8 @@
 - :func:`propagator` -> P = (I − L)⁻¹ (forward recursion; ``.T`` is BPTT; ``.inverse()`` is I − L);
 - :func:`global_ntk` -> NTK_S = P K Pᵀ (``.P``, ``.K``);
 - :func:`output_ntk` -> (C̃P) K (C̃P)ᵀ + G_ro ⊗ I_out;
+- :func:`state_jacobian` -> J_S = dz/dθ = P F with NTK_S = J_S J_Sᵀ (``.J`` of the NTKs), on
+  the flat parameters (:func:`site_parameters` maps them to the model's named parameters);
 - :func:`dense_global_ntk`, :func:`dense_output_ntk` -> dense autodiff references (torch, jax).
 """
 
@@ -11,6 +13,13 @@
 from kpflow.ntk import shortcuts
 from kpflow.ntk.dense import DEFAULT_MAX_DENSE_SIZE, dense_global_ntk, dense_output_ntk
 from kpflow.ntk.global_ntk import GlobalNTK, OutputNTK, ReadoutMap, StateBlockNTK, global_ntk, output_ntk
+from kpflow.ntk.jacobian import (
+    OutputJacobian,
+    ParameterMap,
+    StateJacobian,
+    site_parameters,
+    state_jacobian,
+)
 from kpflow.ntk.kernel import AutodiffKernel, KroneckerCoreKernel, parameter_kernel
 from kpflow.ntk.propagator import ConstraintJacobian, Propagator, propagator
 
@@ -20,10 +29,13 @@ __all__ = [
     "ConstraintJacobian",
     "GlobalNTK",
     "KroneckerCoreKernel",
+    "OutputJacobian",
     "OutputNTK",
+    "ParameterMap",
     "Propagator",
     "ReadoutMap",
     "StateBlockNTK",
+    "StateJacobian",
     "dense_global_ntk",
     "dense_output_ntk",
     "global_ntk",
@@ -31,4 +43,6 @@ __all__ = [
     "parameter_kernel",
     "propagator",
     "shortcuts",
+    "site_parameters",
+    "state_jacobian",
 ]

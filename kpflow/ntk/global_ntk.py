@@ -11,6 +11,7 @@ from typing import Any
 
 from kpflow.models.base import Site, Trajectory, owned_copy, site_variables
 from kpflow.models.linear import Linear
+from kpflow.ntk.jacobian import OutputJacobian, ParameterMap, StateJacobian, _jacobian_of
 from kpflow.ntk.kernel import KroneckerCoreKernel, check_trajectory, parameter_kernel
 from kpflow.ntk.propagator import Propagator, propagator
 from kpflow.operators.base import LinearOperator, SymmetricOperator
@@ -27,6 +28,9 @@ class GlobalNTK(SymmetricOperator):
         The propagator (I − L)⁻¹.
     K : LinearOperator
         The parameter kernel.
+    J : StateJacobian
+        The state Jacobian J_S = P F with NTK_S = J_S J_Sᵀ (built on first use; needs the
+        Kronecker-core K, see :func:`kpflow.ntk.state_jacobian`).
 
     Examples
     --------
@@ -36,8 +40,8 @@ class GlobalNTK(SymmetricOperator):
     >>> model = RNN(1, 2)
     >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((1, 3, 1)))
     >>> N = ntk.global_ntk(traj)
-    >>> N.todense().shape
-    (1, 3, 2, 1, 3, 2)
+    >>> N.todense().shape, N.J.shape_in
+    ((1, 3, 2, 1, 3, 2), (10,))
     """
 
     def __init__(self, P: Propagator, K: LinearOperator) -> None:
@@ -45,9 +49,24 @@ class GlobalNTK(SymmetricOperator):
         self.P = P
         self.K = K
         self.axis_names = P.axis_names
+        self._J: StateJacobian | None = None
 
     def _matmat(self, X: Any) -> Any:
         return self.P._matmat(self.K._matmat(self.P._rmatmat(X)))
+
+    @property
+    def J(self) -> StateJacobian:
+        """J_S = P F (:class:`~kpflow.ntk.StateJacobian`), the factor with NTK_S = J_S J_Sᵀ."""
+        if self._J is None:
+            if not isinstance(self.K, KroneckerCoreKernel):
+                msg = (
+                    "GlobalNTK.J: the state Jacobian factors the Kronecker-core K = F Fᵀ, but this "
+                    f"NTK_S has K = {type(self.K).__name__}, without weight sites; build it with "
+                    "global_ntk(traj, method='kronecker') or kpflow.state_jacobian(traj)"
+                )
+                raise TypeError(msg)
+            self._J = _jacobian_of(self.P, self.K.sites)
+        return self._J
 
 
 class StateBlockNTK(SymmetricOperator):
@@ -63,6 +82,9 @@ class StateBlockNTK(SymmetricOperator):
         NTK_S on the whole state.
     columns : tuple (lo, hi)
         The per-site state columns kept.
+    J : StateJacobian
+        E J_S, the factor with E NTK_S Eᵀ = (E J_S)(E J_S)ᵀ (built on first use; needs the
+        Kronecker-core K).
 
     Examples
     --------
@@ -83,6 +105,15 @@ class StateBlockNTK(SymmetricOperator):
         self.columns = (lo, hi)
         self._m, self._size = traj.m, traj.site_state_size
         self.axis_names = full.axis_names
+        self._J: StateJacobian | None = None
+
+    @property
+    def J(self) -> StateJacobian:
+        """E J_S (:class:`~kpflow.ntk.StateJacobian` with ``columns``), the factor of this block."""
+        if self._J is None:
+            J = self.full.J
+            self._J = StateJacobian(J.P, J.F, columns=self.columns)
+        return self._J
 
     def _embed(self, X: Any) -> Any:
         xp, k = self.xp, X.shape[0]
@@ -217,6 +248,9 @@ class OutputNTK(SymmetricOperator):
         NTK_S = P K Pᵀ.
     readout_kernel : KroneckerCoreKernel
         G_ro ⊗ I_out, the readout's own parameters' term (one site, D = I).
+    J : OutputJacobian
+        [C̃ J_S | F_ro], the factor with NTK_out = J Jᵀ (built on first use; needs the
+        Kronecker-core K).
 
     Examples
     --------
@@ -235,11 +269,20 @@ class OutputNTK(SymmetricOperator):
         self.readout_map = readout_map
         self.state_ntk = state_ntk
         self.readout_kernel = readout_kernel
+        self._J: OutputJacobian | None = None
 
     def _matmat(self, X: Any) -> Any:
         C = self.readout_map
         inner = C._matmat(self.state_ntk._matmat(C._rmatmat(X)))
         return inner + self.readout_kernel._matmat(X)
+
+    @property
+    def J(self) -> OutputJacobian:
+        """The factor [C̃ J_S | F_ro] (:class:`~kpflow.ntk.OutputJacobian`), NTK_out = J Jᵀ."""
+        if self._J is None:
+            ro = ParameterMap(self.readout_kernel.sites, like=self.readout_kernel.sites[0].variables)
+            self._J = OutputJacobian(self.readout_map, self.state_ntk.J, ro)
+        return self._J
 
 
 def output_ntk(traj: Trajectory, readout_params: dict[str, Any], *, method: str = "kronecker") -> OutputNTK:

@@ -16,6 +16,10 @@ nothing iterative is needed:
   dense matrix computed from the site variables and D alone
   (:func:`kernel_partial_trace`); effective ranks along an axis are then exact too.
 
+- **Gram factors.** NTK_S = J_S J_Sᵀ with J_S = P F (:mod:`kpflow.ntk.jacobian`), and so
+  are its LSTM blocks and the output NTK: ``rules.gram_factor`` returns the factor, so
+  that trace, norms, effective ranks and eigsh can work on the parameter side J_Sᵀ J_S.
+
 Participation ratios follow: pr(K) = tr(K)² / ‖K‖_F².  Every result stays in the
 kernel's namespace, dtype and device; the eigenvalue selection runs on-device with
 ``argsort``.  Each rule is a pure function of the sites' arrays, so that on jax it runs
@@ -31,7 +35,7 @@ from kpflow._array import device_of, prod
 from kpflow.linalg import rules
 from kpflow.linalg._common import EighResult, MatvecCounter, kernel
 from kpflow.models.sites import Site
-from kpflow.ntk.global_ntk import GlobalNTK
+from kpflow.ntk.global_ntk import GlobalNTK, OutputNTK, StateBlockNTK
 from kpflow.ntk.kernel import AutodiffKernel, KroneckerCoreKernel
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.basic import Dense
@@ -451,3 +455,21 @@ def _(op: LinearOperator) -> bool:
 @rules.is_psd.register
 def _(op: GlobalNTK) -> bool:
     return bool(rules.is_psd(op.K))  # P K Pᵀ is PSD whenever K is
+
+
+# -- Gram factors: NTK_S = J_S J_Sᵀ ------------------------------------------------------------------
+@rules.gram_factor.register
+def _(op: GlobalNTK) -> LinearOperator | None:
+    # K = F Fᵀ with the Kronecker core, so NTK_S = (P F)(P F)ᵀ; an autodiff K has no sites.
+    return op.J if isinstance(op.K, KroneckerCoreKernel) else None
+
+
+@rules.gram_factor.register
+def _(op: StateBlockNTK) -> LinearOperator | None:
+    return op.J if isinstance(op.full.K, KroneckerCoreKernel) else None  # E NTK_S Eᵀ = (E J_S)(E J_S)ᵀ
+
+
+@rules.gram_factor.register
+def _(op: OutputNTK) -> LinearOperator | None:
+    # (C̃P) F Fᵀ (C̃P)ᵀ + F_ro F_roᵀ = [C̃ P F | F_ro][C̃ P F | F_ro]ᵀ
+    return op.J if isinstance(op.state_ntk.K, KroneckerCoreKernel) else None

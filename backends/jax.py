@@ -1,21 +1,44 @@
-"""The jax adapter: ``jax.numpy`` and jax's transforms.
+"""The jax adapter: ``jax.numpy``, jax's transforms, and probe blocks split across devices.
 
 kpflow never turns on ``jax_enable_x64``: that is the user's choice.  Without
 it jax has no float64 arrays, and kpflow computes in the float32 it is given.
+
+Several devices
+---------------
+jax computes where the data are, and kpflow follows: the opt-in to several devices is
+to place the model's arrays (``params`` and ``x``) *replicated* on them, with
+:func:`replicate`.  Every array kpflow then derives (states, site variables, the
+operators' factors, the solvers' probes) is replicated on the same devices, and
+:meth:`JaxBackend.distribute` splits the probe axis of every block the solvers of
+:mod:`kpflow.linalg` push through an operator across them (``NamedSharding`` over a
+``("probes",)`` mesh).  Arrays on one device (the default) are left alone.
+:func:`shard_probes` turns the splitting off (for comparisons), and
+:func:`sharded_matmat` is a direct operator product with the split.  See
+``docs/jax.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from kpflow.backends._base import Backend
 
-__all__ = ["JaxBackend", "adapter"]
+__all__ = ["PROBE_AXIS", "JaxBackend", "adapter", "replicate", "shard_probes", "sharded_matmat"]
+
+#: The name of the mesh axis the probe axis of a block is split over.
+PROBE_AXIS = "probes"
+
+#: Whether :meth:`JaxBackend.distribute` splits blocks (see :func:`shard_probes`).
+_SHARD_PROBES: contextvars.ContextVar[bool] = contextvars.ContextVar("kpflow_jax_shard_probes", default=True)
 
 #: Random draws are made in pieces of this many entries, each from ``fold_in(key, i)`` with one
 #: compiled generator (jax compiles its generator for every new shape, which would cost a
@@ -72,6 +95,47 @@ class JaxBackend(Backend):
     def random_rademacher(self, seed: int, shape: tuple[int, ...], *, dtype: Any, device: Any = None) -> Any:
         return self._draw("rademacher", seed, tuple(shape), dtype, device)
 
+    # -- several devices ----------------------------------------------------------------------
+    def distribute(self, block: Any) -> Any:
+        """Split the probe axis 0 of ``block`` across the devices it is replicated on.
+
+        A block replicated on ``n > 1`` devices (kpflow's probes are, when the model's
+        arrays were placed with :func:`replicate`) is laid out with
+        ``NamedSharding(Mesh(devices, ("probes",)), PartitionSpec("probes"))``, the
+        devices in the block's own order: each device then computes the operator's
+        product for ``k / n`` probes, and the operator's replicated arrays are already
+        there.  When ``n`` does not divide ``k``, the probes are split ``g = gcd(k, n)``
+        ways over a ``(g, n / g)`` mesh ``("probes", "replicas")`` (jax needs even
+        splits; kpflow's padded blocks of 16, 32 or 64 rows split evenly over 2, 4, 8
+        or 16 devices).  A block on one device, one already split another way, one
+        spanning several processes, a traced array, or any block inside
+        ``shard_probes(False)`` is returned as it is.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from kpflow.backends.jax import adapter
+        >>> block = jnp.ones((16, 3))                  # on one device: unchanged
+        >>> adapter.distribute(block) is block
+        True
+        """
+        if not _SHARD_PROBES.get() or not isinstance(block, jax.Array) or isinstance(block, jax.core.Tracer):
+            return block
+        if block.ndim == 0:
+            return block
+        sharding = block.sharding
+        if (
+            len(sharding.device_set) < 2
+            or not sharding.is_fully_replicated
+            or not sharding.is_fully_addressable
+        ):
+            return block
+        devices = _device_order(sharding)
+        if devices is None:
+            return block
+        target = _probe_sharding(devices, int(block.shape[0]))
+        return block if target is None else jax.device_put(block, target)
+
     def jvp(self, f: Callable, primals: tuple, tangents: tuple) -> tuple[Any, Any]:
         # jax rejects tangents whose dtype differs from the primal's; cast them here.
         tangents = tuple(
@@ -93,3 +157,131 @@ class JaxBackend(Backend):
 
 
 adapter = JaxBackend()
+
+
+# -- several devices ---------------------------------------------------------------------------
+def _device_order(sharding: Any) -> tuple[Any, ...] | None:
+    """The devices of ``sharding`` in its own order (jax requires the same order in one computation)."""
+    if isinstance(sharding, NamedSharding):
+        return tuple(sharding.mesh.devices.flat)
+    order = getattr(sharding, "_device_assignment", None)  # other shardings: jax's device order
+    return None if order is None else tuple(order)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_sharding(devices: tuple[Any, ...], rows: int) -> NamedSharding | None:
+    """The sharding that splits ``rows`` probes over ``devices`` (``None`` when no even split exists)."""
+    n = len(devices)
+    g = math.gcd(rows, n)
+    if g < 2:
+        return None
+    grid = np.empty(n, dtype=object)
+    grid[:] = devices
+    mesh = Mesh(grid, (PROBE_AXIS,)) if g == n else Mesh(grid.reshape(g, n // g), (PROBE_AXIS, "replicas"))
+    return NamedSharding(mesh, PartitionSpec(PROBE_AXIS))
+
+
+def _check_devices(devices: Sequence[Any] | None) -> tuple[Any, ...]:
+    if devices is None:
+        return tuple(jax.devices())
+    found = tuple(devices)
+    if not found or not all(isinstance(d, jax.Device) for d in found):
+        msg = f"replicate: expected devices to be a non-empty sequence of jax devices, got {devices!r}"
+        raise TypeError(msg)
+    if len(set(found)) != len(found):
+        msg = f"replicate: devices holds a device twice: {list(found)}"
+        raise ValueError(msg)
+    platforms = {d.platform for d in found}
+    if len(platforms) > 1:
+        msg = f"replicate: devices of one platform are needed, got {sorted(platforms)}"
+        raise ValueError(msg)
+    return found
+
+
+def replicate(tree: Any, devices: Sequence[Any] | None = None) -> Any:
+    """Place every jax array of ``tree`` replicated on ``devices``: kpflow's opt-in to several devices.
+
+    Put a model's ``params`` and inputs ``x`` here before ``model.run``: the states, site
+    variables and operators derived from them are replicated on the same devices, and the
+    solvers of :mod:`kpflow.linalg` then split every probe block across them
+    (:meth:`JaxBackend.distribute`).  Results come back replicated, with the dtype given.
+
+    Parameters
+    ----------
+    tree : pytree
+        An array, or a dict / list / tuple of them (a params dict).  Leaves that are not
+        jax arrays (Python scalars, ``None``) are returned unchanged; convert numpy arrays
+        with ``jnp.asarray`` first.
+    devices : sequence of jax devices, optional
+        Devices of one platform, in the order the mesh uses; default ``jax.devices()``
+        (every device of jax's default platform, e.g. all GPUs of a node).  Pick some with
+        ``jax.devices("gpu")[:4]``.
+
+    Returns
+    -------
+    The same tree, its jax arrays placed with
+    ``NamedSharding(Mesh(devices, ("probes",)), PartitionSpec())``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from kpflow.backends.jax import replicate
+    >>> params = replicate({"w": jnp.ones((2, 2)), "scale": 0.5}, jax.devices()[:1])
+    >>> params["w"].sharding.is_fully_replicated, params["scale"]
+    (True, 0.5)
+    """
+    found = _check_devices(devices)
+    grid = np.empty(len(found), dtype=object)
+    grid[:] = found
+    sharding = NamedSharding(Mesh(grid, (PROBE_AXIS,)), PartitionSpec())
+    return jax.tree_util.tree_map(
+        lambda a: jax.device_put(a, sharding) if isinstance(a, jax.Array) else a, tree
+    )
+
+
+@contextlib.contextmanager
+def shard_probes(enabled: bool = True) -> Iterator[None]:
+    """Within the context, split probe blocks across devices (the default) or not (``False``).
+
+    ``with shard_probes(False):`` keeps every block replicated, so that each device
+    computes every product in full: the baseline of a speedup measurement.  The setting
+    is per thread and per asyncio task (a ``contextvars.ContextVar``).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from kpflow.backends.jax import adapter, shard_probes
+    >>> with shard_probes(False):
+    ...     block = jnp.ones((16, 3))
+    ...     adapter.distribute(block) is block
+    True
+    """
+    token = _SHARD_PROBES.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _SHARD_PROBES.reset(token)
+
+
+def sharded_matmat(A: Any, X: Any) -> Any:
+    """``A X`` for a block ``X`` of shape ``(k, *A.shape_in)``, its probes split across ``X``'s devices.
+
+    ``A.matmat(X)`` computes a replicated ``X`` in full on every device; this splits the
+    probe axis like the solvers do (:meth:`JaxBackend.distribute`) and returns the
+    result in ``X``'s layout (replicated again).  On one device it is ``A.matmat(X)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import kpflow
+    >>> from kpflow.backends.jax import sharded_matmat
+    >>> A = kpflow.Dense(jnp.asarray([[2.0, 0.0], [1.0, 3.0]]))
+    >>> [float(v) for v in sharded_matmat(A, jnp.ones((1, 2)))[0]]
+    [2.0, 4.0]
+    """
+    A._check(X, A.shape_in, "X", "sharded_matmat", 1)
+    block = adapter.distribute(X)
+    out = A._matmat(block)
+    if block is X or not isinstance(out, jax.Array):
+        return out
+    return jax.device_put(out, X.sharding)

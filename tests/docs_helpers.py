@@ -45,7 +45,7 @@ OPTIONAL_MODULES = frozenset(
 )
 
 # Installed together with an extra's package, and imported by it.
-_COMPANIONS = {"jax": {"jaxlib"}}
+_COMPANIONS = {"jax": {"jaxlib", "scipy"}}
 
 _REQUIREMENT = re.compile(r'^([A-Za-z0-9_.\-]+)\s*(?:\[([^\]]*)\])?[^;]*;\s*extra\s*==\s*"([^"]+)"')
 

@@ -180,6 +180,12 @@ def case64(backend_name: str) -> Case:
 
 
 @pytest.fixture(scope="session")
+def case32(backend_name: str) -> Case:
+    """A backend in float32 only (for the float32 tolerances)."""
+    return _make_case(backend_name, "float32")
+
+
+@pytest.fixture(scope="session")
 def xp(case: Case) -> Any:
     """The array namespace of the current case."""
     return case.xp

@@ -31,16 +31,13 @@ semidefinite matrix from streaming data", NeurIPS 2017.
 
 from __future__ import annotations
 
-import functools
-import math
-import warnings
+import numbers
 from typing import Any
-
-import array_api_extra as xpx
 
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
     DENSE_LIMIT,
+    MIN_BUCKET,
     EighResult,
     MatvecCounter,
     SvdResult,
@@ -52,12 +49,9 @@ from kpflow.linalg._common import (
     dtype_eps,
     host_rng,
     kernel,
-    like_array,
-    orthonormal_rows,
-    padded_size,
-    probes,
     without_graph,
 )
+from kpflow.linalg._krylov import restarted_lanczos
 from kpflow.linalg._spectral_rules import top_eigh_of_matrix
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.functions import adjoint, gram, todense
@@ -65,6 +59,9 @@ from kpflow.operators.functions import adjoint, gram, todense
 __all__ = ["eigsh", "svds"]
 
 _METHODS = ("auto", "dense", "lanczos", "nystrom")
+
+#: Bytes the Krylov basis of :func:`eigsh` may take when ``memory_budget`` is not given (1 GiB).
+DEFAULT_MEMORY_BUDGET = 2**30
 
 
 @without_graph
@@ -77,6 +74,8 @@ def eigsh(
     rng: Any = None,
     block_size: int | None = None,
     max_matvecs: int | None = None,
+    max_basis: int | None = None,
+    memory_budget: float | None = None,
     progress: Any = None,
 ) -> EighResult:
     """The ``k`` largest (algebraic) eigenpairs of a symmetric operator.
@@ -93,19 +92,32 @@ def eigsh(
         ``"lanczos"``.  ``"nystrom"`` needs a PSD operator.
     tol : float
         Stop when every returned pair has ``‖A v − λ v‖ <= tol · max|θ|``
-        (``θ`` the Ritz values).  Raised to ``100 ε`` of the dtype (float32
-        cannot do better).
+        (``θ`` the Ritz values).  Raised to ``100 ε`` of the dtype: ``1.2e-5`` in
+        float32, ``2.2e-14`` in float64.
     rng : int, numpy.random.Generator or None
         Seed or generator for the starting block.
     block_size : int, optional
-        Block size ``b >= k`` of the Krylov method (default ``k + max(5, k // 2)``,
-        on jax raised to the power of two its blocks are padded to), or sketch size of
-        ``"nystrom"`` (default ``2k + 10``).
-        Repeated eigenvalues are resolved with their full multiplicity up to ``b``.
+        Probes per operator product of ``"lanczos"`` (default ``min(k, 4)``; 16 on jax,
+        whose blocks are padded to 16 rows), or sketch size of ``"nystrom"`` (``>= k``,
+        default ``2k + 10``).  Larger blocks cost more products but run them at better
+        GEMM speed (GPUs: try 16–64).  Repeated eigenvalues keep their multiplicity: a
+        cluster of ``block_size`` or more equal values triggers a search from a fresh
+        block orthogonal to the converged pairs (see Notes).
     max_matvecs : int, optional
-        Cap on the Krylov basis size; default ``min(n, 30 b)``.  If reached
-        before convergence, a ``RuntimeWarning`` is issued and the best pairs
-        are returned with their residual norms.
+        Cap on the operator products of the Krylov space (default ``100 · max_basis``).
+        If reached before convergence, a ``RuntimeWarning`` is issued and the best pairs
+        are returned with their (estimated) residual norms.
+    max_basis : int, optional
+        Most vectors the restarted Krylov basis holds (``>= k + 2·block_size``; default
+        ``max(3k, k + 10·block_size)``, or ``n`` when ``n`` is at most four times that,
+        capped by ``memory_budget``).  Memory is
+        ``max_basis · n`` entries, whatever the number of products.
+    memory_budget : float, optional
+        Bytes the solver's vectors may take (default 1 GiB, :data:`DEFAULT_MEMORY_BUDGET`):
+        the default ``max_basis`` shrinks to fit, so that a large problem takes more
+        restarts instead of more memory; a budget too small for ``k + 2·block_size``
+        vectors is an error that says how much is needed.  The operator's own temporaries
+        are not counted.
     progress : None, bool or callable
         ``True``: tqdm bar (a text line on stderr without tqdm); callable:
         ``progress(done, total)``.
@@ -120,8 +132,23 @@ def eigsh(
     Raises
     ------
     ValueError
-        For a non-square operator, ``k`` out of range, ``block_size < k`` or an
-        unknown method.
+        For a non-square operator, ``k`` out of range, a ``block_size``, ``max_basis``
+        or ``memory_budget`` out of range, or an unknown method.
+
+    Notes
+    -----
+    ``"lanczos"`` is a thick-restart block Lanczos (block Krylov–Schur) method: the basis
+    is restarted from its top Ritz vectors when it reaches ``max_basis`` rows, converged
+    pairs are kept (locked), blocks are orthonormalised by CholeskyQR2 (Householder QR for
+    ill-conditioned blocks), and convergence is decided on residual norms.  In float64 the
+    returned residual norms are the Krylov–Schur residuals (exact up to rounding); in lower
+    precision they are recomputed with ``k`` explicit products.
+
+    When ``A`` is known to be a Gram operator ``F Fᵀ`` whose factor has the smaller domain
+    (:func:`kpflow.linalg.rules.gram_factor`: NTK_S = J_S J_Sᵀ with fewer parameters than
+    states), the Krylov basis lives on ``Fᵀ F`` instead (less memory for the same
+    products); the eigenvectors ``u = F v / σ`` come back in ``A``'s shape with residual
+    norms measured on ``A`` (``k`` more products).
 
     Examples
     --------
@@ -149,22 +176,142 @@ def eigsh(
         method = "dense" if n <= DENSE_LIMIT else "lanczos"
     if method == "dense":
         return _dense(A, k)
-    if block_size is not None:
-        b = int(block_size)
-    else:
-        b = 2 * k + 10 if method == "nystrom" else k + max(5, k // 2)
-        if method == "lanczos" and getattr(adapter_of(A), "compiles_per_shape", False):
-            # Blocks are padded to a power of two there (MatvecCounter): fill them with Krylov
-            # vectors instead of zeros.
-            b = max(b, padded_size(b))
-    if b < k:
-        msg = f"{where}: block_size={b} must be at least k={k}"
-        raise ValueError(msg)
-    b = min(b, n)
     if method == "nystrom":
-        return _nystrom(A, k, b, gen, progress)
-    cap = min(n, 30 * b) if max_matvecs is None else max(b, min(n, int(max_matvecs)))
-    return _block_lanczos(A, k, b, float(tol), cap, gen, progress)
+        s = 2 * k + 10 if block_size is None else _check_block(block_size, k, where, nystrom=True)
+        return _nystrom(A, k, min(s, n), gen, progress)
+    b = _default_block(A, k) if block_size is None else _check_block(block_size, k, where)
+    options = {"tol": float(tol), "max_basis": max_basis, "max_matvecs": max_matvecs}
+    options |= {"memory_budget": memory_budget, "gen": gen, "progress": progress}
+    F = rules.gram_factor(A)
+    if F is not None and F.size_in < n and k <= F.size_in:
+        small = _gram_side(A, F, k, min(b, F.size_in), options)
+        if small is not None:
+            return small
+    r, _ = _krylov(A, k, min(b, n), options, pairwise=False)
+    vectors = A.xp.reshape(r.eigenvectors, (k, *A.shape_in))
+    return EighResult(r.eigenvalues, vectors, r.residual_norms, r.num_matvecs)
+
+
+def _default_block(A: LinearOperator, k: int) -> int:
+    """4 probes per product (ARPACK-like product counts, GEMM-sized blocks); 16 on jax.
+
+    jax pads every probe block to at least 16 rows (see ``MatvecCounter``), so smaller
+    blocks would pay for 16 probes per product anyway.
+    """
+    if getattr(adapter_of(A), "compiles_per_shape", False):
+        return MIN_BUCKET
+    return min(k, 4)
+
+
+def _check_block(block_size: Any, k: int, where: str, *, nystrom: bool = False) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+        msg = f"{where}: expected block_size to be a positive int, got {block_size!r}"
+        raise TypeError(msg)
+    low = k if nystrom else 1
+    if block_size < low:
+        what = f"at least k={k} (the sketch size of method='nystrom')" if nystrom else "at least 1"
+        msg = f"{where}: block_size={block_size} must be {what}"
+        raise ValueError(msg)
+    return int(block_size)
+
+
+def _krylov(
+    A: LinearOperator, k: int, b: int, options: dict[str, Any], *, pairwise: bool
+) -> tuple[EighResult, Any]:
+    """The restarted block Lanczos on ``A`` with the public options resolved.
+
+    Returns the pairs (flat eigenvectors) and their residual vectors (see ``restarted_lanczos``).
+    """
+    where = "kpflow.linalg.eigsh"
+    n = A.size_in
+    basis = _basis_rows(A, k, b, options["max_basis"], options["memory_budget"], where)
+    cap = options["max_matvecs"]
+    budget = 100 * basis if cap is None else max(b, int(cap))
+    return restarted_lanczos(
+        A,
+        k,
+        block_size=b,
+        max_basis=min(basis, n),
+        tol=max(options["tol"], 100 * dtype_eps(A)),
+        max_matvecs=budget,
+        gen=options["gen"],
+        progress=options["progress"],
+        verify=dtype_eps(A) > 1e-10,
+        pairwise=pairwise,
+    )
+
+
+def _basis_rows(A: LinearOperator, k: int, b: int, max_basis: Any, memory_budget: Any, where: str) -> int:
+    """Rows of the Krylov basis: ``max_basis``, or the default capped by the memory budget.
+
+    The basis holds ``max_basis`` vectors of ``A.size_in`` entries; the solver's other arrays
+    (the block, its product, the residual block, the Ritz vectors) are counted as ``3·b + k``
+    more rows.
+    """
+    row_bytes = A.size_in * _itemsize(A)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not budget > 0:
+        msg = f"{where}: expected memory_budget to be a positive number of bytes, got {memory_budget!r}"
+        raise ValueError(msg)
+    fit = int(budget // row_bytes) - (3 * b + k)
+    smallest = k + 2 * b
+    if max_basis is None:
+        # A small space is spanned whole (at most n products, no restart, as dense would cost).
+        default = A.size_in if A.size_in <= 4 * _default_basis(k, b) else _default_basis(k, b)
+        rows = min(default, max(fit, smallest))
+        if fit < smallest and rows < A.size_in:
+            need = (smallest + 3 * b + k) * row_bytes
+            msg = (
+                f"{where}: memory_budget={budget:.3g} bytes holds {max(fit, 0)} basis vectors of "
+                f"{A.size_in} entries, fewer than the {smallest} that k={k} with block_size={b} "
+                f"needs; raise memory_budget to at least {need} bytes, or lower k or block_size"
+            )
+            raise ValueError(msg)
+        return rows
+    if isinstance(max_basis, bool) or not isinstance(max_basis, numbers.Integral):
+        msg = f"{where}: expected max_basis to be an int, got {max_basis!r}"
+        raise TypeError(msg)
+    if max_basis < smallest:
+        msg = f"{where}: max_basis={max_basis} must be at least k + 2·block_size = {smallest}"
+        raise ValueError(msg)
+    return int(max_basis)
+
+
+def _itemsize(A: LinearOperator) -> int:
+    xp = A.xp
+    return int(xp.finfo(A.dtype).bits) // 8 * (2 if xp.isdtype(A.dtype, "complex floating") else 1)
+
+
+def _gram_side(
+    A: LinearOperator, F: LinearOperator, k: int, b: int, options: dict[str, Any]
+) -> EighResult | None:
+    """Eigenpairs of ``A = F Fᵀ`` from the smaller ``Fᵀ F``: ``u = F v / σ``, residuals on ``A``.
+
+    The Krylov basis lives on ``F.shape_in``; the target per pair is tightened so that the
+    mapped pair meets ``tol`` on ``A`` (see ``restarted_lanczos``).  The returned residual
+    norms are those of ``A`` itself (``k`` more products).  ``None`` (use ``A``'s side) when
+    a returned eigenvalue is numerically zero: its vector is not ``F v / σ``.
+    """
+    xp = A.xp
+    small, R = _krylov(gram(adjoint(F)), k, b, options, pairwise=True)
+    vals = small.eigenvalues
+    top = float(xp.max(xp.abs(vals)))
+    if float(xp.min(vals)) <= 1e3 * dtype_eps(A) * top:
+        return None
+    # A u − λ u = F (Fᵀ F v − λ v) / σ = F r / σ: one block of 2k products with F gives the
+    # vectors and their exact residuals on A (the cost of k products with A = F Fᵀ).
+    counter = MatvecCounter(F, None, 2 * k, "kpflow.linalg.eigsh")
+    inv_sigma = 1.0 / xp.sqrt(vals)
+    FVR = (
+        counter.matmat(xp.concat([small.eigenvectors, R], axis=0))
+        * xp.concat([inv_sigma, inv_sigma])[:, None]
+    )
+    U, res = FVR[:k, :], xp.linalg.vector_norm(FVR[k:, :], axis=1)
+    return EighResult(vals, xp.reshape(U, (k, *A.shape_in)), res, small.num_matvecs + k)
+
+
+def _default_basis(k: int, b: int) -> int:
+    return max(3 * k, k + 10 * b)
 
 
 def _dense(A: LinearOperator, k: int) -> EighResult:
@@ -174,219 +321,6 @@ def _dense(A: LinearOperator, k: int) -> EighResult:
     vals, vecs = top_eigh_of_matrix(xp, M, k)
     res = xp.linalg.vector_norm(vecs @ xp.matrix_transpose(M) - vals[:, None] * vecs, axis=1)
     return EighResult(vals, xp.reshape(vecs, (k, *A.shape_in)), res, used)
-
-
-def _orthogonalise(xp: Any, W: Any, V: Any) -> Any:
-    """``W`` with the row space of orthonormal ``V`` removed (two passes: "twice is enough")."""
-    for _ in range(2):
-        W = W - (W @ xp.matrix_transpose(V)) @ V
-    return W
-
-
-def _project(xp: Any, W: Any, V: Any) -> tuple[Any, Any]:
-    """``W ⟂ V`` and the rows that lost all but ``√ε`` of their norm to the projection."""
-    scale = xp.linalg.vector_norm(W, axis=1)
-    W = _orthogonalise(xp, W, V)
-    left = xp.linalg.vector_norm(W, axis=1)
-    return W, left <= math.sqrt(float(xp.finfo(W.dtype).eps)) * scale
-
-
-def _finish(xp: Any, W: Any, V: Any) -> Any:
-    """Orthonormalise, orthogonalise once more against ``V`` (scaled-up tiny rows), re-orthonormalise."""
-    Q = orthonormal_rows(xp, W)
-    return orthonormal_rows(xp, _orthogonalise(xp, Q, V))
-
-
-def _ritz_active(xp: Any, k: int, T: Any, V: Any, AV: Any, m: int) -> tuple[Any, Any, Any, Any]:
-    """Rayleigh–Ritz on the active ``m × m`` block (backends without a compiler)."""
-    T = T[:m, :m]
-    theta, S = xp.linalg.eigh((T + xp.matrix_transpose(T)) / 2)
-    Sk = xp.flip(S[:, m - k :], axis=1)  # (m, k), descending
-    vals = xp.flip(theta[m - k :], axis=0)
-    U = xp.matrix_transpose(Sk) @ V[:m, :]
-    AU = xp.matrix_transpose(Sk) @ AV[:m, :]
-    res = xp.linalg.vector_norm(AU - vals[:, None] * U, axis=1)
-    return vals, U, res, xp.max(xp.abs(theta))
-
-
-def _ritz_padded(xp: Any, k: int, T: Any, V: Any, AV: Any, m: Any) -> tuple[Any, Any, Any, Any]:
-    """Rayleigh–Ritz on the whole padded storage, with ``m`` an array (shapes stay fixed).
-
-    The padding becomes the eigenvalue ``−c`` below the whole spectrum of ``T`` with zero
-    coupling, so the top ``k`` Ritz pairs (``k <= m``) are those of the active block.
-    """
-    size = T.shape[0]
-    Ts = (T + xp.matrix_transpose(T)) / 2
-    idx = xp.arange(size)
-    c = 2 * xp.max(xp.abs(Ts)) * size + 1
-    pad = (idx[:, None] == idx[None, :]) & (idx[:, None] >= m)
-    theta, S = xp.linalg.eigh(xp.where(pad, -c, Ts))
-    Sk = xp.flip(S[:, size - k :], axis=1)
-    vals = xp.flip(theta[size - k :], axis=0)
-    U = xp.matrix_transpose(Sk) @ V
-    AU = xp.matrix_transpose(Sk) @ AV
-    res = xp.linalg.vector_norm(AU - vals[:, None] * U, axis=1)
-    lowest = xp.take(theta, xp.reshape(size - m, (1,)), axis=0)[0]
-    return vals, U, res, xp.maximum(xp.abs(theta[size - 1]), xp.abs(lowest))
-
-
-def _insert_padded(xp: Any, V: Any, AV: Any, T: Any, Q: Any, AQ: Any, m: Any) -> tuple[Any, Any, Any]:
-    """Write block ``Q`` (and ``A Q``) at rows ``m…`` and extend ``T``; ``m`` is an array."""
-    size, s = V.shape[0], Q.shape[0]
-    E = xp.astype(xp.arange(size)[:, None] == (m + xp.arange(s))[None, :], V.dtype)  # (size, s)
-    V = V + E @ Q
-    AV = AV + E @ AQ
-    cross = V @ xp.matrix_transpose(AQ)  # (size, s): v_iᵀ A q_j, zero on padding
-    corner = xp.matrix_transpose(E) @ cross
-    ET = xp.matrix_transpose(E)
-    T = T + cross @ ET + E @ xp.matrix_transpose(cross) - E @ corner @ ET
-    return V, AV, T
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(backend: str, k: int) -> dict[str, Any] | None:
-    """Kernels compiled once per backend and ``k`` where the backend has a compiler (jax)."""
-    from kpflow.backends import get_backend
-    from kpflow.backends._base import Backend
-
-    adapter = get_backend(backend)
-    if type(adapter).jit is Backend.jit:
-        return None
-    xp = adapter.namespace()
-    return {
-        "ritz": adapter.jit(functools.partial(_ritz_padded, xp, k)),
-        "insert": adapter.jit(functools.partial(_insert_padded, xp)),
-        "project": adapter.jit(functools.partial(_project, xp)),
-        "finish": adapter.jit(functools.partial(_finish, xp)),
-    }
-
-
-class _Basis:
-    """The Krylov basis ``V`` (rows), ``AV`` and ``T = V A Vᵀ`` in zero-padded storage.
-
-    Capacity doubles when full, so array shapes change only ``O(log)`` times.
-    Backends with a compiler (jax) run each step as a few compiled kernels with
-    fixed shapes (Rayleigh–Ritz on the padded storage); the others slice the
-    active ``m × m`` block.  Padded rows of ``V`` are zero.
-    """
-
-    def __init__(self, A: LinearOperator, b: int, cap: int, k: int) -> None:
-        from kpflow.backends import get_backend
-
-        self.xp, self.A, self.cap, self.k = A.xp, A, cap, k
-        self.m = 0
-        self.kernels = _compiled(get_backend(like_array(A)).name, k)
-        size = min(cap, 4 * b)
-        z = {"dtype": A.dtype, "device": A.device}
-        self.V = A.xp.zeros((size, A.size_in), **z)
-        self.AV = A.xp.zeros((size, A.size_out), **z)
-        self.T = A.xp.zeros((size, size), **z)
-
-    def _grow(self, need: int) -> None:
-        xp, size = self.xp, self.V.shape[0]
-        if need <= size:
-            return
-        new = min(self.cap, max(need, 2 * size))
-        z = {"dtype": self.A.dtype, "device": self.A.device}
-        pad = new - size
-        self.V = xp.concat([self.V, xp.zeros((pad, self.V.shape[1]), **z)], axis=0)
-        self.AV = xp.concat([self.AV, xp.zeros((pad, self.AV.shape[1]), **z)], axis=0)
-        T = xp.concat([self.T, xp.zeros((pad, size), **z)], axis=0)
-        self.T = xp.concat([T, xp.zeros((new, pad), **z)], axis=1)
-
-    def project(self, W: Any) -> tuple[Any, Any]:
-        if self.kernels is not None:
-            return self.kernels["project"](W, self.V)
-        return _project(self.xp, W, self.V[: self.m, :])  # the active rows only, no padding
-
-    def finish(self, W: Any) -> Any:
-        if self.kernels is not None:
-            return self.kernels["finish"](W, self.V)
-        return _finish(self.xp, W, self.V[: self.m, :])
-
-    def add(self, Q: Any, AQ: Any) -> None:
-        xp, m, s = self.xp, self.m, Q.shape[0]
-        self._grow(m + s)
-        if self.kernels is not None:
-            self.V, self.AV, self.T = self.kernels["insert"](self.V, self.AV, self.T, Q, AQ, xp.asarray(m))
-        else:
-            # The storage is this object's own, so it is updated in place where the backend
-            # allows (copy=None); a copy of the whole n-row basis per block would dominate.
-            rows = (slice(m, m + s), slice(None))
-            self.V = xpx.at(self.V, rows).set(Q, copy=None, xp=xp)
-            self.AV = xpx.at(self.AV, rows).set(AQ, copy=None, xp=xp)
-            cross = self.V[: m + s, :] @ xp.matrix_transpose(AQ)  # (m + s, s)
-            self.T = xpx.at(self.T, (slice(0, m + s), slice(m, m + s))).set(cross, copy=None, xp=xp)
-            self.T = xpx.at(self.T, (slice(m, m + s), slice(0, m + s))).set(
-                xp.matrix_transpose(cross), copy=None, xp=xp
-            )
-        self.m = m + s
-
-    def ritz(self) -> tuple[Any, Any, Any, float]:
-        """Top-``k`` Ritz values (k,), vectors (k, n), residual norms (k,) and ``max|θ|``."""
-        if self.kernels is not None:
-            out = self.kernels["ritz"](self.T, self.V, self.AV, self.xp.asarray(self.m))
-        else:
-            out = _ritz_active(self.xp, self.k, self.T, self.V, self.AV, self.m)
-        vals, U, res, scale = out
-        return vals, U, res, float(scale)
-
-
-def _next_block(basis: _Basis, W: Any, A: LinearOperator, gen: Any) -> Any:
-    """Orthonormal rows spanning ``W ⟂ V``; directions lost to cancellation are refilled at random.
-
-    A row that loses all but ``√ε`` of its norm to the projection carries mostly rounding
-    error; it is replaced by a random direction (any direction is valid for Rayleigh–Ritz).
-    After normalisation the block is orthogonalised once more, so that tiny rows that
-    were scaled up cannot bring back components along ``V``.
-    """
-    xp = A.xp
-    W, lost = basis.project(W)
-    if bool(xp.any(lost)):
-        fresh, _ = basis.project(probes(gen, W.shape[0], A.size_in, like_array(A)))
-        W = xp.where(lost[:, None], fresh, W)
-    return basis.finish(W)
-
-
-def _block_lanczos(
-    A: LinearOperator, k: int, b: int, tol: float, cap: int, gen: Any, progress: Any
-) -> EighResult:
-    """Block Krylov with full reorthogonalisation and Rayleigh–Ritz on the whole basis.
-
-    The basis ``V`` (rows) spans ``[Ω, AΩ, A²Ω, …]``; ``AV`` is kept so that the
-    projected matrix ``T = V A Vᵀ`` grows by one block row per step without
-    extra products, and the residual norms of the Ritz pairs are exact.
-    """
-    xp, n = A.xp, A.size_in
-    tol = max(tol, 100 * dtype_eps(A))
-    counter = MatvecCounter(A, progress, cap, "kpflow.linalg.eigsh")
-    basis = _Basis(A, b, cap, k)
-    try:
-        Q = kernel(A, orthonormal_rows)(probes(gen, b, n, like_array(A)))
-        last = counter.matmat(Q)
-        basis.add(Q, last)
-        while True:
-            vals, U, res, scale = basis.ritz()
-            m = basis.m
-            worst = float(xp.max(res))
-            if worst <= tol * max(scale, 1e-300) or m >= n:
-                break
-            step = min(b, n - m, cap - m)
-            if step <= 0:
-                warnings.warn(
-                    f"kpflow.linalg.eigsh: not converged after {counter.num_matvecs} matvecs "
-                    f"(largest residual {worst:.3e}, target {tol * scale:.3e}); "
-                    "raise max_matvecs or block_size",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                break
-            Q = _next_block(basis, last[:step, :], A, gen)
-            last = counter.matmat(Q)
-            basis.add(Q, last)
-    finally:
-        counter.close()
-    return EighResult(vals, xp.reshape(U, (k, *A.shape_in)), res, counter.num_matvecs)
 
 
 def _nystrom(A: LinearOperator, k: int, s: int, gen: Any, progress: Any) -> EighResult:

@@ -1,0 +1,348 @@
+"""Thick-restart block Lanczos (block Krylov–Schur) for the top-k eigenpairs of a symmetric operator.
+
+The basis ``V`` (rows, orthonormal) and the projected matrix ``T = V A Vᵀ`` grow one block at
+a time; only the last block ``Q`` is multiplied by ``A``.  With ``H = V (A Q)ᵀ`` computed
+explicitly and ``W = A Q − Hᵀ V`` (projected twice: "twice is enough"), the basis satisfies
+
+    A Vᵀ = Vᵀ T + Wᵀ E_lastᵀ            (rows of V: only the last block leaves span V)
+
+so a Ritz pair ``(θ, u = yᵀ V)`` of ``T`` has the residual ``A u − θ u = y_lastᵀ W`` and its
+norm ``√(y_lastᵀ (W Wᵀ) y_last)`` costs no product.  When the basis would exceed ``max_basis``
+rows it is *restarted*: the top Ritz vectors are kept (``V ← Yᵀ V``, ``T ← diag θ``, which
+keeps the identity above) and the Krylov space grows again from ``orth(W)``.  Converged pairs
+are always among those kept (locking), so they are never lost to a restart.  Memory is
+bounded by ``max_basis`` rows of length ``n``; the ``A V`` of the old solver is never stored.
+
+Orthonormalisation is CholeskyQR2 (two Gram-matrix passes: BLAS-3 in the row layout the basis
+is stored in), with Householder QR of the transposed block as the fallback when the block is
+too ill-conditioned for it (``cond > ε^{-1/2}``, detected from the Cholesky factor).
+
+The returned residual norms are computed explicitly, ``‖A u − θ u‖`` with ``k`` more products,
+unless the product budget is exhausted (then they are the Krylov estimates above, which equal
+the true residuals up to rounding).  If the explicit residuals miss the tolerance while the
+estimates met it (rounding in long float32 runs), the solver restarts from the ``k`` verified
+vectors themselves, whose ``A U`` it already holds, and continues.
+
+References
+----------
+Stewart, "A Krylov–Schur algorithm for large eigenproblems", SIAM J. Matrix Anal. Appl. 23 (2001).
+Zhou, Saad, "Block Krylov–Schur method for large symmetric eigenvalue problems",
+Numer. Algorithms 47 (2008).
+Fukaya, Nakatsukasa, Yanagisawa, Yamamoto, "CholeskyQR2: a simple and communication-avoiding
+algorithm for computing a tall-skinny QR factorization", ScalA 2014.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import array_api_extra as xpx
+
+from kpflow.linalg._common import (
+    EighResult,
+    MatvecCounter,
+    dtype_eps,
+    kernel,
+    like_array,
+    orthonormal_rows,
+    probes,
+)
+from kpflow.operators.base import LinearOperator
+
+__all__ = ["cholesky_qr2", "restarted_lanczos"]
+
+
+# -- orthonormalisation ------------------------------------------------------------------------
+def _cholesky_pass(xp: Any, W: Any) -> tuple[Any, Any]:
+    """One CholeskyQR pass: ``(L⁻¹ W, min diag L / max diag L)`` with ``W Wᵀ = L Lᵀ``."""
+    G = W @ xp.matrix_transpose(W)
+    L = xp.linalg.cholesky((G + xp.matrix_transpose(G)) / 2)
+    d = xp.linalg.diagonal(L)
+    Linv = xp.linalg.inv(L)
+    return Linv @ W, xp.min(d) / xp.max(d)
+
+
+def cholesky_qr2(A: LinearOperator, W: Any) -> Any:
+    """Orthonormal rows spanning the rows of ``W`` (s, n), ``s <= n``: CholeskyQR2, else Householder.
+
+    CholeskyQR2 runs at GEMM speed in the row layout (two ``s × s`` Gram matrices); it is
+    used when the first Cholesky factor has ``min diag / max diag >= √ε`` (a conservative
+    bound on ``cond(W) <= ε^{-1/2}``, where it is stable), and Householder QR of ``Wᵀ``
+    otherwise (ill-conditioned or rank-deficient blocks).
+    """
+    floor = math.sqrt(dtype_eps(A))
+    try:
+        Q, quality = kernel(A, _cholesky_pass)(W)
+        ok = float(quality)
+        if math.isfinite(ok) and ok >= floor:
+            Q, quality = kernel(A, _cholesky_pass)(Q)
+            if math.isfinite(float(quality)):
+                return Q
+    except Exception:
+        pass
+    return kernel(A, orthonormal_rows)(W)
+
+
+# -- the dense algebra between products (pure functions: compiled per shape on jax) -----------
+def _expand(xp: Any, V: Any, AQ: Any) -> tuple[Any, Any, Any]:
+    """``H = V (A Q)ᵀ`` (m, s), ``W = A Q ⟂ V`` (twice) and the rows of W that lost all but √ε."""
+    H = V @ xp.matrix_transpose(AQ)
+    W = AQ - xp.matrix_transpose(H) @ V
+    W = W - (W @ xp.matrix_transpose(V)) @ V
+    before = xp.linalg.vector_norm(AQ, axis=1)
+    after = xp.linalg.vector_norm(W, axis=1)
+    return H, W, after <= math.sqrt(float(xp.finfo(W.dtype).eps)) * before
+
+
+def _project_out(xp: Any, V: Any, W: Any) -> Any:
+    """``W`` with the row space of orthonormal ``V`` removed (two passes)."""
+    for _ in range(2):
+        W = W - (W @ xp.matrix_transpose(V)) @ V
+    return W
+
+
+def _rayleigh_ritz(xp: Any, k: int, s: int, T: Any, W: Any) -> tuple[Any, Any, Any, Any]:
+    """Ritz values (descending), vectors ``Y`` (m, m), top-``k`` residual estimates, ``max|θ|``."""
+    m = T.shape[0]
+    theta, Y = xp.linalg.eigh((T + xp.matrix_transpose(T)) / 2)
+    theta = xp.flip(theta, axis=0)
+    Y = xp.flip(Y, axis=1)
+    Yl = Y[m - s :, :k]  # (s, k): the last block's coefficients
+    GW = W @ xp.matrix_transpose(W)  # (s, s)
+    est = xp.sqrt(xp.maximum(xp.sum(Yl * (GW @ Yl), axis=0), 0.0))
+    return theta, Y, est, xp.max(xp.abs(theta))
+
+
+def _combine(xp: Any, Y: Any, V: Any) -> Any:
+    """Rows ``Yᵀ V``."""
+    return xp.matrix_transpose(Y) @ V
+
+
+def _verified(xp: Any, AU: Any, vals: Any, U: Any) -> tuple[Any, Any, Any]:
+    """Explicit residual norms ``‖A u − θ u‖`` and the restart data ``(T, W)`` from ``U``, ``AU``."""
+    T = U @ xp.matrix_transpose(AU)
+    R = AU - xp.matrix_transpose(T) @ U
+    return xp.linalg.vector_norm(AU - vals[:, None] * U, axis=1), (T + xp.matrix_transpose(T)) / 2, R
+
+
+class _Basis:
+    """``V`` (rows) and ``T = V A Vᵀ`` in storage of ``max_basis`` rows, updated in place where possible."""
+
+    def __init__(self, A: LinearOperator, max_basis: int) -> None:
+        xp = A.xp
+        z = {"dtype": A.dtype, "device": A.device}
+        self.xp = xp
+        self.V = xp.zeros((max_basis, A.size_in), **z)
+        self.T = xp.zeros((max_basis, max_basis), **z)
+        self.m = 0
+
+    def rows(self) -> Any:
+        return self.V[: self.m, :]
+
+    def set_rows(self, start: int, Q: Any) -> None:
+        self.V = xpx.at(self.V, (slice(start, start + Q.shape[0]), slice(None))).set(Q, copy=None, xp=self.xp)
+        self.m = start + Q.shape[0]
+
+    def set_T(self, rows: slice, cols: slice, block: Any) -> None:
+        self.T = xpx.at(self.T, (rows, cols)).set(block, copy=None, xp=self.xp)
+
+    def active_T(self) -> Any:
+        return self.T[: self.m, : self.m]
+
+
+def _next_block(A: LinearOperator, V: Any, W: Any, lost: Any, gen: Any) -> Any:
+    """Orthonormal rows spanning ``W ⟂ V``; rows lost to cancellation are refilled at random.
+
+    A row that kept under ``√ε`` of its norm through the projection carries mostly rounding
+    error; any direction ⟂ V is valid for the Krylov–Schur basis, so a random one replaces
+    it.  After normalisation the block is projected once more and re-orthonormalised, so
+    that rows scaled up from tiny norms cannot bring back components along ``V``.
+    """
+    xp = A.xp
+    if bool(xp.any(lost)):
+        fresh = kernel(A, _project_out)(V, probes(gen, W.shape[0], A.size_in, like_array(A)))
+        W = xp.where(lost[:, None], fresh, W)
+    Q = cholesky_qr2(A, W)
+    return cholesky_qr2(A, kernel(A, _project_out)(V, Q))
+
+
+#: Expansion steps of a multiplicity check (see ``restarted_lanczos``).
+_CHECK_STEPS = 3
+
+
+def _largest_cluster(vals: Any, width: float) -> int:
+    """The size of the largest run of host values (descending) within ``width`` of its first."""
+    best, start = 1, 0
+    for i in range(1, len(vals)):
+        while vals[start] - vals[i] > width:
+            start += 1
+        best = max(best, i - start + 1)
+    return best
+
+
+def restarted_lanczos(
+    A: LinearOperator,
+    k: int,
+    *,
+    block_size: int,
+    max_basis: int,
+    tol: float,
+    max_matvecs: int,
+    gen: Any,
+    progress: Any,
+    verify: bool,
+    pairwise: bool = False,
+    where: str = "kpflow.linalg.eigsh",
+) -> tuple[EighResult, Any]:
+    """Top-``k`` eigenpairs of symmetric ``A`` by thick-restart block Lanczos (module docstring).
+
+    Returns the pairs (eigenvectors as flat rows) and their residual vectors
+    ``A u − θ u`` (k, n), explicit when ``verify`` and the Krylov–Schur ones otherwise.
+
+    ``block_size`` rows are multiplied by ``A`` per step; the basis holds at most
+    ``max_basis`` rows (``>= k + 2·block_size``); at most ``max_matvecs`` products are used
+    for the Krylov space (plus ``k`` per verification when ``verify``).  Converged when every
+    top-``k`` pair has ``‖A u − θ u‖ <= tol · max|θ|`` (``pairwise``: ``<= tol · √(θ · max|θ|)``,
+    the target on ``Fᵀ F`` that bounds the residual of ``u = F v / σ`` on ``F Fᵀ`` by
+    ``tol · max|θ|``: ``‖F Fᵀ u − θ u‖ = ‖F (Fᵀ F v − θ v)‖ / σ <= σ_max ‖r_v‖ / σ``).
+
+    Multiplicities: a block Krylov space with blocks of ``s`` rows holds at most ``s``
+    directions of any one eigenspace.  When the converged values contain a cluster of ``s``
+    or more equal values (within ``√tol · max|θ|``), the next block is grown by
+    ``block_size`` fresh random directions and expanded for ``_CHECK_STEPS`` steps; if a
+    Ritz value rises into the top ``k`` (a missed copy), the solver converges again with the
+    larger block and checks again.  Multiplicities up to ``max_basis − k`` are resolved.
+    """
+    xp, n = A.xp, A.size_in
+    b = block_size
+    counter = MatvecCounter(A, progress, max_matvecs + (k if verify else 0), where)
+    basis = _Basis(A, max_basis)
+    verified_once = False
+    locked: EighResult | None = None  # the converged pairs while a multiplicity check runs
+    locked_R: Any = None
+    check_steps = 0
+    try:
+        Q = cholesky_qr2(A, probes(gen, b, n, like_array(A)))
+        basis.set_rows(0, Q)
+        while True:
+            m, s = basis.m, Q.shape[0]
+            AQ = counter.matmat(Q)
+            H, W, lost = kernel(A, _expand)(basis.rows(), AQ)
+            basis.set_T(slice(0, m), slice(m - s, m), H)
+            basis.set_T(slice(m - s, m), slice(0, m), xp.matrix_transpose(H))
+            step = min(s, n - m)
+            if m < k:  # too few rows for k Ritz pairs yet
+                Q = _next_block(A, basis.rows(), W[:step, :], lost[:step], gen)
+                basis.set_rows(m, Q)
+                continue
+            theta, Y, est, scale_arr = kernel(A, _rayleigh_ritz, k, s)(basis.active_T(), W)
+            target = tol * max(float(scale_arr), 1e-300)
+            width = math.sqrt(tol) * max(float(scale_arr), 1e-300)
+            worst = float(xp.max(est))
+            excess = _excess(xp, est, theta[:k], target, float(scale_arr), pairwise)
+            if locked is not None:
+                # A multiplicity check: has a value from the fresh block entered the top k?
+                grown = max(float(xp.max(theta[:k] - locked.eigenvalues)), 0.0) > width
+                if not grown and (check_steps <= 0 or m >= n):
+                    return locked, locked_R
+                check_steps -= 1
+                if grown:
+                    locked = None  # a missed copy: converge as usual, then check again
+            if locked is None and (excess <= 1.0 or m >= n):
+                vals = theta[:k]
+                U = kernel(A, _combine)(Y[:, :k], basis.rows())
+                if verify:
+                    AU = counter.matmat(U)
+                    res, T_u, R_u = kernel(A, _verified)(AU, vals, U)
+                    AU_or_R = (AU, None)
+                else:
+                    res, R_u = est, kernel(A, _combine)(Y[m - s :, :k], W)
+                    T_u = _diag(A, vals)
+                    AU_or_R = (None, R_u)
+                worst = float(xp.max(res))
+                if _excess(xp, res, vals, target, float(scale_arr), pairwise) <= 1.0 or m >= n:
+                    result, R = (
+                        EighResult(vals, U, res, counter.num_matvecs),
+                        _residuals(xp, AU_or_R, vals, U),
+                    )
+                    cluster = _largest_cluster([float(v) for v in vals], width)
+                    if m >= n or cluster < s or s + b > max_basis - k:
+                        return result, R
+                    # s or more equal values: more copies may lie outside this Krylov space (it
+                    # holds at most s directions of any eigenspace).  Grow the next block by b
+                    # fresh random directions and expand for a few steps; a copy above the k-th
+                    # value would show in the Ritz values.
+                    locked, locked_R, check_steps = result, R, _CHECK_STEPS
+                    W = xp.concat([W, probes(gen, b, n, like_array(A))], axis=0)
+                    lost = xp.concat([lost, xp.zeros((b,), dtype=xp.bool, device=A.device)], axis=0)
+                    step = min(s + b, n - m)
+                elif verified_once or counter.num_matvecs + b > max_matvecs:
+                    _warn_not_converged(where, counter.num_matvecs, worst, target)
+                    return EighResult(vals, U, res, counter.num_matvecs), _residuals(xp, AU_or_R, vals, U)
+                else:
+                    # The estimates drifted from the true residuals (rounding in a long run):
+                    # restart from the verified vectors, whose residual block R_u is at hand.
+                    verified_once = True
+                    Q = _lock(A, basis, U, T_u, R_u, gen)
+                    continue
+            if counter.num_matvecs + step > max_matvecs:
+                _warn_not_converged(where, counter.num_matvecs, worst, target)
+                U = kernel(A, _combine)(Y[:, :k], basis.rows())
+                R = kernel(A, _combine)(Y[m - s :, :k], W)
+                return EighResult(theta[:k], U, est, counter.num_matvecs), R
+            if m + step > max_basis:
+                # Thick restart: keep the top Ritz vectors (the converged ones among them).
+                kept = max_basis - step
+                basis.set_rows(0, kernel(A, _combine)(Y[:, :kept], basis.rows()))
+                basis.set_T(slice(0, kept), slice(0, kept), _diag(A, theta[:kept]))
+            Q = _next_block(A, basis.rows(), W[:step, :], lost[:step], gen)
+            basis.set_rows(basis.m, Q)
+    finally:
+        counter.close()
+
+
+def _residuals(xp: Any, AU_or_R: tuple[Any, Any], vals: Any, U: Any) -> Any:
+    """The residual vectors ``A u − θ u``: from ``A U`` when at hand, else the Krylov–Schur ones."""
+    AU, R = AU_or_R
+    return R if AU is None else AU - vals[:, None] * U
+
+
+def _excess(xp: Any, res: Any, vals: Any, target: float, scale: float, pairwise: bool) -> float:
+    """``max(res / target)`` over the pairs: ``<= 1`` when all have converged."""
+    if not pairwise:
+        return float(xp.max(res)) / target
+    per_pair = target * xp.sqrt(xp.clip(vals, 0.0, None) / max(scale, 1e-300))
+    return float(xp.max(res / xp.maximum(per_pair, 1e-300 * target)))
+
+
+def _diag(A: LinearOperator, values: Any) -> Any:
+    xp = A.xp
+    return xp.eye(values.shape[0], dtype=A.dtype, device=A.device) * values[None, :]
+
+
+def _lock(A: LinearOperator, basis: _Basis, U: Any, T_u: Any, R: Any, gen: Any) -> Any:
+    """Restart from the rows ``U`` (with ``T = U A Uᵀ``) and the next block ``orth(R ⟂ U)``.
+
+    ``R`` must contain the part of ``A U`` outside span ``U`` (so the residual identity of the
+    module docstring holds), optionally with more rows (fresh directions).
+    """
+    k = U.shape[0]
+    basis.set_rows(0, U)
+    basis.set_T(slice(0, k), slice(0, k), T_u)
+    R = kernel(A, _project_out)(U, R)
+    rows = min(R.shape[0], A.size_in - k, basis.V.shape[0] - k)
+    lost = A.xp.zeros((rows,), dtype=A.xp.bool, device=A.device)
+    Q = _next_block(A, U, R[:rows, :], lost, gen)
+    basis.set_rows(k, Q)
+    return Q
+
+
+def _warn_not_converged(where: str, used: int, worst: float, target: float) -> None:
+    warnings.warn(
+        f"{where}: not converged after {used} matvecs (largest residual {worst:.3e}, "
+        f"target {target:.3e}); raise max_matvecs, block_size or max_basis",
+        RuntimeWarning,
+        stacklevel=4,
+    )

@@ -358,6 +358,8 @@ def svds(
     rng: Any = None,
     block_size: int | None = None,
     max_matvecs: int | None = None,
+    max_basis: int | None = None,
+    memory_budget: float | None = None,
     progress: Any = None,
 ) -> SvdResult:
     """The ``k`` largest singular triplets of any operator, via the smaller Gram side.
@@ -375,7 +377,7 @@ def svds(
         Any shapes, e.g. J (the Jacobian) with NTK = J Jᵀ.
     k : int
         ``1 <= k <= min(size_in, size_out)``.
-    method, tol, rng, block_size, max_matvecs, progress
+    method, tol, rng, block_size, max_matvecs, max_basis, memory_budget, progress
         As in :func:`eigsh` (applied to the Gram operator).
 
     Returns
@@ -410,6 +412,8 @@ def svds(
         rng=rng,
         block_size=block_size,
         max_matvecs=max_matvecs,
+        max_basis=max_basis,
+        memory_budget=memory_budget,
         progress=progress,
     )
     s = xp.sqrt(xp.maximum(r.eigenvalues, 0.0))

@@ -80,6 +80,25 @@ def test_memory_budget_caps_the_basis_or_says_what_is_needed():
         eigsh(A, 3, method="lanczos", memory_budget=-1)
 
 
+def test_memory_budget_splits_the_probe_blocks():
+    M, lam = spectral_matrix("exp", 600, seed=0)
+    seen = []
+
+    class Recording(Opaque):
+        def _matmat(self, X):
+            seen.append(X.shape[0])
+            return super()._matmat(X)
+
+    A = Recording(kpflow.Dense(np.asarray(M)))
+    row = 600 * 8
+    r = eigsh(A, 6, method="lanczos", rng=0, block_size=4, memory_budget=4 * 8 * 2 * row)
+    np.testing.assert_allclose(np.asarray(r.eigenvalues), lam[:6], rtol=1e-9)
+    assert max(seen) == 2  # a quarter of the budget holds 8 probe-sized arrays for 2 probes
+    seen.clear()
+    eigsh(A, 6, method="lanczos", rng=0, block_size=4)
+    assert max(seen) == 4
+
+
 def test_float32_converges_to_the_documented_tolerance(case32):
     A, M, lam = spectral_operator(case32, "exp", 800, seed=4)
     r = eigsh(A, 10, method="lanczos", rng=0, tol=0.0)  # raised to 100 ε(float32) ≈ 1.2e-5

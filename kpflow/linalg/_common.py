@@ -38,6 +38,7 @@ __all__ = [
     "like_array",
     "mean_and_error",
     "padded_size",
+    "rows_for_budget",
     "probes",
     "without_graph",
 ]
@@ -404,10 +405,20 @@ class MatvecCounter:
         The expected number of products (for the progress bar).
     desc : str
         The public call's name (for the progress bar and errors).
+    max_rows : int, optional
+        A smaller chunk than ``CHUNK`` (e.g. from a memory budget: :func:`rows_for_budget`).
     """
 
-    def __init__(self, op: LinearOperator, progress: Any = None, total: int = 0, desc: str = "") -> None:
+    def __init__(
+        self,
+        op: LinearOperator,
+        progress: Any = None,
+        total: int = 0,
+        desc: str = "",
+        max_rows: int | None = None,
+    ) -> None:
         self.op = op
+        self.chunk = CHUNK if max_rows is None else max(1, min(CHUNK, int(max_rows)))
         self.num_matvecs = 0
         self._progress = Progress(progress, total, desc)
         self._adapter = adapter_of(op)
@@ -430,8 +441,8 @@ class MatvecCounter:
         xp = self.op.xp
         k = X.shape[0]
         outs = []
-        for start in range(0, k, CHUNK):
-            stop = min(k, start + CHUNK)
+        for start in range(0, k, self.chunk):
+            stop = min(k, start + self.chunk)
             block = X if (start, stop) == (0, k) else X[start:stop, ...]
             outs.append(self._apply(block, apply, shape_in, size_out))
             self.num_matvecs += stop - start
@@ -452,6 +463,28 @@ class MatvecCounter:
 
     def close(self) -> None:
         self._progress.close()
+
+
+#: Probe-sized arrays an operator product is assumed to hold at once (its input, output and
+#: intermediates), when a memory budget sizes the probe chunks.
+PRODUCT_COPIES = 8
+
+
+def rows_for_budget(op: LinearOperator, budget: float) -> int:
+    """Probes per chunk such that ``PRODUCT_COPIES`` probe-sized arrays fit in ``budget`` bytes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import kpflow
+    >>> from kpflow.linalg._common import rows_for_budget
+    >>> rows_for_budget(kpflow.Dense(np.eye(1000)), 8 * 8 * 1000 * 5)
+    5
+    """
+    xp = op.xp
+    itemsize = int(xp.finfo(op.dtype).bits) // 8
+    per_row = PRODUCT_COPIES * max(op.size_in, op.size_out) * itemsize
+    return max(1, int(budget // per_row))
 
 
 def unit_rows(A: LinearOperator, start: int, stop: int, n: int) -> Any:

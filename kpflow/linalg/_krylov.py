@@ -194,6 +194,7 @@ def restarted_lanczos(
     progress: Any,
     verify: bool,
     pairwise: bool = False,
+    max_rows: int | None = None,
     where: str = "kpflow.linalg.eigsh",
 ) -> tuple[EighResult, Any]:
     """Top-``k`` eigenpairs of symmetric ``A`` by thick-restart block Lanczos (module docstring).
@@ -217,7 +218,7 @@ def restarted_lanczos(
     """
     xp, n = A.xp, A.size_in
     b = block_size
-    counter = MatvecCounter(A, progress, max_matvecs + (k if verify else 0), where)
+    counter = MatvecCounter(A, progress, max_matvecs + (k if verify else 0), where, max_rows=max_rows)
     basis = _Basis(A, max_basis)
     verified_once = False
     locked: EighResult | None = None  # the converged pairs while a multiplicity check runs

@@ -49,6 +49,7 @@ from kpflow.linalg._common import (
     dtype_eps,
     host_rng,
     kernel,
+    rows_for_budget,
     without_graph,
 )
 from kpflow.linalg._krylov import restarted_lanczos
@@ -238,7 +239,13 @@ def _krylov(
         progress=options["progress"],
         verify=dtype_eps(A) > 1e-10,
         pairwise=pairwise,
+        max_rows=_chunk_rows(A, options["memory_budget"]),
     )
+
+
+def _chunk_rows(A: LinearOperator, memory_budget: Any) -> int | None:
+    """Probes per product under the memory budget (a quarter of it; see ``rows_for_budget``)."""
+    return None if memory_budget is None else rows_for_budget(A, memory_budget / 4)
 
 
 def _basis_rows(A: LinearOperator, k: int, b: int, max_basis: Any, memory_budget: Any, where: str) -> int:
@@ -300,7 +307,9 @@ def _gram_side(
         return None
     # A u − λ u = F (Fᵀ F v − λ v) / σ = F r / σ: one block of 2k products with F gives the
     # vectors and their exact residuals on A (the cost of k products with A = F Fᵀ).
-    counter = MatvecCounter(F, None, 2 * k, "kpflow.linalg.eigsh")
+    counter = MatvecCounter(
+        F, None, 2 * k, "kpflow.linalg.eigsh", max_rows=_chunk_rows(A, options["memory_budget"])
+    )
     inv_sigma = 1.0 / xp.sqrt(vals)
     FVR = (
         counter.matmat(xp.concat([small.eigenvectors, R], axis=0))

@@ -100,7 +100,7 @@ def test_memory_budget_splits_the_probe_blocks():
 
 
 def test_float32_converges_to_the_documented_tolerance(case32):
-    A, M, lam = spectral_operator(case32, "exp", 800, seed=4)
+    A, _, lam = spectral_operator(case32, "exp", 800, seed=4)
     r = eigsh(A, 10, method="lanczos", rng=0, tol=0.0)  # raised to 100 ε(float32) ≈ 1.2e-5
     assert case32.to_numpy(r.residual_norms).max() <= 100 * np.finfo(np.float32).eps * lam[0]
     np.testing.assert_allclose(case32.to_numpy(r.eigenvalues), lam[:10], rtol=1e-4)

@@ -38,8 +38,8 @@ __all__ = [
     "like_array",
     "mean_and_error",
     "padded_size",
-    "rows_for_budget",
     "probes",
+    "rows_for_budget",
     "without_graph",
 ]
 

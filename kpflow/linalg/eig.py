@@ -256,10 +256,11 @@ def _basis_rows(A: LinearOperator, k: int, b: int, max_basis: Any, memory_budget
     more rows.
     """
     row_bytes = A.size_in * _itemsize(A)
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not budget > 0:
+    raw = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    if isinstance(raw, bool) or not isinstance(raw, numbers.Real) or not float(raw) > 0:
         msg = f"{where}: expected memory_budget to be a positive number of bytes, got {memory_budget!r}"
         raise ValueError(msg)
+    budget = float(raw)
     fit = int(budget // row_bytes) - (3 * b + k)
     smallest = k + 2 * b
     if max_basis is None:

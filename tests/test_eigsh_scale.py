@@ -105,6 +105,9 @@ def test_no_parameter_side_when_the_factor_is_larger(case64):
     assert rules.gram_factor(N).size_in > N.size_in
     counted = _Counting(N)
     r = eigsh(N, 3, method="lanczos", rng=0)
-    assert counted.rows == r.num_matvecs  # every product on the state side
+    # every product on the state side (jax pads its blocks with zero rows: more rows there)
+    assert counted.rows >= r.num_matvecs > 0
+    if case64.name != "jax":
+        assert counted.rows == r.num_matvecs
     lam = np.linalg.eigvalsh(_dense(case64, N))[::-1][:3]
     np.testing.assert_allclose(case64.to_numpy(r.eigenvalues), lam, rtol=1e-9)

@@ -6,7 +6,7 @@ states z, the per-step Jacobians J_t (as actions) and the weight sites
 (A_w, D_w) from which ``kpflow.ntk`` builds K, P and NTK_S = P K Pᵀ.
 """
 
-from kpflow.models.base import Model, RecurrentModel, RecurrentTrajectory, Site, Trajectory
+from kpflow.models.base import Model, RecurrentModel, RecurrentTrajectory, Site, StepKernel, Trajectory
 from kpflow.models.gru import GRU
 from kpflow.models.leaky import LeakyRNN
 from kpflow.models.linear import Linear
@@ -25,5 +25,6 @@ __all__ = [
     "RecurrentModel",
     "RecurrentTrajectory",
     "Site",
+    "StepKernel",
     "Trajectory",
 ]

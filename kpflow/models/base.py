@@ -29,7 +29,9 @@ state reads as ``(m, site_state_size)`` row-major.  Time (or depth) runs over
 ``V`` of shape ``(k, *state_shape)``.  All actions are batched over the leading probe axis k:
 
 - ``step_jvp(t, v)`` = J_t v with J_t = ∂z_t/∂z_{t−1} (``v`` of shape ``(k, *block_shape(t−1))``),
-  ``step_vjp(t, w)`` = J_tᵀ w, for t = 1 … n_steps − 1;
+  ``step_vjp(t, w)`` = J_tᵀ w, for t = 1 … n_steps − 1; a recurrent trajectory gives them
+  as pure functions of arrays, ``step_kernel()`` (:class:`StepKernel`), so that one
+  compiled step (jax) serves every step of P and Pᵀ;
 - ``state_jvp(V)`` = L V (all steps at once), ``state_vjp(W)`` = Lᵀ W;
 - ``sites``: a list of :class:`Site`, one per pre-activation group u_w(s) = W_w a_w(s) + b_w.
   A site has ``name``, ``variables`` A_w of shape ``(m, p_w)`` (bias columns of ones
@@ -45,7 +47,8 @@ So K = Σ_w D_w (A_w A_wᵀ ⊗ I) D_wᵀ, P = (I − L)⁻¹ and NTK_S = P K P�
 from __future__ import annotations
 
 import abc
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,6 +60,7 @@ __all__ = [
     "RecurrentModel",
     "RecurrentTrajectory",
     "Site",
+    "StepKernel",
     "Trajectory",
     "check_size",
     "draw_uniform",
@@ -288,14 +292,42 @@ class Trajectory(abc.ABC):
         return f"{type(self).__name__}(model={self.model!r}, state_shape={self.state_shape})"
 
 
+class StepKernel(NamedTuple):
+    """J_t = ∂z_t/∂z_{t−1} of a recurrent trajectory as pure functions of arrays.
+
+    ``jvp(xp, *static, operands, V, t)`` = J_t V and ``vjp(xp, *static, operands, W, t)`` =
+    J_tᵀ W, where ``t`` is an int (one step; V of shape (k, B, S)), ``slice(None)`` (every
+    step at once; V of shape (k, B, T, S)) or, inside a compiled step, a traced integer.
+    ``static`` holds hashable values (sizes, dt) and ``operands`` the arrays the step reads
+    (caches of shape (B, T, ...) indexed ``[:, t]``, weights).  Being pure, one compiled
+    step (jax) serves every step of P and Pᵀ and every trajectory of the same shapes.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import RNN
+    >>> traj = RNN(1, 2).run(RNN(1, 2).init(0, like=xp.zeros(1)), xp.ones((3, 4, 1)))
+    >>> k = traj.step_kernel()
+    >>> k.jvp(xp, *k.static, k.operands, xp.ones((5, 3, 2)), 1).shape
+    (5, 3, 2)
+    """
+
+    jvp: Callable[..., Any]
+    vjp: Callable[..., Any]
+    static: tuple
+    operands: tuple
+
+
 class RecurrentTrajectory(Trajectory):
     """A trajectory of a recurrent cell: ``state_shape = (B, T, S)``, blocks are time steps.
 
-    Subclasses implement ``_jvp_prev(V, t)`` and ``_vjp_prev(W, t)``, the per-step
-    Jacobian J_t = ∂z_t/∂z_{t−1} applied at step ``t`` (an ``int``, with ``V`` of shape
-    ``(k, B, S)``) or at all steps at once (``t = slice(None)``, ``V`` of shape
-    ``(k, B, T, S)``), from caches of shape ``(B, T, ...)`` indexed ``cache[:, t]``; and
-    ``_make_sites()``.  Step t's previous state is ``prev_states[:, t]`` (h0 at t = 0).
+    Subclasses give the per-step Jacobian J_t = ∂z_t/∂z_{t−1}, applied at step ``t`` (an
+    ``int``, with ``V`` of shape ``(k, B, S)``) or at all steps at once (``t =
+    slice(None)``, ``V`` of shape ``(k, B, T, S)``), from caches of shape ``(B, T, ...)``
+    indexed ``cache[:, t]``: either as pure functions, :meth:`step_kernel` (the built-in
+    cells; backends that compile per shape then run each step of P and Pᵀ compiled), or by
+    overriding ``_jvp_prev(V, t)`` and ``_vjp_prev(W, t)``; and ``_make_sites()``.  Step t's
+    previous state is ``prev_states[:, t]`` (h0 at t = 0).
 
     Examples
     --------
@@ -307,6 +339,7 @@ class RecurrentTrajectory(Trajectory):
     """
 
     model: RecurrentModel
+    _kernel: StepKernel | None = None
 
     @property
     def site_shape(self) -> tuple[int, ...]:
@@ -327,13 +360,34 @@ class RecurrentTrajectory(Trajectory):
     def join(self, blocks: list[Any]) -> Any:
         return self.xp.stack(blocks, axis=2)
 
-    @abc.abstractmethod
+    def step_kernel(self) -> StepKernel | None:
+        """J_t as pure functions of arrays (:class:`StepKernel`), or None (the default).
+
+        A subclass returning None overrides ``_jvp_prev`` and ``_vjp_prev`` instead.
+        """
+        return None
+
+    def _step_kernel(self) -> StepKernel:
+        if self._kernel is None:
+            kernel = self.step_kernel()
+            if kernel is None:
+                msg = (
+                    f"{type(self).__name__}: a recurrent trajectory defines step_kernel() or "
+                    "overrides _jvp_prev and _vjp_prev"
+                )
+                raise NotImplementedError(msg)
+            self._kernel = kernel
+        return self._kernel
+
     def _jvp_prev(self, V: Any, t: int | slice) -> Any:
         """J_t V (see the class docstring)."""
+        k = self._step_kernel()
+        return k.jvp(self.xp, *k.static, k.operands, V, t)
 
-    @abc.abstractmethod
     def _vjp_prev(self, W: Any, t: int | slice) -> Any:
         """J_tᵀ W (see the class docstring)."""
+        k = self._step_kernel()
+        return k.vjp(self.xp, *k.static, k.operands, W, t)
 
     def step_jvp(self, t: int, v: Any) -> Any:
         return self._jvp_prev(v, t)

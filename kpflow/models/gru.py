@@ -9,11 +9,12 @@ from kpflow.models.base import (
     RecurrentModel,
     RecurrentTrajectory,
     Site,
+    StepKernel,
     check_size,
     flat_sites,
     site_variables,
 )
-from kpflow.models.ops import linear, sigmoid, torch_cell_param_shapes
+from kpflow.models.ops import linear, matmul_last, sigmoid, torch_cell_param_shapes
 
 __all__ = ["GRU", "GRUTrajectory"]
 
@@ -111,7 +112,8 @@ class GRUTrajectory(RecurrentTrajectory):
 
     Caches, each of shape (B, T, H): the update gate ``z`` and the D coefficients
     ``d_r, d_z, d_in, d_hn`` (see :class:`GRU`), recomputed for all steps at once from
-    the states.  J_t never forms an H×H matrix: it is three diagonal scalings of W_hh v.
+    the states.  J_t never forms an H×H matrix: it is three diagonal scalings of W_hh v,
+    one (k·B, H) × (H, 3H) GEMM per step for all three gates (Jᵀ_t: one (k·B, 3H) × (3H, H)).
     """
 
     model: GRU
@@ -124,22 +126,25 @@ class GRUTrajectory(RecurrentTrajectory):
         H = model.n_hidden
         self.z = z
         self.d_in = (1.0 - z) * (1.0 - n * n)
-        # one (B, T, 3H) cache feeds J_t in a single GEMM; d_r, d_z, d_hn are slices of it
-        self._d_rzn = xp.concat(
+        # one (B, T, 3H) cache, gate-major: d_r, d_z, d_hn are slices of it, and as
+        # (B, T, 3, H) it scales the three gate blocks of W_hh v at once
+        d_rzn = xp.concat(
             [self.d_in * h_n * r * (1.0 - r), (h_prev - n) * z * (1.0 - z), r * self.d_in], axis=-1
         )
-        self.d_r = self._d_rzn[..., :H]
-        self.d_z = self._d_rzn[..., H : 2 * H]
-        self.d_hn = self._d_rzn[..., 2 * H :]
+        self._d_rzn = d_rzn
+        self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
+        self._d_gates = xp.reshape(d_rzn, (*d_rzn.shape[:-1], 3, H))
+        self.d_r = d_rzn[..., :H]
+        self.d_z = d_rzn[..., H : 2 * H]
+        self.d_hn = d_rzn[..., 2 * H :]
 
-    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
-        H = self.model.n_hidden
-        U = self._d_rzn[:, t, ...] * linear(self.xp, V, self.params["weight_hh"])
-        return self.z[:, t, ...] * V + U[..., :H] + U[..., H : 2 * H] + U[..., 2 * H :]
-
-    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
-        U = self._d_rzn[:, t, ...] * self.xp.concat([W, W, W], axis=-1)
-        return self.z[:, t, ...] * W + U @ self.params["weight_hh"]
+    def step_kernel(self) -> StepKernel:
+        return StepKernel(
+            _gru_jvp,
+            _gru_vjp,
+            (self.model.n_hidden,),
+            (self.z, self._d_rzn, self._d_gates, self.params["weight_hh"], self._W_hh_T),
+        )
 
     def _make_sites(self) -> list[Site]:
         nb = 1 if self.model.bias else 0
@@ -157,3 +162,18 @@ class GRUTrajectory(RecurrentTrajectory):
                 ("hn", A_h, self.d_hn),
             )
         ]
+
+
+def _gru_jvp(xp: Any, H: int, operands: tuple, V: Any, t: Any) -> Any:
+    """J_t V = z ⊙ V + Σ_gates d_gate ⊙ (W_hh V): one GEMM for the three gates."""
+    z, d_rzn, _, _, W_hh_T = operands
+    U = d_rzn[:, t, ...] * matmul_last(xp, V, W_hh_T)  # (..., 3H)
+    return z[:, t, ...] * V + U[..., :H] + U[..., H : 2 * H] + U[..., 2 * H :]
+
+
+def _gru_vjp(xp: Any, H: int, operands: tuple, W: Any, t: Any) -> Any:
+    """J_tᵀ W = z ⊙ W + W_hhᵀ [d_r ⊙ W; d_z ⊙ W; d_hn ⊙ W]: one GEMM for the three gates."""
+    z, _, d_gates, W_hh, _ = operands
+    U = W[..., None, :] * d_gates[:, t, ...]  # (..., 3, H): W broadcast over the gates
+    U = xp.reshape(U, (*U.shape[:-2], 3 * H))
+    return z[:, t, ...] * W + matmul_last(xp, U, W_hh)

@@ -12,11 +12,12 @@ from kpflow.models.base import (
     RecurrentModel,
     RecurrentTrajectory,
     Site,
+    StepKernel,
     check_size,
     flat_sites,
     site_variables,
 )
-from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear
+from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear, matmul_last
 
 __all__ = ["LeakyRNN", "LeakyRNNTrajectory"]
 
@@ -112,16 +113,26 @@ class LeakyRNNTrajectory(RecurrentTrajectory):
         prev = self.prev_states
         self.rate = activation(xp, model.nonlinearity, prev)
         self.d = activation_derivative(xp, model.nonlinearity, prev, self.rate)
+        self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
 
-    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
-        dt = self.model.dt
-        return (1.0 - dt) * V + dt * linear(self.xp, self.d[:, t, ...] * V, self.params["weight_hh"])
-
-    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
-        dt = self.model.dt
-        return (1.0 - dt) * W + dt * (self.d[:, t, ...] * (W @ self.params["weight_hh"]))
+    def step_kernel(self) -> StepKernel:
+        return StepKernel(
+            _leaky_jvp, _leaky_vjp, (self.model.dt,), (self.d, self.params["weight_hh"], self._W_hh_T)
+        )
 
     def _make_sites(self) -> list[Site]:
         model = self.model
         A = site_variables([flat_sites(self.rate), flat_sites(self.x)], 1 if model.bias else 0)
         return [Site("hidden", A, state_shape=self.state_shape, scale=model.dt, width=model.n_hidden)]
+
+
+def _leaky_jvp(xp: Any, dt: float, operands: tuple, V: Any, t: Any) -> Any:
+    """J_t V = (1 − dt) V + dt W_hh (φ′ ⊙ V)."""
+    d, _, W_hh_T = operands
+    return (1.0 - dt) * V + dt * matmul_last(xp, d[:, t, ...] * V, W_hh_T)
+
+
+def _leaky_vjp(xp: Any, dt: float, operands: tuple, W: Any, t: Any) -> Any:
+    """J_tᵀ W = (1 − dt) W + dt φ′ ⊙ (W_hhᵀ W)."""
+    d, W_hh, _ = operands
+    return (1.0 - dt) * W + dt * (d[:, t, ...] * matmul_last(xp, W, W_hh))

@@ -9,12 +9,13 @@ from kpflow.models.base import (
     RecurrentModel,
     RecurrentTrajectory,
     Site,
+    StepKernel,
     Trajectory,
     check_size,
     flat_sites,
     site_variables,
 )
-from kpflow.models.ops import linear, sigmoid, torch_cell_param_shapes
+from kpflow.models.ops import linear, matmul_last, sigmoid, torch_cell_param_shapes
 
 __all__ = ["LSTM", "LSTMTrajectory"]
 
@@ -158,12 +159,17 @@ class LSTM(RecurrentModel):
 class LSTMTrajectory(RecurrentTrajectory):
     """A run of :class:`LSTM`; the state is [h; c] of width 2H.
 
-    Caches ``f`` and ``hc`` = o(1 − tanh² c_t) of shape (B, T, H), and the rows of D,
-    ``Dh`` = ∂h_t/∂u and ``Dc`` = ∂c_t/∂u of shape (B, T, 4H) (gate blocks i, f, g, o,
-    each diagonal in the unit).  The state Jacobian is
+    Caches the rows of D, ``D`` = [∂h_t/∂u; ∂c_t/∂u] of shape (B, T, 2, 4, H) (state row
+    h or c, gate i, f, g, o, unit; each gate block diagonal in the unit), and the paths
+    through c_{t−1}, ``E`` = [hc ⊙ f; f] of shape (B, T, 2, H), with hc = o(1 − tanh² c_t)
+    (cached as ``hc``).  ``Dh`` and ``Dc`` (B, T, 4H) and ``f`` (B, T, H) are views of
+    them.  The state Jacobian is
 
         J_t [v_h; v_c] = [Σ_gates Dh ⊙ (W_hh v_h) + hc ⊙ f ⊙ v_c;
-                          Σ_gates Dc ⊙ (W_hh v_h) + f ⊙ v_c].
+                          Σ_gates Dc ⊙ (W_hh v_h) + f ⊙ v_c],
+
+    one (k·B, H) × (H, 4H) GEMM per step and a sum over the gate axis of D (Jᵀ_t: a sum
+    over the state-row axis of D, then one (k·B, 4H) × (4H, H) GEMM).
     """
 
     model: LSTM
@@ -175,33 +181,42 @@ class LSTMTrajectory(RecurrentTrajectory):
         prev = self.prev_states
         i, f, g, o = model.gates(params, prev[..., :H], x)
         tau = xp.tanh(states[..., H:])
-        self.f = f
-        self.hc = o * (1.0 - tau * tau)
+        hc = o * (1.0 - tau * tau)
         dc = [g * i * (1.0 - i), prev[..., H:] * f * (1.0 - f), i * (1.0 - g * g)]
-        self.Dc = xp.concat([*dc, xp.zeros_like(o)], axis=-1)
-        self.Dh = xp.concat([self.hc * d for d in dc] + [tau * o * (1.0 - o)], axis=-1)
+        Dh = xp.stack([hc * d for d in dc] + [tau * o * (1.0 - o)], axis=-2)  # (B, T, 4, H)
+        Dc = xp.stack([*dc, xp.zeros_like(o)], axis=-2)
+        self.D = xp.stack([Dh, Dc], axis=-3)  # (B, T, 2, 4, H)
+        self.E = xp.stack([hc * f, f], axis=-2)  # (B, T, 2, H)
+        self.f = self.E[..., 1, :]
+        self.hc = hc
+        self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
+
+    @property
+    def Dh(self) -> Any:
+        """∂h_t/∂u, (B, T, 4H) gate-major (a view of ``D``)."""
+        return self._gate_rows(0)
+
+    @property
+    def Dc(self) -> Any:
+        """∂c_t/∂u, (B, T, 4H) gate-major (a view of ``D``)."""
+        return self._gate_rows(1)
+
+    def _gate_rows(self, row: int) -> Any:
+        B, T = self.site_shape
+        return self.xp.reshape(self.D[:, :, row, ...], (B, T, 4 * self.model.n_hidden))
 
     @property
     def feature_columns(self) -> tuple[int, int]:
         """A readout reads h: columns (0, H) of the per-site state [h; c]."""
         return (0, self.model.n_hidden)
 
-    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
-        xp, H = self.xp, self.model.n_hidden
-        U = linear(xp, V[..., :H], self.params["weight_hh"])
-        fvc = self.f[:, t, ...] * V[..., H:]
-        dh = _gate_sum(self.Dh[:, t, ...] * U, H) + self.hc[:, t, ...] * fvc
-        dc = _gate_sum(self.Dc[:, t, ...] * U, H) + fvc
-        return xp.concat([dh, dc], axis=-1)
-
-    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
-        xp, H = self.xp, self.model.n_hidden
-        wh, wc = W[..., :H], W[..., H:]
-        U = self.Dh[:, t, ...] * xp.concat([wh] * 4, axis=-1) + self.Dc[:, t, ...] * xp.concat(
-            [wc] * 4, axis=-1
+    def step_kernel(self) -> StepKernel:
+        return StepKernel(
+            _lstm_jvp,
+            _lstm_vjp,
+            (self.model.n_hidden,),
+            (self.D, self.E, self.params["weight_hh"], self._W_hh_T),
         )
-        back_c = self.f[:, t, ...] * (self.hc[:, t, ...] * wh + wc)
-        return xp.concat([U @ self.params["weight_hh"], back_c], axis=-1)
 
     def _make_sites(self) -> list[Site]:
         xp, H = self.xp, self.model.n_hidden
@@ -209,12 +224,26 @@ class LSTMTrajectory(RecurrentTrajectory):
             [flat_sites(self.x), flat_sites(self.prev_states[..., :H])], 2 if self.model.bias else 0
         )
         m = A.shape[0]
-        # (m, 4H) gate-major -> (m, H, 4); stacking h and c rows gives (m, H, 2, 4)
-        rows = [xp.permute_dims(xp.reshape(flat_sites(D), (m, 4, H)), (0, 2, 1)) for D in (self.Dh, self.Dc)]
-        unit_D = xp.stack(rows, axis=2)
+        # D (B, T, 2, 4, H) is (m, a, g, n) row-major: unit_D (m, n, a, g) is a permuted view
+        # of it, so neither unit_D nor the site's gate-major D_operand() copies anything
+        unit_D = xp.permute_dims(xp.reshape(self.D, (m, 2, 4, H)), (0, 3, 1, 2))
         return [Site("ih+hh", A, state_shape=self.state_shape, unit_D=unit_D)]
 
 
-def _gate_sum(U: Any, H: int) -> Any:
-    """Sum the four gate blocks of ``U`` (..., 4H) to (..., H)."""
-    return U[..., :H] + U[..., H : 2 * H] + U[..., 2 * H : 3 * H] + U[..., 3 * H :]
+def _lstm_jvp(xp: Any, H: int, operands: tuple, V: Any, t: Any) -> Any:
+    """J_t [v_h; v_c] = Σ_gates D ⊙ (W_hh v_h) + E ⊙ v_c on the rows h and c at once."""
+    D, E, _, W_hh_T = operands
+    G = matmul_last(xp, V[..., :H], W_hh_T)  # (..., 4H), one GEMM for the four gates
+    G = xp.reshape(G, (*G.shape[:-1], 1, 4, H))
+    rows = xp.sum(G * D[:, t, ...], axis=-2) + V[..., None, H:] * E[:, t, ...]  # (..., 2, H)
+    return xp.reshape(rows, (*rows.shape[:-2], 2 * H))
+
+
+def _lstm_vjp(xp: Any, H: int, operands: tuple, W: Any, t: Any) -> Any:
+    """J_tᵀ [w_h; w_c] = [W_hhᵀ Σ_rows D ⊙ w; Σ_rows E ⊙ w]."""
+    D, E, W_hh, _ = operands
+    W2 = xp.reshape(W, (*W.shape[:-1], 2, H))
+    U = xp.sum(W2[..., None, :] * D[:, t, ...], axis=-3)  # (..., 4, H): Σ over the rows h, c
+    back_h = matmul_last(xp, xp.reshape(U, (*U.shape[:-2], 4 * H)), W_hh)  # one GEMM
+    back_c = xp.sum(W2 * E[:, t, ...], axis=-2)
+    return xp.concat([back_h, back_c], axis=-1)

@@ -13,7 +13,7 @@ import numpy as np
 
 from kpflow._array import array_namespace, namespace_name
 from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, site_variables
-from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear
+from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear, matmul_last
 
 __all__ = ["MLP", "MLPTrajectory"]
 
@@ -185,6 +185,8 @@ class MLPTrajectory(Trajectory):
         super().__init__(model, params, x, h0, states)
         xp = self.xp
         self.blocks = list(model.blocks)
+        # Wᵀ of every layer (views, made once)
+        self._W_T = [xp.matrix_transpose(params[f"layers.{l}.weight"]) for l in range(model.n_layers)]
         self.d: list[Any] = []
         for l in range(model.n_layers):
             if model.is_linear(l):
@@ -226,13 +228,13 @@ class MLPTrajectory(Trajectory):
         return blocks[0] if len(blocks) == 1 else self.xp.concat(blocks, axis=-1)
 
     def step_jvp(self, t: int, v: Any) -> Any:
-        out = linear(self.xp, v, self.params[f"layers.{t}.weight"])
+        out = matmul_last(self.xp, v, self._W_T[t])
         return out if self.d[t] is None else self.d[t] * out
 
     def step_vjp(self, t: int, w: Any) -> Any:
         if self.d[t] is not None:
             w = self.d[t] * w
-        return w @ self.params[f"layers.{t}.weight"]
+        return matmul_last(self.xp, w, self.params[f"layers.{t}.weight"])
 
     def _make_sites(self) -> list[Site]:
         model = self.model

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from kpflow._array import prod
+
 __all__ = [
     "activation",
     "activation_derivative",
     "check_nonlinearity",
     "linear",
+    "matmul_last",
     "sigmoid",
     "torch_cell_param_shapes",
 ]
@@ -70,8 +73,43 @@ def activation_derivative(xp: Any, name: str, u: Any, y: Any) -> Any:
     return xp.astype(u > 0, y.dtype)
 
 
+#: matmul_last folds the leading axes of a stack of slices with fewer rows than this ...
+FOLD_MAX_ROWS = 256
+#: ... when the product has at least this many multiply-adds (the two reshapes cost a few µs).
+FOLD_MIN_WORK = 1 << 17
+
+
+def matmul_last(xp: Any, a: Any, M: Any) -> Any:
+    """a M on the last axis of ``a``; a stack of small slices runs as one 2-D GEMM.
+
+    numpy's ``matmul`` loops over the leading axis of a stack and calls BLAS once per slice:
+    a probe block (k, B, H) times an H×3H matrix (one GRU step, B = 32) runs about 2.5×
+    faster on two threads as one (k·B, H) GEMM.  The leading axes are folded into the rows
+    when the slices are small (fewer than ``FOLD_MAX_ROWS`` rows, where per-slice BLAS calls
+    are inefficient) and the product is large enough to pay for the reshapes; a stack of
+    large slices (the MLP's batch, a whole (B, T) trajectory) stays as it is, as a strided
+    slice would be copied by the reshape.  torch and jax fold the axes themselves, so this
+    is neutral there.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.ops import matmul_last
+    >>> matmul_last(xp, xp.ones((5, 2, 3)), xp.ones((3, 4))).shape
+    (5, 2, 4)
+    """
+    shape = a.shape
+    if len(shape) <= 2:
+        return a @ M
+    rows = prod(shape[:-1])
+    if rows // shape[0] >= FOLD_MAX_ROWS or rows * shape[-1] * M.shape[-1] < FOLD_MIN_WORK:
+        return a @ M
+    out = xp.reshape(a, (rows, shape[-1])) @ M
+    return xp.reshape(out, (*shape[:-1], M.shape[-1]))
+
+
 def linear(xp: Any, a: Any, W: Any) -> Any:
-    """a Wᵀ on the last axis of ``a`` (a stack of pre-activations).
+    """a Wᵀ on the last axis of ``a`` (a stack of pre-activations), as one 2-D GEMM.
 
     Examples
     --------
@@ -80,7 +118,7 @@ def linear(xp: Any, a: Any, W: Any) -> Any:
     >>> linear(xp, xp.ones((2, 3)), xp.ones((4, 3))).shape
     (2, 4)
     """
-    return a @ xp.matrix_transpose(W)
+    return matmul_last(xp, a, xp.matrix_transpose(W))
 
 
 def sigmoid(xp: Any, u: Any) -> Any:

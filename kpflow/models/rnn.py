@@ -9,6 +9,7 @@ from kpflow.models.base import (
     RecurrentModel,
     RecurrentTrajectory,
     Site,
+    StepKernel,
     check_size,
     flat_sites,
     site_variables,
@@ -18,6 +19,7 @@ from kpflow.models.ops import (
     activation_derivative,
     check_nonlinearity,
     linear,
+    matmul_last,
     torch_cell_param_shapes,
 )
 
@@ -103,20 +105,30 @@ class RNNTrajectory(RecurrentTrajectory):
     def __init__(self, model: RNN, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
         super().__init__(model, params, x, h0, states)
         xp = self.xp
+        self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
         if model.nonlinearity == "tanh":
             self.d = 1.0 - states * states
         else:
             u = model.preactivation(params, self.prev_states, x)
             self.d = activation_derivative(xp, "relu", u, states)
 
-    def _jvp_prev(self, V: Any, t: int | slice) -> Any:
-        return self.d[:, t, ...] * linear(self.xp, V, self.params["weight_hh"])
-
-    def _vjp_prev(self, W: Any, t: int | slice) -> Any:
-        return (W * self.d[:, t, ...]) @ self.params["weight_hh"]
+    def step_kernel(self) -> StepKernel:
+        return StepKernel(_rnn_jvp, _rnn_vjp, (), (self.d, self.params["weight_hh"], self._W_hh_T))
 
     def _make_sites(self) -> list[Site]:
         model = self.model
         A = site_variables([flat_sites(self.prev_states), flat_sites(self.x)], 2 if model.bias else 0)
         d = flat_sites(self.d)
         return [Site("hidden", A, state_shape=self.state_shape, unit_D=d[:, :, None, None])]
+
+
+def _rnn_jvp(xp: Any, operands: tuple, V: Any, t: Any) -> Any:
+    """J_t V = d_t ⊙ (W_hh V)."""
+    d, _, W_hh_T = operands
+    return d[:, t, ...] * matmul_last(xp, V, W_hh_T)
+
+
+def _rnn_vjp(xp: Any, operands: tuple, W: Any, t: Any) -> Any:
+    """J_tᵀ W = W_hhᵀ (d_t ⊙ W)."""
+    d, W_hh, _ = operands
+    return matmul_last(xp, W * d[:, t, ...], W_hh)

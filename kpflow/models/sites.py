@@ -8,11 +8,11 @@ is K = Σ_w D_w (A_w A_wᵀ ⊗ I) D_wᵀ (docs/theory.md, "The Kronecker core o
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from kpflow._array import array_namespace, device_of, namespace_name, prod
 
-__all__ = ["Site", "flat_sites", "site_variables"]
+__all__ = ["Site", "SiteSpec", "apply_DT", "apply_D_block", "embed_columns", "flat_sites", "site_variables"]
 
 
 class Site:
@@ -86,6 +86,7 @@ class Site:
             msg = f"{where}: expected a finite scale, got {scale!r}"
             raise ValueError(msg)
         self.unit_D = unit_D
+        self._D_operand: Any = None
         self.scale = None if scale is None else float(scale)
         if unit_D is not None:
             _, n_units, a, g = unit_D.shape
@@ -99,10 +100,14 @@ class Site:
             self.n_units, self.a, self.g = int(width), 1, 1
             self.width = int(width)
             out = self.width
-        self.columns = (0, self.site_state_size) if columns is None else tuple(columns)
+        lo, hi = (0, self.site_state_size) if columns is None else columns
+        self.columns: tuple[int, int] = (int(lo), int(hi))
         if self.columns[1] - self.columns[0] != out:
             msg = f"Site({name!r}): D maps to {out} state columns but columns={self.columns}"
             raise ValueError(msg)
+        self.spec = SiteSpec(
+            self.m, self.site_state_size, self.columns, self.n_units, self.a, self.g, self.scale
+        )
 
     @property
     def p(self) -> int:
@@ -119,59 +124,177 @@ class Site:
 
     def _embed(self, Y: Any) -> Any:
         """(k, m, out) -> (k, *state_shape), zero outside ``columns``."""
-        xp = array_namespace(Y)
-        k = Y.shape[0]
-        lo, hi = self.columns
-        parts = []
-        if lo > 0:
-            parts.append(xp.zeros((k, self.m, lo), dtype=Y.dtype, device=device_of(Y)))
-        parts.append(Y)
-        if hi < self.site_state_size:
-            rest = self.site_state_size - hi
-            parts.append(xp.zeros((k, self.m, rest), dtype=Y.dtype, device=device_of(Y)))
-        full = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
-        return xp.reshape(full, (k, *self.state_shape))
+        return embed_columns({self.columns: Y}, self.site_state_size, self.state_shape)
 
     def _restrict(self, V: Any) -> Any:
         """(k, *state_shape) -> (k, m, out), the site's columns."""
-        xp = array_namespace(V)
-        k = V.shape[0]
-        flat = xp.reshape(V, (k, self.m, self.site_state_size))
-        lo, hi = self.columns
-        if lo == 0 and hi == self.site_state_size:
-            return flat
-        return flat[:, :, lo:hi]
+        return _restrict(array_namespace(V), self.spec, V)
+
+    def D_operand(self) -> Any:
+        """The array :func:`apply_D_block` and :func:`apply_DT` read for this site (built once).
+
+        None for a scaled site, the diagonal (m, n_units) when a = g = 1, else ``unit_D``
+        laid out as (m, a, g, n_units), contiguous: in that layout a pre-activation block
+        (k, m, g·n) reads as (k, m, g, n) and a state block (k, m, a·n) as (k, m, a, n)
+        without copies, so D and Dᵀ are a few broadcast products over whole (m, n) planes.
+        """
+        if self._D_operand is None and self.unit_D is not None:
+            xp = array_namespace(self.unit_D)
+            if self.a == 1 and self.g == 1:
+                self._D_operand = self.unit_D[:, :, 0, 0]
+            else:
+                m, n, a, g = self.m, self.n_units, self.a, self.g
+                D = xp.permute_dims(self.unit_D, (0, 2, 3, 1))
+                # the flat reshape copies the permuted view into a contiguous buffer (the
+                # array API has no "ascontiguousarray"); the second reshape is then free
+                self._D_operand = xp.reshape(xp.reshape(D, (m * a * g * n,)), (m, a, g, n))
+        return self._D_operand
+
+    def apply_D_block(self, U: Any) -> Any:
+        """D_w U on the site's own state columns: ``(k, m, width) -> (k, m, hi − lo)``.
+
+        :meth:`apply_D` embeds this block in the whole state; the Kronecker core sums the
+        blocks of all sites first and embeds once.
+        """
+        return apply_D_block(array_namespace(U), self.spec, self.D_operand(), U)
 
     def apply_D(self, U: Any) -> Any:
         """D_w U: pre-activation tangents ``(k, m, width)`` to state tangents ``(k, *state_shape)``."""
-        xp = array_namespace(U)
-        k = U.shape[0]
-        if self.unit_D is None:
-            return self._embed(self.scale * U)
-        if self.a == 1 and self.g == 1:
-            return self._embed(U * self.unit_D[:, :, 0, 0])
-        n = self.n_units
-        Ug = xp.permute_dims(xp.reshape(U, (k, self.m, self.g, n)), (0, 1, 3, 2))
-        Y = xp.sum(Ug[:, :, :, None, :] * self.unit_D, axis=-1)  # (k, m, n, a)
-        Y = xp.reshape(xp.permute_dims(Y, (0, 1, 3, 2)), (k, self.m, self.a * n))
-        return self._embed(Y)
+        return self._embed(self.apply_D_block(U))
 
     def apply_DT(self, V: Any) -> Any:
         """D_wᵀ V: state tangents ``(k, *state_shape)`` to pre-activation space ``(k, m, width)``."""
-        xp = array_namespace(V)
-        R = self._restrict(V)
-        k = R.shape[0]
-        if self.unit_D is None:
-            return self.scale * R
-        if self.a == 1 and self.g == 1:
-            return R * self.unit_D[:, :, 0, 0]
-        n = self.n_units
-        Ra = xp.permute_dims(xp.reshape(R, (k, self.m, self.a, n)), (0, 1, 3, 2))
-        U = xp.sum(Ra[:, :, :, :, None] * self.unit_D, axis=-2)  # (k, m, n, g)
-        return xp.reshape(xp.permute_dims(U, (0, 1, 3, 2)), (k, self.m, self.g * n))
+        return apply_DT(array_namespace(V), self.spec, self.D_operand(), V)
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, m={self.m}, p={self.p}, width={self.width})"
+
+
+class SiteSpec(NamedTuple):
+    """What :func:`apply_D_block` and :func:`apply_DT` need of a site besides arrays (hashable).
+
+    Attributes
+    ----------
+    m, site_state_size : int
+        Number of sites and the per-site state length.
+    columns : tuple (lo, hi)
+        The per-site state columns the site writes.
+    n_units, a, g : int
+        D's unit structure (``unit_D`` of shape (m, n_units, a, g)).
+    scale : float or None
+        D = scale·I for a scaled site, else None.
+    """
+
+    m: int
+    site_state_size: int
+    columns: tuple[int, int]
+    n_units: int
+    a: int
+    g: int
+    scale: float | None
+
+
+def _restrict(xp: Any, spec: SiteSpec, V: Any) -> Any:
+    """(k, *state_shape) -> (k, m, hi − lo), the site's columns."""
+    flat = xp.reshape(V, (V.shape[0], spec.m, spec.site_state_size))
+    lo, hi = spec.columns
+    return flat if lo == 0 and hi == spec.site_state_size else flat[:, :, lo:hi]
+
+
+def apply_D_block(xp: Any, spec: SiteSpec, D: Any, U: Any) -> Any:
+    """D U for the site ``spec`` with ``D = site.D_operand()``: (k, m, width) -> (k, m, hi − lo).
+
+    A pure function of arrays (compiled as such on jax).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.sites import Site, apply_D_block
+    >>> site = Site("w", xp.ones((3, 1)), state_shape=(3, 2), scale=0.5, width=2)
+    >>> apply_D_block(xp, site.spec, site.D_operand(), xp.ones((1, 3, 2)))[0, 0, :]
+    Array([0.5, 0.5], dtype=array_api_strict.float64)
+    """
+    if spec.scale is not None:
+        return U if spec.scale == 1.0 else spec.scale * U
+    if spec.a == 1 and spec.g == 1:
+        return U * D
+    k, n = U.shape[0], spec.n_units
+    U4 = xp.reshape(U, (k, spec.m, 1, spec.g, n))
+    # Y[:, :, j] = Σ_q D[:, j, q] ⊙ U_q, one gate at a time: no temporary larger than U
+    Y = U4[:, :, :, 0, :] * D[:, :, 0, :]
+    for q in range(1, spec.g):
+        Y = Y + U4[:, :, :, q, :] * D[:, :, q, :]
+    return xp.reshape(Y, (k, spec.m, spec.a * n))
+
+
+def apply_DT(xp: Any, spec: SiteSpec, D: Any, V: Any) -> Any:
+    """Dᵀ V for the site ``spec`` with ``D = site.D_operand()``: (k, *state_shape) -> (k, m, width).
+
+    A pure function of arrays (compiled as such on jax).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.sites import Site, apply_DT
+    >>> site = Site("w", xp.ones((3, 1)), state_shape=(3, 2), scale=0.5, width=2)
+    >>> apply_DT(xp, site.spec, site.D_operand(), xp.ones((1, 3, 2))).shape
+    (1, 3, 2)
+    """
+    R = _restrict(xp, spec, V)
+    if spec.scale is not None:
+        return R if spec.scale == 1.0 else spec.scale * R
+    if spec.a == 1 and spec.g == 1:
+        return R * D
+    k, n = R.shape[0], spec.n_units
+    R4 = xp.reshape(R, (k, spec.m, spec.a, 1, n))
+    # U_q = Σ_j D[:, j, q] ⊙ R_j, one state row at a time: no temporary larger than U
+    U = R4[:, :, 0, :, :] * D[:, 0, :, :]
+    for j in range(1, spec.a):
+        U = U + R4[:, :, j, :, :] * D[:, j, :, :]
+    return xp.reshape(U, (k, spec.m, spec.g * n))
+
+
+def embed_columns(blocks: dict[tuple[int, int], Any], size: int, state_shape: tuple[int, ...]) -> Any:
+    """Glue per-site column blocks ``{(lo, hi): (k, m, hi − lo)}`` into ``(k, *state_shape)``.
+
+    Columns no block covers are zero; blocks whose columns overlap are added.  Disjoint
+    blocks (the MLP's layers) take one concatenation, a block covering every column none.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.sites import embed_columns
+    >>> embed_columns({(1, 2): xp.ones((1, 2, 1))}, 3, (2, 3))
+    Array([[[0., 1., 0.],
+            [0., 1., 0.]]], dtype=array_api_strict.float64)
+    """
+    items = sorted(blocks.items(), key=lambda item: item[0])
+    first = items[0][1]
+    xp = array_namespace(first)
+    k, m = first.shape[0], first.shape[1]
+    if len(items) == 1 and items[0][0] == (0, size):
+        return xp.reshape(first, (k, *state_shape))
+    disjoint = all(a[0][1] <= b[0][0] for a, b in zip(items, items[1:], strict=False))
+    if not disjoint:
+        out = None
+        for cols, Y in items:
+            term = embed_columns({cols: Y}, size, state_shape)
+            out = term if out is None else out + term
+        return out
+
+    def zeros(width: int) -> Any:
+        return xp.zeros((k, m, width), dtype=first.dtype, device=device_of(first))
+
+    parts, at = [], 0
+    for (lo, hi), Y in items:
+        if lo > at:
+            parts.append(zeros(lo - at))
+        parts.append(Y)
+        at = hi
+    if at < size:
+        parts.append(zeros(size - at))
+    full = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
+    return xp.reshape(full, (k, *state_shape))
 
 
 def _check_variables(variables: Any, state_shape: tuple[int, ...], where: str) -> None:

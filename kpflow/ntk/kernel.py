@@ -15,12 +15,15 @@ The core never forms the m×m site Gram G_w = A_w A_wᵀ: K V = Σ_w D_w A_w (A_
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from kpflow.models.base import Site, Trajectory
+from kpflow.models.sites import SiteSpec, apply_D_block, apply_DT, embed_columns
 from kpflow.operators.base import LinearOperator, SymmetricOperator
 
-__all__ = ["AutodiffKernel", "KroneckerCoreKernel", "check_trajectory", "parameter_kernel"]
+__all__ = ["AutodiffKernel", "KroneckerCoreKernel", "check_trajectory", "compiled", "parameter_kernel"]
 
 
 def check_trajectory(traj: Any, where: str) -> Trajectory:
@@ -70,15 +73,56 @@ class KroneckerCoreKernel(SymmetricOperator):
         self.sites = list(sites)
 
     def _matmat(self, X: Any) -> Any:
-        xp = self.xp
-        out = None
-        for site in self.sites:
-            A = site.variables
-            U = site.apply_DT(X)  # (k, m, k_w)
-            C = xp.matrix_transpose(A) @ U  # (k, p, k_w)
-            term = site.apply_D(A @ C)
-            out = term if out is None else out + term
-        return out
+        specs = tuple(site.spec for site in self.sites)
+        operands = tuple((site.variables, site.D_operand()) for site in self.sites)
+        fn = compiled(self.xp, _core_matmat, specs, self.shape_out)
+        if fn is None:
+            return _core_matmat(self.xp, specs, self.shape_out, operands, X)
+        return fn(operands, X)
+
+
+def _core_matmat(
+    xp: Any, specs: tuple[SiteSpec, ...], shape_out: tuple[int, ...], operands: tuple, X: Any
+) -> Any:
+    """Σ_w D_w A_w (A_wᵀ (D_wᵀ X)), a pure function of the sites' (A_w, D_w) and the block X."""
+    # Each site's term stays on its own state columns and terms on the same columns are
+    # summed there; the state is assembled once (no zero-padded copy per site).
+    blocks: dict[tuple[int, int], Any] = {}
+    for spec, (A, D) in zip(specs, operands, strict=True):
+        U = apply_DT(xp, spec, D, X)  # (k, m, k_w)
+        C = xp.matrix_transpose(A) @ U  # (k, p, k_w)
+        Y = apply_D_block(xp, spec, D, A @ C)  # (k, m, hi − lo)
+        cols = spec.columns
+        blocks[cols] = Y if cols not in blocks else blocks[cols] + Y
+    return embed_columns(blocks, specs[0].site_state_size, shape_out)
+
+
+# namespace -> backend adapter (namespaces are modules: the cache is tiny and never stale)
+_ADAPTERS: dict[Any, Any] = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted(adapter: Any, fn: Callable, static: tuple) -> Callable:
+    return adapter.jit(functools.partial(fn, adapter.namespace(), *static))
+
+
+def compiled(xp: Any, fn: Callable, *static: Any) -> Callable | None:
+    """``fn(xp, *static, *arrays)`` compiled once per ``static`` on backends that compile per shape.
+
+    On jax every primitive is compiled per shape even eagerly and each one is a dispatch:
+    one whole product step (a P step, K) as one program runs about 2× faster there.  The
+    compiled function is shared by every trajectory with the same ``static`` (hashable
+    sizes and flags), the arrays being arguments, so a new trajectory of the same shapes
+    compiles nothing.  Returns None elsewhere (numpy, torch, ...): run ``fn`` as it is.
+    """
+    adapter = _ADAPTERS.get(xp)
+    if adapter is None:
+        from kpflow.backends import get_backend
+
+        adapter = _ADAPTERS[xp] = get_backend(xp.zeros(1))
+    if not getattr(adapter, "compiles_per_shape", False):
+        return None
+    return _jitted(adapter, fn, static)
 
 
 class AutodiffKernel(SymmetricOperator):

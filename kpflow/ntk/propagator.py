@@ -8,10 +8,11 @@ action; the B·T·H·H Jacobians are never stored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from kpflow.models.base import Trajectory
-from kpflow.ntk.kernel import check_trajectory
+from kpflow.models.base import RecurrentTrajectory, Trajectory
+from kpflow.ntk.kernel import check_trajectory, compiled
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["ConstraintJacobian", "Propagator", "propagator"]
@@ -48,22 +49,43 @@ class Propagator(LinearOperator):
         self.traj = traj
         self.axis_names = traj.axis_names
 
+    def _step(self, adjoint: bool) -> Callable[[Any, Any, int], Any]:
+        """(q, y, t) ↦ q + J_t y (or q + J_tᵀ y): one step of the recursion.
+
+        On a backend that compiles per shape (jax), a trajectory with a pure
+        :meth:`~kpflow.models.RecurrentTrajectory.step_kernel` runs each step as one compiled
+        program, t being an argument (one compilation for all T steps, shared by every
+        trajectory of the same shapes); elsewhere the step runs eagerly.
+        """
+        traj = self.traj
+        kernel = traj.step_kernel() if isinstance(traj, RecurrentTrajectory) else None
+        if kernel is not None:
+            fn = compiled(traj.xp, _recursion_step, kernel.vjp if adjoint else kernel.jvp, kernel.static)
+            if fn is not None:
+                operands = kernel.operands
+                return lambda q, y, t: fn(operands, q, y, t)
+        if adjoint:
+            return lambda q, w, t: q + traj.step_vjp(t, w)
+        return lambda q, y, t: q + traj.step_jvp(t, y)
+
     def _matmat(self, X: Any) -> Any:
         traj = self.traj
+        step = self._step(adjoint=False)
         y = traj.block(X, 0)
         out = [y]
         for t in range(1, traj.n_steps):
-            y = traj.block(X, t) + traj.step_jvp(t, y)
+            y = step(traj.block(X, t), y, t)
             out.append(y)
         return traj.join(out)
 
     def _rmatmat(self, Y: Any) -> Any:
         traj = self.traj
+        step = self._step(adjoint=True)
         n = traj.n_steps
         w = traj.block(Y, n - 1)
         out = [w]
         for t in range(n - 2, -1, -1):
-            w = traj.block(Y, t) + traj.step_vjp(t + 1, w)
+            w = step(traj.block(Y, t), w, t + 1)
             out.append(w)
         return traj.join(out[::-1])
 
@@ -101,6 +123,11 @@ class ConstraintJacobian(LinearOperator):
     def inverse(self) -> Propagator:
         """P = (I − L)⁻¹."""
         return Propagator(self.traj)
+
+
+def _recursion_step(xp: Any, action: Callable, static: tuple, operands: tuple, q: Any, y: Any, t: Any) -> Any:
+    """q + action(y) at step t, with ``action`` a :class:`~kpflow.models.StepKernel` function."""
+    return q + action(xp, *static, operands, y, t)
 
 
 def propagator(traj: Trajectory) -> Propagator:

@@ -1,0 +1,174 @@
+"""An NTK_S product keeps the caller's dtype all the way through, and the blocks it glues are exact.
+
+A float32 product on numpy must make no dtype round trip: no ``astype`` call (through the
+namespace or the array method) and no float64 temporary.  Every array derived from the probe
+block is tracked by an ndarray subclass, so a float64 intermediate anywhere in P, K or Pᵀ
+(a float64 scalar, a ``zeros`` without dtype) shows up in the recorded dtypes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+import kpflow
+from kpflow.models import Site
+from kpflow.models.sites import embed_columns
+from kpflow.ntk import KroneckerCoreKernel
+from tests.conftest import BACKENDS
+from tests.ntk_helpers import NAMES, host_problem
+
+needs_numpy = pytest.mark.skipif("numpy" not in BACKENDS, reason="numpy is not among the selected backends")
+
+
+class Tracked(np.ndarray):
+    """An ndarray that records the dtype of every array derived from it and its astype calls."""
+
+    dtypes: ClassVar[set[np.dtype]] = set()
+    astype_calls: ClassVar[int] = 0
+    __array_priority__ = 10.0  # concatenate and stack of mixed inputs return the subclass
+
+    def __array_finalize__(self, obj: Any) -> None:
+        Tracked.dtypes.add(self.dtype)
+
+    def astype(self, *args: Any, **kwargs: Any) -> Any:
+        Tracked.astype_calls += 1
+        return super().astype(*args, **kwargs)
+
+
+def float32_trajectory(name: str) -> Any:
+    model, params, x, h0 = host_problem(name, 3, 4, 5, 2, 0, True)
+    f32 = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+    return model.run(f32, x.astype(np.float32), None if h0 is None else h0.astype(np.float32))
+
+
+@needs_numpy
+@pytest.mark.parametrize("name", NAMES)
+def test_a_float32_product_makes_no_astype_call_and_no_float64_temporary(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    traj = float32_trajectory(name)
+    N = kpflow.global_ntk(traj)
+    _ = traj.sites  # built once per trajectory, outside the product
+    X = np.random.default_rng(1).standard_normal((3, *N.shape_in)).astype(np.float32)
+    expected = N.matmat(X)
+
+    namespace_calls = []
+    astype = traj.xp.astype
+
+    def counting_astype(*args: Any, **kwargs: Any) -> Any:
+        namespace_calls.append(args)
+        return astype(*args, **kwargs)
+
+    monkeypatch.setattr(traj.xp, "astype", counting_astype)
+    Tracked.dtypes, Tracked.astype_calls = set(), 0
+    got = N.matmat(X.view(Tracked))
+
+    assert isinstance(got, Tracked)  # the tracking reached the end of P K Pᵀ
+    assert namespace_calls == []
+    assert Tracked.astype_calls == 0
+    assert Tracked.dtypes == {np.dtype(np.float32)}, f"intermediate dtypes {Tracked.dtypes}"
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(got), expected)  # tracking changes nothing
+
+
+def dense_embed(blocks: dict[tuple[int, int], np.ndarray], size: int) -> np.ndarray:
+    k, m = next(iter(blocks.values())).shape[:2]
+    out = np.zeros((k, m, size))
+    for (lo, hi), Y in blocks.items():
+        out[:, :, lo:hi] += Y
+    return out
+
+
+@needs_numpy
+@pytest.mark.parametrize(
+    "columns",
+    [
+        [(0, 5)],  # one block over the whole state: a reshape
+        [(1, 3)],  # zeros on both sides
+        [(3, 5), (0, 2)],  # disjoint, out of order, a gap between
+        [(0, 2), (2, 5)],  # a partition
+        [(0, 4), (1, 5)],  # overlapping: added
+    ],
+)
+def test_embed_columns_equals_a_dense_scatter_add(columns: list[tuple[int, int]]) -> None:
+    rng = np.random.default_rng(0)
+    blocks = {c: rng.standard_normal((2, 3, c[1] - c[0])) for c in columns}
+    got = embed_columns(blocks, 5, (3, 5))
+    np.testing.assert_array_equal(got, dense_embed(blocks, 5).reshape(2, 3, 5))
+
+
+@needs_numpy
+def test_the_kronecker_core_adds_the_terms_of_sites_on_shared_and_overlapping_columns() -> None:
+    """K = Σ_w D_w (A_w A_wᵀ ⊗ I) D_wᵀ as a dense matrix, for sites whose columns overlap."""
+    rng = np.random.default_rng(0)
+    m, S = 4, 5
+    A1, A2, A3 = (rng.standard_normal((m, p)) for p in (2, 3, 1))
+    D1 = rng.standard_normal((m, 2, 2, 3))  # a = 2 rows (columns 1..5), g = 3 gates
+    sites = [
+        Site("a", A1, state_shape=(m, S), unit_D=D1, columns=(1, 5)),
+        Site("b", A2, state_shape=(m, S), scale=0.5, width=3, columns=(0, 3)),
+        Site("c", A3, state_shape=(m, S), scale=1.0, width=3, columns=(0, 3)),
+    ]
+    K = KroneckerCoreKernel(sites, like=A1)
+
+    def dense_D(site: Site) -> np.ndarray:
+        """D_w as an (m·S, m·width) matrix, rows (s, state column), columns (s, gate-major index)."""
+        lo, _ = site.columns
+        unit = np.asarray(site.dense_unit_D())
+        D = np.zeros((m, S, m, site.width))
+        for s in range(m):
+            for i in range(site.n_units):
+                for j in range(site.a):
+                    for q in range(site.g):
+                        D[s, lo + j * site.n_units + i, s, q * site.n_units + i] = unit[s, i, j, q]
+        return D.reshape(m * S, m * site.width)
+
+    dense = sum(
+        dense_D(s) @ np.kron(s.variables @ s.variables.T, np.eye(s.width)) @ dense_D(s).T for s in sites
+    )
+    np.testing.assert_allclose(K.todense().reshape(m * S, m * S), dense, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif("jax" not in BACKENDS, reason="jax is not among the selected backends")
+@pytest.mark.parametrize("name", ["gru", "lstm", "rnn_tanh", "leaky_tanh_bias"])
+def test_on_jax_trajectories_of_the_same_shapes_share_the_compiled_steps_and_kernel(name: str) -> None:
+    """Each P step, Pᵀ step and K runs as one compiled program, made once for all steps and trajectories."""
+    import jax.numpy as jnp
+
+    from kpflow.ntk import kernel
+    from kpflow.ntk.propagator import _recursion_step
+
+    def product(seed: int) -> tuple[Any, Any, list[Any]]:
+        model, params, x, h0 = host_problem(name, 2, 3, 4, 2, seed, True)
+        traj = model.run({k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(x), jnp.asarray(h0))
+        N = kpflow.global_ntk(traj)
+        X = jnp.asarray(np.random.default_rng(seed).standard_normal((3, *N.shape_in)))
+        # the same product eagerly: each step through the trajectory, K site by site
+        W = [X[:, :, -1]]
+        for t in range(traj.n_steps - 2, -1, -1):
+            W.append(X[:, :, t] + traj.step_vjp(t + 1, W[-1]))
+        KW = 0.0
+        for site in traj.sites:
+            A = site.variables
+            KW = KW + site.apply_D(A @ (A.T @ site.apply_DT(jnp.stack(W[::-1], axis=2))))
+        Y = [KW[:, :, 0]]
+        for t in range(1, traj.n_steps):
+            Y.append(KW[:, :, t] + traj.step_jvp(t, Y[-1]))
+        k = traj.step_kernel()
+        programs = [kernel.compiled(traj.xp, _recursion_step, action, k.static) for action in (k.jvp, k.vjp)]
+        specs = tuple(site.spec for site in traj.sites)
+        programs.append(kernel.compiled(traj.xp, kernel._core_matmat, specs, N.shape_in))
+        return N.matmat(X), jnp.stack(Y, axis=2), programs
+
+    got, eager, programs = product(0)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(eager), rtol=1e-12, atol=1e-12)
+    assert all(p is not None for p in programs)
+    sizes = [p._cache_size() for p in programs]  # compiled executables (other tests may add shapes)
+    assert min(sizes) >= 1
+    got, eager, again = product(1)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(eager), rtol=1e-12, atol=1e-12)
+    assert [p is q for p, q in zip(programs, again, strict=True)] == [True] * 3
+    assert [p._cache_size() for p in programs] == sizes  # nothing compiled for the new trajectory

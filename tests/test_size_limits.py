@@ -29,6 +29,7 @@ from kpflow import linalg
 from kpflow.linalg import rules
 from kpflow.operators.base import LinearOperator
 from tests.conftest import BACKENDS, _make_case
+from tests.linalg_helpers import Opaque
 from tests.ntk_helpers import NAMES, RECURRENT, build
 
 EXACT = 1e-10
@@ -197,20 +198,6 @@ def test_unit_grams_in_chunks_of_units_give_the_dense_spectrum_trace_and_norm(
 
 
 # -- the chunk of 256 unit probes ------------------------------------------------------------------
-class Hidden(LinearOperator):
-    """An operator with its type (and so its Gram factor) hidden: only the generic routes apply."""
-
-    def __init__(self, op: LinearOperator) -> None:
-        super().__init__(op.shape_in, op.shape_out, xp=op.xp, dtype=op.dtype, device=op.device)
-        self.op = op
-
-    def _matmat(self, X: Any) -> Any:
-        return self.op._matmat(X)
-
-    def _rmatmat(self, Y: Any) -> Any:
-        return self.op._rmatmat(Y)
-
-
 def test_exact_routes_past_256_unit_probes_equal_dense(case64_eager):
     traj = build(case64_eager, "rnn_tanh", 2, 13, 10, 2, 4, True).traj
     N = ntk.global_ntk(traj)
@@ -219,7 +206,7 @@ def test_exact_routes_past_256_unit_probes_equal_dense(case64_eager):
     M, KM = dense(case64_eager, N), dense(case64_eager, N.K)
     # NTK_S = J Jᵀ with p = 140 < n parameters: trace, norm and rank go through the parameter side
     # (kpflow.ntk.jacobian); hiding the factor keeps them on the n = 260 states, past 256 probes.
-    hidden = Hidden(N)
+    hidden = Opaque(N)  # its type (and so its Gram factor) hidden: only the generic routes apply
     res = linalg.trace(hidden, method="exact")
     assert res.num_matvecs == n
     assert linalg.trace(N, method="exact").num_matvecs == N.J.size_in == 140

@@ -118,6 +118,18 @@ class Backend:
         """
         return contextlib.nullcontext()
 
+    def for_products(self, operands: tuple) -> tuple:
+        """The arrays an operator product reads, as it should read them now (default: unchanged).
+
+        ``operands`` is a tuple whose items are arrays, None or tuples of them.  Under
+        :meth:`no_grad` nothing differentiates the product, so an adapter whose arrays can
+        carry an autograd graph returns graph-free views of the same storage (torch: a
+        matmul with an operand that requires grad copies it even under ``no_grad``, about
+        1.8× slower); with autograd on it returns them unchanged, so that gradients of
+        NTK quantities still flow into the parameters.
+        """
+        return operands
+
     # -- autodiff ----------------------------------------------------------------------------
     def _no_autodiff(self, what: str) -> AutodiffUnavailableError:
         msg = (

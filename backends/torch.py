@@ -51,6 +51,11 @@ class TorchBackend(Backend):
     def no_grad(self) -> Any:
         return torch.no_grad()
 
+    def for_products(self, operands: tuple) -> tuple:
+        if torch.is_grad_enabled():
+            return operands
+        return _detached(operands)
+
     def _generator(self, seed: int, device: Any) -> Any:
         gen = torch.Generator(device=torch.device("cpu") if device is None else device)
         return gen.manual_seed(int(seed))
@@ -79,6 +84,15 @@ class TorchBackend(Backend):
 
     def jacrev(self, f: Callable, argnums: int | tuple[int, ...] = 0) -> Callable:
         return torch.func.jacrev(f, argnums=argnums)
+
+
+def _detached(tree: Any) -> Any:
+    """Tensors in a tuple tree as detached views (same storage, no autograd history)."""
+    if isinstance(tree, tuple):
+        return tuple(_detached(t) for t in tree)
+    if isinstance(tree, torch.Tensor) and tree.requires_grad:
+        return tree.detach()
+    return tree
 
 
 adapter = TorchBackend()

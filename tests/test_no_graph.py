@@ -112,3 +112,39 @@ def test_no_grad_is_a_null_context_without_autograd_graphs():
     with get_backend("torch").no_grad():
         assert not torch.is_grad_enabled()
     assert torch.is_grad_enabled()
+
+
+def _matmul_operands_requiring_grad(product):
+    """Run ``product()`` and count the matmul operands that require grad (a matmul copies them)."""
+    seen = []
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__):
+                seen.extend(a.requires_grad for a in args if isinstance(a, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        out = product()
+    assert seen, "the product made no matmul: the spy saw nothing"
+    return sum(seen), out
+
+
+@pytest.mark.parametrize("which", ["ntk", "J", "JT"])
+def test_products_under_no_grad_read_graph_free_operands(gru_ntk, which):
+    """Under no_grad (every solver) no matmul of a product reads a tensor that requires grad.
+
+    torch copies a matmul operand that requires grad even under ``no_grad`` (about 1.8×
+    slower at benchmark sizes), so the products read detached views of the trajectory's
+    arrays there; with autograd on they read the arrays themselves (differentiable).
+    """
+    _, N, _ = gru_ntk
+    J = N.J
+    op = {"ntk": N, "J": J, "JT": J.T}[which]
+    v = torch.randn(2, *op.shape_in, dtype=torch.float64)
+    with torch.no_grad():
+        n_grad, out = _matmul_operands_requiring_grad(lambda: op.matmat(v))
+    assert n_grad == 0
+    assert not out.requires_grad
+    n_grad, out = _matmul_operands_requiring_grad(lambda: op.matmat(v))
+    assert n_grad > 0 and out.requires_grad  # the same product with autograd on keeps its graph

@@ -33,7 +33,7 @@ from kpflow.models.leaky import LeakyRNN
 from kpflow.models.lstm import LSTM
 from kpflow.models.mlp import MLP
 from kpflow.models.rnn import RNN
-from kpflow.ntk.kernel import check_trajectory
+from kpflow.ntk.kernel import check_trajectory, product_operands
 from kpflow.ntk.propagator import Propagator
 from kpflow.operators.base import LinearOperator, meta_of_array
 
@@ -479,7 +479,8 @@ class ParameterMap(_FlatParameters):
         for name, site in zip(self._blocks.names, self.sites, strict=True):
             lo = self._blocks.offsets[name]
             C = xp.reshape(X[:, lo : lo + site.p * site.width], (k, site.p, site.width))
-            term = site.apply_D(site.variables @ C)  # A_w C_w: (k, m, k_w)
+            (A,) = product_operands(xp, (site.variables,))
+            term = site.apply_D(A @ C)  # A_w C_w: (k, m, k_w)
             out = term if out is None else out + term
         return out
 
@@ -487,7 +488,8 @@ class ParameterMap(_FlatParameters):
         xp, k = self.xp, Y.shape[0]
         parts = []
         for site in self.sites:
-            C = xp.matrix_transpose(site.variables) @ site.apply_DT(Y)  # (k, p_w, k_w)
+            (A,) = product_operands(xp, (site.variables,))
+            C = xp.matrix_transpose(A) @ site.apply_DT(Y)  # (k, p_w, k_w)
             parts.append(xp.reshape(C, (k, site.p * site.width)))
         return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
 

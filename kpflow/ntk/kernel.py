@@ -74,7 +74,7 @@ class KroneckerCoreKernel(SymmetricOperator):
 
     def _matmat(self, X: Any) -> Any:
         specs = tuple(site.spec for site in self.sites)
-        operands = tuple((site.variables, site.D_operand()) for site in self.sites)
+        operands = product_operands(self.xp, tuple((site.variables, site.D_operand()) for site in self.sites))
         fn = compiled(self.xp, _core_matmat, specs, self.shape_out)
         if fn is None:
             return _core_matmat(self.xp, specs, self.shape_out, operands, X)
@@ -101,6 +101,34 @@ def _core_matmat(
 _ADAPTERS: dict[Any, Any] = {}
 
 
+def _adapter(xp: Any) -> Any:
+    adapter = _ADAPTERS.get(xp)
+    if adapter is None:
+        from kpflow.backends import get_backend
+
+        adapter = _ADAPTERS[xp] = get_backend(xp.zeros(1))
+    return adapter
+
+
+def product_operands(xp: Any, operands: tuple) -> tuple:
+    """The arrays a product reads (a tuple tree), as the backend says to read them now.
+
+    Under the backend's ``no_grad()`` (every kpflow solver and estimator) torch gets
+    graph-free views, so a trajectory built with autograd on (``from_module`` defaults)
+    multiplies as fast as a detached one; with autograd on the arrays are unchanged and
+    gradients flow.  Elsewhere the operands come back as they are.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow.ntk.kernel import product_operands
+    >>> A = np.ones(2)
+    >>> product_operands(np, (A, None))[0] is A
+    True
+    """
+    return _adapter(xp).for_products(operands)
+
+
 @functools.lru_cache(maxsize=256)
 def _jitted(adapter: Any, fn: Callable, static: tuple) -> Callable:
     return adapter.jit(functools.partial(fn, adapter.namespace(), *static))
@@ -115,11 +143,7 @@ def compiled(xp: Any, fn: Callable, *static: Any) -> Callable | None:
     sizes and flags), the arrays being arguments, so a new trajectory of the same shapes
     compiles nothing.  Returns None elsewhere (numpy, torch, ...): run ``fn`` as it is.
     """
-    adapter = _ADAPTERS.get(xp)
-    if adapter is None:
-        from kpflow.backends import get_backend
-
-        adapter = _ADAPTERS[xp] = get_backend(xp.zeros(1))
+    adapter = _adapter(xp)
     if not getattr(adapter, "compiles_per_shape", False):
         return None
     return _jitted(adapter, fn, static)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpflow.models.base import RecurrentTrajectory, Trajectory
-from kpflow.ntk.kernel import check_trajectory, compiled
+from kpflow.ntk.kernel import check_trajectory, compiled, product_operands
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["ConstraintJacobian", "Propagator", "propagator"]
@@ -55,15 +55,20 @@ class Propagator(LinearOperator):
         On a backend that compiles per shape (jax), a trajectory with a pure
         :meth:`~kpflow.models.RecurrentTrajectory.step_kernel` runs each step as one compiled
         program, t being an argument (one compilation for all T steps, shared by every
-        trajectory of the same shapes); elsewhere the step runs eagerly.
+        trajectory of the same shapes); elsewhere the step runs eagerly.  Either way it reads
+        the kernel's operands through :func:`~kpflow.ntk.kernel.product_operands` (graph-free
+        under torch's ``no_grad``).
         """
         traj = self.traj
         kernel = traj.step_kernel() if isinstance(traj, RecurrentTrajectory) else None
         if kernel is not None:
-            fn = compiled(traj.xp, _recursion_step, kernel.vjp if adjoint else kernel.jvp, kernel.static)
+            action = kernel.vjp if adjoint else kernel.jvp
+            operands = product_operands(traj.xp, kernel.operands)
+            fn = compiled(traj.xp, _recursion_step, action, kernel.static)
             if fn is not None:
-                operands = kernel.operands
                 return lambda q, y, t: fn(operands, q, y, t)
+            xp, static = traj.xp, kernel.static
+            return lambda q, y, t: _recursion_step(xp, action, static, operands, q, y, t)
         if adjoint:
             return lambda q, w, t: q + traj.step_vjp(t, w)
         return lambda q, y, t: q + traj.step_jvp(t, y)

@@ -181,6 +181,23 @@ def test_gram_uses_the_smaller_side(case):
     assert _orthonormality_error(case, r.eigenvectors) <= 100 * case.rtol
 
 
+def test_a_large_small_side_is_no_exact_rule_and_eigsh_honours_the_callers_tol(case64):
+    """Fᵀ F with more than DENSE_LIMIT columns is solved by eigsh with the caller's options."""
+    from kpflow.linalg import DENSE_LIMIT, rules
+
+    n_small = DENSE_LIMIT + 4
+    rng = np.random.default_rng(5)
+    F = kpflow.Dense(case64.asarray(rng.standard_normal((2 * n_small, n_small)) * 0.9 ** np.arange(n_small)))
+    G = F.gram()
+    assert rules.exact_eigsh(G, 3) is None
+    assert rules.exact_eigsh(kpflow.Dense(case64.asarray(rng.standard_normal((60, 8)))).gram(), 3) is not None
+    loose, tight = eigsh(G, 3, tol=1e-3, rng=0), eigsh(G, 3, tol=1e-10, rng=0)
+    assert loose.num_matvecs < tight.num_matvecs  # the tolerance reached the small-side solve
+    s = np.linalg.svd(case64.to_numpy(F.array), compute_uv=False)
+    case64.assert_close(tight.eigenvalues, s[:3] ** 2, rtol=1e-9)
+    assert tight.eigenvectors.shape == (3, 2 * n_small)
+
+
 def test_identity_diagonal_and_scaled_rules(case):
     like = case.asarray([0.0])
     I = kpflow.Identity((3, 2), like=like)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from kpflow.linalg._common import EighResult, unit_rows, without_graph
+from kpflow.linalg._common import DENSE_LIMIT, EighResult, unit_rows, without_graph
 from kpflow.linalg.rules import DENSE_RULE_LIMIT, has_cheap_dense, is_psd
 from kpflow.operators.algebra import Gram, Reshaped, Scaled
 from kpflow.operators.base import LinearOperator
@@ -18,8 +18,8 @@ from kpflow.operators.kronecker import Kronecker
 
 __all__ = ["exact_eigsh", "residuals", "top_eigh_of_matrix"]
 
-#: Rules that fall back on an iterative eigensolver for a factor (a large PSD Kronecker factor,
-#: the small side of a Gram operator) seed it with this fixed value, so they are deterministic.
+#: The Kronecker rule, which falls back on an iterative eigensolver for a large PSD factor,
+#: seeds it with this fixed value, so that it is deterministic.
 _RULE_SEED = 0
 
 
@@ -176,15 +176,17 @@ def _(op: Kronecker, k: int) -> EighResult | None:
 
 @exact_eigsh.register
 def _(op: Gram, k: int) -> EighResult | None:
-    # G = F Fᵀ on F's output side.  When Fᵀ F is smaller, diagonalise it and map
-    # its eigenvectors v to u = F v / σ (they share the nonzero spectrum).
+    # G = F Fᵀ on F's output side.  When Fᵀ F is small enough to form densely
+    # (at most DENSE_LIMIT columns of F), diagonalise it exactly and map its
+    # eigenvectors v to u = F v / σ (they share the nonzero spectrum).  A larger small
+    # side is no exact rule: eigsh solves it iteratively with the caller's options.
     F = op.factor
-    if F.size_in >= F.size_out or k > F.size_in:
+    if F.size_in >= F.size_out or k > F.size_in or F.size_in > DENSE_LIMIT:
         return None
     from kpflow.linalg.eig import eigsh
 
     xp = op.xp
-    small = eigsh(gram(adjoint(F)), k, rng=_RULE_SEED)
+    small = eigsh(gram(adjoint(F)), k, method="dense")
     vals = small.eigenvalues
     top = float(xp.max(xp.abs(vals)))
     if float(xp.min(vals)) <= 1e3 * float(xp.finfo(op.dtype).eps) * top:

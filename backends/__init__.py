@@ -23,6 +23,8 @@ from typing import Any
 
 from kpflow.backends._base import AUTODIFF_BACKENDS, AutodiffUnavailableError, Backend
 
+from kpflow._array import host_rng
+
 __all__ = [
     "AUTODIFF_BACKENDS",
     "AutodiffUnavailableError",
@@ -127,20 +129,9 @@ def available_backends() -> list[str]:
     return [name for name, (module, _) in _BUILTIN.items() if find_spec(module) is not None]
 
 
-def _host_rng(rng: Any, where: str) -> Any:
-    import numpy as np
-
-    if rng is None or isinstance(rng, int | np.integer):
-        return np.random.default_rng(rng)
-    if isinstance(rng, np.random.Generator):
-        return rng
-    msg = f"{where}: expected rng to be an int, a numpy.random.Generator or None, got {type(rng).__name__}"
-    raise TypeError(msg)
-
-
 def _seed(rng: Any, where: str) -> int:
     """One integer seed drawn from the host generator (SPEC 7); below 2³¹ for every framework."""
-    return int(_host_rng(rng, where).integers(0, 2**31))
+    return int(host_rng(rng, where).integers(0, 2**31))
 
 
 def random_normal(rng: Any, shape: tuple[int, ...], *, like: Any) -> Any:

@@ -7,6 +7,7 @@ numerical code below it can assume one namespace, one dtype and one device.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "as_shape",
     "check_array",
     "device_of",
+    "host_rng",
     "namespace_name",
     "prod",
 ]
@@ -131,3 +133,34 @@ def check_array(
                 expected = "(k,)"
             msg = f"{where}: expected {name} of shape {expected}, got {got}"
             raise ValueError(msg)
+
+
+def host_rng(rng: Any, where: str) -> Any:
+    """A ``numpy.random.Generator`` from ``rng``: an int seed, a Generator (used as is) or None.
+
+    kpflow draws every random number on the host from such a generator (seeded results are
+    the same on every backend); this is the one place that parses the ``rng`` argument.
+
+    Raises
+    ------
+    TypeError
+        For anything else (a bool included), naming ``where``.
+
+    Examples
+    --------
+    >>> from kpflow._array import host_rng
+    >>> float(host_rng(0, "f").random()) == float(host_rng(0, "f").random())
+    True
+    >>> host_rng(1.5, "f")
+    Traceback (most recent call last):
+    ...
+    TypeError: f: expected rng to be an int, a numpy.random.Generator or None, got float
+    """
+    import numpy as np
+
+    if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)):
+        return np.random.default_rng(None if rng is None else int(rng))
+    if isinstance(rng, np.random.Generator):
+        return rng
+    msg = f"{where}: expected rng to be an int, a numpy.random.Generator or None, got {type(rng).__name__}"
+    raise TypeError(msg)

@@ -17,7 +17,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from kpflow._array import device_of
+from kpflow._array import device_of, host_rng
 from kpflow.linalg._progress import Progress
 from kpflow.operators.base import LinearOperator
 
@@ -264,18 +264,6 @@ def check_budget(num_matvecs: Any, minimum: int, where: str, method: str) -> int
         )
         raise ValueError(msg)
     return int(num_matvecs)
-
-
-def host_rng(rng: Any, where: str) -> Any:
-    """A ``numpy.random.Generator`` from ``int | Generator | None`` (SPEC 7)."""
-    import numpy as np
-
-    if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)):
-        return np.random.default_rng(None if rng is None else int(rng))
-    if isinstance(rng, np.random.Generator):
-        return rng
-    msg = f"{where}: expected rng to be an int, a numpy.random.Generator or None, got {type(rng).__name__}"
-    raise TypeError(msg)
 
 
 def like_array(A: LinearOperator) -> Any:

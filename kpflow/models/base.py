@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kpflow._array import array_namespace, device_of, namespace_name, prod
+from kpflow._array import array_namespace, device_of, host_rng, namespace_name, prod
 from kpflow.models.sites import Site, flat_sites, site_variables
 
 __all__ = [
@@ -105,15 +105,7 @@ def draw_uniform(
     >>> p["w"].shape
     (2,)
     """
-    if rng is None or isinstance(rng, int | np.integer):
-        gen = np.random.default_rng(rng)
-    elif isinstance(rng, np.random.Generator):
-        gen = rng
-    else:
-        msg = (
-            f"{where}: expected rng to be an int, a numpy.random.Generator or None, got {type(rng).__name__}"
-        )
-        raise TypeError(msg)
+    gen = host_rng(rng, where)
     host = {k: gen.uniform(-bound, bound, size=s) for k, s in shapes.items()}
     if like is None:
         dt = np.float64 if dtype is None else dtype

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from kpflow._array import array_namespace, namespace_name
+from kpflow._array import array_namespace, host_rng, namespace_name
 from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, site_variables
 from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear, matmul_last
 
@@ -95,15 +95,7 @@ class MLP(Model):
         self, rng: Any = None, *, like: Any = None, dtype: Any = None, device: Any = None
     ) -> dict[str, Any]:
         """torch's ``nn.Linear`` default per layer, U(−1/√n_l, 1/√n_l), drawn on the host."""
-        gen = rng if isinstance(rng, np.random.Generator) else None
-        if gen is None:
-            if rng is not None and not isinstance(rng, int | np.integer):
-                msg = (
-                    "MLP.init: expected rng to be an int, a numpy.random.Generator or None, "
-                    f"got {type(rng).__name__}"
-                )
-                raise TypeError(msg)
-            gen = np.random.default_rng(rng)
+        gen = host_rng(rng, "MLP.init")
         shapes = self.param_shapes()
         out: dict[str, Any] = {}
         for l in range(self.n_layers):

@@ -6,6 +6,7 @@ states z, the per-step Jacobians J_t (as actions) and the weight sites
 (A_w, D_w) from which ``kpflow.ntk`` builds K, P and NTK_S = P K Pᵀ.
 """
 
+from kpflow.models.attention import SelfAttention
 from kpflow.models.base import Model, RecurrentModel, RecurrentTrajectory, Site, StepKernel, Trajectory
 from kpflow.models.gru import GRU
 from kpflow.models.leaky import LeakyRNN
@@ -24,6 +25,7 @@ __all__ = [
     "Model",
     "RecurrentModel",
     "RecurrentTrajectory",
+    "SelfAttention",
     "Site",
     "StepKernel",
     "Trajectory",

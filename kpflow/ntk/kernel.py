@@ -20,7 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 from kpflow.models.base import Site, Trajectory
-from kpflow.models.sites import SiteSpec, apply_D_block, apply_DT, embed_columns
+from kpflow.models.sites import (
+    LinearSiteSpec,
+    SiteSpec,
+    apply_D_block,
+    apply_DT,
+    apply_linear_D,
+    apply_linear_DT,
+    embed_columns,
+)
 from kpflow.operators.base import LinearOperator, SymmetricOperator
 
 __all__ = ["AutodiffKernel", "KroneckerCoreKernel", "check_trajectory", "compiled", "parameter_kernel"]
@@ -82,16 +90,24 @@ class KroneckerCoreKernel(SymmetricOperator):
 
 
 def _core_matmat(
-    xp: Any, specs: tuple[SiteSpec, ...], shape_out: tuple[int, ...], operands: tuple, X: Any
+    xp: Any, specs: tuple[SiteSpec | LinearSiteSpec, ...], shape_out: tuple[int, ...], operands: tuple, X: Any
 ) -> Any:
-    """Σ_w D_w A_w (A_wᵀ (D_wᵀ X)), a pure function of the sites' (A_w, D_w) and the block X."""
+    """Σ_w D_w A_w (A_wᵀ (D_wᵀ X)), a pure function of the sites' (A_w, D_w) and the block X.
+
+    A :class:`~kpflow.models.sites.LinearSite` (spec :class:`LinearSiteSpec`) applies its
+    own D_w and D_wᵀ and writes every state column.
+    """
     # Each site's term stays on its own state columns and terms on the same columns are
     # summed there; the state is assembled once (no zero-padded copy per site).
     blocks: dict[tuple[int, int], Any] = {}
     for spec, (A, D) in zip(specs, operands, strict=True):
-        U = apply_DT(xp, spec, D, X)  # (k, m, k_w)
-        C = xp.matrix_transpose(A) @ U  # (k, p, k_w)
-        Y = apply_D_block(xp, spec, D, A @ C)  # (k, m, hi − lo)
+        if isinstance(spec, LinearSiteSpec):
+            U = apply_linear_DT(xp, spec, D, X)
+            Y = apply_linear_D(xp, spec, D, A @ (xp.matrix_transpose(A) @ U))
+        else:
+            U = apply_DT(xp, spec, D, X)  # (k, m, k_w)
+            C = xp.matrix_transpose(A) @ U  # (k, p, k_w)
+            Y = apply_D_block(xp, spec, D, A @ C)  # (k, m, hi − lo)
         cols = spec.columns
         blocks[cols] = Y if cols not in blocks else blocks[cols] + Y
     return embed_columns(blocks, specs[0].site_state_size, shape_out)

@@ -47,6 +47,15 @@ __all__ = ["UNIT_GRAM_ENTRIES_LIMIT", "kernel_partial_trace", "unit_grams"]
 UNIT_GRAM_ENTRIES_LIMIT = 2**24
 
 
+def _unit_structured(K: KroneckerCoreKernel) -> bool:
+    """Whether every site has per-unit D (not a :class:`~kpflow.models.sites.LinearSite`).
+
+    The rules below read ``unit_D``/``scale``; a general D_w (self-attention) couples sites
+    and units, so for it they answer None and the matrix-free algorithms take over.
+    """
+    return all(getattr(site, "unit_structured", True) for site in K.sites)
+
+
 def _groups(K: KroneckerCoreKernel) -> list[list[Site]] | None:
     """Sites grouped by the state columns they write; None if a group mixes unit layouts."""
     groups: dict[tuple[int, int], list[Site]] = {}
@@ -169,6 +178,9 @@ def unit_grams(K: KroneckerCoreKernel) -> list[tuple[list[Site], Any, bool]]:
     >>> [(M.shape, left) for _, M, left in unit_grams(parameter_kernel(traj))]
     [((1, 5, 5), False)]
     """
+    if not _unit_structured(K):
+        msg = "unit_grams: the kernel has a site with a general D_w (LinearSite), which has no per-unit Grams"
+        raise ValueError(msg)
     groups = _groups(K)
     if groups is None:
         msg = "unit_grams: the kernel's sites mix unit layouts within one group of state columns"
@@ -195,6 +207,8 @@ def _trace(xp: Any, infos: tuple, arrays: tuple) -> Any:
 
 @rules.exact_trace.register
 def _(op: KroneckerCoreKernel) -> Any:
+    if not _unit_structured(op):
+        return None
     return kernel(op, _trace, _infos(op.sites))(_arrays(op.sites))
 
 
@@ -211,6 +225,8 @@ def _fro_norm(xp: Any, specs: tuple, arrays: tuple) -> Any:
 
 @rules.exact_fro_norm.register
 def _(op: KroneckerCoreKernel) -> Any:
+    if not _unit_structured(op):
+        return None
     groups = _groups(op)
     if groups is None:
         return None
@@ -325,6 +341,8 @@ def _residual_norms(xp: Any, AV: Any, vals: Any, V: Any) -> Any:
 
 @rules.exact_eigsh.register
 def _(op: KroneckerCoreKernel, k: int) -> EighResult | None:
+    if not _unit_structured(op):
+        return None
     groups = _groups(op)
     if groups is None:
         return None
@@ -360,6 +378,8 @@ def kernel_partial_trace(K: KroneckerCoreKernel, traced: tuple[int, ...]) -> Lin
     >>> parameter_kernel(traj).partial_trace((1, 2)).shape_in
     (3,)
     """
+    if not _unit_structured(K):
+        return None
     first = K.sites[0]
     site_shape = tuple(K.shape_in[:-1])
     if prod(site_shape) != first.m or any(s.m != first.m for s in K.sites):

@@ -1,0 +1,361 @@
+"""One self-attention layer over tokens, as ``torch.nn.MultiheadAttention`` computes it.
+
+x (B, N, d) ↦ y_n = W_O o_n + b_O (+ x_n with a residual), with per head h
+q, k, v = x W_{Q,K,V}ᵀ + b_{Q,K,V}, A = softmax(q kᵀ/√d_k) (causal: A_nm = 0 for m > n)
+and o_n = Σ_m A_nm v_m.  The layer is feed-forward: its state y does not depend on
+itself, so L = 0 and P = I (one block, as a one-layer :class:`~kpflow.models.MLP`).
+
+The sites are the (batch, token) pairs, m = B·N, and the four weight terms of K
+(docs/attention.md) are
+
+- K_Q = D_Q((G_x+1)⊗I)D_Qᵀ, D_Q block-diagonal over tokens,
+  D_Q[n,n] = W_O Σ_m A_nm (v_m − o_n) k_mᵀ/√d_k;
+- K_K = D_K(G_x⊗I)D_Kᵀ, D_K[n,m] = A_nm W_O (v_m − o_n) q_nᵀ/√d_k couples the tokens
+  of one batch element; the key bias adds nothing (softmax is shift invariant);
+- K_V = (Â(G_x+1)Âᵀ) ⊗ W_O W_Oᵀ, D_V = Â ⊗ W_O (Â block-diagonal over batch and heads);
+- K_O = (G_o+1)⊗I.
+
+D_Q, D_K and D_V are :class:`~kpflow.models.sites.LinearSite` actions: batched
+matmuls over tokens per head, whose largest temporary is k·B·H·N² (the attention
+matrix per probe), never B·N·N·d·d.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from kpflow._array import array_namespace, device_of, namespace_name
+from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, flat_sites, site_variables
+from kpflow.models.ops import linear
+from kpflow.models.sites import LinearSite
+
+__all__ = ["AttentionTrajectory", "SelfAttention"]
+
+
+class SelfAttention(Model):
+    """One self-attention layer ``torch.nn.MultiheadAttention(d_model, n_heads, batch_first=True)``.
+
+    y_n = W_O o_n + b_O (+ x_n when ``residual``), o = softmax(q kᵀ/√d_k) v per head,
+    d_k = d_model // n_heads, called as ``mha(x, x, x, need_weights=False)`` (with
+    ``attn_mask`` the upper triangle when ``causal``).
+
+    Parameters
+    ----------
+    d_model : int
+        The token width d.
+    n_heads : int
+        Must divide ``d_model``.
+    causal : bool
+        Token n attends to tokens m ≤ n only.
+    bias : bool
+        ``in_proj_bias`` and ``out_proj.bias`` (torch's ``bias``).
+    residual : bool
+        Add the input: y_n = x_n + W_O o_n + b_O.
+
+    Notes
+    -----
+    Parameters as torch's ``MultiheadAttention``: ``in_proj_weight`` (3d, d) stacking
+    W_Q, W_K, W_V; ``in_proj_bias`` (3d,); ``out_proj.weight`` (d, d); ``out_proj.bias``
+    (d,).  ``x`` has shape (B, N, d); the trajectory's state is the layer output y, of
+    shape (B, N, d), and the sites are the (batch, token) pairs (``site_shape = (B, N)``).
+    Four weight sites: ``in_proj.q``, ``in_proj.k`` (without the key bias, whose kernel
+    is exactly zero), ``in_proj.v`` (general D, :class:`~kpflow.models.sites.LinearSite`)
+    and ``out_proj`` (D = I).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import kpflow
+    >>> from kpflow.models import SelfAttention
+    >>> model = SelfAttention(4, 2, causal=True)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((2, 3, 4)))
+    >>> traj.state_shape, traj.site_shape, [s.name for s in traj.sites]
+    ((2, 3, 4), (2, 3), ['in_proj.q', 'in_proj.k', 'in_proj.v', 'out_proj'])
+    >>> kpflow.global_ntk(traj).matvec(traj.states).shape
+    (2, 3, 4)
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, *, causal: bool = False, bias: bool = True, residual: bool = True
+    ) -> None:
+        where = "SelfAttention"
+        self.d_model = check_size(d_model, "d_model", where)
+        self.n_heads = check_size(n_heads, "n_heads", where)
+        if self.d_model % self.n_heads != 0:
+            msg = (
+                f"{where}: expected d_model divisible by n_heads, got d_model={self.d_model}, "
+                f"n_heads={self.n_heads}"
+            )
+            raise ValueError(msg)
+        self.d_k = self.d_model // self.n_heads
+        self.causal = bool(causal)
+        self.bias = bool(bias)
+        self.residual = bool(residual)
+        self.n_in = self.d_model
+        self.state_size = self.d_model
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        d = self.d_model
+        shapes: dict[str, tuple[int, ...]] = {"in_proj_weight": (3 * d, d)}
+        if self.bias:
+            shapes["in_proj_bias"] = (3 * d,)
+        shapes["out_proj.weight"] = (d, d)
+        if self.bias:
+            shapes["out_proj.bias"] = (d,)
+        return shapes
+
+    def init(
+        self, rng: Any = None, *, like: Any = None, dtype: Any = None, device: Any = None
+    ) -> dict[str, Any]:
+        """Weights as torch draws them, biases U(−1/√d, 1/√d), on the host (SPEC 7).
+
+        ``in_proj_weight`` is Xavier-uniform, U(±√(6/(4d))), and ``out_proj.weight``
+        U(±1/√d), as in torch.  torch zeroes the biases; here they are drawn so that every
+        term of K is exercised from the start.
+        """
+        if not (rng is None or isinstance(rng, int | np.integer | np.random.Generator)):
+            msg = (
+                "SelfAttention.init: expected rng to be an int, a numpy.random.Generator or None, "
+                f"got {type(rng).__name__}"
+            )
+            raise TypeError(msg)
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        d, out = self.d_model, {}
+        bounds = {"in_proj_weight": math.sqrt(6.0 / (4 * d))}
+        for name, shape in self.param_shapes().items():
+            bound = bounds.get(name, 1.0 / math.sqrt(d))
+            out.update(
+                draw_uniform(
+                    {name: shape},
+                    bound,
+                    gen,
+                    like=like,
+                    dtype=dtype,
+                    device=device,
+                    where="SelfAttention.init",
+                )
+            )
+        return out
+
+    def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
+        if h0 is not None:
+            msg = f"{where}: expected h0=None for a feed-forward model, got {type(h0).__name__}"
+            raise ValueError(msg)
+        xp = meta[0]
+        x_xp = array_namespace(x, where=where)
+        if x_xp is not xp:
+            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(xp)}"
+            raise TypeError(msg)
+        if x.ndim != 3 or x.shape[2] != self.d_model or x.shape[0] < 1 or x.shape[1] < 1:
+            msg = (
+                f"{where}: expected x of shape (B, N, d_model={self.d_model}) with B >= 1 and N >= 1, "
+                f"got {tuple(x.shape)}"
+            )
+            raise ValueError(msg)
+        self._check_array(x, "x", tuple(x.shape), meta, where)
+
+    def forward(self, params: dict[str, Any], x: Any) -> dict[str, Any]:
+        """The layer and its intermediates (pure array-API code).
+
+        Returns
+        -------
+        dict
+            ``y`` (B, N, d); per head ``q``, ``k``, ``v``, ``o`` (B, H, N, d_k) and the
+            attention ``A`` (B, H, N, N); ``o_cat`` (B, N, d), the heads side by side.
+        """
+        xp = array_namespace(x)
+        B, N, d, H, dk = x.shape[0], x.shape[1], self.d_model, self.n_heads, self.d_k
+        qkv = linear(xp, x, params["in_proj_weight"])
+        if self.bias:
+            qkv = qkv + params["in_proj_bias"]
+        q, k, v = (_split_heads(xp, qkv[:, :, i * d : (i + 1) * d], H, dk) for i in range(3))
+        scores = (q @ xp.matrix_transpose(k)) * (1.0 / math.sqrt(dk))
+        if self.causal:
+            rows = xp.arange(N, device=device_of(x))
+            allowed = rows[:, None] >= rows[None, :]
+            # -inf before the exponential: exp gives exact zeros with zero derivatives
+            scores = xp.where(allowed, scores, xp.full_like(scores, -math.inf))
+        e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
+        A = e / xp.sum(e, axis=-1, keepdims=True)
+        o = A @ v
+        o_cat = _merge_heads(xp, o)
+        y = linear(xp, o_cat, params["out_proj.weight"])
+        if self.bias:
+            y = y + params["out_proj.bias"]
+        if self.residual:
+            y = y + x
+        return {"y": y, "q": q, "k": k, "v": v, "A": A, "o": o, "o_cat": o_cat, "shape": (B, N)}
+
+    def unroll(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
+        return self.forward(params, x)["y"]
+
+    def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
+        # y does not read y: f(z; θ) is the layer itself
+        return self.unroll(params, x, h0)
+
+    def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> AttentionTrajectory:
+        return AttentionTrajectory(self, params, x, h0, states)
+
+    def __repr__(self) -> str:
+        return (
+            f"SelfAttention(d_model={self.d_model}, n_heads={self.n_heads}, causal={self.causal}, "
+            f"bias={self.bias}, residual={self.residual})"
+        )
+
+
+def _split_heads(xp: Any, a: Any, H: int, dk: int) -> Any:
+    """(..., B, N, H·d_k) -> (..., B, H, N, d_k)."""
+    lead = a.shape[:-1]
+    a = xp.reshape(a, (*lead, H, dk))
+    n = a.ndim
+    return xp.permute_dims(a, (*range(n - 4), n - 4, n - 2, n - 3, n - 1))
+
+
+def _merge_heads(xp: Any, a: Any) -> Any:
+    """(..., B, H, N, d_k) -> (..., B, N, H·d_k)."""
+    n = a.ndim
+    a = xp.permute_dims(a, (*range(n - 4), n - 4, n - 2, n - 3, n - 1))
+    return xp.reshape(a, (*a.shape[:-2], a.shape[-2] * a.shape[-1]))
+
+
+# -- D_Q, D_K, D_V as pure functions of arrays (LinearSite actions) ------------------------------
+def _qk_apply(xp: Any, B: int, N: int, H: int, dk: int, key: bool, operands: tuple, U: Any) -> Any:
+    """D_Q U or D_K U: query/key tangents (k, m, d) to output tangents (k, B, N, d)."""
+    q, k, v, A, o, W_O = operands
+    dU = _split_heads(xp, xp.reshape(U, (U.shape[0], B, N, H * dk)), H, dk)
+    ds = q @ xp.matrix_transpose(dU) if key else dU @ xp.matrix_transpose(k)  # (k, B, H, N, N)
+    Pm = A * ds * (1.0 / math.sqrt(dk))
+    # do_n = Σ_m A_nm ds_nm (v_m − o_n): the softmax Jacobian applied without forming it
+    do = Pm @ v - xp.sum(Pm, axis=-1, keepdims=True) * o
+    return _merge_heads(xp, do) @ xp.matrix_transpose(W_O)
+
+
+def _qk_adjoint(xp: Any, B: int, N: int, H: int, dk: int, key: bool, operands: tuple, V: Any) -> Any:
+    """D_Qᵀ V or D_Kᵀ V: output cotangents (k, B, N, d) to (k, m, d)."""
+    q, k, v, A, o, W_O = operands
+    go = _split_heads(xp, V @ W_O, H, dk)  # (k, B, H, N, d_k)
+    gP = go @ xp.matrix_transpose(v) - xp.sum(go * o, axis=-1, keepdims=True)
+    gs = A * gP * (1.0 / math.sqrt(dk))
+    g = xp.matrix_transpose(gs) @ q if key else gs @ k
+    return xp.reshape(_merge_heads(xp, g), (V.shape[0], B * N, H * dk))
+
+
+def _v_apply(xp: Any, B: int, N: int, H: int, dk: int, operands: tuple, U: Any) -> Any:
+    """D_V U = (Â ⊗ W_O) U: value tangents (k, m, d) to output tangents (k, B, N, d)."""
+    A, W_O = operands
+    dv = _split_heads(xp, xp.reshape(U, (U.shape[0], B, N, H * dk)), H, dk)
+    return _merge_heads(xp, A @ dv) @ xp.matrix_transpose(W_O)
+
+
+def _v_adjoint(xp: Any, B: int, N: int, H: int, dk: int, operands: tuple, V: Any) -> Any:
+    """D_Vᵀ V = (Âᵀ ⊗ W_Oᵀ) V: output cotangents (k, B, N, d) to (k, m, d)."""
+    A, W_O = operands
+    go = _split_heads(xp, V @ W_O, H, dk)
+    return xp.reshape(_merge_heads(xp, xp.matrix_transpose(A) @ go), (V.shape[0], B * N, H * dk))
+
+
+class AttentionTrajectory(Trajectory):
+    """A run of :class:`SelfAttention`: ``state_shape = (B, N, d)``, one block (P = I).
+
+    Attributes
+    ----------
+    cache : dict
+        The forward intermediates (see :meth:`SelfAttention.forward`): per head q, k, v, o
+        (B, H, N, d_k) and the attention A (B, H, N, N).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import SelfAttention
+    >>> model = SelfAttention(4, 2)
+    >>> traj = model.run(model.init(0, like=xp.zeros(1)), xp.ones((2, 3, 4)))
+    >>> traj.cache["A"].shape, traj.n_steps, traj.axis_names
+    ((2, 2, 3, 3), 1, ('batch', 'token', 'feature'))
+    """
+
+    model: SelfAttention
+
+    def __init__(self, model: SelfAttention, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
+        super().__init__(model, params, x, h0, states)
+        self.cache = model.forward(params, x)
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """Names of the axes of ``state_shape``: ``("batch", "token", "feature")``."""
+        return ("batch", "token", "feature")
+
+    @property
+    def site_shape(self) -> tuple[int, ...]:
+        return (int(self.states.shape[0]), int(self.states.shape[1]))
+
+    @property
+    def n_steps(self) -> int:
+        return 1
+
+    def block(self, V: Any, t: int) -> Any:
+        return V
+
+    def join(self, blocks: list[Any]) -> Any:
+        return blocks[0]
+
+    def step_jvp(self, t: int, v: Any) -> Any:
+        msg = f"AttentionTrajectory: one block (a feed-forward layer), so no step t={t} >= 1"
+        raise IndexError(msg)
+
+    def step_vjp(self, t: int, w: Any) -> Any:
+        msg = f"AttentionTrajectory: one block (a feed-forward layer), so no step t={t} >= 1"
+        raise IndexError(msg)
+
+    def _make_sites(self) -> list[Site]:
+        model, c = self.model, self.cache
+        B, N = c["shape"]
+        H, dk, d = model.n_heads, model.d_k, model.d_model
+        shape = self.state_shape
+        x_sites = flat_sites(self.x)
+        A_x1 = site_variables([x_sites], 1 if model.bias else 0)
+        W_O = self.params["out_proj.weight"]
+        qk_operands = (c["q"], c["k"], c["v"], c["A"], c["o"], W_O)
+        return [
+            LinearSite(
+                "in_proj.q",
+                A_x1,
+                apply=_qk_apply,
+                adjoint=_qk_adjoint,
+                operands=qk_operands,
+                static=(B, N, H, dk, False),
+                state_shape=shape,
+                width=d,
+            ),
+            # The key bias shifts every score of a row equally: softmax ignores it, so its
+            # column of ones (its term of K) is left out exactly.
+            LinearSite(
+                "in_proj.k",
+                x_sites,
+                apply=_qk_apply,
+                adjoint=_qk_adjoint,
+                operands=qk_operands,
+                static=(B, N, H, dk, True),
+                state_shape=shape,
+                width=d,
+            ),
+            LinearSite(
+                "in_proj.v",
+                A_x1,
+                apply=_v_apply,
+                adjoint=_v_adjoint,
+                operands=(c["A"], W_O),
+                static=(B, N, H, dk),
+                state_shape=shape,
+                width=d,
+            ),
+            Site(
+                "out_proj",
+                site_variables([flat_sites(c["o_cat"])], 1 if model.bias else 0),
+                state_shape=shape,
+                scale=1.0,
+                width=d,
+            ),
+        ]

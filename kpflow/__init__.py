@@ -5,7 +5,10 @@
 - :mod:`kpflow.models`: built-in models (RNN, LeakyRNN, GRU, LSTM, MLP, Linear) and their sites;
 - :mod:`kpflow.ntk`: K (parameter kernel), P (propagator), NTK_S = P K Pᵀ, output NTK,
   dense autodiff references, the state Jacobian J_S = dz/dθ (NTK_S = J_S J_Sᵀ);
-- :mod:`kpflow.analysis`: workflows such as the spectrum report of ``kpflow spectrum``.
+- :mod:`kpflow.analysis`: workflows such as the spectrum report of ``kpflow spectrum``;
+- :mod:`kpflow.tasks`: standard tasks (flip-flop, memory tasks, forecasting, integration, disk);
+- :mod:`kpflow.training`: the masked MSE through a readout, its gradients (kpflow's own BPTT
+  or autodiff), SGD and Adam, checkpoints, g-scaled and fixed-point initialisations.
 
 The core is pure array-API code: it runs on numpy, array-api-strict, torch, jax and
 cupy, and importing it imports none of the frameworks.
@@ -20,7 +23,7 @@ Examples
 (2, 4, 3)
 """
 
-from kpflow import analysis, linalg, models, ntk, operators
+from kpflow import analysis, linalg, models, ntk, operators, tasks, training
 from kpflow.ntk import (
     dense_global_ntk,
     global_ntk,
@@ -61,4 +64,6 @@ __all__ = [
     "parameter_kernel",
     "propagator",
     "state_jacobian",
+    "tasks",
+    "training",
 ]

@@ -21,9 +21,10 @@ class TextBar:
     #: Seconds between redraws (the last update always draws).
     INTERVAL = 0.2
 
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int, desc: str, unit: str = "matvecs") -> None:
         self.total = total
         self.desc = desc
+        self.unit = unit
         self.done = 0
         self._last = -float("inf")
         self._draw(force=True)
@@ -34,7 +35,7 @@ class TextBar:
             return
         self._last = now
         frac = f" ({100 * self.done / self.total:.0f}%)" if self.total > 0 else ""
-        sys.stderr.write(f"\r{self.desc}: {self.done}/{self.total} matvecs{frac}")
+        sys.stderr.write(f"\r{self.desc}: {self.done}/{self.total} {self.unit}{frac}")
         sys.stderr.flush()
 
     def update(self, n: int) -> None:
@@ -51,7 +52,7 @@ class Progress:
     """``progress=True`` drives a tqdm bar when tqdm is installed, else a plain text line on
     stderr; a callable is called as ``progress(done, total)``; ``None``/``False`` is silent."""
 
-    def __init__(self, progress: Any, total: int, desc: str) -> None:
+    def __init__(self, progress: Any, total: int, desc: str, unit: str = "matvecs") -> None:
         self.total = int(total)
         self.done = 0
         self.bar: Any = None
@@ -60,7 +61,7 @@ class Progress:
             try:
                 from tqdm.auto import tqdm
             except ImportError:
-                self.bar = TextBar(self.total, desc)
+                self.bar = TextBar(self.total, desc, unit)
             else:
                 self.bar = tqdm(total=self.total, desc=desc, leave=False)
         elif callable(progress):

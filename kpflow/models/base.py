@@ -107,6 +107,23 @@ def draw_uniform(
     """
     gen = host_rng(rng, where)
     host = {k: gen.uniform(-bound, bound, size=s) for k, s in shapes.items()}
+    return convert_host(host, like=like, dtype=dtype, device=device)
+
+
+def convert_host(host: dict[str, Any], *, like: Any, dtype: Any, device: Any) -> dict[str, Any]:
+    """Host (numpy) arrays converted once to ``like``'s namespace (numpy without it), ``dtype``, ``device``.
+
+    ``dtype`` and ``device`` default to ``like``'s (float64 on the host without ``like``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.base import convert_host
+    >>> like = xp.zeros(1, dtype=xp.float32)
+    >>> convert_host({"w": np.ones(2)}, like=like, dtype=None, device=None)["w"].dtype
+    array_api_strict.float32
+    """
     if like is None:
         dt = np.float64 if dtype is None else dtype
         return {k: np.asarray(v, dtype=dt) for k, v in host.items()}
@@ -420,6 +437,21 @@ class Model(abc.ABC):
     def _init_bound(self) -> float:
         """Half-width of the default uniform initialisation (torch's 1/√fan)."""
         return 1.0
+
+    @property
+    def feature_columns(self) -> tuple[int, int]:
+        """Columns ``(start, stop)`` of the per-site state vector that a readout reads.
+
+        All ``state_size`` of them by default; h of the LSTM's [h; c], the last layer of
+        the MLP.  A trajectory's ``feature_columns`` are its model's.
+
+        Examples
+        --------
+        >>> from kpflow.models import LSTM, MLP
+        >>> LSTM(2, 3).feature_columns, MLP((2, 4, 3)).feature_columns
+        ((0, 3), (4, 7))
+        """
+        return (0, int(self.state_size))  # type: ignore[attr-defined]
 
     @abc.abstractmethod
     def param_shapes(self) -> dict[str, tuple[int, ...]]:

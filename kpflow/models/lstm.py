@@ -75,6 +75,11 @@ class LSTM(RecurrentModel):
         self.state_size = 2 * self.n_hidden
         self.bias = bool(bias)
 
+    @property
+    def feature_columns(self) -> tuple[int, int]:
+        """A readout reads h: columns (0, H) of the per-site state [h; c]."""
+        return (0, self.n_hidden)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return torch_cell_param_shapes(4, self.n_in, self.n_hidden, self.bias)
 
@@ -208,7 +213,7 @@ class LSTMTrajectory(RecurrentTrajectory):
     @property
     def feature_columns(self) -> tuple[int, int]:
         """A readout reads h: columns (0, H) of the per-site state [h; c]."""
-        return (0, self.model.n_hidden)
+        return self.model.feature_columns
 
     def step_kernel(self) -> StepKernel:
         return StepKernel(

@@ -83,6 +83,11 @@ class MLP(Model):
         """Whether layer ``l`` has no nonlinearity."""
         return self.linear_output and l == self.n_layers - 1
 
+    @property
+    def feature_columns(self) -> tuple[int, int]:
+        """A readout reads the last layer's block of the state."""
+        return self.blocks[-1]
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {}
         for l in range(self.n_layers):
@@ -206,7 +211,7 @@ class MLPTrajectory(Trajectory):
 
     @property
     def feature_columns(self) -> tuple[int, int]:
-        return self.blocks[-1]
+        return self.model.feature_columns
 
     @property
     def n_steps(self) -> int:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from kpflow.models import GRU, LSTM, MLP, RNN, LeakyRNN, Linear
 from kpflow.tasks import FlipFlop
-from kpflow.training import SGD, Adam, init_params, loss_and_gradients, masked_mse, train
+from kpflow.training import SGD, Adam, TrainingDiverged, init_params, loss_and_gradients, masked_mse, train
 from tests.conftest import BACKENDS
 from tests.ntk_helpers import MODELS, NAMES, host_problem
 
@@ -403,3 +403,64 @@ def test_training_refuses_bad_arguments_by_name() -> None:
         return
     with pytest.raises(TypeError, match="has no automatic differentiation"):
         loss_and_gradients(model, readout, params, rp, *batch, method="autodiff")
+
+
+@needs_numpy
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_finite_parameters() -> None:
+    model, readout = RNN(3, 6, nonlinearity="relu"), Linear(6, 3)
+    params = init_params(model, 0, g=3.0)
+    batch = FlipFlop(T=30).sample(8, rng=0)
+    with pytest.raises(
+        TrainingDiverged, match=r"train: the (states|loss|gradient) became non-finite at step \d+"
+    ) as info:
+        train(model, readout, params, readout.init(1), batch, steps=200, optimizer=SGD(50.0), checkpoints=[0])
+    err = info.value
+    assert err.step > 0
+    assert err.result.losses.shape == (err.step,) and np.all(np.isfinite(err.result.losses))
+    last = err.result.checkpoints[-1]
+    assert last.step == err.step
+    assert all(np.all(np.isfinite(v)) for v in last.params.values())
+    for k in params:
+        np.testing.assert_array_equal(last.params[k], err.result.params[k])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@needs_numpy
+def test_the_ntk_is_the_operator_of_gradient_descent_on_the_states(name: str) -> None:
+    """One GD step on θ moves the states by −η NTK_S g_z to first order (error linear in η)."""
+    import kpflow
+
+    model, params, readout, rp, x, targets, mask, h0 = _problem(name, 3, 4, 4, 2, 11)
+    out = loss_and_gradients(model, readout, params, rp, x, targets, mask, h0=h0, method="kpflow")
+    traj = model.run(params, x, h0)
+    predicted_unit = -np.asarray(kpflow.global_ntk(traj).matvec(out.state_gradient))
+    errors = []
+    for eta in (1e-3, 1e-4):
+        moved = model.run({k: v - eta * out.grads[k] for k, v in params.items()}, x, h0).states
+        actual = moved - traj.states
+        predicted = eta * predicted_unit
+        errors.append(np.linalg.norm(actual - predicted) / np.linalg.norm(predicted))
+    assert errors[0] <= 1e-3, errors
+    assert errors[1] <= 1e-3
+    if errors[0] > 1e-10:  # (a single linear layer is linear in θ: the prediction is exact)
+        assert 5.0 <= errors[0] / errors[1] <= 20.0  # the error is O(η): 10× smaller for a 10× smaller step
+
+
+@needs_numpy
+@needs_torch
+def test_a_gru_on_flip_flop_trains_alike_on_numpy_and_torch_and_its_loss_falls_tenfold() -> None:
+    import torch
+
+    model, readout = GRU(3, 24), Linear(24, 3)
+    batch = FlipFlop(T=25).sample(32, rng=0)
+    runs = {}
+    for backend in ("numpy", "torch"):
+        like = np.zeros(1) if backend == "numpy" else torch.zeros(1, dtype=torch.float64)
+        params, rp = init_params(model, 0, like=like), readout.init(1, like=like)
+        data = batch if backend == "numpy" else FlipFlop(T=25).sample(32, rng=0, like=like)
+        runs[backend] = train(model, readout, params, rp, data, steps=300, optimizer=Adam(0.02)).losses
+    assert runs["numpy"][-10:].mean() <= runs["numpy"][0] / 10
+    # the same run: equal to rounding while the two are comparable (the first 100 steps here)
+    np.testing.assert_allclose(runs["torch"][:100], runs["numpy"][:100], rtol=1e-6)
+    assert runs["torch"][-10:].mean() <= runs["torch"][0] / 10

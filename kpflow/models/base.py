@@ -57,6 +57,7 @@ from kpflow.models.sites import Site, flat_sites, site_variables
 
 __all__ = [
     "Model",
+    "NonFiniteStatesError",
     "RecurrentModel",
     "RecurrentTrajectory",
     "Site",
@@ -68,6 +69,13 @@ __all__ = [
     "owned_copy",
     "site_variables",
 ]
+
+
+class NonFiniteStatesError(ValueError):
+    """A model's forward pass gave inf or nan states (finite inputs and parameters).
+
+    A ``ValueError``; :func:`kpflow.training.train` catches it to stop a diverging run.
+    """
 
 
 def check_size(n: Any, name: str, where: str) -> int:
@@ -578,7 +586,7 @@ class Model(abc.ABC):
         states = self.unroll(params, x, h0)
         if not bool(xp.all(xp.isfinite(states))):
             msg = f"{where}: the states are not finite (inf or nan); check x, h0 and the scale of params"
-            raise ValueError(msg)
+            raise NonFiniteStatesError(msg)
         return self._make_trajectory(params, x, h0, states)
 
 

@@ -23,7 +23,7 @@ Examples
 """
 
 from kpflow.training.init import init_params
-from kpflow.training.loop import Checkpoint, TrainResult, train
+from kpflow.training.loop import Checkpoint, TrainingDiverged, TrainResult, train
 from kpflow.training.loss import LossAndGradients, loss_and_gradients, masked_mse
 from kpflow.training.optim import SGD, Adam
 
@@ -33,6 +33,7 @@ __all__ = [
     "Checkpoint",
     "LossAndGradients",
     "TrainResult",
+    "TrainingDiverged",
     "init_params",
     "loss_and_gradients",
     "masked_mse",

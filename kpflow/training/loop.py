@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from kpflow._array import array_namespace, device_of, host_rng
-from kpflow.models.base import Model, owned_copy
+from kpflow.models.base import Model, NonFiniteStatesError, owned_copy
 from kpflow.models.linear import Linear
 from kpflow.training.loss import loss_and_gradients
 from kpflow.training.optim import SGD, Adam
 
-__all__ = ["Checkpoint", "TrainResult", "train"]
+__all__ = ["Checkpoint", "TrainResult", "TrainingDiverged", "train"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,25 @@ class TrainResult:
         taken = [c.step for c in self.checkpoints]
         msg = f"TrainResult.checkpoint: no checkpoint at step {step}; taken at {taken}"
         raise KeyError(msg)
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped because the loss became non-finite (inf or nan).
+
+    Attributes
+    ----------
+    step : int
+        The step whose batch gave the non-finite loss (no update was made from it).
+    result : TrainResult
+        Training up to there: ``params`` are the last finite parameters (those of ``step``),
+        ``losses`` the finite losses before it, ``checkpoints`` those taken so far plus one
+        at ``step`` (the last finite parameters).
+    """
+
+    def __init__(self, message: str, step: int, result: TrainResult) -> None:
+        super().__init__(message)
+        self.step = step
+        self.result = result
 
 
 def _steps(checkpoints: Any, steps: int, where: str) -> list[int]:
@@ -263,8 +282,30 @@ def _loop(
                 break
             p, rp = split(current)
             xb, yb, mb = batch_at(step)
-            out = loss_and_gradients(model, readout, p, rp, xb, yb, mb, h0=h0, method=method)
-            losses[step] = float(out.loss)
+            try:
+                out = loss_and_gradients(model, readout, p, rp, xb, yb, mb, h0=h0, method=method)
+            except NonFiniteStatesError:
+                out = None
+            losses[step] = np.nan if out is None else float(out.loss)
+            finite = (
+                out is not None
+                and np.isfinite(losses[step])
+                and all(
+                    bool(array_namespace(g).all(array_namespace(g).isfinite(g)))
+                    for g in [*out.grads.values(), *out.readout_grads.values()]
+                )
+            )
+            if not finite:
+                if not saved or saved[-1].step != step:
+                    saved.append(Checkpoint(step, _copy(p), _copy(rp)))
+                result = TrainResult(p, rp, losses[:step].copy(), tuple(saved))
+                what = "states" if out is None else "loss" if not np.isfinite(losses[step]) else "gradient"
+                msg = (
+                    f"train: the {what} became non-finite at step {step}; training "
+                    f"stopped there. The last finite parameters (step {step}) are kept in this error's "
+                    ".result (and as its last checkpoint); lower the learning rate or the initial scale"
+                )
+                raise TrainingDiverged(msg, step, result)
             grads = {("model", k): v for k, v in out.grads.items()}
             grads |= {("readout", k): v for k, v in out.readout_grads.items()}
             current, state = optimizer.update(current, grads, state)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kpflow._array import array_namespace, check_array, device_of
+from kpflow._array import array_namespace, check_array, device_of, prod
 from kpflow.models.base import Model
 from kpflow.models.linear import Linear
 
@@ -43,12 +43,16 @@ class LossAndGradients:
         ∂L/∂C (``weight``) and ∂L/∂c (``bias``, when the readout has one).
     outputs : array
         The readout's outputs y = C z_feat + c, shape ``(*site_shape, n_out)``.
+    state_gradient : array
+        g_z = ∂L/∂z in the state shape: Cᵀ ∂L/∂y on the feature columns, zero elsewhere.
+        A gradient step on θ alone moves the states by Δz ≈ −η NTK_S g_z.
     """
 
     loss: Any
     grads: dict[str, Any]
     readout_grads: dict[str, Any]
     outputs: Any
+    state_gradient: Any
 
 
 def masked_mse(outputs: Any, targets: Any, mask: Any = None) -> tuple[Any, Any]:
@@ -69,7 +73,7 @@ def masked_mse(outputs: Any, targets: Any, mask: Any = None) -> tuple[Any, Any]:
     xp = array_namespace(outputs, targets, mask)
     err = outputs - targets
     if mask is None:
-        count = float(err.shape[-1]) * float(err.size // err.shape[-1]) if err.ndim else 1.0
+        count = float(prod(err.shape)) if err.ndim else 1.0
         return xp.sum(err * err) / count, (2.0 / count) * err
     m = mask[..., None]
     total = xp.sum(mask) * float(err.shape[-1])
@@ -188,19 +192,24 @@ def _kpflow(
     loss, gy = masked_mse(outputs, targets, mask)
     gy = xp.reshape(gy, (m, readout.n_out))
     readout_grads = _readout_grads(xp, readout, feats, gy)
-    # g_z = ∂L/∂z: Cᵀ g_y on the feature columns of each site's state, zero elsewhere
-    lo, hi = traj.feature_columns
-    g_feat = gy @ readout_params["weight"]  # (m, F)
-    S = traj.site_state_size
-    parts = [g_feat]
-    if lo > 0:
-        parts.insert(0, xp.zeros((m, lo), dtype=traj.dtype, device=traj.device))
-    if hi < S:
-        parts.append(xp.zeros((m, S - hi), dtype=traj.dtype, device=traj.device))
-    g_z = xp.reshape(parts[0] if len(parts) == 1 else xp.concat(parts, axis=1), traj.state_shape)
+    g_z = _state_gradient(xp, gy, readout_params["weight"], traj.feature_columns, traj.states)
     J = state_jacobian(traj)
     grads = J.to_params(J.rmatvec(g_z))  # Fᵀ Pᵀ g_z: BPTT through the sites
-    return LossAndGradients(loss, grads, readout_grads, outputs)
+    return LossAndGradients(loss, grads, readout_grads, outputs, g_z)
+
+
+def _state_gradient(xp: Any, gy: Any, C: Any, columns: tuple[int, int], states: Any) -> Any:
+    """g_z = ∂L/∂z: Cᵀ g_y (g_y of shape (m, n_out)) on the feature columns of each site's state."""
+    m = gy.shape[0]
+    S = prod(states.shape) // m
+    lo, hi = columns
+    parts = [gy @ C]  # (m, F)
+    zeros = {"dtype": states.dtype, "device": device_of(states)}
+    if lo > 0:
+        parts.insert(0, xp.zeros((m, lo), **zeros))
+    if hi < S:
+        parts.append(xp.zeros((m, S - hi), **zeros))
+    return xp.reshape(parts[0] if len(parts) == 1 else xp.concat(parts, axis=1), states.shape)
 
 
 def _autodiff(
@@ -217,17 +226,18 @@ def _autodiff(
     xp = array_namespace(x)
     lo, hi = model.feature_columns
 
-    def forward(p: dict[str, Any], rp: dict[str, Any]) -> tuple[Any, Any]:
-        states = model.unroll(p, x, h0)
-        feats = states[..., lo:hi]
-        outputs = readout.apply(rp, feats)
-        return masked_mse(outputs, targets, mask)[0], outputs
-
     def loss_only(p: dict[str, Any], rp: dict[str, Any]) -> Any:
-        return forward(p, rp)[0]
+        states = model.unroll(p, x, h0)
+        return masked_mse(readout.apply(rp, states[..., lo:hi]), targets, mask)[0]
 
     loss, pullback = adapter.vjp(loss_only, dict(params), dict(readout_params))
     grads, readout_grads = pullback(xp.ones_like(loss))
     with adapter.no_grad():
-        outputs = forward(params, readout_params)[1]
-    return LossAndGradients(loss, dict(grads), dict(readout_grads), outputs)
+        states = model.unroll(params, x, h0)
+        outputs = readout.apply(readout_params, states[..., lo:hi])
+        gy = masked_mse(outputs, targets, mask)[1]
+        m = prod(gy.shape) // readout.n_out
+        g_z = _state_gradient(
+            xp, xp.reshape(gy, (m, readout.n_out)), readout_params["weight"], (lo, hi), states
+        )
+    return LossAndGradients(loss, dict(grads), dict(readout_grads), outputs, g_z)

@@ -21,7 +21,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["build_parser", "main", "run_spectrum"]
+__all__ = ["build_parser", "main", "run_demo_command", "run_spectrum"]
 
 MODELS = ("rnn", "leaky", "gru", "lstm", "mlp")
 BACKENDS = ("numpy", "array_api_strict", "torch", "jax")
@@ -124,7 +124,84 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show progress on stderr (a tqdm bar with pip install kpflow[progress])",
     )
+    _add_demo_parser(sub)
     return parser
+
+
+def _add_demo_parser(sub: Any) -> None:
+    from kpflow.analysis.demo import MODELS as DEMO_MODELS
+    from kpflow.analysis.demo import TASKS, DemoConfig
+
+    d = DemoConfig()
+    demo = sub.add_parser(
+        "demo",
+        help="train a small GRU on flip-flop and report its NTK before and after training",
+        description=(
+            "Train a small recurrent network on a task with kpflow's own BPTT (numpy by default), then "
+            "analyse its global NTK at initialisation and after training: the spectra of K (exact) and "
+            "NTK_S = P K Pᵀ, their effective ranks globally and along batch, time and hidden, and the "
+            "alignment of the NTK before and after. Writes report.json, summary.md and (with "
+            "matplotlib) PNG plots to --out, and prints the summary."
+        ),
+    )
+    demo.add_argument("--model", choices=DEMO_MODELS, default=d.model, help=f"(default: {d.model})")
+    demo.add_argument("--task", choices=TASKS, default=d.task, help=f"(default: {d.task})")
+    demo.add_argument("--backend", choices=BACKENDS, default=d.backend, help=f"(default: {d.backend})")
+    for name, what in (("batch", "trials"), ("time", "steps per trial"), ("hidden", "hidden units")):
+        demo.add_argument(
+            f"--{name}",
+            type=_positive_int,
+            default=getattr(d, name),
+            help=f"{what} (default: {getattr(d, name)})",
+        )
+    demo.add_argument(
+        "--steps", type=_positive_int, default=d.steps, help=f"training steps (default: {d.steps})"
+    )
+    demo.add_argument(
+        "--lr",
+        type=_checked(float, lambda v: v > 0, "a positive number"),
+        default=d.lr,
+        help=f"Adam learning rate (default: {d.lr})",
+    )
+    demo.add_argument("--k", type=_positive_int, default=d.k, help=f"top eigenvalues (default: {d.k})")
+    demo.add_argument(
+        "--matvecs",
+        type=_int_at_least(MIN_MATVECS, f"an integer >= {MIN_MATVECS}"),
+        default=d.matvecs,
+        help=f"NTK_S products per estimate (default: {d.matvecs})",
+    )
+    demo.add_argument(
+        "--seed", type=_int_at_least(0, "a non-negative integer"), default=d.seed, help="(default: 0)"
+    )
+    demo.add_argument("--out", default="kpflow-demo", help="report folder (default: ./kpflow-demo)")
+    demo.add_argument(
+        "--json", action="store_true", help="print the whole report as JSON instead of the summary"
+    )
+    demo.add_argument("--progress", action="store_true", help="show progress on stderr")
+
+
+def run_demo_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``kpflow demo`` for parsed ``args``: train, analyse, write the report folder; return the report.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from kpflow.cli import build_parser, run_demo_command
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     args = build_parser().parse_args(["demo", "--batch", "4", "--time", "8", "--hidden", "6",
+    ...                                       "--steps", "5", "--k", "3", "--matvecs", "16", "--out", d])
+    ...     report = run_demo_command(args)
+    >>> report["config"]["hidden"], len(report["training"]["losses"])
+    (6, 5)
+    """
+    from kpflow.analysis.demo import DemoConfig, run_demo, write_report
+
+    fields = ("model", "task", "backend", "batch", "time", "hidden", "steps", "lr", "k", "matvecs", "seed")
+    config = DemoConfig(**{f: getattr(args, f) for f in fields})
+    like = _like(args.backend, _default_dtype(args.backend))
+    report = run_demo(config, like=like, progress=args.progress or None)
+    report["files"] = [str(p) for p in write_report(report, args.out)]
+    return report
 
 
 def _make_model(args: argparse.Namespace) -> Any:
@@ -276,6 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from kpflow.analysis.demo import summary
+
+        try:
+            report = run_demo_command(args)
+        except (ValueError, TypeError, OSError) as err:
+            return _fail(str(err))
+        print(
+            json.dumps(report, indent=2)
+            if args.json
+            else summary(report) + f"\nReport written to {args.out}/"
+        )
+        return 0
     try:
         report = run_spectrum(args)
     except (ValueError, TypeError) as err:

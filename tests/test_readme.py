@@ -18,7 +18,7 @@ def test_quickstart_has_exactly_two_command_lines():
     blocks = _bash_blocks()
     assert len(blocks) == 2
     assert all(len(b.splitlines()) == 1 for b in blocks)
-    assert "kpflow spectrum" in blocks[0]
+    assert blocks[0].endswith("kpflow demo")
     assert "pytest" in blocks[1] and "torch==2.13.0" in blocks[1]
 
 

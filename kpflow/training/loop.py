@@ -306,6 +306,7 @@ def _loop(
                     ".result (and as its last checkpoint); lower the learning rate or the initial scale"
                 )
                 raise TrainingDiverged(msg, step, result)
+            assert out is not None  # (finite implies it)
             grads = {("model", k): v for k, v in out.grads.items()}
             grads |= {("readout", k): v for k, v in out.readout_grads.items()}
             current, state = optimizer.update(current, grads, state)

@@ -2,8 +2,59 @@
 
 - :func:`spectrum_report`: top eigenvalues, traces and effective ranks (globally and
   along every axis) of K and NTK_S for one trajectory; what ``kpflow spectrum`` prints.
+- :func:`ntk_modes`: top-k modes of NTK_S, K (eigen) or P (singular), with their
+  (batch, time) and hidden energy profiles (:func:`profiles`).
+- :func:`effective_ranks`, :func:`effective_ranks_over_training`: participation ratios of
+  K, P Pᵀ and NTK_S, globally and along each axis, at one trajectory or over checkpoints.
+- :func:`kernel_alignment` (centred or not), :func:`misdirection` (NTK_S against P Pᵀ),
+  :func:`init_vs_trained_alignment`.
+- :func:`learnability`, :func:`predicted_loss_decrease`: the output NTK against a task's
+  targets and error; the first-order loss change of one gradient step against the actual one.
+- :func:`self_referential_bias`: how closely K's dominant site modes follow the principal
+  components of the site variables.
+- :func:`lyapunov_exponents`, :func:`propagator_singular_values`: the recurrence's dynamics.
+- :func:`differentiable_effective_rank`: the exact participation ratio of K as a function
+  that autodiff (torch, jax) can differentiate.
+- :func:`run_demo` (:class:`DemoConfig`): what ``kpflow demo`` runs: train a small network on
+  a task, then the spectra and effective ranks of K and NTK_S before and after training.
 """
 
+from kpflow.analysis.alignment import init_vs_trained_alignment, kernel_alignment, misdirection
+from kpflow.analysis.demo import DemoConfig, run_demo
+from kpflow.analysis.dynamics import lyapunov_exponents, propagator_singular_values
+from kpflow.analysis.learnability import Learnability, LossChange, learnability, predicted_loss_decrease
+from kpflow.analysis.modes import Modes, ntk_modes, profiles
+from kpflow.analysis.ranks import (
+    EffectiveRanks,
+    RanksOverTraining,
+    effective_ranks,
+    effective_ranks_over_training,
+)
+from kpflow.analysis.sites import SelfReferentialBias, differentiable_effective_rank, self_referential_bias
 from kpflow.analysis.spectrum import axis_names, spectrum_report
 
-__all__ = ["axis_names", "spectrum_report"]
+__all__ = [
+    "DemoConfig",
+    "EffectiveRanks",
+    "Learnability",
+    "LossChange",
+    "Modes",
+    "RanksOverTraining",
+    "SelfReferentialBias",
+    "axis_names",
+    "differentiable_effective_rank",
+    "effective_ranks",
+    "effective_ranks_over_training",
+    "init_vs_trained_alignment",
+    "kernel_alignment",
+    "learnability",
+    "lyapunov_exponents",
+    "misdirection",
+    "ntk_modes",
+    "predicted_loss_decrease",
+    "profiles",
+    "propagator_singular_values",
+    "run_demo",
+    "self_referential_bias",
+    "spectrum_report",
+]

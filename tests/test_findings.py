@@ -97,3 +97,21 @@ def test_target_components_outside_the_dominant_modes_are_learned_more_slowly() 
     assert w[n - 1] > 10 * w[n // 2]
     assert remaining["top"] < 0.5 * remaining["weak"]
     assert remaining["weak"] > 0.5  # a weak mode is barely learned in the same steps
+
+
+def test_a_sweep_of_g_shows_the_initial_dynamics_biasing_the_ntk() -> None:
+    """Larger g: P Pᵀ and NTK_S lower-rank, NTK_S aligned with P Pᵀ; self-referential bias stays high."""
+    from kpflow import analysis
+    from kpflow.models import RNN
+
+    model = RNN(3, 12)
+    x = FlipFlop(T=10).sample(2, rng=0).inputs
+    rows = {}
+    for g in (0.5, 3.0):
+        traj = model.run(init_params(model, 0, g=g), x)
+        r = analysis.effective_ranks(traj)
+        rows[g] = (r.PPT["global"], r.NTK["global"], float(analysis.misdirection(traj)))
+        assert analysis.self_referential_bias(traj, 3).overlaps["hidden"] > 0.8  # high at initialisation
+    assert rows[3.0][0] < rows[0.5][0] / 10
+    assert rows[3.0][1] < rows[0.5][1] / 2
+    assert rows[3.0][2] > rows[0.5][2] + 0.3

@@ -7,7 +7,10 @@ matplotlib ``ax`` (a new figure when None) and returns the axes.
 - :func:`plot_losses`: a training loss curve (log scale);
 - :func:`plot_spectra`: top eigenvalues of several operators or checkpoints (log scale);
 - :func:`plot_effective_ranks`: effective ranks globally and along each axis, side by side;
-- :func:`plot_over_training`: any scalar (an effective rank, an alignment) over checkpoints.
+- :func:`plot_over_training`: any scalar (an effective rank, an alignment) over checkpoints;
+- :func:`plot_mode_profiles`: the time profile of each NTK mode (``analysis.ntk_modes``);
+- :func:`plot_learnability`: the fraction of the task error in each top NTK mode;
+- :func:`plot_sweep`: scalars against a swept parameter (e.g. the initial scale g).
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["plot_effective_ranks", "plot_losses", "plot_over_training", "plot_spectra"]
+__all__ = [
+    "plot_effective_ranks",
+    "plot_learnability",
+    "plot_losses",
+    "plot_mode_profiles",
+    "plot_over_training",
+    "plot_spectra",
+    "plot_sweep",
+]
 
 
 def _axes(ax: Any, where: str) -> Any:
@@ -139,4 +150,86 @@ def plot_over_training(
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.legend()
+    return ax
+
+
+def _host(a: Any) -> Any:
+    import numpy as np
+
+    return np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=float)
+
+
+def plot_mode_profiles(modes: Any, *, ax: Any = None, time_axis: int = 1) -> Any:
+    """Each mode's energy over time (summed over the other site axes), from :func:`kpflow.analysis.ntk_modes`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow import analysis
+    >>> from kpflow.models import RNN
+    >>> from kpflow.plot import plot_mode_profiles
+    >>> traj = RNN(2, 3).run(RNN(2, 3).init(0), np.ones((2, 6, 2)))
+    >>> ax = plot_mode_profiles(analysis.ntk_modes(traj, 2, rng=0))
+    >>> len(ax.get_lines()), ax.get_xlabel()
+    (2, 'time step')
+    """
+    profiles = getattr(modes, "site_profiles", None)
+    if profiles is None:
+        msg = f"plot_mode_profiles: expected modes from kpflow.analysis.ntk_modes, got {type(modes).__name__}"
+        raise TypeError(msg)
+    P = _host(profiles)  # (k, *site_shape)
+    if P.ndim < 1 + time_axis + 1:
+        msg = f"plot_mode_profiles: the modes have site shape {P.shape[1:]}, with no time axis {time_axis}"
+        raise ValueError(msg)
+    other = tuple(a + 1 for a in range(P.ndim - 1) if a != time_axis)
+    over_time = P.sum(axis=other)  # (k, T)
+    ax = _axes(ax, "plot_mode_profiles")
+    values = _host(modes.values)
+    for j, row in enumerate(over_time):
+        ax.plot(range(len(row)), row, label=f"mode {j + 1} ({values[j]:.3g})")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("energy")
+    ax.legend()
+    return ax
+
+
+def plot_learnability(result: Any, *, ax: Any = None) -> Any:
+    """Bars: the fraction of the task error in each top output-NTK mode (``analysis.learnability``).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from kpflow.plot import plot_learnability
+    >>> ax = plot_learnability(SimpleNamespace(eigenvalues=[4.0, 1.0], error_fractions=[0.7, 0.1]))
+    >>> [round(float(p.get_height()), 2) for p in ax.patches]
+    [0.7, 0.1]
+    """
+    fractions = getattr(result, "error_fractions", None)
+    if fractions is None:
+        msg = (
+            f"plot_learnability: expected a kpflow.analysis.learnability result, got {type(result).__name__}"
+        )
+        raise TypeError(msg)
+    f = _host(fractions)
+    ax = _axes(ax, "plot_learnability")
+    ax.bar(range(1, len(f) + 1), f)
+    ax.set_xlabel("output-NTK mode (by eigenvalue, descending)")
+    ax.set_ylabel("fraction of the error")
+    return ax
+
+
+def plot_sweep(
+    values: Sequence[float], series: Mapping[str, Any], *, ax: Any = None, xlabel: str = "g"
+) -> Any:
+    """Scalars (``series``: label -> one value per swept value) against a swept parameter.
+
+    Examples
+    --------
+    >>> from kpflow.plot import plot_sweep
+    >>> ax = plot_sweep([0.5, 1.0, 2.0], {"NTK_S rank": [7.1, 4.3, 2.0], "misdirection": [0.35, 0.43, 0.9]})
+    >>> ax.get_xlabel(), len(ax.get_lines())
+    ('g', 2)
+    """
+    ax = plot_over_training(values, series, ax=_axes(ax, "plot_sweep"))
+    ax.set_xlabel(xlabel)
     return ax

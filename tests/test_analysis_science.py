@@ -13,6 +13,7 @@ import pytest
 import kpflow
 from kpflow import analysis
 from kpflow.models import MLP, RNN, LeakyRNN, Linear
+from tests.conftest import BACKENDS
 
 torch = pytest.importorskip("torch")
 
@@ -369,3 +370,22 @@ def test_bad_input_errors_name_the_argument():
             np.ones((1, 3, 1)),
             lr=-1.0,
         )
+
+
+@pytest.mark.skipif("jax" not in BACKENDS, reason="jax is not among the selected backends")
+def test_differentiable_effective_rank_under_jax_grad_matches_finite_differences():
+    import jax
+    import jax.numpy as jnp
+
+    model = RNN(2, 3)
+    base = {k: jnp.asarray(v) for k, v in model.init(0).items()}
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 4, 2)))
+    d = jnp.asarray(np.random.default_rng(2).standard_normal((3, 3)))
+
+    def pr(W):
+        return analysis.differentiable_effective_rank(model.run({**base, "weight_hh": W}, x))
+
+    exact = float(jnp.sum(jax.grad(pr)(base["weight_hh"]) * d))
+    fd = (float(pr(base["weight_hh"] + 1e-5 * d)) - float(pr(base["weight_hh"] - 1e-5 * d))) / 2e-5
+    assert abs(fd - exact) <= 1e-7 * max(1.0, abs(exact))
+    assert abs(exact) > 1e-3

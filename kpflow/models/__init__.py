@@ -7,8 +7,17 @@ states z, the per-step Jacobians J_t (as actions) and the weight sites
 """
 
 from kpflow.models.attention import SelfAttention
-from kpflow.models.base import Model, RecurrentModel, RecurrentTrajectory, Site, StepKernel, Trajectory
+from kpflow.models.base import (
+    Model,
+    NonFiniteStatesError,
+    RecurrentModel,
+    RecurrentTrajectory,
+    Site,
+    StepKernel,
+    Trajectory,
+)
 from kpflow.models.gru import GRU
+from kpflow.models.hooks import Recurrent
 from kpflow.models.leaky import LeakyRNN
 from kpflow.models.linear import Linear
 from kpflow.models.lstm import LSTM
@@ -23,6 +32,8 @@ __all__ = [
     "LeakyRNN",
     "Linear",
     "Model",
+    "NonFiniteStatesError",
+    "Recurrent",
     "RecurrentModel",
     "RecurrentTrajectory",
     "SelfAttention",

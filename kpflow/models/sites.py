@@ -323,6 +323,13 @@ class LinearSite(Site):
         The arrays D_w reads (caches, weights), in the namespace of ``variables``.
     static : tuple
         Hashable values the functions read.
+    n_sites : int, optional
+        m, the number of sites, when it differs from the number of rows of ``variables``.
+        A weight used at several places of one step (user cells, :mod:`kpflow.models.hooks`)
+        stacks one row per (use, site): A_w has ``n_uses·m`` rows, ``apply`` takes U of
+        shape ``(k, rows, width)`` and ``adjoint`` gives that shape, and K's term
+        D_w (A_w A_wᵀ ⊗ I) D_wᵀ then holds the cross terms between uses.  Default: the rows
+        of ``variables`` are the sites.
 
     Notes
     -----
@@ -355,9 +362,10 @@ class LinearSite(Site):
         adjoint: Callable[..., Any],
         operands: tuple = (),
         static: tuple = (),
+        n_sites: int | None = None,
     ) -> None:
         where = f"LinearSite({name!r})"
-        _check_variables(variables, tuple(state_shape), where)
+        _check_variables(variables, tuple(state_shape), where, n_sites=n_sites)
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             msg = f"{where}: expected width (k_w) to be a positive int, got {width!r}"
             raise ValueError(msg)
@@ -372,7 +380,8 @@ class LinearSite(Site):
         self.name = name
         self.variables = variables
         self.state_shape = tuple(state_shape)
-        self.m = int(variables.shape[0])
+        self.m = int(variables.shape[0]) if n_sites is None else int(n_sites)
+        self.n_rows = int(variables.shape[0])
         self.site_state_size = prod(self.state_shape) // self.m
         self.width = int(width)
         self.unit_D = None
@@ -471,8 +480,14 @@ def embed_columns(blocks: dict[tuple[int, int], Any], size: int, state_shape: tu
     return xp.reshape(full, (k, *state_shape))
 
 
-def _check_variables(variables: Any, state_shape: tuple[int, ...], where: str) -> None:
-    """A_w must be a real floating 2-D array whose row count m divides prod(state_shape)."""
+def _check_variables(
+    variables: Any, state_shape: tuple[int, ...], where: str, *, n_sites: int | None = None
+) -> None:
+    """A_w must be a real floating 2-D array whose row count m divides prod(state_shape).
+
+    With ``n_sites`` (a :class:`LinearSite` with several rows per site), ``n_sites`` must
+    divide prod(state_shape) and A_w may have any positive number of rows.
+    """
     xp = array_namespace(variables, where=where)
     if variables.ndim != 2:
         msg = f"{where}: expected variables (A_w) of shape (m, p), got shape {tuple(variables.shape)}"
@@ -480,6 +495,17 @@ def _check_variables(variables: Any, state_shape: tuple[int, ...], where: str) -
     if not xp.isdtype(variables.dtype, "real floating"):
         msg = f"{where}: expected real floating variables (A_w), got {variables.dtype}"
         raise TypeError(msg)
+    if n_sites is not None:
+        if isinstance(n_sites, bool) or not isinstance(n_sites, int) or n_sites < 1:
+            msg = f"{where}: expected n_sites (m) to be a positive int, got {n_sites!r}"
+            raise ValueError(msg)
+        if int(variables.shape[0]) < 1 or prod(state_shape) % n_sites != 0:
+            msg = (
+                f"{where}: expected variables (A_w) with at least one row and n_sites={n_sites} "
+                f"dividing prod(state_shape={state_shape}) = {prod(state_shape)}"
+            )
+            raise ValueError(msg)
+        return
     m = int(variables.shape[0])
     if m < 1 or prod(state_shape) % m != 0:
         msg = (

@@ -1,0 +1,503 @@
+"""User-defined recurrent cells through weight hooks: :class:`Recurrent`.
+
+The user writes one step in array-API code, ``step(params, h, x, site) -> h_next``, and
+routes every use of a weight through the hook ``site``:
+
+- ``site(name, a)`` returns ``a @ params[name].T`` (a weight of shape (out, in), as torch);
+- ``site(name)`` returns the bias ``params[name]`` (shape (out,)).
+
+Each hook call c is a pre-activation u_c = W a_c (a bias call: u_c = b, a_c = [1]).  kpflow
+records the site variables a_c at every site s = (b, t) and gets D_c = ∂h_t/∂u_c by
+differentiating the step with respect to an additive perturbation of that call's output
+(a jvp for D, a vjp for Dᵀ, vmapped over the probes).  A weight used at C calls becomes
+one :class:`~kpflow.models.sites.LinearSite` whose rows are (call, batch, time):
+
+    J_W = Σ_c D_c (A_c ⊗ I),   K_W = Σ_{c,c'} D_c (A_c A_c'ᵀ ⊗ I) D_c'ᵀ
+
+so the cross terms between the uses of one weight are exact.  P comes from jvps (P) and
+vjps (Pᵀ) of the step with respect to h.
+
+Costs (per block of k probes): each weight's term of K takes one vmapped vjp and one
+vmapped jvp of the step at all B·T sites (about 2 steps' work per weight, against two thin
+GEMMs for a built-in cell); each P step one jvp (or vjp) of the step.  Nothing of size
+B·T·H·H is stored.  The exact spectrum and trace shortcuts need per-unit D, which a user
+cell does not declare, so those fall back to the matrix-free algorithms (which are exact
+up to their tolerance, and agree with the dense NTK).
+
+Derivatives need torch or jax arrays: on numpy and array_api_strict ``run`` raises
+:class:`~kpflow.backends.AutodiffUnavailableError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kpflow._array import array_namespace, device_of, prod
+from kpflow.models.base import RecurrentModel, RecurrentTrajectory, StepKernel, check_size
+from kpflow.models.sites import LinearSite, Site
+
+__all__ = ["GuardedParams", "Recurrent", "RecurrentHookTrajectory", "WeightOutsideHookError"]
+
+
+class WeightOutsideHookError(TypeError):
+    """A user step read a parameter directly instead of through its ``site`` hook."""
+
+
+class GuardedParams:
+    """The parameters as a user step sees them: names only, every value read raises.
+
+    A weight read directly (``params["W"]``) would escape the hooks, so its K term would be
+    silently missing; instead the read raises :class:`WeightOutsideHookError` naming the
+    parameter and the hook to use.
+
+    Examples
+    --------
+    >>> from kpflow.models.hooks import GuardedParams
+    >>> p = GuardedParams(("W",), "Recurrent.step")
+    >>> "W" in p, list(p.keys())
+    (True, ['W'])
+    >>> p["W"]
+    Traceback (most recent call last):
+    ...
+    kpflow.models.hooks.WeightOutsideHookError: Recurrent.step: the step read params['W'] directly; ...
+    """
+
+    __slots__ = ("_names", "_where")
+
+    def __init__(self, names: tuple[str, ...], where: str) -> None:
+        self._names = tuple(names)
+        self._where = where
+
+    def _refuse(self, name: Any) -> WeightOutsideHookError:
+        msg = (
+            f"{self._where}: the step read params[{name!r}] directly; route every use of a "
+            f"parameter through the hook: site({name!r}, a) for a weight (returns a @ W.T), "
+            f"site({name!r}) for a bias, so that kpflow sees it in K"
+        )
+        return WeightOutsideHookError(msg)
+
+    def __getitem__(self, name: Any) -> Any:
+        raise self._refuse(name)
+
+    def get(self, name: Any, default: Any = None) -> Any:
+        raise self._refuse(name)
+
+    def values(self) -> Any:
+        raise self._refuse("...")
+
+    def items(self) -> Any:
+        raise self._refuse("...")
+
+    def keys(self) -> tuple[str, ...]:
+        return self._names
+
+    def __contains__(self, name: Any) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Any:
+        raise self._refuse("...")
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"GuardedParams({list(self._names)})"
+
+
+class _Hook:
+    """The ``site`` callable handed to a user step: one instance per evaluation of the step.
+
+    Records every call (name, site variable or None for a bias) in order; with ``eps`` it
+    adds ``eps[c]`` to the output of call c (the perturbation that D_c differentiates),
+    and with ``plan`` it checks that the calls come in the recorded order.
+    """
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        shapes: dict[str, tuple[int, ...]],
+        where: str,
+        *,
+        eps: dict[int, Any] | None = None,
+        plan: tuple | None = None,
+    ) -> None:
+        self.params, self.shapes, self.where = params, shapes, where
+        self.eps, self.plan = eps, plan
+        self.calls: list[tuple[str, Any]] = []
+
+    def __call__(self, name: Any, a: Any = None) -> Any:
+        where = self.where
+        if not isinstance(name, str) or name not in self.shapes:
+            msg = f"{where}: site({name!r}) names no parameter; param_shapes declares {sorted(self.shapes)}"
+            raise ValueError(msg)
+        shape = self.shapes[name]
+        W = self.params[name]
+        if a is None:
+            if len(shape) != 1:
+                msg = (
+                    f"{where}: site({name!r}) without a site variable is a bias call, but "
+                    f"params[{name!r}] has shape {shape}; call site({name!r}, a) for a weight"
+                )
+                raise ValueError(msg)
+            u = W
+        else:
+            if len(shape) != 2:
+                msg = (
+                    f"{where}: site({name!r}, a) is a weight call, but params[{name!r}] has shape "
+                    f"{shape} (a bias); call site({name!r}) for a bias"
+                )
+                raise ValueError(msg)
+            if a.ndim < 1 or int(a.shape[-1]) != shape[1]:
+                msg = (
+                    f"{where}: site({name!r}, a) expected a site variable a of shape (..., {shape[1]}) "
+                    f"(params[{name!r}] has shape {shape}), got {tuple(a.shape)}"
+                )
+                raise ValueError(msg)
+            xp = array_namespace(a, W)
+            u = a @ xp.matrix_transpose(W)
+        c = len(self.calls)
+        if self.plan is not None and (c >= len(self.plan) or self.plan[c][0] != name):
+            expected = self.plan[c][0] if c < len(self.plan) else "no further call"
+            msg = (
+                f"{where}: hook call {c} is site({name!r}) but the recorded step made {expected!r} "
+                "there; the sequence of hook calls must not depend on the values of the arrays"
+            )
+            raise ValueError(msg)
+        self.calls.append((name, a))
+        if self.eps is not None and c in self.eps:
+            u = u + self.eps[c]
+        return u
+
+
+def _check_param_shapes(param_shapes: Any, where: str) -> dict[str, tuple[int, ...]]:
+    if not isinstance(param_shapes, dict) or not param_shapes:
+        msg = f"{where}: expected param_shapes to be a non-empty dict of name -> shape, got {param_shapes!r}"
+        raise ValueError(msg)
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in param_shapes.items():
+        ok = isinstance(name, str) and isinstance(shape, tuple | list) and len(shape) in (1, 2)
+        ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+        if not ok:
+            msg = (
+                f"{where}: expected param_shapes[{name!r}] to be (out, in) for a weight or (out,) "
+                f"for a bias, with positive ints, got {shape!r}"
+            )
+            raise ValueError(msg)
+        out[name] = tuple(int(n) for n in shape)
+    return out
+
+
+class Recurrent(RecurrentModel):
+    """A recurrent cell written by the user, h_t = step(params, h_{t−1}, x_t, site).
+
+    Parameters
+    ----------
+    step : callable
+        ``step(params, h, x, site) -> h_next`` in array-API code, on any leading axes: h of
+        shape (..., n_hidden), x of shape (..., n_in).  ``params`` only names the
+        parameters (reading a value raises :class:`WeightOutsideHookError`); every use goes
+        through the hook: ``site(name, a)`` = ``a @ params[name].T`` (weight (out, in)),
+        ``site(name)`` = ``params[name]`` (bias (out,)).  A weight may be used at several
+        calls; the order of calls must not depend on the values of the arrays.
+    n_in, n_hidden : int
+        Input size and state size H.
+    param_shapes : dict of str to tuple
+        Every parameter's shape: (out, in) for a weight, (out,) for a bias.
+    derivatives : None
+        Reserved for user-supplied derivatives on backends without autodiff; only None is
+        accepted now (the derivatives need torch or jax arrays).
+
+    Notes
+    -----
+    Each parameter is one :class:`~kpflow.models.sites.LinearSite` named after it, with
+    k_w = out and one row of A_w per (hook call, batch, time).  The parameter kernel is
+    exact, cross terms between the uses of one weight included; see
+    :mod:`kpflow.models.hooks` for the costs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import kpflow
+    >>> from kpflow.models import Recurrent
+    >>> def step(params, h, x, site):
+    ...     return torch.tanh(site("W", h) + site("U", x) + site("b"))
+    >>> model = Recurrent(step, n_in=2, n_hidden=3, param_shapes={"W": (3, 3), "U": (3, 2), "b": (3,)})
+    >>> params = model.init(0, like=torch.zeros(1, dtype=torch.float64))
+    >>> traj = model.run(params, torch.ones(4, 5, 2, dtype=torch.float64))
+    >>> traj.states.shape, [(s.name, s.p, s.width) for s in traj.sites]
+    (torch.Size([4, 5, 3]), [('U', 2, 3), ('W', 3, 3), ('b', 1, 3)])
+    >>> kpflow.global_ntk(traj).todense().shape
+    torch.Size([4, 5, 3, 4, 5, 3])
+
+    On numpy there is no autodiff for D_w and the step Jacobian:
+
+    >>> model.run(model.init(0), np.ones((4, 5, 2)))
+    Traceback (most recent call last):
+    ...
+    kpflow.backends._base.AutodiffUnavailableError: Recurrent.run: a user cell's D_w and step Jacobian ...
+    """
+
+    def __init__(
+        self,
+        step: Callable[..., Any],
+        *,
+        n_in: int,
+        n_hidden: int,
+        param_shapes: dict[str, tuple[int, ...]],
+        derivatives: Any = None,
+    ) -> None:
+        where = "Recurrent"
+        if not callable(step):
+            msg = f"{where}: expected step to be a callable step(params, h, x, site), got {step!r}"
+            raise TypeError(msg)
+        self.n_in = check_size(n_in, "n_in", where)
+        self.n_hidden = check_size(n_hidden, "n_hidden", where)
+        self.state_size = self.n_hidden
+        self._shapes = _check_param_shapes(param_shapes, where)
+        if derivatives is not None:
+            msg = (
+                f"{where}: derivatives= is not supported yet; run the model on torch or jax arrays, "
+                "whose autodiff gives D_w and the step Jacobian"
+            )
+            raise NotImplementedError(msg)
+        self.user_step = step
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def _call(self, params: dict[str, Any], h: Any, x: Any, hook: _Hook) -> Any:
+        guarded = GuardedParams(tuple(self._shapes), hook.where)
+        return self.user_step(guarded, h, x, hook)
+
+    def step(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
+        return self._call(params, h_prev, x_t, _Hook(params, self._shapes, "Recurrent.step"))
+
+    def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> RecurrentHookTrajectory:
+        """Run the cell once and return its trajectory (params, x, h0 on torch or jax).
+
+        Raises
+        ------
+        AutodiffUnavailableError
+            (a ``TypeError``) for numpy, array_api_strict or cupy params: D_w and the step
+            Jacobian are computed by autodiff.  ``unroll`` still runs there.
+        WeightOutsideHookError
+            When the step reads a parameter directly instead of through ``site``.
+        ValueError, TypeError
+            As :meth:`kpflow.models.Model.run`, and for bad hook calls.
+        """
+        from kpflow.backends import AutodiffUnavailableError, get_backend
+
+        where = "Recurrent.run"
+        xp = self.check_params(params, where)[0]
+        adapter = get_backend(xp.zeros(1))
+        if not adapter.has_autodiff:
+            msg = (
+                f"{where}: a user cell's D_w and step Jacobian are computed by automatic "
+                f"differentiation, which the {adapter.name} backend lacks; run the model on "
+                "torch or jax arrays"
+            )
+            raise AutodiffUnavailableError(msg)
+        return super().run(params, x, h0)  # type: ignore[return-value]
+
+    def _make_trajectory(
+        self, params: dict[str, Any], x: Any, h0: Any, states: Any
+    ) -> RecurrentHookTrajectory:
+        from kpflow.backends import get_backend
+
+        where = "Recurrent.run"
+        adapter = get_backend(states)
+        expected = (int(x.shape[0]), int(x.shape[1]), self.n_hidden)
+        if tuple(states.shape) != expected:
+            msg = (
+                f"{where}: expected the step to return h of shape (B, n_hidden={self.n_hidden}), "
+                f"got states of shape {tuple(states.shape)}"
+            )
+            raise ValueError(msg)
+        return RecurrentHookTrajectory(self, params, x, h0, states, adapter.name)
+
+    def __repr__(self) -> str:
+        return f"Recurrent(n_in={self.n_in}, n_hidden={self.n_hidden}, params={sorted(self._shapes)})"
+
+
+class RecurrentHookTrajectory(RecurrentTrajectory):
+    """A run of a :class:`Recurrent` cell: the recorded hook calls, P by jvp/vjp of the step.
+
+    Attributes
+    ----------
+    plan : tuple of (str, bool)
+        The hook calls of one step, in order: (parameter name, whether a bias call).
+    site_variables_by_call : list of array
+        Call c's site variables at every site, ``(B, T, in)`` (None for a bias call).
+    """
+
+    model: Recurrent
+
+    def __init__(
+        self, model: Recurrent, params: dict[str, Any], x: Any, h0: Any, states: Any, backend: str
+    ) -> None:
+        super().__init__(model, params, x, h0, states)
+        where = "Recurrent.run"
+        self.backend = backend
+        self.names = tuple(sorted(params))
+        hook = _Hook(params, model._shapes, where)
+        model._call(params, self.prev_states, x, hook)
+        self.plan = tuple((name, a is None) for name, a in hook.calls)
+        self.site_variables_by_call = [a for _, a in hook.calls]
+        unused = sorted(set(model._shapes) - {name for name, _ in self.plan})
+        if unused:
+            msg = (
+                f"{where}: no hook call used the parameter(s) {unused}; route every use through "
+                "site(name, a) / site(name), and drop parameters the step does not use"
+            )
+            raise ValueError(msg)
+        site_shape = self.site_shape
+        for (name, _), a in zip(self.plan, self.site_variables_by_call, strict=True):
+            if a is not None and tuple(a.shape[:-1]) != site_shape:
+                msg = (
+                    f"{where}: the site variable of site({name!r}, a) has shape {tuple(a.shape)}; "
+                    f"expected the leading axes of h, (B, T) = {site_shape}"
+                )
+                raise ValueError(msg)
+        self._operands = (tuple(params[n] for n in self.names), self.prev_states, x)
+
+    def _static(self) -> tuple:
+        return (self.model, self.backend, self.names, self.plan)
+
+    def step_kernel(self) -> StepKernel:
+        return StepKernel(_hook_step_jvp, _hook_step_vjp, self._static(), self._operands)
+
+    def _make_sites(self) -> list[Site]:
+        xp, m = self.xp, self.m
+        sites: list[Site] = []
+        for name in self.names:
+            calls = tuple(c for c, (n, _) in enumerate(self.plan) if n == name)
+            blocks = []
+            for c in calls:
+                a = self.site_variables_by_call[c]
+                if a is None:
+                    blocks.append(xp.ones((m, 1), dtype=self.dtype, device=self.device))
+                else:
+                    blocks.append(xp.reshape(a, (m, int(a.shape[-1]))))
+            A = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
+            out = self.model._shapes[name][0]
+            static = (*self._static(), calls, self.site_shape, out)
+            sites.append(
+                LinearSite(
+                    name,
+                    A,
+                    state_shape=self.state_shape,
+                    width=out,
+                    apply=_hook_D,
+                    adjoint=_hook_DT,
+                    operands=self._operands,
+                    static=static,
+                    n_sites=m,
+                )
+            )
+        return sites
+
+
+# -- pure derivative actions (module level: one compiled program per shape on jax) -------------------
+def _params(names: tuple[str, ...], values: tuple) -> dict[str, Any]:
+    return dict(zip(names, values, strict=True))
+
+
+def _hook_step_jvp(
+    xp: Any, model: Recurrent, backend: str, names: tuple, plan: tuple, operands: tuple, V: Any, t: Any
+) -> Any:
+    """J_t V = ∂step/∂h · V at step t (or every step, t = slice(None)), vmapped over probes."""
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(backend)
+    values, prev, x = operands
+    params = _params(names, values)
+    h, xt = prev[:, t, ...], x[:, t, ...]
+    where = "Recurrent (P)"
+
+    def f(h: Any) -> Any:
+        return model._call(params, h, xt, _Hook(params, model._shapes, where, plan=plan))
+
+    return adapter.vmap(lambda v: adapter.jvp(f, (h,), (v,))[1])(V)
+
+
+def _hook_step_vjp(
+    xp: Any, model: Recurrent, backend: str, names: tuple, plan: tuple, operands: tuple, W: Any, t: Any
+) -> Any:
+    """J_tᵀ W at step t (or every step), vmapped over probes."""
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(backend)
+    values, prev, x = operands
+    params = _params(names, values)
+    h, xt = prev[:, t, ...], x[:, t, ...]
+    where = "Recurrent (Pᵀ)"
+
+    def f(h: Any) -> Any:
+        return model._call(params, h, xt, _Hook(params, model._shapes, where, plan=plan))
+
+    _, vjp_fn = adapter.vjp(f, h)
+    return adapter.vmap(lambda w: vjp_fn(w)[0])(W)
+
+
+def _perturbed_step(
+    model: Recurrent, names: tuple, plan: tuple, operands: tuple, calls: tuple, where: str
+) -> Callable[[Any], Any]:
+    """eps (n_calls, B, T, out) ↦ the step at every site with eps[i] added to call calls[i]."""
+    values, prev, x = operands
+    params = _params(names, values)
+
+    def f(eps: Any) -> Any:
+        perturb = {c: eps[i, ...] for i, c in enumerate(calls)}
+        return model._call(params, prev, x, _Hook(params, model._shapes, where, eps=perturb, plan=plan))
+
+    return f
+
+
+def _hook_D(
+    xp: Any,
+    model: Recurrent,
+    backend: str,
+    names: tuple,
+    plan: tuple,
+    calls: tuple,
+    site_shape: tuple,
+    out: int,
+    operands: tuple,
+    U: Any,
+) -> Any:
+    """D_w U: (k, n_calls·m, out) ↦ (k, B, T, H), a jvp of the perturbed step per probe."""
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(backend)
+    f = _perturbed_step(model, names, plan, operands, calls, "Recurrent (D)")
+    prev = operands[1]
+    shape = (len(calls), *site_shape, out)
+    zero = xp.zeros(shape, dtype=prev.dtype, device=device_of(prev))
+    return adapter.vmap(lambda u: adapter.jvp(f, (zero,), (xp.reshape(u, shape),))[1])(U)
+
+
+def _hook_DT(
+    xp: Any,
+    model: Recurrent,
+    backend: str,
+    names: tuple,
+    plan: tuple,
+    calls: tuple,
+    site_shape: tuple,
+    out: int,
+    operands: tuple,
+    V: Any,
+) -> Any:
+    """D_wᵀ V: (k, B, T, H) ↦ (k, n_calls·m, out), a vjp of the perturbed step per probe."""
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(backend)
+    f = _perturbed_step(model, names, plan, operands, calls, "Recurrent (Dᵀ)")
+    prev = operands[1]
+    shape = (len(calls), *site_shape, out)
+    rows = (len(calls) * prod(site_shape), out)
+    zero = xp.zeros(shape, dtype=prev.dtype, device=device_of(prev))
+    _, vjp_fn = adapter.vjp(f, zero)
+    return adapter.vmap(lambda v: xp.reshape(vjp_fn(v)[0], rows))(V)

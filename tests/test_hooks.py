@@ -1,0 +1,259 @@
+"""User-defined recurrent cells through weight hooks (``kpflow.models.Recurrent``), in float64.
+
+Three user cells of different shapes (a tanh RNN, a cell using one weight at two hook
+calls, a GRU-like gated cell) against the dense autodiff NTK; the user tanh RNN against the
+built-in ``RNN``; the exact shortcuts falling back and agreeing with dense; and the errors
+for a weight used outside a hook, an undeclared name, a shape mismatch and numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kpflow.backends import AutodiffUnavailableError
+
+import kpflow
+import kpflow.linalg as kla
+from kpflow._array import array_namespace
+from kpflow.models import RNN, Recurrent
+from kpflow.models.hooks import WeightOutsideHookError
+from tests.conftest import BACKENDS, _make_case, check_meta, examples
+from tests.ntk_helpers import draw_shape, rel_err
+
+TOL = 1e-9
+AUTODIFF = [b for b in ("torch", "jax") if b in BACKENDS]
+needs_autodiff = pytest.mark.skipif(not AUTODIFF, reason="needs torch or jax among the selected backends")
+
+
+def _sigmoid(xp, u):
+    return 1.0 / (1.0 + xp.exp(-u))
+
+
+def tanh_rnn_step(params, h, x, site):
+    xp = array_namespace(h, x)
+    return xp.tanh(site("weight_hh", h) + site("weight_ih", x) + site("bias_ih") + site("bias_hh"))
+
+
+def shared_weight_step(params, h, x, site):
+    # W acts on h and on tanh(h), b twice: K_W and K_b carry cross terms between the calls
+    xp = array_namespace(h, x)
+    first = xp.tanh(site("W", h) + site("U", x) + site("b"))
+    return first + 0.5 * xp.tanh(site("W", xp.tanh(h)) + site("b"))
+
+
+def gated_step(params, h, x, site):
+    xp = array_namespace(h, x)
+    r = _sigmoid(xp, site("W_ir", x) + site("W_hr", h) + site("b_r"))
+    z = _sigmoid(xp, site("W_iz", x) + site("W_hz", h) + site("b_z"))
+    n = xp.tanh(site("W_in", x) + site("b_in") + r * (site("W_hn", h) + site("b_hn")))
+    return (1.0 - z) * n + z * h
+
+
+def _tanh_rnn(n_in, H):
+    return Recurrent(tanh_rnn_step, n_in=n_in, n_hidden=H, param_shapes=RNN(n_in, H).param_shapes())
+
+
+def _shared(n_in, H):
+    shapes = {"W": (H, H), "U": (H, n_in), "b": (H,)}
+    return Recurrent(shared_weight_step, n_in=n_in, n_hidden=H, param_shapes=shapes)
+
+
+def _gated(n_in, H):
+    shapes = {}
+    for g in "rzn":
+        shapes[f"W_i{g}"] = (H, n_in)
+        shapes[f"W_h{g}"] = (H, H)
+    shapes.update({"b_r": (H,), "b_z": (H,), "b_in": (H,), "b_hn": (H,)})
+    return Recurrent(gated_step, n_in=n_in, n_hidden=H, param_shapes=shapes)
+
+
+CELLS = {"tanh_rnn": _tanh_rnn, "shared_weight": _shared, "gated": _gated}
+
+
+def _problem(case, cell, B, T, H, n_in, seed, with_h0):
+    model = CELLS[cell](n_in, H)
+    rng = np.random.default_rng(seed)
+    host = {k: 1.5 * v for k, v in model.init(rng).items()}
+    x = rng.standard_normal((B, T, n_in))
+    h0 = 0.5 * rng.standard_normal((B, H)) if with_h0 else None
+    params = {k: case.asarray(v) for k, v in host.items()}
+    traj = model.run(params, case.asarray(x), None if h0 is None else case.asarray(h0))
+    return model, host, x, h0, traj
+
+
+@needs_autodiff
+@pytest.mark.parametrize("backend", AUTODIFF)
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@settings(max_examples=examples(4))
+@given(data=st.data())
+def test_user_cell_global_ntk_equals_dense_reference(backend, cell, data):
+    case = _make_case(backend, "float64")
+    _, _, _, _, traj = _problem(case, cell, *draw_shape(data, case))
+    dense = case.to_numpy(kpflow.dense_global_ntk(traj))
+    N = kpflow.global_ntk(traj).todense()
+    check_meta(case, N)
+    err = rel_err(case.to_numpy(N).ravel(), dense.ravel())
+    assert err <= TOL
+    # the one-step kernel K: Kronecker core (hook sites) against the autodiff J_θ J_θᵀ
+    K = case.to_numpy(kpflow.parameter_kernel(traj).todense())
+    K_ad = case.to_numpy(kpflow.parameter_kernel(traj, method="autodiff").todense())
+    assert rel_err(K.ravel(), K_ad.ravel()) <= TOL
+
+
+@needs_autodiff
+@pytest.mark.parametrize("backend", AUTODIFF)
+def test_user_cell_state_jacobian_gram_equals_dense(backend):
+    case = _make_case(backend, "float64")
+    _, _, _, _, traj = _problem(case, "shared_weight", 2, 3, 2, 3, 5, True)
+    J = kpflow.ntk.state_jacobian(traj)
+    Jd = case.to_numpy(J.todense())
+    n = int(np.prod(traj.state_shape))
+    Jd = Jd.reshape(n, -1)
+    dense = case.to_numpy(kpflow.dense_global_ntk(traj)).reshape(n, n)
+    assert rel_err(Jd @ Jd.T, dense) <= TOL
+
+
+@needs_autodiff
+@pytest.mark.parametrize("backend", AUTODIFF)
+@settings(max_examples=examples(4))
+@given(data=st.data())
+def test_user_tanh_rnn_kernel_equals_builtin_rnn_kernel(backend, data):
+    case = _make_case(backend, "float64")
+    B, T, H, n_in, seed, with_h0 = draw_shape(data, case)
+    _, host, x, h0, traj = _problem(case, "tanh_rnn", B, T, H, n_in, seed, with_h0)
+    params = {k: case.asarray(v) for k, v in host.items()}
+    builtin = RNN(n_in, H).run(params, case.asarray(x), None if h0 is None else case.asarray(h0))
+    case.assert_close(traj.states, case.to_numpy(builtin.states), rtol=1e-14)
+    for op in (kpflow.parameter_kernel, kpflow.global_ntk):
+        got, expected = case.to_numpy(op(traj).todense()), case.to_numpy(op(builtin).todense())
+        assert rel_err(got.ravel(), expected.ravel()) <= 1e-12
+
+
+@needs_autodiff
+@pytest.mark.parametrize("backend", AUTODIFF)
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_exact_shortcuts_fall_back_and_agree_with_dense(backend, cell):
+    # A user cell does not declare per-unit D, so the exact trace and spectrum rules of the
+    # Kronecker core decline (None) and the matrix-free algorithms answer, exactly here.
+    from kpflow.linalg import rules
+
+    case = _make_case(backend, "float64")
+    _, _, _, _, traj = _problem(case, cell, 2, 3, 2, 3, 7, True)
+    K = kpflow.parameter_kernel(traj)
+    assert rules.exact_trace(K) is None
+    assert rules.exact_eigsh(K, 3) is None
+    n = int(np.prod(traj.state_shape))
+    Kd = case.to_numpy(K.todense()).reshape(n, n)
+    Nd = case.to_numpy(kpflow.dense_global_ntk(traj)).reshape(n, n)
+    for op, dense in ((K, Kd), (kpflow.global_ntk(traj), Nd)):
+        tr = kla.trace(op, method="auto")
+        assert abs(float(tr) - np.trace(dense)) <= 1e-10 * abs(np.trace(dense))
+        vals = case.to_numpy(kla.eigsh(op, 3, rng=0).eigenvalues)
+        expected = np.sort(np.linalg.eigvalsh(dense))[::-1][:3]
+        assert np.max(np.abs(vals - expected)) <= 1e-9 * expected[0]
+
+
+@needs_autodiff
+def test_shared_weight_cross_terms_are_needed():
+    # Splitting the shared W into two independent weights drops the cross terms
+    # D_1 (A_1 A_2ᵀ ⊗ I) D_2ᵀ: that K differs, so the test above is sharp.
+    case = _make_case(AUTODIFF[0], "float64")
+    model, host, x, h0, traj = _problem(case, "shared_weight", 2, 3, 3, 2, 3, True)
+    H = 3
+
+    def split_step(params, h, x, site):
+        xp = array_namespace(h, x)
+        first = xp.tanh(site("W", h) + site("U", x) + site("b"))
+        return first + 0.5 * xp.tanh(site("W2", xp.tanh(h)) + site("b2"))
+
+    shapes = {**model.param_shapes(), "W2": (H, H), "b2": (H,)}
+    split = Recurrent(split_step, n_in=2, n_hidden=H, param_shapes=shapes)
+    p = {k: case.asarray(v) for k, v in host.items()}
+    p.update({"W2": p["W"], "b2": p["b"]})
+    straj = split.run(p, case.asarray(x), case.asarray(h0))
+    case.assert_close(straj.states, case.to_numpy(traj.states), rtol=1e-14)
+    K = case.to_numpy(kpflow.parameter_kernel(traj).todense())
+    K_split = case.to_numpy(kpflow.parameter_kernel(straj).todense())
+    assert rel_err(K_split.ravel(), K.ravel()) > 1e-2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_read_outside_a_hook_is_reported(backend):
+    def leaky(params, h, x, site):
+        xp = array_namespace(h, x)
+        return xp.tanh(site("W", h) + x @ xp.matrix_transpose(params["U"]))
+
+    case = _make_case(backend, "float64")
+    model = Recurrent(leaky, n_in=2, n_hidden=3, param_shapes={"W": (3, 3), "U": (3, 2)})
+    params = {k: case.asarray(v) for k, v in model.init(0).items()}
+    x = case.asarray(np.ones((1, 2, 2)))
+    message = r"read params\['U'\] directly.*site\('U', a\)"
+    with pytest.raises(WeightOutsideHookError, match=message):
+        model.unroll(params, x)
+    if backend in AUTODIFF:
+        with pytest.raises(WeightOutsideHookError, match=message):
+            model.run(params, x)
+
+
+@needs_autodiff
+def test_bad_hook_calls_and_unused_parameters_are_reported():
+    case = _make_case(AUTODIFF[0], "float64")
+    x = case.asarray(np.ones((1, 2, 2)))
+
+    def run(step, shapes):
+        model = Recurrent(step, n_in=2, n_hidden=3, param_shapes=shapes)
+        return model.run({k: case.asarray(v) for k, v in model.init(0).items()}, x)
+
+    def undeclared(params, h, x, site):
+        return site("W", h) + site("V", x)
+
+    with pytest.raises(ValueError, match=r"site\('V'\) names no parameter.*\['W'\]"):
+        run(undeclared, {"W": (3, 3)})
+
+    def mismatch(params, h, x, site):
+        return site("W", x)
+
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\).*got \(1, 2\)"):
+        run(mismatch, {"W": (3, 3)})
+
+    def bias_as_weight(params, h, x, site):
+        return site("W", h) + site("b", h)
+
+    with pytest.raises(ValueError, match=r"is a weight call.*\(a bias\); call site\('b'\)"):
+        run(bias_as_weight, {"W": (3, 3), "b": (3,)})
+
+    def weight_as_bias(params, h, x, site):
+        return site("W")
+
+    with pytest.raises(ValueError, match=r"is a bias call.*call site\('W', a\)"):
+        run(weight_as_bias, {"W": (3, 3)})
+
+    def unused(params, h, x, site):
+        return site("W", h)
+
+    with pytest.raises(ValueError, match=r"no hook call used the parameter\(s\) \['U'\]"):
+        run(unused, {"W": (3, 3), "U": (3, 2)})
+
+
+@pytest.mark.parametrize("backend", [b for b in ("numpy", "array_api_strict") if b in BACKENDS])
+def test_backends_without_autodiff_raise_a_clear_error(backend):
+    case = _make_case(backend, "float64")
+    model = _tanh_rnn(2, 3)
+    params = {k: case.asarray(v) for k, v in model.init(0).items()}
+    x = case.asarray(np.ones((2, 3, 2)))
+    # the forward pass runs anywhere ...
+    assert tuple(model.unroll(params, x).shape) == (2, 3, 3)
+    # ... but D_w and the step Jacobian need autodiff
+    with pytest.raises(AutodiffUnavailableError, match=r"Recurrent\.run: .*D_w.*torch or jax"):
+        model.run(params, x)
+
+
+def test_constructor_checks_its_arguments():
+    with pytest.raises(TypeError, match="step to be a callable"):
+        Recurrent(None, n_in=1, n_hidden=1, param_shapes={"W": (1, 1)})
+    with pytest.raises(ValueError, match=r"param_shapes\['W'\]"):
+        Recurrent(tanh_rnn_step, n_in=1, n_hidden=1, param_shapes={"W": (1, 1, 1)})
+    with pytest.raises(NotImplementedError, match="derivatives="):
+        Recurrent(tanh_rnn_step, n_in=1, n_hidden=1, param_shapes={"W": (1, 1)}, derivatives=object())

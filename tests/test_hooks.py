@@ -257,3 +257,29 @@ def test_constructor_checks_its_arguments():
         Recurrent(tanh_rnn_step, n_in=1, n_hidden=1, param_shapes={"W": (1, 1, 1)})
     with pytest.raises(NotImplementedError, match="derivatives="):
         Recurrent(tanh_rnn_step, n_in=1, n_hidden=1, param_shapes={"W": (1, 1)}, derivatives=object())
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch is not among the selected backends")
+def test_analysis_on_a_cell_with_a_weight_used_twice_answers_or_refuses_clearly() -> None:
+    """Effective ranks work (matrix-free); the site-based measures refuse with a clear message."""
+    import torch
+
+    from kpflow import analysis
+
+    def shared(params, h, x, site):
+        return torch.tanh(site("W", h) + site("U", x)) + 0.5 * torch.tanh(site("W", torch.tanh(h)))
+
+    model = Recurrent(shared, n_in=2, n_hidden=3, param_shapes={"W": (3, 3), "U": (3, 2)})
+    x = torch.asarray(np.random.default_rng(0).standard_normal((4, 6, 2)))
+    traj = model.run(model.init(1, like=x), x)
+    K = kpflow.parameter_kernel(traj)
+    w = np.linalg.eigvalsh(K.todense().reshape(72, 72).numpy())
+    assert analysis.effective_ranks(traj, operators=("K",)).K["global"] == pytest.approx(
+        w.sum() ** 2 / np.sum(w**2), rel=1e-9
+    )
+    with pytest.raises(
+        ValueError, match=r"self_referential_bias: site 'W' has 48 rows of site variables for 24"
+    ):
+        analysis.self_referential_bias(traj, 2)
+    with pytest.raises(ValueError, match="not unit-structured"):
+        analysis.differentiable_effective_rank(traj)

@@ -84,6 +84,14 @@ def self_referential_bias(traj: Trajectory, k: int) -> SelfReferentialBias:
     check_trajectory(traj, where)
     m = traj.m
     check_k(k, where, m)
+    for site in traj.sites:
+        if int(site.variables.shape[0]) != m:
+            msg = (
+                f"{where}: site {site.name!r} has {int(site.variables.shape[0])} rows of site variables "
+                f"for {m} sites (a weight used at several places of one step); its principal "
+                "components do not live on the sites, so this measure is not defined for it"
+            )
+            raise ValueError(msg)
     xp = traj.xp
     K = parameter_kernel(traj)
     nsite = len(traj.site_shape)
@@ -146,7 +154,10 @@ def differentiable_effective_rank(K: Any) -> Any:
         raise TypeError(msg)
     groups = shortcuts._groups(K) if shortcuts._unit_structured(K) else None
     if groups is None:
-        msg = f"{where}: K has a site whose D is not unit-structured (self-attention); no exact ratio"
+        msg = (
+            f"{where}: K has a site whose D is not unit-structured (self-attention, a user-defined "
+            "Recurrent cell); there is no exact ratio from the site Grams"
+        )
         raise ValueError(msg)
     xp = K.xp
     # The algebra of the exact rules in kpflow.ntk.shortcuts, run here outside no_grad (and

@@ -115,3 +115,47 @@ def test_a_sweep_of_g_shows_the_initial_dynamics_biasing_the_ntk() -> None:
     assert rows[3.0][0] < rows[0.5][0] / 10
     assert rows[3.0][1] < rows[0.5][1] / 2
     assert rows[3.0][2] > rows[0.5][2] + 0.3
+
+
+def test_g_sweep_tabulates_the_same_numbers_as_direct_calls() -> None:
+    from kpflow import analysis
+    from kpflow.models import RNN
+
+    model = RNN(3, 12)
+    x = FlipFlop(T=10).sample(2, rng=0).inputs
+    s = analysis.g_sweep(model, x, [0.5, 3.0], seed=0)
+    for i, g in enumerate((0.5, 3.0)):
+        traj = model.run(init_params(model, 0, g=g), x)
+        r = analysis.effective_ranks(traj)
+        assert s.table["NTK"][i] == pytest.approx(r.NTK["global"], rel=1e-12)
+        assert s.table["PPT"][i] == pytest.approx(r.PPT["global"], rel=1e-12)
+        assert s.table["NTK time"][i] == pytest.approx(r.NTK["time"], rel=1e-12)
+        assert s.table["misdirection"][i] == pytest.approx(float(analysis.misdirection(traj)), rel=1e-12)
+        bias = analysis.self_referential_bias(traj, 3).overlaps["hidden"]
+        assert s.table["self-referential bias"][i] == pytest.approx(float(bias), rel=1e-12)
+    assert s.rows()[1]["g"] == 3.0
+    with pytest.raises(
+        ValueError, match=r"g_sweep: expected gs to be a non-empty sequence of positive finite"
+    ):
+        analysis.g_sweep(model, x, [0.0])
+
+
+def test_a_dimension_sweep_over_the_forecasting_latent_size() -> None:
+    """The trained NTK_S's effective rank grows with the latent dimension the task needs."""
+    from kpflow import analysis
+    from kpflow.models import GRU
+    from kpflow.tasks import LowRankForecast
+
+    s = analysis.dimension_sweep(
+        lambda d: LowRankForecast(n_latent=d, n_obs=12, T=12),
+        lambda n_in, n_out: GRU(n_in, 10),
+        [1, 4],
+        batch=4,
+        steps=60,
+        lr=0.02,
+    )
+    assert s.values.tolist() == [1.0, 4.0]
+    assert np.all(np.isfinite(s.table["final loss"]))
+    assert s.table["NTK"][1] > s.table["NTK"][0]
+    with pytest.raises(ValueError, match=r"dimension_sweep: expected dims to be positive ints"):
+        analysis.dimension_sweep(lambda d: None, lambda a, b: None, [1.5], batch=1, steps=1)

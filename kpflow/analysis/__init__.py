@@ -15,6 +15,8 @@
 - :func:`lyapunov_exponents`, :func:`propagator_singular_values`: the recurrence's dynamics.
 - :func:`differentiable_effective_rank`: the exact participation ratio of K as a function
   that autodiff (torch, jax) can differentiate.
+- :func:`g_sweep`, :func:`dimension_sweep` (:class:`Sweep`): the NTK at initialisation
+  against the recurrent scale g; the trained NTK against a task's dimensionality.
 - :func:`run_demo` (:class:`DemoConfig`): what ``kpflow demo`` runs: train a small network on
   a task, then the spectra and effective ranks of K and NTK_S before and after training.
 """
@@ -32,6 +34,7 @@ from kpflow.analysis.ranks import (
 )
 from kpflow.analysis.sites import SelfReferentialBias, differentiable_effective_rank, self_referential_bias
 from kpflow.analysis.spectrum import axis_names, spectrum_report
+from kpflow.analysis.sweeps import Sweep, dimension_sweep, g_sweep
 
 __all__ = [
     "DemoConfig",
@@ -41,10 +44,13 @@ __all__ = [
     "Modes",
     "RanksOverTraining",
     "SelfReferentialBias",
+    "Sweep",
     "axis_names",
     "differentiable_effective_rank",
+    "dimension_sweep",
     "effective_ranks",
     "effective_ranks_over_training",
+    "g_sweep",
     "init_vs_trained_alignment",
     "kernel_alignment",
     "learnability",

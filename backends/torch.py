@@ -142,13 +142,20 @@ def _same_meta(tensors: dict[str, Any], reference: Any, what: str, where: str) -
             raise TypeError(msg)
 
 
-def from_module(module: Any, readout: Any = None, *, detach: bool = False) -> tuple[Any, ...]:
+def from_module(
+    module: Any, readout: Any = None, *, detach: bool = False, causal: bool = False
+) -> tuple[Any, ...]:
     """A kpflow model and parameters that share a ``torch.nn`` recurrent module's weights.
 
     Maps ``torch.nn.RNN`` (tanh or relu), ``torch.nn.GRU`` and ``torch.nn.LSTM`` to
     :class:`kpflow.models.RNN`, :class:`kpflow.models.gru.GRU` and
     :class:`kpflow.models.lstm.LSTM` (same equations, gate order and parameter names), and
     optionally a ``torch.nn.Linear`` readout y = C z + c to :class:`kpflow.models.Linear`.
+    Also maps ``torch.nn.MultiheadAttention`` to :class:`kpflow.models.SelfAttention`
+    (``residual=False``) and ``torch.nn.TransformerEncoderLayer`` / ``TransformerEncoder``
+    to :class:`kpflow.models.TransformerEncoder` (``batch_first=True``, dropout 0, relu or
+    exact gelu; torch's parameter names, ``layers.0.`` prefixed for a single layer); any
+    setting kpflow cannot express raises a ``ValueError`` naming it (docs/torch.md).
 
     Parameters
     ----------
@@ -157,6 +164,8 @@ def from_module(module: Any, readout: Any = None, *, detach: bool = False) -> tu
     readout : torch.nn.Linear, optional
         A readout with ``in_features == module.hidden_size``, of the module's dtype and
         device.  For the LSTM it reads h (the first H of the kpflow state [h; c]).
+    causal : bool
+        For the attention modules only: the causal-mask model (token n attends to m ≤ n).
     detach : bool
         False (default): the params are the module's ``nn.Parameter`` objects themselves,
         so in-place updates (an optimizer step) show through and gradients of anything
@@ -212,6 +221,16 @@ def from_module(module: Any, readout: Any = None, *, detach: bool = False) -> tu
     (4, 5, 3)
     """
     where = "kpflow.backends.torch.from_module"
+    if causal and not _is_attention_module(module):
+        msg = f"{where}: causal=True applies to attention modules only, got {type(module).__name__}"
+        raise ValueError(msg)
+    if _is_attention_module(module):
+        if readout is not None:
+            msg = (
+                f"{where}: a readout is supported for the recurrent modules only, got {type(module).__name__}"
+            )
+            raise ValueError(msg)
+        return _from_attention_module(module, causal=causal, detach=detach, where=where)
     kind = _check_recurrent_module(module, where)
     from kpflow.models.gru import GRU
     from kpflow.models.linear import Linear
@@ -254,3 +273,165 @@ def from_module(module: Any, readout: Any = None, *, detach: bool = False) -> tu
         readout_params["bias"] = share(readout.bias)
     _same_meta(readout_params, reference, "the readout's", where)
     return model, params, readout_model, readout_params
+
+
+# -- attention modules: MultiheadAttention, TransformerEncoderLayer, TransformerEncoder ------------
+def _is_attention_module(module: Any) -> bool:
+    nn = torch.nn
+    return isinstance(module, nn.MultiheadAttention | nn.TransformerEncoderLayer | nn.TransformerEncoder)
+
+
+def _refuse(module: Any, unsupported: list[str], where: str) -> None:
+    if unsupported:
+        msg = f"{where}: unsupported {type(module).__name__} setting(s): " + "; ".join(unsupported)
+        raise ValueError(msg)
+
+
+def _mha_settings(mha: Any, what: str) -> list[str]:
+    """What kpflow's SelfAttention cannot express in ``mha`` (empty when it maps one-to-one)."""
+    out = []
+    if not mha.batch_first:
+        out.append(f"{what}batch_first=False (kpflow takes x as (B, N, d); use batch_first=True)")
+    if float(mha.dropout) != 0.0:
+        out.append(f"{what}dropout={mha.dropout} (kpflow's attention is deterministic; use dropout=0)")
+    if not mha._qkv_same_embed_dim:
+        out.append(
+            f"{what}kdim={mha.kdim}, vdim={mha.vdim} (kpflow maps self-attention, kdim = vdim = "
+            f"embed_dim={mha.embed_dim})"
+        )
+    if mha.bias_k is not None or mha.bias_v is not None:
+        out.append(f"{what}add_bias_kv=True (kpflow has no extra key/value bias token)")
+    if mha.add_zero_attn:
+        out.append(f"{what}add_zero_attn=True (kpflow has no zero attention token)")
+    return out
+
+
+def _biases_all_or_none(biases: dict[str, Any], what: str) -> list[str]:
+    present = sorted(name for name, b in biases.items() if b is not None)
+    if present and len(present) != len(biases):
+        absent = sorted(set(biases) - set(present))
+        return [f"{what}biases {present} present but {absent} absent (kpflow's bias is all or none)"]
+    return []
+
+
+def _layer_settings(layer: Any, what: str) -> tuple[list[str], dict[str, Any]]:
+    """Refusals and kpflow's settings for one ``TransformerEncoderLayer``."""
+    nn, F = torch.nn, torch.nn.functional
+    out = _mha_settings(layer.self_attn, what + "self_attn.")
+    for name in ("dropout", "dropout1", "dropout2"):
+        p = float(getattr(layer, name).p)
+        if p != 0.0:
+            out.append(f"{what}{name}.p={p} (kpflow's encoder is deterministic; use dropout=0)")
+    act = layer.activation
+    if act is F.relu or isinstance(act, nn.ReLU):
+        activation = "relu"
+    elif act is F.gelu or (isinstance(act, nn.GELU) and act.approximate == "none"):
+        activation = "gelu"
+    else:
+        activation = "?"
+        out.append(
+            f"{what}activation={act!r} (kpflow maps relu and the exact gelu only, not a custom callable "
+            "or the tanh-approximate GELU)"
+        )
+    for name in ("norm1", "norm2"):
+        norm = getattr(layer, name)
+        if not norm.elementwise_affine:
+            out.append(f"{what}{name}.elementwise_affine=False (kpflow's LayerNorms have a scale)")
+    if layer.norm1.eps != layer.norm2.eps:
+        out.append(f"{what}norm1.eps={layer.norm1.eps} != norm2.eps={layer.norm2.eps} (kpflow has one eps)")
+    sa = layer.self_attn
+    biases = {
+        "self_attn.in_proj_bias": sa.in_proj_bias,
+        "self_attn.out_proj.bias": sa.out_proj.bias,
+        "linear1.bias": layer.linear1.bias,
+        "linear2.bias": layer.linear2.bias,
+        "norm1.bias": layer.norm1.bias,
+        "norm2.bias": layer.norm2.bias,
+    }
+    out += _biases_all_or_none(biases, what)
+    settings = {
+        "d_model": int(sa.embed_dim),
+        "n_heads": int(sa.num_heads),
+        "d_ff": int(layer.linear1.out_features),
+        "norm_first": bool(layer.norm_first),
+        "activation": activation,
+        "bias": sa.in_proj_bias is not None,
+        "layer_norm_eps": float(layer.norm1.eps),
+    }
+    return out, settings
+
+
+def _encoder_settings(module: Any, where: str) -> dict[str, Any]:
+    """kpflow's ``TransformerEncoder`` settings of a ``TransformerEncoderLayer`` or ``TransformerEncoder``."""
+    if isinstance(module, torch.nn.TransformerEncoderLayer):
+        unsupported, settings = _layer_settings(module, "")
+        _refuse(module, unsupported, where)
+        return {**settings, "n_layers": 1, "final_norm": False}
+    layers = list(module.layers)
+    unsupported, settings = _layer_settings(layers[0], "layers.0.")
+    for l, layer in enumerate(layers[1:], start=1):
+        more, other = _layer_settings(layer, f"layers.{l}.")
+        unsupported += more
+        if not more and other != settings:
+            unsupported.append(
+                f"layers.{l} differs from layers.0 ({other} vs {settings}; kpflow's layers share one setting)"
+            )
+    norm = module.norm
+    if norm is not None:
+        if not isinstance(norm, torch.nn.LayerNorm):
+            unsupported.append(f"norm={type(norm).__name__} (kpflow maps a final torch.nn.LayerNorm or None)")
+        else:
+            d = settings["d_model"]
+            if tuple(norm.normalized_shape) != (d,) or not norm.elementwise_affine:
+                unsupported.append(
+                    f"norm=LayerNorm({tuple(norm.normalized_shape)}, "
+                    f"elementwise_affine={norm.elementwise_affine}) "
+                    f"(kpflow maps LayerNorm(({d},)) with a scale)"
+                )
+            if float(norm.eps) != settings["layer_norm_eps"]:
+                unsupported.append(
+                    f"norm.eps={norm.eps} != the layers' eps={settings['layer_norm_eps']} (one eps)"
+                )
+            if (norm.bias is not None) != settings["bias"]:
+                unsupported.append(
+                    f"norm.bias={'present' if norm.bias is not None else 'absent'} but the layers' "
+                    f"bias={settings['bias']} (kpflow's bias is all or none)"
+                )
+    _refuse(module, unsupported, where)
+    return {**settings, "n_layers": len(layers), "final_norm": norm is not None}
+
+
+def _from_attention_module(module: Any, *, causal: bool, detach: bool, where: str) -> tuple[Any, Any]:
+    """``from_module`` for ``MultiheadAttention``, ``TransformerEncoderLayer`` and ``TransformerEncoder``."""
+    from kpflow.models.attention import SelfAttention
+    from kpflow.models.transformer import TransformerEncoder
+
+    model: Any
+    if isinstance(module, torch.nn.MultiheadAttention):
+        unsupported = _mha_settings(module, "")
+        biases = {"in_proj_bias": module.in_proj_bias, "out_proj.bias": module.out_proj.bias}
+        unsupported += _biases_all_or_none(biases, "")
+        _refuse(module, unsupported, where)
+        model = SelfAttention(
+            int(module.embed_dim),
+            int(module.num_heads),
+            causal=causal,
+            bias=module.in_proj_bias is not None,
+            residual=False,
+        )
+        prefix = ""
+    else:
+        model = TransformerEncoder(causal=causal, **_encoder_settings(module, where))
+        prefix = "layers.0." if isinstance(module, torch.nn.TransformerEncoderLayer) else ""
+    named = {prefix + name: p for name, p in module.named_parameters()}
+    expected = model.param_shapes()
+    if set(named) != set(expected):
+        msg = (
+            f"{where}: the {type(module).__name__}'s parameters {sorted(named)} do not match kpflow's "
+            f"{sorted(expected)}; this is a kpflow bug if the module passed the checks above, "
+            "please report it"
+        )
+        raise NotImplementedError(msg)
+    params = {name: (named[name].detach() if detach else named[name]) for name in expected}
+    _same_meta(params, next(iter(params.values())), "the weight", where)
+    return model, params

@@ -128,7 +128,7 @@ def plot_effective_ranks(ranks: Mapping[str, Mapping[str, float]], *, ax: Any = 
 
 
 def plot_over_training(
-    steps: Sequence[int], values: Mapping[str, Any], *, ax: Any = None, ylabel: str = ""
+    steps: Sequence[float], values: Mapping[str, Any], *, ax: Any = None, ylabel: str = ""
 ) -> Any:
     """Scalars over training checkpoints: ``values`` maps a label to one value per step.
 

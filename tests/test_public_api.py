@@ -7,7 +7,14 @@ import importlib
 import pytest
 
 MODULES = ["kpflow", "kpflow.operators", "kpflow.backends"]
-OPTIONAL = ["kpflow.linalg", "kpflow.models", "kpflow.ntk", "kpflow.tasks", "kpflow.training", "kpflow.analysis"]
+OPTIONAL = [
+    "kpflow.linalg",
+    "kpflow.models",
+    "kpflow.ntk",
+    "kpflow.tasks",
+    "kpflow.training",
+    "kpflow.analysis",
+]
 
 
 @pytest.mark.parametrize("modname", MODULES + OPTIONAL)

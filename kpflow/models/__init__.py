@@ -23,6 +23,7 @@ from kpflow.models.linear import Linear
 from kpflow.models.lstm import LSTM
 from kpflow.models.mlp import MLP
 from kpflow.models.rnn import RNN
+from kpflow.models.transformer import TransformerEncoder
 
 __all__ = [
     "GRU",
@@ -40,4 +41,5 @@ __all__ = [
     "Site",
     "StepKernel",
     "Trajectory",
+    "TransformerEncoder",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "host_rng",
     "namespace_name",
     "prod",
+    "to_host",
 ]
 
 
@@ -164,3 +165,32 @@ def host_rng(rng: Any, where: str) -> Any:
         return rng
     msg = f"{where}: expected rng to be an int, a numpy.random.Generator or None, got {type(rng).__name__}"
     raise TypeError(msg)
+
+
+def to_host(a: Any) -> Any:
+    """``a`` as a float64 ``numpy.ndarray`` on the host: an explicit copy, for reports and plots.
+
+    torch tensors are detached first; arrays on another device are moved to the backend's
+    default host device explicitly (array-api-strict's other devices, cupy, GPUs).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow._array import to_host
+    >>> to_host(xp.asarray([1.0, 2.0], device=xp.Device("device1"))).tolist()
+    [1.0, 2.0]
+    """
+    import numpy as np
+
+    if isinstance(a, np.ndarray) or not array_api_compat.is_array_api_obj(a):  # numpy, lists, floats
+        return np.asarray(a, dtype=np.float64)
+    if hasattr(a, "detach"):  # torch
+        return a.detach().cpu().numpy().astype(np.float64)
+    if array_api_compat.is_array_api_strict_namespace(array_api_compat.array_namespace(a)):
+        import array_api_strict
+
+        a = array_api_strict.asarray(a, device=array_api_strict.Device("CPU_DEVICE"))
+        return np.asarray(a, dtype=np.float64)
+    if array_api_compat.is_cupy_array(a):
+        return np.asarray(a.get(), dtype=np.float64)
+    return np.asarray(a, dtype=np.float64)

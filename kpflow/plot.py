@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kpflow._array import to_host
+
 __all__ = [
     "plot_effective_ranks",
     "plot_learnability",
@@ -43,9 +45,7 @@ def _axes(ax: Any, where: str) -> Any:
 
 def _floats(values: Any, name: str, where: str) -> list[float]:
     try:
-        import numpy as np
-
-        out = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=float).ravel()
+        out = to_host(values).ravel()
     except (TypeError, ValueError) as err:
         msg = f"{where}: expected {name} to be a sequence of numbers, got {type(values).__name__}"
         raise TypeError(msg) from err
@@ -153,12 +153,6 @@ def plot_over_training(
     return ax
 
 
-def _host(a: Any) -> Any:
-    import numpy as np
-
-    return np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=float)
-
-
 def plot_mode_profiles(modes: Any, *, ax: Any = None, time_axis: int = 1) -> Any:
     """Each mode's energy over time (summed over the other site axes), from :func:`kpflow.analysis.ntk_modes`.
 
@@ -177,14 +171,14 @@ def plot_mode_profiles(modes: Any, *, ax: Any = None, time_axis: int = 1) -> Any
     if profiles is None:
         msg = f"plot_mode_profiles: expected modes from kpflow.analysis.ntk_modes, got {type(modes).__name__}"
         raise TypeError(msg)
-    P = _host(profiles)  # (k, *site_shape)
+    P = to_host(profiles)  # (k, *site_shape)
     if P.ndim < 1 + time_axis + 1:
         msg = f"plot_mode_profiles: the modes have site shape {P.shape[1:]}, with no time axis {time_axis}"
         raise ValueError(msg)
     other = tuple(a + 1 for a in range(P.ndim - 1) if a != time_axis)
     over_time = P.sum(axis=other)  # (k, T)
     ax = _axes(ax, "plot_mode_profiles")
-    values = _host(modes.values)
+    values = to_host(modes.values)
     for j, row in enumerate(over_time):
         ax.plot(range(len(row)), row, label=f"mode {j + 1} ({values[j]:.3g})")
     ax.set_xlabel("time step")
@@ -210,7 +204,7 @@ def plot_learnability(result: Any, *, ax: Any = None) -> Any:
             f"plot_learnability: expected a kpflow.analysis.learnability result, got {type(result).__name__}"
         )
         raise TypeError(msg)
-    f = _host(fractions)
+    f = to_host(fractions)
     ax = _axes(ax, "plot_learnability")
     ax.bar(range(1, len(f) + 1), f)
     ax.set_xlabel("output-NTK mode (by eigenvalue, descending)")

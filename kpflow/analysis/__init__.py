@@ -15,6 +15,8 @@
 - :func:`lyapunov_exponents`, :func:`propagator_singular_values`: the recurrence's dynamics.
 - :func:`differentiable_effective_rank`: the exact participation ratio of K as a function
   that autodiff (torch, jax) can differentiate.
+- :func:`site_terms` (:class:`SiteTerm`): each weight site's term K_w of K, exactly: trace,
+  effective rank, rank, and the rank bound rank(G_w)·k_w.
 - :func:`g_sweep`, :func:`dimension_sweep` (:class:`Sweep`): the NTK at initialisation
   against the recurrent scale g; the trained NTK against a task's dimensionality.
 - :func:`run_demo` (:class:`DemoConfig`): what ``kpflow demo`` runs: train a small network on
@@ -35,6 +37,7 @@ from kpflow.analysis.ranks import (
 from kpflow.analysis.sites import SelfReferentialBias, differentiable_effective_rank, self_referential_bias
 from kpflow.analysis.spectrum import axis_names, spectrum_report
 from kpflow.analysis.sweeps import Sweep, dimension_sweep, g_sweep
+from kpflow.analysis.terms import SiteTerm, site_terms
 
 __all__ = [
     "DemoConfig",
@@ -44,6 +47,7 @@ __all__ = [
     "Modes",
     "RanksOverTraining",
     "SelfReferentialBias",
+    "SiteTerm",
     "Sweep",
     "axis_names",
     "differentiable_effective_rank",
@@ -62,5 +66,6 @@ __all__ = [
     "propagator_singular_values",
     "run_demo",
     "self_referential_bias",
+    "site_terms",
     "spectrum_report",
 ]

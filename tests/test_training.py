@@ -307,9 +307,15 @@ def test_one_sgd_step_on_the_full_batch_moves_the_parameters_by_minus_lr_times_t
         )
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numpy", "torch", "array_api_strict")])
+@pytest.mark.parametrize(
+    "backend", [b for b in BACKENDS if b in ("numpy", "torch", "array_api_strict", "jax")]
+)
 def test_training_keeps_float32_on_every_backend(backend: str) -> None:
-    if backend == "torch":
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        like = jnp.zeros(1, dtype=jnp.float32)
+    elif backend == "torch":
         import torch
 
         like = torch.zeros(1, dtype=torch.float32)

@@ -18,6 +18,7 @@ from kpflow.models.base import (
 )
 from kpflow.models.gru import GRU
 from kpflow.models.hooks import Recurrent
+from kpflow.models.implicit import Implicit, SolverNotConvergedError
 from kpflow.models.leaky import LeakyRNN
 from kpflow.models.linear import Linear
 from kpflow.models.lstm import LSTM
@@ -30,6 +31,7 @@ __all__ = [
     "LSTM",
     "MLP",
     "RNN",
+    "Implicit",
     "LeakyRNN",
     "Linear",
     "Model",
@@ -39,6 +41,7 @@ __all__ = [
     "RecurrentTrajectory",
     "SelfAttention",
     "Site",
+    "SolverNotConvergedError",
     "StepKernel",
     "Trajectory",
     "TransformerEncoder",

@@ -341,25 +341,9 @@ class RecurrentHookTrajectory(RecurrentTrajectory):
         where = "Recurrent.run"
         self.backend = backend
         self.names = tuple(sorted(params))
-        hook = _Hook(params, model._shapes, where)
-        model._call(params, self.prev_states, x, hook)
-        self.plan = tuple((name, a is None) for name, a in hook.calls)
-        self.site_variables_by_call = [a for _, a in hook.calls]
-        unused = sorted(set(model._shapes) - {name for name, _ in self.plan})
-        if unused:
-            msg = (
-                f"{where}: no hook call used the parameter(s) {unused}; route every use through "
-                "site(name, a) / site(name), and drop parameters the step does not use"
-            )
-            raise ValueError(msg)
-        site_shape = self.site_shape
-        for (name, _), a in zip(self.plan, self.site_variables_by_call, strict=True):
-            if a is not None and tuple(a.shape[:-1]) != site_shape:
-                msg = (
-                    f"{where}: the site variable of site({name!r}, a) has shape {tuple(a.shape)}; "
-                    f"expected the leading axes of h, (B, T) = {site_shape}"
-                )
-                raise ValueError(msg)
+        self.plan, self.site_variables_by_call = record_hook_calls(
+            model, params, self.prev_states, x, where, self.site_shape, "(B, T)"
+        )
         self._operands = (tuple(params[n] for n in self.names), self.prev_states, x)
 
     def _static(self) -> tuple:
@@ -369,34 +353,74 @@ class RecurrentHookTrajectory(RecurrentTrajectory):
         return StepKernel(_hook_step_jvp, _hook_step_vjp, self._static(), self._operands)
 
     def _make_sites(self) -> list[Site]:
-        xp, m = self.xp, self.m
-        sites: list[Site] = []
-        for name in self.names:
-            calls = tuple(c for c, (n, _) in enumerate(self.plan) if n == name)
-            blocks = []
-            for c in calls:
-                a = self.site_variables_by_call[c]
-                if a is None:
-                    blocks.append(xp.ones((m, 1), dtype=self.dtype, device=self.device))
-                else:
-                    blocks.append(xp.reshape(a, (m, int(a.shape[-1]))))
-            A = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
-            out = self.model._shapes[name][0]
-            static = (*self._static(), calls, self.site_shape, out)
-            sites.append(
-                LinearSite(
-                    name,
-                    A,
-                    state_shape=self.state_shape,
-                    width=out,
-                    apply=_hook_D,
-                    adjoint=_hook_DT,
-                    operands=self._operands,
-                    static=static,
-                    n_sites=m,
-                )
+        return hook_sites(self)
+
+
+# -- shared with other hook-based models (kpflow.models.implicit) ---------------------------------
+def record_hook_calls(
+    model: Any, params: dict[str, Any], z: Any, x: Any, where: str, site_shape: tuple, axes: str
+) -> tuple[tuple, list]:
+    """Run ``model._call`` once at every site; return (plan, site variables by call), checked.
+
+    ``plan`` holds (name, is a bias call) per hook call; every parameter must be used and
+    every site variable must have the leading axes ``site_shape`` (named ``axes``).
+    """
+    hook = _Hook(params, model._shapes, where)
+    model._call(params, z, x, hook)
+    plan = tuple((name, a is None) for name, a in hook.calls)
+    variables = [a for _, a in hook.calls]
+    unused = sorted(set(model._shapes) - {name for name, _ in plan})
+    if unused:
+        msg = (
+            f"{where}: no hook call used the parameter(s) {unused}; route every use through "
+            "site(name, a) / site(name), and drop parameters the model does not use"
+        )
+        raise ValueError(msg)
+    for (name, _), a in zip(plan, variables, strict=True):
+        if a is not None and tuple(a.shape[:-1]) != site_shape:
+            msg = (
+                f"{where}: the site variable of site({name!r}, a) has shape {tuple(a.shape)}; "
+                f"expected the leading axes of the state, {axes} = {site_shape}"
             )
-        return sites
+            raise ValueError(msg)
+    return plan, variables
+
+
+def hook_sites(traj: Any) -> list[Site]:
+    """One :class:`LinearSite` per parameter of a hook-based trajectory (rows: call, site).
+
+    ``traj`` has ``names``, ``plan``, ``site_variables_by_call``, ``_static()`` and
+    ``_operands`` (params values, z, x), and its ``model`` has ``_call`` and ``_shapes``; D
+    differentiates ``model._call`` with respect to the hook outputs (:func:`_hook_D`).
+    """
+    xp, m = traj.xp, traj.m
+    sites: list[Site] = []
+    for name in traj.names:
+        calls = tuple(c for c, (n, _) in enumerate(traj.plan) if n == name)
+        blocks = []
+        for c in calls:
+            a = traj.site_variables_by_call[c]
+            if a is None:
+                blocks.append(xp.ones((m, 1), dtype=traj.dtype, device=traj.device))
+            else:
+                blocks.append(xp.reshape(a, (m, int(a.shape[-1]))))
+        A = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
+        out = traj.model._shapes[name][0]
+        static = (*traj._static(), calls, traj.site_shape, out)
+        sites.append(
+            LinearSite(
+                name,
+                A,
+                state_shape=traj.state_shape,
+                width=out,
+                apply=_hook_D,
+                adjoint=_hook_DT,
+                operands=traj._operands,
+                static=static,
+                n_sites=m,
+            )
+        )
+    return sites
 
 
 # -- pure derivative actions (module level: one compiled program per shape on jax) -------------------

@@ -44,6 +44,10 @@ def _jacobian_gram(adapter: Any, xp: Any, f: Any, theta: tuple, out_shape: tuple
 def dense_global_ntk(traj: Trajectory, *, max_size: int = DEFAULT_MAX_DENSE_SIZE) -> Any:
     """The dense NTK_S = J_full J_fullᵀ, J_full = dz/dθ by ``jacrev`` of ``model.unroll``.
 
+    For a non-triangular ∂F/∂z (``traj.triangular`` False: an implicit model, whose solve
+    is not differentiated) J_full = (∂F/∂z)⁻¹ ∂f/∂θ by the implicit function theorem, both
+    factors dense by ``jacrev`` of ``model.update_map`` f = z − F at the solution.
+
     Parameters
     ----------
     traj : Trajectory
@@ -80,11 +84,33 @@ def dense_global_ntk(traj: Trajectory, *, max_size: int = DEFAULT_MAX_DENSE_SIZE
     _check_size(prod(traj.state_shape), sum(prod(tuple(t.shape)) for t in theta), max_size, where)
     adapter = autodiff_adapter(traj.states, where)
     model, x, h0 = traj.model, traj.x, traj.h0
+    if not traj.triangular:
+        return _implicit_dense_ntk(adapter, traj, names, theta)
 
     def f(*th: Any) -> Any:
         return model.unroll(dict(zip(names, th, strict=True)), x, h0)
 
     return _jacobian_gram(adapter, traj.xp, f, theta, traj.state_shape)
+
+
+def _implicit_dense_ntk(adapter: Any, traj: Trajectory, names: list, theta: tuple) -> Any:
+    """A non-triangular ∂F/∂z (an implicit model's solve is not differentiated): the
+    implicit function theorem densely, dz/dθ = (∂F/∂z)⁻¹ ∂f/∂θ with F = z − f (``update_map``).
+    """
+    xp, model, x, h0, z = traj.xp, traj.model, traj.x, traj.h0, traj.states
+    n = prod(traj.state_shape)
+    params = dict(zip(names, theta, strict=True))
+    L = xp.reshape(adapter.jacrev(lambda s: model.update_map(params, s, x, h0))(z), (n, n))
+    eye = xp.eye(n, dtype=z.dtype, device=traj.device)
+    jac = adapter.jacrev(
+        lambda *th: model.update_map(dict(zip(names, th, strict=True)), z, x, h0),
+        argnums=tuple(range(len(theta))),
+    )(*theta)
+    f_theta = xp.concat(
+        [xp.reshape(j, (n, prod(tuple(t.shape)))) for j, t in zip(jac, theta, strict=True)], axis=1
+    )
+    J = xp.linalg.solve(eye - L, f_theta)
+    return xp.reshape(J @ xp.matrix_transpose(J), (*traj.state_shape, *traj.state_shape))
 
 
 def dense_output_ntk(

@@ -3,19 +3,35 @@
 P q is the forward recursion y_0 = q_0, y_t = q_t + J_t y_{t−1}; Pᵀ q is
 backpropagation through time, w_{T−1} = q_{T−1}, w_t = q_t + J_{t+1}ᵀ w_{t+1}.
 Both push a whole block of probes through each step with one batched Jacobian
-action; the B·T·H·H Jacobians are never stored.
+action; the B·T·H·H Jacobians are never stored.  A trajectory whose ∂F/∂z is not
+triangular (``traj.triangular`` False, e.g. :class:`kpflow.models.Implicit`) supplies
+the linear solves itself, ``solve(V)`` = P V and ``solve_adjoint(W)`` = Pᵀ W
+(:class:`SolvedTrajectory`), and P applies them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from kpflow.models.base import RecurrentTrajectory, Trajectory
 from kpflow.ntk.kernel import check_trajectory, compiled, product_operands
 from kpflow.operators.base import LinearOperator
 
-__all__ = ["ConstraintJacobian", "Propagator", "propagator"]
+__all__ = ["ConstraintJacobian", "Propagator", "SolvedTrajectory", "propagator"]
+
+
+@runtime_checkable
+class SolvedTrajectory(Protocol):
+    """A trajectory with a non-triangular ∂F/∂z that applies P by linear solves.
+
+    ``solve(V)`` = (∂F/∂z)⁻¹ V and ``solve_adjoint(W)`` = (∂F/∂z)⁻ᵀ W, both on blocks of
+    shape ``(k, *state_shape)``.
+    """
+
+    def solve(self, V: Any) -> Any: ...
+
+    def solve_adjoint(self, W: Any) -> Any: ...
 
 
 class Propagator(LinearOperator):
@@ -75,6 +91,8 @@ class Propagator(LinearOperator):
 
     def _matmat(self, X: Any) -> Any:
         traj = self.traj
+        if not traj.triangular and isinstance(traj, SolvedTrajectory):
+            return traj.solve(X)
         step = self._step(adjoint=False)
         y = traj.block(X, 0)
         out = [y]
@@ -85,6 +103,8 @@ class Propagator(LinearOperator):
 
     def _rmatmat(self, Y: Any) -> Any:
         traj = self.traj
+        if not traj.triangular and isinstance(traj, SolvedTrajectory):
+            return traj.solve_adjoint(Y)
         step = self._step(adjoint=True)
         n = traj.n_steps
         w = traj.block(Y, n - 1)
@@ -160,10 +180,10 @@ def propagator(traj: Trajectory) -> Propagator:
     (2, 4, 3)
     """
     check_trajectory(traj, "propagator")
-    if not traj.triangular:
+    if not traj.triangular and not isinstance(traj, SolvedTrajectory):
         msg = (
             f"propagator: the trajectory of {type(traj.model).__name__} has a non-triangular "
-            "∂F/∂z; kpflow has no implicit-model solver for it"
+            "∂F/∂z and no solve(V) / solve_adjoint(W) to apply P with"
         )
         raise ValueError(msg)
     return Propagator(traj)

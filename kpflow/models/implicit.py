@@ -1,0 +1,432 @@
+"""General implicit models through weight hooks: :class:`Implicit`, states solving F(z, θ, x) = 0.
+
+The user writes the residual ``residual(params, z, x, site)`` in array-API code with the
+same hooks as :class:`~kpflow.models.Recurrent` (``site(name, a)`` = ``a @ W.T``,
+``site(name)`` = a bias).  An equilibrium layer z = tanh(W z + U x + b) is the residual
+z − tanh(site("W", z) + site("U", x) + site("b")).  The sites are the B batch rows and
+the state has shape (B, n_state).
+
+Here ∂F/∂z is not triangular (``traj.triangular`` is False), so:
+
+- **P = (∂F/∂z)⁻¹** is a linear solve: restarted GMRES (:mod:`kpflow.linalg._gmres`) on
+  jvps of the residual with respect to z, one Krylov space per probe, all probes sharing
+  each batched product; Pᵀ is the adjoint solve on vjps.  ∂F/∂z is block-diagonal over the
+  batch rows, but the solve stays matrix-free over the whole (B, n_state) state: it never
+  forms an n_state × n_state block, so it scales to wide layers (at the price of a Krylov
+  space shared across rows: GMRES needs up to B·n_state steps instead of n_state).
+- **K = (∂F/∂θ)(∂F/∂θ)ᵀ**: each weight site's D_w = ∂F/∂u_w at the solution, by jvp/vjp of
+  the residual with respect to its hook outputs (exactly as for :class:`Recurrent`).
+  Since dz/dθ = −(∂F/∂z)⁻¹ ∂F/∂θ, NTK_S = (dz/dθ)(dz/dθ)ᵀ = P K Pᵀ: the sign cancels.
+- The constraint in the library's form F = z − f gives ``update_map`` f(z; θ) = z − F(z, θ, x),
+  so L = I − ∂F/∂z and ``propagator(traj).inverse()`` is ∂F/∂z.
+
+The forward solve (:meth:`Implicit.unroll`) starts from z = 0 (or ``h0``, an initial guess)
+and stops when ‖F(z)‖ ≤ tol · max(‖z‖, 1) (Frobenius norms over the whole batch):
+
+- ``solver="fixed_point"``: z ← z − F(z), i.e. z ← f(z) for a residual z − f(z); converges
+  when f is a contraction;
+- ``solver="newton"``: z ← z + δ with (∂F/∂z) δ = −F(z) solved by GMRES on jvps (inexact
+  Newton: the inner tolerance is min(0.1, current relative residual), no line search).
+
+Each update is one iteration; ``max_iter`` updates without reaching ``tol`` raise
+:class:`~kpflow.linalg._gmres.SolverNotConvergedError` carrying ``.residual`` and
+``.iterations``.  The solve records no autograd graph: derivatives come from the implicit
+function theorem, never from differentiating the iterations.
+
+Derivatives need torch or jax arrays: on numpy and array_api_strict ``run`` raises
+:class:`~kpflow.backends.AutodiffUnavailableError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from kpflow._array import array_namespace, device_of, namespace_name
+from kpflow.linalg._gmres import SolverNotConvergedError, gmres
+from kpflow.models.base import Model, Trajectory, check_size
+from kpflow.models.hooks import (
+    GuardedParams,
+    _check_param_shapes,
+    _Hook,
+    _params,
+    hook_sites,
+    record_hook_calls,
+)
+from kpflow.models.sites import Site
+
+__all__ = ["Implicit", "ImplicitTrajectory", "SolverNotConvergedError"]
+
+SOLVERS = ("fixed_point", "newton")
+
+
+class Implicit(Model):
+    """An implicit model written by the user: states z (B, n_state) solving F(z, θ, x) = 0.
+
+    Parameters
+    ----------
+    residual : callable
+        ``residual(params, z, x, site) -> F`` in array-API code, z of shape (B, n_state),
+        x of shape (B, n_in), F of the shape of z.  Parameters are used only through the
+        hook: ``site(name, a)`` = ``a @ params[name].T`` (weight (out, in)),
+        ``site(name)`` = ``params[name]`` (bias (out,)).
+    n_in, n_state : int
+    param_shapes : dict of str to tuple
+        (out, in) for a weight, (out,) for a bias.
+    solver : {"fixed_point", "newton"}
+        The forward solve (see :mod:`kpflow.models.implicit`).
+    tol : float
+        The forward solve stops when ‖F(z)‖ ≤ tol · max(‖z‖, 1) (Frobenius norms).
+    max_iter : int
+        Cap on the forward updates.
+    solve_tol : float, optional
+        GMRES tolerance of P and Pᵀ, ‖b − A x‖ ≤ solve_tol·‖b‖ per probe; default
+        max(1e-12, 100·eps of the dtype).
+    solve_restart, solve_max_iter : int
+        GMRES restart length and cap on its iterations (per solve).
+
+    Examples
+    --------
+    An equilibrium layer z = tanh(W z + U x + b):
+
+    >>> import numpy as np
+    >>> import torch
+    >>> import kpflow
+    >>> from kpflow.models import Implicit
+    >>> def deq(params, z, x, site):
+    ...     return z - torch.tanh(site("W", z) + site("U", x) + site("b"))
+    >>> model = Implicit(deq, n_in=2, n_state=3, param_shapes={"W": (3, 3), "U": (3, 2), "b": (3,)})
+    >>> params = model.init(0, like=torch.zeros(1, dtype=torch.float64))
+    >>> traj = model.run(params, torch.ones(4, 2, dtype=torch.float64))
+    >>> traj.states.shape, traj.triangular
+    (torch.Size([4, 3]), False)
+    >>> F = model.residual(params, traj.states, traj.x)
+    >>> bool(torch.linalg.norm(F) <= 1e-10 * max(1.0, float(torch.linalg.norm(traj.states))))
+    True
+    >>> kpflow.global_ntk(traj).todense().shape
+    torch.Size([4, 3, 4, 3])
+
+    On numpy there is no autodiff for D_w and ∂F/∂z:
+
+    >>> model.run(model.init(0), np.ones((4, 2)))
+    Traceback (most recent call last):
+    ...
+    kpflow.backends._base.AutodiffUnavailableError: Implicit.run: the D_w and ∂F/∂z of a user ...
+    """
+
+    def __init__(
+        self,
+        residual: Callable[..., Any],
+        *,
+        n_in: int,
+        n_state: int,
+        param_shapes: dict[str, tuple[int, ...]],
+        solver: str = "fixed_point",
+        tol: float = 1e-10,
+        max_iter: int = 200,
+        solve_tol: float | None = None,
+        solve_restart: int = 50,
+        solve_max_iter: int = 1000,
+    ) -> None:
+        where = "Implicit"
+        if not callable(residual):
+            msg = (
+                f"{where}: expected residual to be a callable residual(params, z, x, site), got {residual!r}"
+            )
+            raise TypeError(msg)
+        self.n_in = check_size(n_in, "n_in", where)
+        self.n_state = self.state_size = check_size(n_state, "n_state", where)
+        self._shapes = _check_param_shapes(param_shapes, where)
+        if solver not in SOLVERS:
+            msg = f"{where}: expected solver to be one of {SOLVERS}, got {solver!r}"
+            raise ValueError(msg)
+        for name, value in (("tol", tol), ("solve_tol", solve_tol)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
+                msg = f"{where}: expected {name} to be a positive float, got {value!r}"
+                raise ValueError(msg)
+        self.max_iter = check_size(max_iter, "max_iter", where)
+        self.solve_restart = check_size(solve_restart, "solve_restart", where)
+        self.solve_max_iter = check_size(solve_max_iter, "solve_max_iter", where)
+        self.solver, self.tol, self.solve_tol = solver, float(tol), solve_tol
+        self.user_residual = residual
+
+    def _init_bound(self) -> float:
+        return 1.0 / float(np.sqrt(self.n_state))
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def _call(self, params: dict[str, Any], z: Any, x: Any, hook: _Hook) -> Any:
+        return self.user_residual(GuardedParams(tuple(self._shapes), hook.where), z, x, hook)
+
+    def residual(self, params: dict[str, Any], z: Any, x: Any) -> Any:
+        """F(z, θ, x), shape (B, n_state) (pure array-API code, differentiable)."""
+        return self._call(params, z, x, _Hook(params, self._shapes, "Implicit.residual"))
+
+    def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
+        """f(z; θ) = z − F(z, θ, x): the library's form F = z − f of the constraint."""
+        return states - self.residual(params, states, x)
+
+    def linear_tol(self, like: Any) -> float:
+        """The GMRES tolerance for the dtype of array ``like``: ``solve_tol`` or max(1e-12, 100·eps)."""
+        if self.solve_tol is not None:
+            return float(self.solve_tol)
+        return max(1e-12, 100.0 * float(array_namespace(like).finfo(like.dtype).eps))
+
+    def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
+        xp = meta[0]
+        x_xp = array_namespace(x, where=where)
+        if x_xp is not xp:
+            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(xp)}"
+            raise TypeError(msg)
+        if x.ndim != 2 or x.shape[1] != self.n_in or x.shape[0] < 1:
+            msg = f"{where}: expected x of shape (B, n_in={self.n_in}) with B >= 1, got {tuple(x.shape)}"
+            raise ValueError(msg)
+        self._check_array(x, "x", tuple(x.shape), meta, where)
+        if h0 is not None:
+            self._check_array(h0, "h0 (the initial guess)", (x.shape[0], self.n_state), meta, where)
+
+    def unroll(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
+        """Solve F(z, θ, x) = 0 from z = h0 (zeros by default); no autograd graph is recorded.
+
+        Raises
+        ------
+        SolverNotConvergedError
+            When ``max_iter`` updates do not reach ``tol`` (``.residual``: the relative
+            residual ‖F(z)‖ / max(‖z‖, 1) reached).
+        """
+        from kpflow.backends import get_backend
+
+        xp = array_namespace(x)
+        adapter = get_backend(x)
+        dtype = next(iter(params.values())).dtype
+        z = xp.zeros((int(x.shape[0]), self.n_state), dtype=dtype, device=device_of(x)) if h0 is None else h0
+        with adapter.no_grad():
+            return self._solve(adapter, xp, params, x, z)
+
+    def _solve(self, adapter: Any, xp: Any, params: dict[str, Any], x: Any, z: Any) -> Any:
+        where = f"Implicit.run (solver={self.solver!r})"
+        for it in range(self.max_iter + 1):
+            F = self._call(params, z, x, _Hook(params, self._shapes, where))
+            if tuple(F.shape) != tuple(z.shape):
+                msg = (
+                    f"{where}: expected the residual of shape {tuple(z.shape)} (B, n_state), "
+                    f"got {tuple(F.shape)}"
+                )
+                raise ValueError(msg)
+            rel = float(xp.linalg.vector_norm(F)) / max(float(xp.linalg.vector_norm(z)), 1.0)
+            if rel <= self.tol:
+                return z
+            if it == self.max_iter or not np.isfinite(rel):
+                msg = (
+                    f"{where}: the forward solve did not converge: after {it} iterations "
+                    f"‖F(z)‖/max(‖z‖, 1) = {rel:.3e} > tol={self.tol:g}; raise max_iter, loosen tol, "
+                    "start from a better h0, or try solver='newton'"
+                )
+                raise SolverNotConvergedError(msg, residual=rel, iterations=it)
+            if self.solver == "fixed_point":
+                z = z - F
+            else:
+                z = z + self._newton_step(adapter, params, x, z, F, min(0.1, rel), where)
+        raise AssertionError  # pragma: no cover (the loop returns or raises)
+
+    def _newton_step(
+        self, adapter: Any, params: dict[str, Any], x: Any, z: Any, F: Any, eta: float, where: str
+    ) -> Any:
+        def f(z: Any) -> Any:
+            return self._call(params, z, x, _Hook(params, self._shapes, where))
+
+        def matmat(V: Any) -> Any:
+            return adapter.vmap(lambda v: adapter.jvp(f, (z,), (v,))[1])(V)
+
+        inner = max(eta, self.linear_tol(z))
+        return gmres(
+            matmat,
+            -F[None, ...],
+            tol=inner,
+            restart=self.solve_restart,
+            max_iter=self.solve_max_iter,
+            where=where,
+        )[0, ...]
+
+    def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> ImplicitTrajectory:
+        """Solve once and return the trajectory (params, x, h0 on torch or jax).
+
+        ``h0`` (B, n_state), optional, is the initial guess of the forward solve.
+
+        Raises
+        ------
+        AutodiffUnavailableError
+            (a ``TypeError``) for numpy, array_api_strict or cupy params.
+        SolverNotConvergedError
+            (a ``RuntimeError``) when the forward solve does not reach ``tol``.
+        WeightOutsideHookError, ValueError, TypeError
+            As :meth:`kpflow.models.Recurrent.run`.
+        """
+        from kpflow.backends import AutodiffUnavailableError, get_backend
+
+        where = "Implicit.run"
+        xp = self.check_params(params, where)[0]
+        adapter = get_backend(xp.zeros(1))
+        if not adapter.has_autodiff:
+            msg = (
+                f"{where}: the D_w and ∂F/∂z of a user residual are computed by automatic "
+                f"differentiation, which the {adapter.name} backend lacks; run the model on "
+                "torch or jax arrays"
+            )
+            raise AutodiffUnavailableError(msg)
+        return super().run(params, x, h0)  # type: ignore[return-value]
+
+    def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> ImplicitTrajectory:
+        from kpflow.backends import get_backend
+
+        return ImplicitTrajectory(self, params, x, h0, states, get_backend(states).name)
+
+    def __repr__(self) -> str:
+        return (
+            f"Implicit(n_in={self.n_in}, n_state={self.n_state}, params={sorted(self._shapes)}, "
+            f"solver={self.solver!r})"
+        )
+
+
+class ImplicitTrajectory(Trajectory):
+    """A solve of an :class:`Implicit` model: P by GMRES on jvps, Pᵀ on vjps, hook sites for K.
+
+    ``state_shape = (B, n_state)``, ``site_shape = (B,)``, one block (``n_steps = 1``),
+    ``triangular`` False.  :func:`kpflow.ntk.propagator` applies P by :meth:`solve` and
+    Pᵀ by :meth:`solve_adjoint`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kpflow.models import Implicit
+    >>> def deq(params, z, x, site):
+    ...     return z - torch.tanh(site("W", z) + site("U", x))
+    >>> model = Implicit(deq, n_in=1, n_state=2, param_shapes={"W": (2, 2), "U": (2, 1)})
+    >>> like = torch.zeros(1, dtype=torch.float64)
+    >>> traj = model.run(model.init(0, like=like), torch.ones(3, 1, dtype=torch.float64))
+    >>> V = torch.randn(5, 3, 2, dtype=torch.float64)
+    >>> bool(torch.allclose(traj.residual_jvp(traj.solve(V)), V, atol=1e-12))
+    True
+    """
+
+    model: Implicit
+    triangular = False
+
+    def __init__(
+        self, model: Implicit, params: dict[str, Any], x: Any, h0: Any, states: Any, backend: str
+    ) -> None:
+        super().__init__(model, params, x, h0, states)
+        self.backend = backend
+        self.names = tuple(sorted(params))
+        self.plan, self.site_variables_by_call = record_hook_calls(
+            model, params, states, x, "Implicit.run", self.site_shape, "(B,)"
+        )
+        self._operands = (tuple(params[n] for n in self.names), states, x)
+
+    @property
+    def site_shape(self) -> tuple[int, ...]:
+        return (int(self.states.shape[0]),)
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """``("batch", "state")``."""
+        return ("batch", "state")
+
+    @property
+    def n_steps(self) -> int:
+        return 1
+
+    def block(self, V: Any, t: int) -> Any:
+        return V
+
+    def join(self, blocks: list[Any]) -> Any:
+        return blocks[0]
+
+    def step_jvp(self, t: int, v: Any) -> Any:
+        msg = "ImplicitTrajectory has one block and no steps; use residual_jvp / state_jvp"
+        raise ValueError(msg)
+
+    def step_vjp(self, t: int, w: Any) -> Any:
+        msg = "ImplicitTrajectory has one block and no steps; use residual_vjp / state_vjp"
+        raise ValueError(msg)
+
+    def _static(self) -> tuple:
+        return (self.model, self.backend, self.names, self.plan)
+
+    def residual_jvp(self, V: Any) -> Any:
+        """(∂F/∂z) V for ``V`` of shape ``(k, B, n_state)``."""
+        return _residual_jvp(self.model, self.backend, self.names, self.plan, self._product_operands(), V)
+
+    def residual_vjp(self, W: Any) -> Any:
+        """(∂F/∂z)ᵀ W for ``W`` of shape ``(k, B, n_state)``."""
+        return _residual_vjp(self.model, self.backend, self.names, self.plan, self._product_operands(), W)
+
+    def state_jvp(self, V: Any) -> Any:
+        """L V = V − (∂F/∂z) V (the constraint written F = z − f)."""
+        return V - self.residual_jvp(V)
+
+    def state_vjp(self, W: Any) -> Any:
+        """Lᵀ W = W − (∂F/∂z)ᵀ W."""
+        return W - self.residual_vjp(W)
+
+    def solve(self, V: Any) -> Any:
+        """P V = (∂F/∂z)⁻¹ V by GMRES, ``V`` of shape ``(k, B, n_state)``."""
+        return self._gmres(self.residual_jvp, V, "P")
+
+    def solve_adjoint(self, W: Any) -> Any:
+        """Pᵀ W = (∂F/∂z)⁻ᵀ W by GMRES on vjps."""
+        return self._gmres(self.residual_vjp, W, "Pᵀ")
+
+    def _gmres(self, matmat: Callable[[Any], Any], B: Any, what: str) -> Any:
+        model = self.model
+        return gmres(
+            matmat,
+            B,
+            tol=model.linear_tol(self.states),
+            restart=model.solve_restart,
+            max_iter=model.solve_max_iter,
+            where=f"Implicit ({what} = solve with ∂F/∂z)",
+        )
+
+    def _product_operands(self) -> tuple:
+        from kpflow.backends import get_backend
+
+        return get_backend(self.backend).for_products(self._operands)
+
+    def _make_sites(self) -> list[Site]:
+        return hook_sites(self)
+
+
+# -- pure derivative actions -----------------------------------------------------------------------
+def _residual_of_z(model: Implicit, names: tuple, plan: tuple, operands: tuple, where: str) -> tuple:
+    values, z, x = operands
+    params = _params(names, values)
+
+    def f(z: Any) -> Any:
+        return model._call(params, z, x, _Hook(params, model._shapes, where, plan=plan))
+
+    return f, z
+
+
+def _residual_jvp(model: Implicit, backend: str, names: tuple, plan: tuple, operands: tuple, V: Any) -> Any:
+    """(∂F/∂z) V, vmapped over the probes of ``V`` (k, B, n_state)."""
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(backend)
+    f, z = _residual_of_z(model, names, plan, operands, "Implicit (∂F/∂z)")
+    return adapter.vmap(lambda v: adapter.jvp(f, (z,), (v,))[1])(V)
+
+
+def _residual_vjp(model: Implicit, backend: str, names: tuple, plan: tuple, operands: tuple, W: Any) -> Any:
+    """(∂F/∂z)ᵀ W, vmapped over the probes."""
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(backend)
+    f, z = _residual_of_z(model, names, plan, operands, "Implicit (∂F/∂zᵀ)")
+    _, vjp_fn = adapter.vjp(f, z)
+    return adapter.vmap(lambda w: vjp_fn(w)[0])(W)

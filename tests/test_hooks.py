@@ -134,16 +134,27 @@ def test_user_tanh_rnn_kernel_equals_builtin_rnn_kernel(backend, data):
 @needs_autodiff
 @pytest.mark.parametrize("backend", AUTODIFF)
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_exact_shortcuts_fall_back_and_agree_with_dense(backend, cell):
-    # A user cell does not declare per-unit D, so the exact trace and spectrum rules of the
-    # Kronecker core decline (None) and the matrix-free algorithms answer, exactly here.
+def test_exact_shortcuts_apply_to_diagonal_cells_and_all_agree_with_dense(backend, cell):
+    # A site whose D is diagonal (each pre-activation unit moves only its own state unit,
+    # the tanh RNN and the gated cell) becomes a unit-structured Site and K's exact trace and
+    # spectrum rules answer; a weight used twice keeps a LinearSite and the rules decline.
+    # Either way the answers agree with the dense matrices.
     from kpflow.linalg import rules
+    from kpflow.models import Site
+    from kpflow.models.sites import LinearSite
 
     case = _make_case(backend, "float64")
     _, _, _, _, traj = _problem(case, cell, 2, 3, 2, 3, 7, True)
     K = kpflow.parameter_kernel(traj)
-    assert rules.exact_trace(K) is None
-    assert rules.exact_eigsh(K, 3) is None
+    kinds = {s.name: type(s) for s in traj.sites}
+    if cell == "shared_weight":
+        assert kinds["W"] is LinearSite and kinds["b"] is LinearSite and kinds["U"] is Site
+        assert rules.exact_trace(K) is None
+        assert rules.exact_eigsh(K, 3) is None
+    else:
+        assert set(kinds.values()) == {Site}
+        assert rules.exact_trace(K) is not None
+        assert rules.exact_eigsh(K, 3) is not None
     n = int(np.prod(traj.state_shape))
     Kd = case.to_numpy(K.todense()).reshape(n, n)
     Nd = case.to_numpy(kpflow.dense_global_ntk(traj)).reshape(n, n)
@@ -153,6 +164,30 @@ def test_exact_shortcuts_fall_back_and_agree_with_dense(backend, cell):
         vals = case.to_numpy(kla.eigsh(op, 3, rng=0).eigenvalues)
         expected = np.sort(np.linalg.eigvalsh(dense))[::-1][:3]
         assert np.max(np.abs(vals - expected)) <= 1e-9 * expected[0]
+    exact = case.to_numpy(kla.eigsh(K, 3).eigenvalues)
+    np.testing.assert_allclose(exact, np.sort(np.linalg.eigvalsh(Kd))[::-1][:3], rtol=1e-10)
+
+
+@needs_autodiff
+@pytest.mark.parametrize("backend", AUTODIFF)
+def test_a_non_diagonal_d_is_detected_and_kept_exact(backend):
+    """A step whose output is permuted after the nonlinearity has a non-diagonal D: kept general."""
+    from kpflow.models.sites import LinearSite
+
+    def flipped(params, h, x, site):
+        xp = array_namespace(h, x)
+        return xp.flip(xp.tanh(site("W", h) + site("U", x)), axis=-1)
+
+    model = Recurrent(flipped, n_in=2, n_hidden=3, param_shapes={"W": (3, 3), "U": (3, 2)})
+    case = _make_case(backend, "float64")
+    rng = np.random.default_rng(3)
+    params = {k: case.asarray(v) for k, v in model.init(rng).items()}
+    traj = model.run(params, case.asarray(rng.standard_normal((2, 3, 2))))
+    assert all(isinstance(s, LinearSite) for s in traj.sites)
+    n = 18
+    N = case.to_numpy(kpflow.global_ntk(traj).todense()).reshape(n, n)
+    dense = case.to_numpy(kpflow.dense_global_ntk(traj)).reshape(n, n)
+    assert np.linalg.norm(N - dense) <= 1e-12 * np.linalg.norm(dense)
 
 
 @needs_autodiff

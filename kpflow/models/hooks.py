@@ -20,9 +20,10 @@ vjps (Pᵀ) of the step with respect to h.
 Costs (per block of k probes): each weight's term of K takes one vmapped vjp and one
 vmapped jvp of the step at all B·T sites (about 2 steps' work per weight, against two thin
 GEMMs for a built-in cell); each P step one jvp (or vjp) of the step.  Nothing of size
-B·T·H·H is stored.  The exact spectrum and trace shortcuts need per-unit D, which a user
-cell does not declare, so those fall back to the matrix-free algorithms (which are exact
-up to their tolerance, and agree with the dense NTK).
+B·T·H·H is stored.  A weight used once whose D_w is diagonal (elementwise cells) is detected
+and stored with its per-unit D, so K's exact trace and spectrum rules apply; other sites
+fall back to the matrix-free algorithms (exact up to their tolerance; both agree with the
+dense NTK).
 
 Derivatives need torch or jax arrays: on numpy and array_api_strict ``run`` raises
 :class:`~kpflow.backends.AutodiffUnavailableError`.
@@ -407,20 +408,43 @@ def hook_sites(traj: Any) -> list[Site]:
         A = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
         out = traj.model._shapes[name][0]
         static = (*traj._static(), calls, traj.site_shape, out)
-        sites.append(
-            LinearSite(
-                name,
-                A,
-                state_shape=traj.state_shape,
-                width=out,
-                apply=_hook_D,
-                adjoint=_hook_DT,
-                operands=traj._operands,
-                static=static,
-                n_sites=m,
-            )
+        site = LinearSite(
+            name,
+            A,
+            state_shape=traj.state_shape,
+            width=out,
+            apply=_hook_D,
+            adjoint=_hook_DT,
+            operands=traj._operands,
+            static=static,
+            n_sites=m,
         )
+        sites.append(_as_diagonal(site, traj) if len(calls) == 1 else site)
     return sites
+
+
+def _as_diagonal(site: LinearSite, traj: Any) -> Site:
+    """The site with a diagonal D_w as a unit-structured :class:`Site` (exact shortcuts), else itself.
+
+    D_w is diagonal when pre-activation unit i at site s moves only state coordinate i at
+    site s: then D_w U = d ⊙ U with d = D_w 1.  That is checked on a random U (seeded; a
+    non-diagonal D fails it with probability one), to 100·ε of ‖D_w U‖.  Elementwise gated
+    cells (an RNN's tanh, a GRU-like cell's gates) pass; a weight whose output is mixed by
+    another matrix afterwards does not.
+    """
+    from kpflow.backends import get_backend
+
+    xp, m, S = traj.xp, traj.m, traj.site_state_size
+    if site.width != S:
+        return site
+    ones = xp.ones((1, m, S), dtype=traj.dtype, device=traj.device)
+    d = xp.reshape(site.apply_D(ones), (m, S))
+    U = get_backend(traj.states).random_normal(0, (1, m, S), dtype=traj.dtype, device=traj.device)
+    DU = xp.reshape(site.apply_D(U), (1, m, S))
+    gap = float(xp.linalg.vector_norm(DU - d * U))
+    if gap > 100 * float(xp.finfo(traj.dtype).eps) * float(xp.linalg.vector_norm(DU)):
+        return site
+    return Site(site.name, site.variables, state_shape=traj.state_shape, unit_D=d[:, :, None, None])
 
 
 # -- pure derivative actions (module level: one compiled program per shape on jax) -------------------

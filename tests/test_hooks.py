@@ -318,3 +318,24 @@ def test_analysis_on_a_cell_with_a_weight_used_twice_answers_or_refuses_clearly(
         analysis.self_referential_bias(traj, 2)
     with pytest.raises(ValueError, match="not unit-structured"):
         analysis.differentiable_effective_rank(traj)
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch is not among the selected backends")
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_state_jacobian_gradients_come_back_in_the_cells_own_parameter_names(cell) -> None:
+    """J_Sᵀ g in named parameters equals torch.autograd's gradient of ⟨g, z⟩; from_params inverts it."""
+    import torch
+
+    model = CELLS[cell](2, 3)
+    rng = np.random.default_rng(4)
+    params = {k: torch.asarray(v) for k, v in model.init(rng).items()}
+    x = torch.asarray(rng.standard_normal((2, 4, 2)))
+    g = torch.asarray(rng.standard_normal((2, 4, 3)))
+    J = kpflow.state_jacobian(model.run(params, x))
+    got = J.to_params(J.rmatvec(g))
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    (model.unroll(leaves, x) * g).sum().backward()
+    for k, leaf in leaves.items():
+        torch.testing.assert_close(got[k], leaf.grad, rtol=1e-12, atol=1e-13)
+    flat = J.from_params(params)
+    assert all(torch.equal(J.to_params(flat)[k], params[k]) for k in params)

@@ -339,3 +339,98 @@ def test_state_jacobian_gradients_come_back_in_the_cells_own_parameter_names(cel
         torch.testing.assert_close(got[k], leaf.grad, rtol=1e-12, atol=1e-13)
     flat = J.from_params(params)
     assert all(torch.equal(J.to_params(flat)[k], params[k]) for k in params)
+
+
+# -- FeedForward: the feed-forward counterpart ------------------------------------------------------
+def _mlp_layers(n_layers):
+    def hidden(l):
+        def layer(params, z, site):
+            return array_namespace(z).tanh(site(f"layers.{l}.weight", z) + site(f"layers.{l}.bias"))
+
+        return layer
+
+    def output(params, z, site):
+        return site(f"layers.{n_layers - 1}.weight", z) + site(f"layers.{n_layers - 1}.bias")
+
+    return [hidden(l) for l in range(n_layers - 1)] + [output]
+
+
+def _shared_depth_layers():
+    # one weight V used in both hidden layers (shared across depth): cross terms in K_V
+    def first(params, z, site):
+        return array_namespace(z).tanh(site("U", z) + site("b"))
+
+    def second(params, z, site):
+        return array_namespace(z).tanh(site("V", z) + site("b"))
+
+    def third(params, z, site):
+        return site("V", z) * 0.5 + site("C", z)
+
+    return [first, second, third]
+
+
+@needs_autodiff
+@pytest.mark.parametrize("backend", AUTODIFF)
+@settings(max_examples=examples(4))
+@given(data=st.data())
+def test_user_mlp_stack_ntk_equals_dense_and_the_builtin_mlp(backend, data):
+    from kpflow.models import MLP, FeedForward
+
+    case = _make_case(backend, "float64")
+    B = data.draw(st.integers(1, 4), label="B")
+    n_in, H = data.draw(st.integers(1, 3), label="n_in"), data.draw(st.integers(1, 4), label="H")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    builtin = MLP((n_in, H, H, 2))
+    host = {k: 1.5 * v for k, v in builtin.init(seed).items()}
+    user = FeedForward(_mlp_layers(3), n_in=n_in, widths=[H, H, 2], param_shapes=builtin.param_shapes())
+    params = {k: case.asarray(v) for k, v in host.items()}
+    x = case.asarray(np.random.default_rng(seed).standard_normal((B, n_in)))
+    traj = user.run(params, x)
+    n = B * (2 * H + 2)
+    N = case.to_numpy(kpflow.global_ntk(traj).todense()).reshape(n, n)
+    dense = case.to_numpy(kpflow.dense_global_ntk(traj)).reshape(n, n)
+    assert np.linalg.norm(N - dense) <= 1e-9 * np.linalg.norm(dense)
+    ref = case.to_numpy(kpflow.global_ntk(builtin.run(params, x)).todense()).reshape(n, n)
+    assert np.linalg.norm(N - ref) <= 1e-12 * np.linalg.norm(ref)
+
+
+@needs_autodiff
+@pytest.mark.parametrize("backend", AUTODIFF)
+def test_a_weight_shared_across_depth_keeps_its_cross_terms(backend):
+    from kpflow.models import FeedForward
+
+    case = _make_case(backend, "float64")
+    shapes = {"U": (3, 2), "V": (3, 3), "b": (3,), "C": (3, 3)}
+    model = FeedForward(_shared_depth_layers(), n_in=2, widths=[3, 3, 3], param_shapes=shapes)
+    rng = np.random.default_rng(2)
+    params = {k: case.asarray(v) for k, v in model.init(rng).items()}
+    traj = model.run(params, case.asarray(rng.standard_normal((3, 2))))
+    assert [(s.name, int(s.variables.shape[0])) for s in traj.sites if s.name in ("V", "b")] == [
+        ("V", 6),
+        ("b", 6),
+    ]
+    N = case.to_numpy(kpflow.global_ntk(traj).todense()).reshape(27, 27)
+    dense = case.to_numpy(kpflow.dense_global_ntk(traj)).reshape(27, 27)
+    assert np.linalg.norm(N - dense) <= 1e-12 * np.linalg.norm(dense)
+
+
+def test_feedforward_refuses_bad_arguments_by_name():
+    from kpflow.models import FeedForward
+
+    with pytest.raises(TypeError, match="FeedForward: expected layers to be a non-empty list of callables"):
+        FeedForward([], n_in=1, widths=[], param_shapes={"W": (1, 1)})
+    with pytest.raises(ValueError, match=r"FeedForward: expected widths to list one width per layer \(2\)"):
+        FeedForward(_mlp_layers(2), n_in=1, widths=[3], param_shapes={"W": (1, 1)})
+    model = FeedForward(
+        _mlp_layers(2),
+        n_in=2,
+        widths=[3, 1],
+        param_shapes={
+            "layers.0.weight": (3, 2),
+            "layers.0.bias": (3,),
+            "layers.1.weight": (1, 3),
+            "layers.1.bias": (1,),
+        },
+    )
+    with pytest.raises(AutodiffUnavailableError, match="FeedForward.run: a user stack's D_w"):
+        model.run(model.init(0), np.ones((2, 2)))

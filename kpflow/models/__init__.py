@@ -16,6 +16,7 @@ from kpflow.models.base import (
     StepKernel,
     Trajectory,
 )
+from kpflow.models.feedforward import FeedForward
 from kpflow.models.gru import GRU
 from kpflow.models.hooks import Recurrent
 from kpflow.models.implicit import Implicit, SolverNotConvergedError
@@ -31,6 +32,7 @@ __all__ = [
     "LSTM",
     "MLP",
     "RNN",
+    "FeedForward",
     "Implicit",
     "LeakyRNN",
     "Linear",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from kpflow._array import check_array
 from kpflow.models.base import Site, Trajectory
+from kpflow.models.feedforward import FeedForward
 from kpflow.models.gru import GRU
 from kpflow.models.hooks import Recurrent
 from kpflow.models.implicit import Implicit
@@ -71,8 +72,8 @@ def site_parameters(model: Any) -> dict[str, SiteRows] | None:
     LSTM                  ``ih+hh``: weight_ihᵀ, weight_hhᵀ, bias_ih, bias_hh (4H columns,
                           gates i, f, g, o as torch stacks them)
     MLP                   ``layers.l``: layers.l.weightᵀ, layers.l.bias
-    Recurrent, Implicit   one site per parameter, named after it: its transpose (a weight) or
-                          the bias itself (user-defined cells, :mod:`kpflow.models.hooks`)
+    Recurrent, Implicit,  one site per parameter, named after it: its transpose (a weight) or
+    FeedForward           the bias itself (user-defined models, :mod:`kpflow.models.hooks`)
     ====================  ======================================================================
 
     (Without bias the bias rows are absent.)  Every built-in model's parameters map one to
@@ -150,13 +151,14 @@ def _(model: MLP) -> dict[str, SiteRows]:
     return out
 
 
-def _hook_rows(model: Recurrent | Implicit) -> dict[str, SiteRows]:
+def _hook_rows(model: Recurrent | Implicit | FeedForward) -> dict[str, SiteRows]:
     # one site per parameter, named after it: C_w = Wᵀ (in rows) or the bias (one row)
     return {name: [(name, (0, shape[0]))] for name, shape in model._shapes.items()}
 
 
 site_parameters.register(Recurrent, _hook_rows)
 site_parameters.register(Implicit, _hook_rows)
+site_parameters.register(FeedForward, _hook_rows)
 
 
 # -- the flat parameter vector ------------------------------------------------------------------------

@@ -32,7 +32,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from kpflow.backends._base import Backend
 
-__all__ = ["PROBE_AXIS", "JaxBackend", "adapter", "replicate", "shard_probes", "sharded_matmat"]
+__all__ = [
+    "PROBE_AXIS",
+    "JaxBackend",
+    "adapter",
+    "from_module",
+    "replicate",
+    "shard_probes",
+    "sharded_matmat",
+]
 
 #: The name of the mesh axis the probe axis of a block is split over.
 PROBE_AXIS = "probes"
@@ -285,3 +293,7 @@ def sharded_matmat(A: Any, X: Any) -> Any:
     if block is X or not isinstance(out, jax.Array):
         return out
     return jax.device_put(out, X.sharding)
+
+
+# -- Equinox and Flax NNX modules: see kpflow.backends._jax_modules ------------------------------
+from kpflow.backends._jax_modules import from_module  # noqa: E402  (after the adapter it uses)

@@ -32,6 +32,7 @@ OPTIONAL_MODULES = frozenset(
     {
         "array_api_strict",
         "cupy",
+        "equinox",
         "hypothesis",
         "jax",
         "jaxlib",

@@ -1,0 +1,364 @@
+"""``from_module`` for Equinox and Flax NNX modules (re-exported by :mod:`kpflow.backends.jax`).
+
+Maps recurrent cells and MLPs onto kpflow's models with torch's parameter names and gate
+orders.  Neither equinox nor flax is imported here: modules are recognised through
+``sys.modules``, so importing kpflow's jax adapter never imports them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["from_module"]
+
+
+# -- Equinox and Flax NNX modules ------------------------------------------------------------------
+_WHERE = "kpflow.backends.jax.from_module"
+_SUPPORTED = (
+    "equinox.nn.GRUCell, equinox.nn.LSTMCell, equinox.nn.MLP, flax.nnx.SimpleCell, flax.nnx.GRUCell, "
+    "flax.nnx.LSTMCell, flax.nnx.OptimizedLSTMCell or a flax.nnx.Sequential of flax.nnx.Linear layers"
+)
+
+
+def _activation_name(fn: Any) -> str | None:
+    """ "tanh", "relu", "sigmoid" for jax's own functions of those names (by identity), else None."""
+    for name, owners in (("tanh", (jnp, jax.nn, jax.lax)), ("relu", (jax.nn,)), ("sigmoid", (jax.nn,))):
+        if any(fn is getattr(owner, name, None) for owner in owners):
+            return name
+    return None
+
+
+def _refuse_settings(module: Any, unsupported: list[str]) -> None:
+    if unsupported:
+        msg = f"{_WHERE}: unsupported {type(module).__name__} setting(s): " + "; ".join(unsupported)
+        raise ValueError(msg)
+
+
+def _nnx_value(variable: Any) -> Any:
+    return None if variable is None else variable[...]
+
+
+def _from_equinox(module: Any, eqx: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The kpflow model and params of an Equinox module, or None if it is none of the supported ones."""
+    from kpflow.models import MLP
+    from kpflow.models.gru import GRU
+    from kpflow.models.lstm import LSTM
+
+    nn = eqx.nn
+    if isinstance(module, nn.GRUCell | nn.LSTMCell):
+        n_in, H, bias = int(module.input_size), int(module.hidden_size), bool(module.use_bias)
+        params = {"weight_ih": module.weight_ih, "weight_hh": module.weight_hh}
+        if isinstance(module, nn.GRUCell):
+            if bias:
+                # Equinox adds `bias` (3H) on the input side and `bias_n` (H) to W_hn h inside
+                # r ⊙ (·): torch's b_ih, and torch's b_hh with zero r and z blocks.
+                zeros = jnp.zeros((2 * H,), dtype=module.bias_n.dtype, device=module.bias_n.device)
+                params |= {"bias_ih": module.bias, "bias_hh": jnp.concatenate([zeros, module.bias_n])}
+            return GRU(n_in, H, bias=bias), params
+        if bias:  # Equinox's LSTM: one bias, gates i, f, g, o as torch's
+            params |= {"bias_ih": module.bias, "bias_hh": jnp.zeros_like(module.bias)}
+        return LSTM(n_in, H, bias=bias), params
+    if not isinstance(module, nn.MLP):
+        return None
+    unsupported = []
+    if module.in_size == "scalar" or module.out_size == "scalar":
+        unsupported.append("in_size or out_size 'scalar' (kpflow's MLP takes x (B, n_in) to (B, n_out))")
+    if module.use_bias != module.use_final_bias:
+        unsupported.append(
+            f"use_bias={module.use_bias} with use_final_bias={module.use_final_bias} "
+            "(kpflow's MLP has biases on every layer or on none)"
+        )
+    act = _activation_name(module.activation)
+    if act not in ("tanh", "relu"):
+        unsupported.append(f"activation={module.activation!r} (kpflow's MLP: jax.nn.relu or jax.numpy.tanh)")
+    identity = inspect.signature(nn.MLP.__init__).parameters["final_activation"].default
+    if module.final_activation is not identity and not (
+        module.depth == 0 or _activation_name(module.final_activation) == act
+    ):
+        unsupported.append(
+            f"final_activation={module.final_activation!r} (kpflow's MLP: Equinox's default identity, "
+            "or the hidden activation itself)"
+        )
+    _refuse_settings(module, unsupported)
+    layers = list(module.layers)
+    if module.scan and module.depth > 1:  # the hidden layers stacked on a leading axis
+        stacked = layers[1]
+        hidden = [
+            jax.tree_util.tree_map(lambda a, k=k: a[k] if isinstance(a, jax.Array) else a, stacked)
+            for k in range(module.depth - 1)
+        ]
+        layers = [layers[0], *hidden, layers[-1]]
+    widths = [int(layers[0].in_features)] + [int(layer.out_features) for layer in layers]
+    params = {}
+    for l, layer in enumerate(layers):
+        params[f"layers.{l}.weight"] = layer.weight
+        if module.use_bias:
+            params[f"layers.{l}.bias"] = layer.bias
+    linear_output = module.final_activation is identity
+    return MLP(widths, nonlinearity=act or "tanh", bias=module.use_bias, linear_output=linear_output), params
+
+
+def _nnx_linear_params(layers: Sequence[Any], bias: bool) -> tuple[Any, Any]:
+    """torch's (weight, bias) of Flax Linear layers stacked along the output axis (kernel is (in, out))."""
+    weight = jnp.concatenate([_nnx_value(layer.kernel).T for layer in layers], axis=0)
+    if not bias:
+        return weight, None
+    return weight, jnp.concatenate([_nnx_value(layer.bias) for layer in layers])
+
+
+def _nnx_dtype_settings(module: Any, linears: Sequence[Any]) -> list[str]:
+    unsupported = []
+    for layer in linears:
+        if layer.dtype is not None and jnp.dtype(layer.dtype) != _nnx_value(layer.kernel).dtype:
+            unsupported.append(
+                f"dtype={jnp.dtype(layer.dtype).name} with param_dtype="
+                f"{_nnx_value(layer.kernel).dtype.name} (kpflow computes in the parameters' dtype; "
+                "use dtype=None or the param_dtype)"
+            )
+            break
+    return unsupported
+
+
+def _from_nnx(module: Any, nnx: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The kpflow model and params of a Flax NNX module, or None if it is none of the supported ones."""
+    from kpflow.models import MLP, RNN
+    from kpflow.models.gru import GRU
+    from kpflow.models.lstm import LSTM
+
+    if isinstance(module, nnx.Sequential):
+        return _from_nnx_sequential(module, nnx, MLP)
+    if isinstance(module, nnx.SimpleCell):
+        linears = [module.dense_i, module.dense_h]
+        gates: list[tuple[str, Any, str]] = []
+    elif isinstance(module, nnx.GRUCell):
+        linears = [module.dense_i, module.dense_h]
+        gates = [("gate_fn", module.gate_fn, "sigmoid"), ("activation_fn", module.activation_fn, "tanh")]
+    elif isinstance(module, nnx.OptimizedLSTMCell):
+        linears = [module.dense_i, module.dense_h]
+        gates = [("gate_fn", module.gate_fn, "sigmoid"), ("activation_fn", module.activation_fn, "tanh")]
+    elif isinstance(module, nnx.LSTMCell):
+        linears = [module.ii, module.if_, module.ig, module.io, module.hi, module.hf, module.hg, module.ho]
+        gates = [("gate_fn", module.gate_fn, "sigmoid"), ("activation_fn", module.activation_fn, "tanh")]
+    else:
+        return None
+    unsupported = _nnx_dtype_settings(module, linears)
+    for name, fn, expected in gates:
+        if _activation_name(fn) != expected:
+            unsupported.append(f"{name}={fn!r} (kpflow's cell uses jax.nn.{expected})")
+    nonlinearity = "tanh"
+    if isinstance(module, nnx.SimpleCell):
+        if module.residual:
+            unsupported.append("residual=True (kpflow's RNN has no h_{t-1} skip; use residual=False)")
+        nonlinearity = _activation_name(module.activation_fn) or "?"
+        if nonlinearity not in ("tanh", "relu"):
+            unsupported.append(
+                f"activation_fn={module.activation_fn!r} (kpflow's RNN: jax.numpy.tanh or jax.nn.relu)"
+            )
+    _refuse_settings(module, unsupported)
+    n_in, H = int(module.in_features), int(module.hidden_features)
+    if isinstance(module, nnx.LSTMCell):
+        weight_ih, _ = _nnx_linear_params(linears[:4], False)
+        weight_hh, bias_hh = _nnx_linear_params(linears[4:], True)
+    elif isinstance(module, nnx.OptimizedLSTMCell):
+        weight_ih, _ = _nnx_linear_params(linears[:1], False)
+        weight_hh, bias_hh = _nnx_linear_params(linears[1:], True)
+    else:  # SimpleCell and GRUCell: the bias on the input side only
+        weight_ih, bias_hh = _nnx_linear_params(linears[:1], True)
+        weight_hh, _ = _nnx_linear_params(linears[1:], False)
+    # Flax adds one bias (on one side); torch's other bias is zero.  For the GRU the bias
+    # is on the input side, so b_hn = 0 and n = tanh(W_in x + b_in + r ⊙ W_hn h) as Flax's.
+    params = {"weight_ih": weight_ih, "weight_hh": weight_hh}
+    if isinstance(module, nnx.LSTMCell | nnx.OptimizedLSTMCell):
+        params |= {"bias_ih": jnp.zeros_like(bias_hh), "bias_hh": bias_hh}
+        return LSTM(n_in, H), params
+    params |= {"bias_ih": bias_hh, "bias_hh": jnp.zeros_like(bias_hh)}
+    if isinstance(module, nnx.GRUCell):
+        return GRU(n_in, H), params
+    return RNN(n_in, H, nonlinearity=nonlinearity), params
+
+
+def _from_nnx_sequential(module: Any, nnx: Any, MLP: Any) -> tuple[Any, dict[str, Any]]:
+    """An ``nnx.Sequential`` of Linear layers, one tanh or relu between each two and maybe after the last."""
+    items = list(module.layers)
+    linears = [item for item in items if isinstance(item, nnx.Linear)]
+    acts = [item for item in items if not isinstance(item, nnx.Linear)]
+    names = {_activation_name(a) for a in acts}
+    L = len(linears)
+    expected = [nnx.Linear, "act"] * (L - 1) + [nnx.Linear]
+    kinds = [nnx.Linear if isinstance(item, nnx.Linear) else "act" for item in items]
+    shape_ok = L >= 1 and kinds in (expected, [*expected, "act"])
+    got = [type(item).__name__ if isinstance(item, nnx.Module) else repr(item) for item in items]
+    if not shape_ok or len(names) > 1 or not names <= {"tanh", "relu"} or (not acts and L > 1):
+        msg = (
+            f"{_WHERE}: expected a flax.nnx.Sequential of flax.nnx.Linear layers with one activation "
+            "(jax.numpy.tanh or jax.nn.relu, the same everywhere) between each two and optionally after "
+            f"the last, got [{', '.join(got)}]"
+        )
+        raise ValueError(msg)
+    unsupported = _nnx_dtype_settings(module, linears)
+    bias = {bool(layer.use_bias) for layer in linears}
+    if len(bias) > 1:
+        unsupported.append("use_bias differing between layers (kpflow's MLP has biases on all or none)")
+    _refuse_settings(module, unsupported)
+    for l in range(L - 1):
+        if int(linears[l].out_features) != int(linears[l + 1].in_features):
+            msg = (
+                f"{_WHERE}: Linear layer {l} has {linears[l].out_features} outputs but layer {l + 1} "
+                f"takes {linears[l + 1].in_features}"
+            )
+            raise ValueError(msg)
+    widths = [int(linears[0].in_features)] + [int(layer.out_features) for layer in linears]
+    has_bias = bias.pop()
+    params = {}
+    for l, layer in enumerate(linears):
+        params[f"layers.{l}.weight"] = _nnx_value(layer.kernel).T
+        if has_bias:
+            params[f"layers.{l}.bias"] = _nnx_value(layer.bias)
+    act = names.pop() if names else "tanh"
+    model = MLP(widths, nonlinearity=act, bias=has_bias, linear_output=kinds[-1] is nnx.Linear)
+    return model, params
+
+
+def _readout(readout: Any, n_hidden: int, reference: Any) -> tuple[Any, dict[str, Any]]:
+    from kpflow.models.linear import Linear
+
+    eqx, nnx = sys.modules.get("equinox"), sys.modules.get("flax.nnx")
+    if eqx is not None and isinstance(readout, eqx.nn.Linear):
+        if readout.in_features == "scalar" or readout.out_features == "scalar":
+            msg = f"{_WHERE}: a readout with in_features or out_features 'scalar' is not supported"
+            raise ValueError(msg)
+        weight, bias = readout.weight, readout.bias
+    elif nnx is not None and isinstance(readout, nnx.Linear):
+        _refuse_settings(readout, _nnx_dtype_settings(readout, [readout]))
+        weight, bias = _nnx_value(readout.kernel).T, _nnx_value(readout.bias)
+    else:
+        msg = (
+            f"{_WHERE}: expected readout to be an equinox.nn.Linear, a flax.nnx.Linear or None, "
+            f"got {type(readout).__name__}"
+        )
+        raise TypeError(msg)
+    if weight.shape[1] != n_hidden:
+        msg = (
+            f"{_WHERE}: expected the readout's in_features to equal the module's hidden size {n_hidden}, "
+            f"got {weight.shape[1]}"
+        )
+        raise ValueError(msg)
+    params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+    for name, a in params.items():
+        if a.dtype != reference.dtype:
+            msg = (
+                f"{_WHERE}: the readout's {name!r} is {a.dtype}, but the module's weights are "
+                f"{reference.dtype}; make both alike"
+            )
+            raise TypeError(msg)
+    return Linear(n_hidden, int(weight.shape[0]), bias=bias is not None), params
+
+
+def from_module(module: Any, readout: Any = None) -> tuple[Any, ...]:
+    """A kpflow model and jax parameters with an Equinox or Flax NNX module's weights.
+
+    Maps, with the same equations (states equal to rounding):
+
+    ==============================================  ==========================================
+    module                                          kpflow model
+    ==============================================  ==========================================
+    ``equinox.nn.GRUCell``                          :class:`kpflow.models.gru.GRU`
+    ``equinox.nn.LSTMCell``                         :class:`kpflow.models.lstm.LSTM`
+    ``equinox.nn.MLP`` (tanh or relu)               :class:`kpflow.models.MLP`
+    ``flax.nnx.SimpleCell`` (tanh or relu)          :class:`kpflow.models.RNN`
+    ``flax.nnx.GRUCell``                            :class:`kpflow.models.gru.GRU`
+    ``flax.nnx.LSTMCell``, ``OptimizedLSTMCell``    :class:`kpflow.models.lstm.LSTM`
+    ``flax.nnx.Sequential`` of ``nnx.Linear``       :class:`kpflow.models.MLP`
+    ==============================================  ==========================================
+
+    and optionally an ``equinox.nn.Linear`` or ``flax.nnx.Linear`` readout y = C z + c of a
+    recurrent cell to :class:`kpflow.models.Linear`.  Any setting kpflow's models cannot
+    express exactly raises a ``ValueError`` naming it (docs/jax.md).
+
+    Parameters
+    ----------
+    module : an Equinox or Flax NNX module of the table above
+        Its activations must be jax's own functions (``jax.numpy.tanh`` / ``jax.nn.tanh``,
+        ``jax.nn.relu``, ``jax.nn.sigmoid``, found by identity); an MLP uses one
+        nonlinearity, with a linear last layer or the same nonlinearity there too.
+    readout : equinox.nn.Linear or flax.nnx.Linear, optional
+        For a recurrent cell only: reads the hidden state h (in_features = hidden size).
+
+    Returns
+    -------
+    (model, params) without ``readout``, or (model, params, readout_model, readout_params)
+        ``params`` has kpflow's (PyTorch's) names and gate orders: ``weight_ih`` (G·H, n_in),
+        ``weight_hh`` (G·H, H), ``bias_ih`` and ``bias_hh`` (G·H,) for the cells (G = 1, 3,
+        4; gates r, z, n and i, f, g, o), ``layers.{l}.weight`` (n_{l+1}, n_l) and
+        ``layers.{l}.bias`` for the MLPs, ``weight`` (n_out, H) and ``bias`` for the readout.
+        The arrays are jax arrays of the module's dtype: Equinox's weights themselves, Flax's
+        kernels transposed; biases the module does not have are zeros (below).
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is none of the supported modules, the readout is not a Linear layer,
+        or the readout's dtype differs from the module's.
+    ValueError
+        For a setting kpflow cannot express exactly, naming it: an activation other than
+        jax's tanh / relu (sigmoid for gates), ``SimpleCell(residual=True)``, a Flax
+        ``dtype`` differing from ``param_dtype``, an MLP with ``use_bias != use_final_bias``
+        or a scalar input or output, a readout on an MLP or of the wrong width.
+
+    Notes
+    -----
+    *Biases.* kpflow's cells have torch's two bias vectors, ``bias_ih`` and ``bias_hh``;
+    the modules have one (Equinox's GRU: ``bias`` on the input side plus ``bias_n`` on
+    W_hn h).  The missing one is zeros: Equinox's GRU gives ``bias_ih = bias`` and
+    ``bias_hh = [0; 0; bias_n]``; Flax's SimpleCell and GRUCell ``bias_ih = dense_i.bias``,
+    ``bias_hh = 0`` (so b_hn = 0, as Flax's n = tanh(W_in x + b_in + r ⊙ W_hn h)); the LSTMs
+    one bias and zeros.  The states are exactly the module's, but kpflow's NTK_S = P K Pᵀ
+    treats both bias vectors as trained: K carries the bias terms of torch's parametrization
+    (the +2 of Ĝ = G_x + G_h + 2 in :class:`kpflow.models.gru.GRU`), one more than a
+    module with a single bias per gate.  The weight terms, and P, are the module's own.
+
+    *States.* The cells take one step of one example; kpflow runs (B, T, n_in) inputs.
+    ``traj.states[:, t]`` is the module's h after step t (for the LSTMs, the kpflow state is
+    [h; c] of width 2H).  kpflow's LSTM takes ``h0`` as (h0, c0): Equinox's carry order,
+    while Flax's carry is (c, h): pass ``(h, c)`` swapped.  An Equinox MLP takes x (n_in,)
+    and ``jax.vmap`` over a batch; kpflow takes x (B, n_in).
+
+    *Sharing.* jax arrays are immutable: the params are a snapshot of the module.  After a
+    training step, call ``from_module`` again on the updated module.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import equinox as eqx                           # doctest: +SKIP
+    >>> from kpflow.backends.jax import from_module
+    >>> cell = eqx.nn.GRUCell(2, 3, key=jax.random.key(0))  # doctest: +SKIP
+    >>> model, params = from_module(cell)               # doctest: +SKIP
+    >>> sorted(params)                                  # doctest: +SKIP
+    ['bias_hh', 'bias_ih', 'weight_hh', 'weight_ih']
+    """
+    eqx, nnx = sys.modules.get("equinox"), sys.modules.get("flax.nnx")
+    found = _from_equinox(module, eqx) if eqx is not None else None
+    if found is None and nnx is not None:
+        found = _from_nnx(module, nnx)
+    if found is None:
+        msg = f"{_WHERE}: expected module to be an {_SUPPORTED}, got {type(module).__name__}"
+        raise TypeError(msg)
+    model, params = found
+    reference = params["weight_hh"] if "weight_hh" in params else params["layers.0.weight"]
+    for name, a in params.items():
+        if a.dtype != reference.dtype:
+            msg = f"{_WHERE}: the module's {name!r} is {a.dtype} but its other weights are {reference.dtype}"
+            raise TypeError(msg)
+    if readout is None:
+        return model, params
+    if "weight_hh" not in params:
+        msg = f"{_WHERE}: a readout is supported for the recurrent cells only, got {type(module).__name__}"
+        raise ValueError(msg)
+    readout_model, readout_params = _readout(readout, model.n_hidden, reference)
+    return model, params, readout_model, readout_params

@@ -431,7 +431,7 @@ def _from_attention_module(module: Any, *, causal: bool, detach: bool, where: st
             f"{sorted(expected)}; this is a kpflow bug if the module passed the checks above, "
             "please report it"
         )
-        raise NotImplementedError(msg)
+        raise RuntimeError(msg)
     params = {name: (named[name].detach() if detach else named[name]) for name in expected}
     _same_meta(params, next(iter(params.values())), "the weight", where)
     return model, params

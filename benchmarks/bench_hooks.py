@@ -17,12 +17,11 @@ Run: ``python benchmarks/bench_hooks.py`` (``--quick`` for a smoke run of second
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _timing import timed_round_robin  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 import kpflow
 from kpflow.models import RNN, Recurrent
@@ -31,17 +30,6 @@ from kpflow.models import RNN, Recurrent
 def tanh_rnn(params: Any, h: Any, x: Any, site: Any) -> Any:
     """The user's step: h_t = tanh(W_hh h + b_hh + W_ih x + b_ih), every weight through a hook."""
     return torch.tanh(site("weight_hh", h) + site("bias_hh") + site("weight_ih", x) + site("bias_ih"))
-
-
-def timed(routes: dict[str, Callable[[], Any]], repeat: int) -> dict[str, tuple[float, float, Any]]:
-    outputs = {name: fn() for name, fn in routes.items()}
-    times: dict[str, list[float]] = {name: [] for name in routes}
-    for _ in range(repeat):
-        for name, fn in routes.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: (statistics.median(t), min(t), outputs[name]) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; B={B} T={T} H={H}, "
         f"{B * T * H:,} states, {args.probes} probes, float32"
     )
-    results = timed({"built-in RNN": product(ntk_builtin), "hooks Recurrent": product(ntk_user)}, args.repeat)
+    results = timed_round_robin(
+        {"built-in RNN": product(ntk_builtin), "hooks Recurrent": product(ntk_user)}, args.repeat
+    )
     ref = results["built-in RNN"][2]
     print(f"{'route':<18}{'median ms/probe':>17}{'best ms/probe':>15}{'rel. diff':>11}")
     for name, (median, best, out) in results.items():

@@ -43,14 +43,13 @@ import argparse
 import contextlib
 import math
 import os
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from _timing import timed_round_robin  # benchmarks/_timing.py (the script's folder is on sys.path)
 from kpflow.backends.torch import from_module
 
 import kpflow
@@ -89,20 +88,6 @@ def count_conversions(N: Any, X: np.ndarray) -> tuple[int, int, list[str]]:
     finally:
         xp.astype = original
     return calls, Tracked.method_astype, sorted(str(d) for d in Tracked.dtypes)
-
-
-def timed_round_robin(
-    routes: dict[str, Callable[[], Any]], repeat: int
-) -> dict[str, tuple[float, float, Any]]:
-    """(median, best, output) of each route: one warm-up call each, then ``repeat`` rounds."""
-    outputs = {name: fn() for name, fn in routes.items()}
-    times: dict[str, list[float]] = {name: [] for name in routes}
-    for _ in range(repeat):
-        for name, fn in routes.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: (statistics.median(t), min(t), outputs[name]) for name, t in times.items()}
 
 
 def without_onednn_rnn(module: torch.nn.Module) -> Any:

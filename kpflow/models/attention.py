@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kpflow._array import array_namespace, device_of, namespace_name
+from kpflow._array import array_namespace, device_of
 from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, flat_sites, site_variables
 from kpflow.models.ops import linear
 from kpflow.models.sites import LinearSite
@@ -141,21 +141,8 @@ class SelfAttention(Model):
         return out
 
     def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
-        if h0 is not None:
-            msg = f"{where}: expected h0=None for a feed-forward model, got {type(h0).__name__}"
-            raise ValueError(msg)
-        xp = meta[0]
-        x_xp = array_namespace(x, where=where)
-        if x_xp is not xp:
-            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(xp)}"
-            raise TypeError(msg)
-        if x.ndim != 3 or x.shape[2] != self.d_model or x.shape[0] < 1 or x.shape[1] < 1:
-            msg = (
-                f"{where}: expected x of shape (B, N, d_model={self.d_model}) with B >= 1 and N >= 1, "
-                f"got {tuple(x.shape)}"
-            )
-            raise ValueError(msg)
-        self._check_array(x, "x", tuple(x.shape), meta, where)
+        text = f"(B, N, d_model={self.d_model}) with B >= 1 and N >= 1"
+        self._check_feedforward_inputs(x, h0, meta, where, ndim=3, feature=self.d_model, shape_text=text)
 
     def forward(self, params: dict[str, Any], x: Any) -> dict[str, Any]:
         """The layer and its intermediates (pure array-API code).

@@ -538,6 +538,25 @@ class Model(abc.ABC):
             msg = f"{where}: expected {name} of shape {shape}, got {tuple(a.shape)}"
             raise ValueError(msg)
 
+    def _check_feedforward_inputs(
+        self, x: Any, h0: Any, meta: tuple, where: str, *, ndim: int, feature: int, shape_text: str
+    ) -> None:
+        """A feed-forward model's inputs: no h0; x of ``ndim`` axes, none empty, the last ``feature``.
+
+        ``shape_text`` describes the expected shape in the error, e.g. ``"(B, n_in=3) with B >= 1"``.
+        """
+        if h0 is not None:
+            msg = f"{where}: expected h0=None for a feed-forward model, got {type(h0).__name__}"
+            raise ValueError(msg)
+        x_xp = array_namespace(x, where=where)
+        if x_xp is not meta[0]:
+            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(meta[0])}"
+            raise TypeError(msg)
+        if x.ndim != ndim or x.shape[-1] != feature or any(int(n) < 1 for n in x.shape[:-1]):
+            msg = f"{where}: expected x of shape {shape_text}, got {tuple(x.shape)}"
+            raise ValueError(msg)
+        self._check_array(x, "x", tuple(x.shape), meta, where)
+
     @abc.abstractmethod
     def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
         """Validate ``x`` and ``h0`` against the model and the params' (xp, dtype, device)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from kpflow.models.base import Model, Site, Trajectory, check_size
 from kpflow.models.hooks import GuardedParams, _check_param_shapes, _Hook, hook_sites, record_hook_calls
+from kpflow.models.mlp import DepthBlocks
 
 __all__ = ["FeedForward", "FeedForwardHookTrajectory"]
 
@@ -118,19 +119,8 @@ class FeedForward(Model):
         return self._call(params, states, x, _Hook(params, self._shapes, "FeedForward.update_map"))
 
     def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
-        from kpflow._array import array_namespace, namespace_name
-
-        if h0 is not None:
-            msg = f"{where}: expected h0=None for a feed-forward model, got {type(h0).__name__}"
-            raise ValueError(msg)
-        x_xp = array_namespace(x, where=where)
-        if x_xp is not meta[0]:
-            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(meta[0])}"
-            raise TypeError(msg)
-        if x.ndim != 2 or x.shape[1] != self.n_in or x.shape[0] < 1:
-            msg = f"{where}: expected x of shape (B, n_in={self.n_in}) with B >= 1, got {tuple(x.shape)}"
-            raise ValueError(msg)
-        self._check_array(x, "x", tuple(x.shape), meta, where)
+        text = f"(B, n_in={self.n_in}) with B >= 1"
+        self._check_feedforward_inputs(x, h0, meta, where, ndim=2, feature=self.n_in, shape_text=text)
 
     def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> FeedForwardHookTrajectory:
         """Run the stack once (params and x on torch or jax) and return its trajectory.
@@ -174,7 +164,7 @@ class FeedForward(Model):
         return f"FeedForward(n_in={self.n_in}, widths={self.widths}, params={sorted(self._shapes)})"
 
 
-class FeedForwardHookTrajectory(Trajectory):
+class FeedForwardHookTrajectory(DepthBlocks, Trajectory):
     """A run of a :class:`FeedForward` stack: ``state_shape = (B, Σ n_l)``, one block per layer.
 
     Attributes
@@ -201,30 +191,6 @@ class FeedForwardHookTrajectory(Trajectory):
 
     def _static(self) -> tuple:
         return (self.model, self.backend, self.names, self.plan)
-
-    @property
-    def axis_names(self) -> tuple[str, ...]:
-        """``("batch", "units")``."""
-        return ("batch", "units")
-
-    @property
-    def site_shape(self) -> tuple[int, ...]:
-        return (int(self.states.shape[0]),)
-
-    @property
-    def feature_columns(self) -> tuple[int, int]:
-        return self.model.feature_columns
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.blocks)
-
-    def block(self, V: Any, t: int) -> Any:
-        lo, hi = self.blocks[t]
-        return V[:, :, lo:hi]
-
-    def join(self, blocks: list[Any]) -> Any:
-        return blocks[0] if len(blocks) == 1 else self.xp.concat(blocks, axis=-1)
 
     def _layer_map(self, t: int, where: str) -> Callable[[Any], Any]:
         """z_{t−1} ↦ layer t's output (the parameters fixed), for jvp/vjp."""

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from kpflow._array import array_namespace, host_rng, namespace_name
+from kpflow._array import array_namespace, host_rng
 from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, site_variables
 from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear, matmul_last
 
-__all__ = ["MLP", "MLPTrajectory"]
+__all__ = ["MLP", "DepthBlocks", "MLPTrajectory"]
 
 
 class MLP(Model):
@@ -112,18 +112,8 @@ class MLP(Model):
         return out
 
     def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
-        if h0 is not None:
-            msg = f"{where}: expected h0=None for a feed-forward model, got {type(h0).__name__}"
-            raise ValueError(msg)
-        xp = meta[0]
-        x_xp = array_namespace(x, where=where)
-        if x_xp is not xp:
-            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(xp)}"
-            raise TypeError(msg)
-        if x.ndim != 2 or x.shape[1] != self.n_in or x.shape[0] < 1:
-            msg = f"{where}: expected x of shape (B, n_in={self.n_in}) with B >= 1, got {tuple(x.shape)}"
-            raise ValueError(msg)
-        self._check_array(x, "x", tuple(x.shape), meta, where)
+        text = f"(B, n_in={self.n_in}) with B >= 1"
+        self._check_feedforward_inputs(x, h0, meta, where, ndim=2, feature=self.n_in, shape_text=text)
 
     def layer(self, params: dict[str, Any], l: int, z_prev: Any) -> Any:
         """Layer ``l`` applied to its input ``z_prev`` (..., n_l) -> (..., n_{l+1})."""
@@ -156,7 +146,45 @@ class MLP(Model):
         return f"MLP(widths={self.widths}, nonlinearity={self.nonlinearity!r}, bias={self.bias})"
 
 
-class MLPTrajectory(Trajectory):
+class DepthBlocks:
+    """The geometry of a feed-forward trajectory: depth as time, one state block per layer.
+
+    The state has shape (B, Σ_l n_l); ``blocks[l] = (start, stop)`` are layer l's columns, the
+    sites are the B batch rows, and a readout reads the model's ``feature_columns``.  Mixed
+    into :class:`MLPTrajectory` and the user-defined stacks' trajectory.
+    """
+
+    blocks: list[tuple[int, int]]
+    states: Any
+    model: Any
+    xp: Any
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """Names of the axes of ``state_shape``: ``("batch", "units")``."""
+        return ("batch", "units")
+
+    @property
+    def site_shape(self) -> tuple[int, ...]:
+        return (int(self.states.shape[0]),)
+
+    @property
+    def feature_columns(self) -> tuple[int, int]:
+        return self.model.feature_columns
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.blocks)
+
+    def block(self, V: Any, t: int) -> Any:
+        lo, hi = self.blocks[t]
+        return V[:, :, lo:hi]
+
+    def join(self, blocks: list[Any]) -> Any:
+        return blocks[0] if len(blocks) == 1 else self.xp.concat(blocks, axis=-1)
+
+
+class MLPTrajectory(DepthBlocks, Trajectory):
     """A run of :class:`MLP`: ``state_shape = (B, Σ n_l)``, one block per layer.
 
     Attributes
@@ -199,30 +227,6 @@ class MLPTrajectory(Trajectory):
         """z_l, shape (B, n_{l+1})."""
         lo, hi = self.blocks[l]
         return self.states[:, lo:hi]
-
-    @property
-    def axis_names(self) -> tuple[str, ...]:
-        """Names of the axes of ``state_shape``: ``("batch", "units")``."""
-        return ("batch", "units")
-
-    @property
-    def site_shape(self) -> tuple[int, ...]:
-        return (int(self.states.shape[0]),)
-
-    @property
-    def feature_columns(self) -> tuple[int, int]:
-        return self.model.feature_columns
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.blocks)
-
-    def block(self, V: Any, t: int) -> Any:
-        lo, hi = self.blocks[t]
-        return V[:, :, lo:hi]
-
-    def join(self, blocks: list[Any]) -> Any:
-        return blocks[0] if len(blocks) == 1 else self.xp.concat(blocks, axis=-1)
 
     def step_jvp(self, t: int, v: Any) -> Any:
         out = matmul_last(self.xp, v, self._W_T[t])

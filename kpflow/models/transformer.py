@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kpflow._array import array_namespace, device_of, host_rng, namespace_name
+from kpflow._array import array_namespace, device_of, host_rng
 from kpflow.models.attention import SelfAttention
 from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, flat_sites, site_variables
 from kpflow.models.ops import linear
@@ -281,24 +281,11 @@ class TransformerEncoder(Model):
         return out
 
     def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
-        if h0 is not None:
-            msg = f"{where}: expected h0=None for a feed-forward model, got {type(h0).__name__}"
-            raise ValueError(msg)
-        xp = meta[0]
-        x_xp = array_namespace(x, where=where)
-        if x_xp is not xp:
-            msg = f"{where}: x comes from {namespace_name(x_xp)} but params from {namespace_name(xp)}"
-            raise TypeError(msg)
-        if x.ndim != 3 or x.shape[2] != self.d_model or x.shape[0] < 1 or x.shape[1] < 1:
-            msg = (
-                f"{where}: expected x of shape (B, N, d_model={self.d_model}) with B >= 1 and N >= 1, "
-                f"got {tuple(x.shape)}"
-            )
-            raise ValueError(msg)
+        text = f"(B, N, d_model={self.d_model}) with B >= 1 and N >= 1"
+        self._check_feedforward_inputs(x, h0, meta, where, ndim=3, feature=self.d_model, shape_text=text)
         if self.max_len is not None and x.shape[1] > self.max_len:
             msg = f"{where}: expected at most max_len={self.max_len} tokens, got N={x.shape[1]}"
             raise ValueError(msg)
-        self._check_array(x, "x", tuple(x.shape), meta, where)
 
     # forward ----------------------------------------------------------------------------------
     def _p(self, params: dict[str, Any], name: str) -> Any:

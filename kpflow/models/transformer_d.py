@@ -89,7 +89,7 @@ def apply_stage(xp: Any, stage: tuple, ops: tuple, U: Any) -> Any:
     if name == "pre":
         return U + apply_stage(xp, static, inner_ops, apply_stage(xp, ("ln", ()), ln_ops, U))
     msg = f"kpflow.models.transformer_d: unknown stage {name!r}; this is a kpflow bug, please report it"
-    raise NotImplementedError(msg)
+    raise RuntimeError(msg)
 
 
 def adjoint_stage(xp: Any, stage: tuple, ops: tuple, V: Any) -> Any:
@@ -121,7 +121,7 @@ def adjoint_stage(xp: Any, stage: tuple, ops: tuple, V: Any) -> Any:
     if name == "pre":
         return V + adjoint_stage(xp, ("ln", ()), ln_ops, adjoint_stage(xp, static, inner_ops, V))
     msg = f"kpflow.models.transformer_d: unknown stage {name!r}; this is a kpflow bug, please report it"
-    raise NotImplementedError(msg)
+    raise RuntimeError(msg)
 
 
 def site_apply(xp: Any, B: int, N: int, S: int, j: int, stages: tuple, operands: tuple, U: Any) -> Any:

@@ -76,6 +76,15 @@ class Backend:
 
         return array_api_compat.to_device(x, device)
 
+    def is_accelerator(self, device: Any) -> bool:
+        """Whether ``device`` is a GPU or another accelerator (default: no, the host CPU).
+
+        Solvers use it for defaults that depend on the hardware: on the CPU an operator
+        product of many states runs at GEMM speed one probe at a time, on an accelerator a
+        block of probes costs little more than one.
+        """
+        return False
+
     # -- random numbers (SPEC 7) -------------------------------------------------------------
     def from_host(self, array: np.ndarray, *, dtype: Any, device: Any = None) -> Any:
         """Convert a host numpy sample to this backend's array with ``dtype`` on ``device``."""

@@ -34,6 +34,9 @@ class CupyBackend(Backend):
 
         return array_api_compat.cupy
 
+    def is_accelerator(self, device: Any) -> bool:
+        return True
+
     def from_host(self, array: Any, *, dtype: Any, device: Any = None) -> Any:
         import cupy
 

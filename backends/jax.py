@@ -84,6 +84,9 @@ class JaxBackend(Backend):
     def namespace(self) -> Any:
         return jnp
 
+    def is_accelerator(self, device: Any) -> bool:
+        return getattr(device, "platform", "cpu") != "cpu"
+
     def from_host(self, array: Any, *, dtype: Any, device: Any = None) -> Any:
         return jnp.asarray(array, dtype=dtype, device=device)
 

@@ -51,6 +51,9 @@ class TorchBackend(Backend):
     def no_grad(self) -> Any:
         return torch.no_grad()
 
+    def is_accelerator(self, device: Any) -> bool:
+        return torch.device(device).type != "cpu"
+
     def for_products(self, operands: tuple) -> tuple:
         if torch.is_grad_enabled():
             return operands

@@ -303,3 +303,43 @@ def test_low_rank_operator_with_k_above_the_rank(case64):
     np.testing.assert_allclose(case.to_numpy(w), expected, atol=100 * case.rtol * scale)
     assert case.to_numpy(res).max() <= 100 * case.rtol * scale
     assert _orthonormality_error(case, V) <= 100 * case.rtol
+
+
+class _Reflected(kpflow.LinearOperator):
+    """(I − 2uuᵀ) diag(λ) (I − 2uuᵀ) on n entries in O(n) per probe; records the probes per call."""
+
+    def __init__(self, lam: np.ndarray, seed: int) -> None:
+        import array_api_compat.numpy as xp
+
+        super().__init__((lam.size,), (lam.size,), xp=xp, dtype=xp.float64, device="cpu")
+        u = np.random.default_rng(seed).standard_normal(lam.size)
+        self.u, self.lam, self.rows = u / np.linalg.norm(u), lam, []
+
+    def _reflect(self, X: np.ndarray) -> np.ndarray:
+        return X - 2.0 * np.outer(X @ self.u, self.u)
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        self.rows.append(X.shape[0])
+        return self._reflect(self._reflect(X) * self.lam)
+
+    _rmatmat = _matmat
+
+
+def test_single_probe_default_keeps_a_twenty_fold_multiplicity_at_large_n():
+    # n >= SINGLE_PROBE_SIZE on the CPU: one probe per product by default, and the
+    # multiplicity check still finds all 20 copies of the top eigenvalue (and the 21st value).
+    from kpflow.linalg.eig import SINGLE_PROBE_SIZE
+
+    n = SINGLE_PROBE_SIZE
+    lam = np.concatenate([np.full(20, 5.0), [3.0], 2.0 * 0.8 ** np.arange(n - 21)])
+    A = _Reflected(lam, seed=0)
+    r = eigsh(A, 20, method="lanczos", rng=1)
+    assert A.rows[0] == 1  # the default block
+    np.testing.assert_allclose(np.asarray(r.eigenvalues), np.full(20, 5.0), rtol=1e-8)
+    assert np.asarray(r.residual_norms).max() <= 1e-8 * 5.0
+    w21 = np.asarray(eigsh(A, 21, method="lanczos", rng=1).eigenvalues)
+    np.testing.assert_allclose(w21[:20], 5.0, rtol=1e-8)
+    np.testing.assert_allclose(w21[20], 3.0, rtol=1e-8)
+    small = _Reflected(lam[: SINGLE_PROBE_SIZE // 2], seed=0)
+    eigsh(small, 3, method="lanczos", rng=1)
+    assert small.rows[0] == 3  # below the size: min(k, 4)

@@ -34,6 +34,7 @@ __all__ = [
     "check_operator",
     "check_square",
     "host_rng",
+    "inner_rows",
     "kernel",
     "like_array",
     "mean_and_error",
@@ -481,6 +482,41 @@ def unit_rows(A: LinearOperator, start: int, stop: int, n: int) -> Any:
     rows = xp.arange(start, stop, device=A.device)
     cols = xp.arange(n, device=A.device)
     return xp.astype(rows[:, None] == cols[None, :], A.dtype)
+
+
+#: Entries per partial sum of :func:`inner_rows` (see there).
+INNER_CHUNK = 8192
+
+
+def inner_rows(xp: Any, X: Any, Y: Any) -> Any:
+    """``X @ Yᵀ`` (``(m, n) × (s, n) → (m, s)``) summed in chunks of ``INNER_CHUNK`` entries, pairwise.
+
+    A BLAS product contracting over a long axis accumulates its sums nearly serially: for
+    float32 rows of ``n = 200,448`` entries, numpy's error is about ``1e-6`` relative and
+    torch's ``7e-6``, at the level of the eigensolver's float32 tolerance (``1.2e-5``).
+    Partial products over chunks of 8192 entries, added pairwise, bring it to about ``1e-8``
+    for the same cost (the chunks are views, each product is a GEMM).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow.linalg._common import inner_rows
+    >>> X = np.ones((2, 20000), dtype=np.float32)
+    >>> inner_rows(np, X, X)
+    array([[20000., 20000.],
+           [20000., 20000.]], dtype=float32)
+    """
+    n = X.shape[-1]
+    if n <= INNER_CHUNK:
+        return X @ xp.matrix_transpose(Y)
+    parts = [
+        X[:, lo : lo + INNER_CHUNK] @ xp.matrix_transpose(Y[:, lo : lo + INNER_CHUNK])
+        for lo in range(0, n, INNER_CHUNK)
+    ]
+    while len(parts) > 1:
+        pairs = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+        parts = pairs + parts[len(pairs) * 2 :]
+    return parts[0]
 
 
 def orthonormal_rows(xp: Any, W: Any) -> Any:

@@ -44,6 +44,7 @@ from kpflow.linalg._common import (
     EighResult,
     MatvecCounter,
     dtype_eps,
+    inner_rows,
     kernel,
     like_array,
     orthonormal_rows,
@@ -57,7 +58,7 @@ __all__ = ["cholesky_qr2", "restarted_lanczos"]
 # -- orthonormalisation ------------------------------------------------------------------------
 def _cholesky_pass(xp: Any, W: Any) -> tuple[Any, Any]:
     """One CholeskyQR pass: ``(L⁻¹ W, min diag L / max diag L)`` with ``W Wᵀ = L Lᵀ``."""
-    G = W @ xp.matrix_transpose(W)
+    G = inner_rows(xp, W, W)
     L = xp.linalg.cholesky((G + xp.matrix_transpose(G)) / 2)
     d = xp.linalg.diagonal(L)
     Linv = xp.linalg.inv(L)
@@ -88,9 +89,9 @@ def cholesky_qr2(A: LinearOperator, W: Any) -> Any:
 # -- the dense algebra between products (pure functions: compiled per shape on jax) -----------
 def _expand(xp: Any, V: Any, AQ: Any) -> tuple[Any, Any, Any]:
     """``H = V (A Q)ᵀ`` (m, s), ``W = A Q ⟂ V`` (twice) and the rows of W that lost all but √ε."""
-    H = V @ xp.matrix_transpose(AQ)
+    H = inner_rows(xp, V, AQ)
     W = AQ - xp.matrix_transpose(H) @ V
-    W = W - (W @ xp.matrix_transpose(V)) @ V
+    W = W - inner_rows(xp, W, V) @ V
     before = xp.linalg.vector_norm(AQ, axis=1)
     after = xp.linalg.vector_norm(W, axis=1)
     return H, W, after <= math.sqrt(float(xp.finfo(W.dtype).eps)) * before
@@ -99,7 +100,7 @@ def _expand(xp: Any, V: Any, AQ: Any) -> tuple[Any, Any, Any]:
 def _project_out(xp: Any, V: Any, W: Any) -> Any:
     """``W`` with the row space of orthonormal ``V`` removed (two passes)."""
     for _ in range(2):
-        W = W - (W @ xp.matrix_transpose(V)) @ V
+        W = W - inner_rows(xp, W, V) @ V
     return W
 
 
@@ -110,7 +111,7 @@ def _rayleigh_ritz(xp: Any, k: int, s: int, T: Any, W: Any) -> tuple[Any, Any, A
     theta = xp.flip(theta, axis=0)
     Y = xp.flip(Y, axis=1)
     Yl = Y[m - s :, :k]  # (s, k): the last block's coefficients
-    GW = W @ xp.matrix_transpose(W)  # (s, s)
+    GW = inner_rows(xp, W, W)  # (s, s)
     est = xp.sqrt(xp.maximum(xp.sum(Yl * (GW @ Yl), axis=0), 0.0))
     return theta, Y, est, xp.max(xp.abs(theta))
 
@@ -122,7 +123,7 @@ def _combine(xp: Any, Y: Any, V: Any) -> Any:
 
 def _verified(xp: Any, AU: Any, vals: Any, U: Any) -> tuple[Any, Any, Any]:
     """Explicit residual norms ``‖A u − θ u‖`` and the restart data ``(T, W)`` from ``U``, ``AU``."""
-    T = U @ xp.matrix_transpose(AU)
+    T = inner_rows(xp, U, AU)
     R = AU - xp.matrix_transpose(T) @ U
     return xp.linalg.vector_norm(AU - vals[:, None] * U, axis=1), (T + xp.matrix_transpose(T)) / 2, R
 

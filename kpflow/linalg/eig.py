@@ -98,10 +98,12 @@ def eigsh(
     rng : int, numpy.random.Generator or None
         Seed or generator for the starting block.
     block_size : int, optional
-        Probes per operator product of ``"lanczos"`` (default ``min(k, 4)``; 16 on jax,
-        whose blocks are padded to 16 rows), or sketch size of ``"nystrom"`` (``>= k``,
-        default ``2k + 10``).  Larger blocks cost more products but run them at better
-        GEMM speed (GPUs: try 16–64).  Repeated eigenvalues keep their multiplicity: a
+        Probes per operator product of ``"lanczos"`` (default: 1 on the CPU for ``n >=
+        65,536``, where one probe runs at GEMM speed and needs the fewest products;
+        ``min(k, 4)`` for smaller operators and on GPUs; 16 on jax, whose blocks are padded
+        to 16 rows), or sketch size of ``"nystrom"`` (``>= k``, default ``2k + 10``).
+        Larger blocks cost more products but run them at better GEMM speed (GPUs: try
+        16–64).  Repeated eigenvalues keep their multiplicity: a
         cluster of ``block_size`` or more equal values triggers a search from a fresh
         block orthogonal to the converged pairs (see Notes).
     max_matvecs : int, optional
@@ -110,7 +112,7 @@ def eigsh(
         are returned with their (estimated) residual norms.
     max_basis : int, optional
         Most vectors the restarted Krylov basis holds (``>= k + 2·block_size``; default
-        ``max(3k, k + 10·block_size)``, or ``n`` when ``n`` is at most four times that,
+        ``max(5k, k + 10·block_size)``, or ``n`` when ``n`` is at most four times that,
         capped by ``memory_budget``).  Memory is
         ``max_basis · n`` entries, whatever the number of products.
     memory_budget : float, optional
@@ -193,14 +195,28 @@ def eigsh(
     return EighResult(r.eigenvalues, vectors, r.residual_norms, r.num_matvecs)
 
 
-def _default_block(A: LinearOperator, k: int) -> int:
-    """4 probes per product (ARPACK-like product counts, GEMM-sized blocks); 16 on jax.
+#: Vector length from which a CPU product is GEMM-bound: one probe per product is then as fast
+#: per probe as a block, and block Lanczos with one probe needs the fewest products.
+SINGLE_PROBE_SIZE = 2**16
 
-    jax pads every probe block to at least 16 rows (see ``MatvecCounter``), so smaller
-    blocks would pay for 16 probes per product anyway.
+
+def _default_block(A: LinearOperator, k: int) -> int:
+    """Probes per product of ``"lanczos"`` when ``block_size`` is not given.
+
+    - jax: 16, since jax pads every probe block to at least 16 rows (see ``MatvecCounter``)
+      and smaller blocks would pay for 16 probes per product anyway;
+    - the CPU with ``n >= SINGLE_PROBE_SIZE`` (65,536): 1.  A product of that many states
+      runs at GEMM speed one probe at a time, and the fewest products come from one probe
+      per step (NTK_S of a GRU, 204,800 and 1,638,400 states, ``k = 10``: 84 and 102
+      products against 124 and 168 with 4, at the same time per probe);
+    - otherwise (small operators, whose products are dominated by per-call overhead; GPUs,
+      where a block costs little more than one probe): ``min(k, 4)``.
     """
-    if getattr(adapter_of(A), "compiles_per_shape", False):
+    adapter = adapter_of(A)
+    if getattr(adapter, "compiles_per_shape", False):
         return MIN_BUCKET
+    if A.size_in >= SINGLE_PROBE_SIZE and not adapter.is_accelerator(A.device):
+        return 1
     return min(k, 4)
 
 
@@ -321,7 +337,9 @@ def _gram_side(
 
 
 def _default_basis(k: int, b: int) -> int:
-    return max(3 * k, k + 10 * b)
+    """``max(5k, k + 10·b)``: 50 rows for ``k = 10`` (with 30, the NTK_S solves of the benchmark
+    took 8% more products for one probe per step)."""
+    return max(5 * k, k + 10 * b)
 
 
 def _dense(A: LinearOperator, k: int) -> EighResult:

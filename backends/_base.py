@@ -139,6 +139,38 @@ class Backend:
         """
         return operands
 
+    def records_graph(self, arrays: tuple) -> bool:
+        """Whether operations on these arrays (None allowed) would record an autograd graph now.
+
+        False for frameworks without one; torch: grad mode is on and one of them requires grad.
+        """
+        return False
+
+    def graph_free(self, x: Any) -> Any:
+        """``x`` without its autograd history, sharing its storage (default: ``x`` itself)."""
+        return x
+
+    def recomputed(self, fn: Callable[..., Any], *arrays: Any) -> Any:
+        """``fn(*arrays)``, keeping none of its intermediate results for a later backward pass.
+
+        Where autograd would record ``fn`` (torch: :meth:`records_graph`), a backward pass
+        runs ``fn`` again to differentiate it (activation checkpointing), so that its
+        temporaries are not held for as long as the result lives.  Elsewhere it is a plain
+        call.
+        """
+        return fn(*arrays)
+
+    def attach_vjp(self, value: Any, inputs: dict[str, Any], vjp: Callable[[Any], dict[str, Any]]) -> Any:
+        """``value`` made differentiable with respect to ``inputs`` by a given vector-Jacobian product.
+
+        ``value`` carries no graph; the result equals it and, when a framework
+        differentiates it with a cotangent ``g``, contributes ``vjp(g)[name]`` to the
+        gradient of ``inputs[name]``.  Only adapters whose :meth:`records_graph` can be
+        true implement it.
+        """
+        msg = f"the {self.name} backend records no autograd graph, so attach_vjp does not apply"
+        raise TypeError(msg)
+
     # -- autodiff ----------------------------------------------------------------------------
     def _no_autodiff(self, what: str) -> AutodiffUnavailableError:
         msg = (

@@ -54,6 +54,24 @@ class TorchBackend(Backend):
     def is_accelerator(self, device: Any) -> bool:
         return torch.device(device).type != "cpu"
 
+    def records_graph(self, arrays: tuple) -> bool:
+        grads = (isinstance(a, torch.Tensor) and a.requires_grad for a in arrays)
+        return torch.is_grad_enabled() and any(grads)
+
+    def graph_free(self, x: Any) -> Any:
+        return x.detach() if isinstance(x, torch.Tensor) else x
+
+    def recomputed(self, fn: Callable[..., Any], *arrays: Any) -> Any:
+        if not self.records_graph(arrays):
+            return fn(*arrays)
+        # (torch.utils.checkpoint would do, but its first call costs ~75 MB of resident memory)
+        out = _Recomputed.apply(fn, *arrays)
+        return out[0] if len(out) == 1 else out
+
+    def attach_vjp(self, value: Any, inputs: dict[str, Any], vjp: Callable[[Any], dict[str, Any]]) -> Any:
+        names = tuple(inputs)
+        return _GivenVjp.apply(vjp, names, value.detach(), *(inputs[n] for n in names))
+
     def for_products(self, operands: tuple) -> tuple:
         if torch.is_grad_enabled():
             return operands
@@ -87,6 +105,48 @@ class TorchBackend(Backend):
 
     def jacrev(self, f: Callable, argnums: int | tuple[int, ...] = 0) -> Callable:
         return torch.func.jacrev(f, argnums=argnums)
+
+
+class _GivenVjp(torch.autograd.Function):
+    """One autograd node: forward returns the given graph-free value, backward calls the given vjp."""
+
+    @staticmethod
+    def forward(ctx: Any, vjp: Callable, names: tuple, value: Any, *inputs: Any) -> Any:
+        ctx.vjp, ctx.names = vjp, names
+        return value.view_as(value)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Any) -> tuple:
+        grads = ctx.vjp(g)
+        return (None, None, None, *(grads[n] for n in ctx.names))
+
+
+class _Recomputed(torch.autograd.Function):
+    """``fn(*inputs)`` (a tensor or a tuple of tensors) whose backward runs ``fn`` again under autograd."""
+
+    @staticmethod
+    def forward(ctx: Any, fn: Callable, *inputs: Any) -> Any:
+        ctx.fn = fn
+        ctx.save_for_backward(*inputs)
+        out = fn(*inputs)
+        return tuple(out) if isinstance(out, tuple | list) else (out,)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, *grads: Any) -> tuple:
+        inputs = tuple(t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors)
+        with torch.enable_grad():
+            out = ctx.fn(*inputs)
+        out = tuple(out) if isinstance(out, tuple | list) else (out,)
+        pairs = [(o, g) for o, g in zip(out, grads, strict=True) if g is not None and o.requires_grad]
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(
+            torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+            if pairs and wanted
+            else [None] * len(wanted)
+        )
+        return (None, *(next(found) if t.requires_grad else None for t in inputs))
 
 
 def _detached(tree: Any) -> Any:

@@ -343,3 +343,19 @@ def test_single_probe_default_keeps_a_twenty_fold_multiplicity_at_large_n():
     small = _Reflected(lam[: SINGLE_PROBE_SIZE // 2], seed=0)
     eigsh(small, 3, method="lanczos", rng=1)
     assert small.rows[0] == 3  # below the size: min(k, 4)
+
+
+def test_long_inner_products_are_summed_accurately_in_float32(case32):
+    # The Krylov solver's projections contract over n entries; float32 BLAS sums them nearly
+    # serially (torch: ~7e-6 relative at n = 200,448, the level of the float32 tolerance).
+    from kpflow.linalg._common import inner_rows
+
+    n = 200_448
+    rng = np.random.default_rng(0)
+    V = np.linalg.qr(rng.standard_normal((n, 6)))[0].T
+    W = (np.array([3.0, 2.0, 1.0]) @ V[:3] + 1e-5 * rng.standard_normal(n))[None, :]
+    exact = V @ W.T  # float64
+    V32, W32 = (case32.asarray(a.astype(np.float32)) for a in (V, W))
+    got = case32.to_numpy(inner_rows(case32.xp, V32, W32))
+    exact32 = V.astype(np.float32).astype(np.float64) @ W.astype(np.float32).astype(np.float64).T
+    assert np.abs(got - exact32).max() <= 1e-6 * np.abs(exact).max()

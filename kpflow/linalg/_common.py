@@ -509,10 +509,8 @@ def inner_rows(xp: Any, X: Any, Y: Any) -> Any:
     n = X.shape[-1]
     if n <= INNER_CHUNK:
         return X @ xp.matrix_transpose(Y)
-    parts = [
-        X[:, lo : lo + INNER_CHUNK] @ xp.matrix_transpose(Y[:, lo : lo + INNER_CHUNK])
-        for lo in range(0, n, INNER_CHUNK)
-    ]
+    cuts = [(lo, min(lo + INNER_CHUNK, n)) for lo in range(0, n, INNER_CHUNK)]
+    parts = [X[:, lo:hi] @ xp.matrix_transpose(Y[:, lo:hi]) for lo, hi in cuts]
     while len(parts) > 1:
         pairs = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
         parts = pairs + parts[len(pairs) * 2 :]

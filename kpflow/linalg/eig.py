@@ -233,11 +233,19 @@ def _check_block(block_size: Any, k: int, where: str, *, nystrom: bool = False) 
 
 
 def _krylov(
-    A: LinearOperator, k: int, b: int, options: dict[str, Any], *, pairwise: bool
+    A: LinearOperator,
+    k: int,
+    b: int,
+    options: dict[str, Any],
+    *,
+    pairwise: bool,
+    sized_like: LinearOperator | None = None,
 ) -> tuple[EighResult, Any]:
     """The restarted block Lanczos on ``A`` with the public options resolved.
 
     Returns the pairs (flat eigenvectors) and their residual vectors (see ``restarted_lanczos``).
+    ``sized_like`` is the operator whose vector size bounds the probes per product (default
+    ``A``; the parameter side passes NTK_S, whose state-sized temporaries its products make).
     """
     where = "kpflow.linalg.eigsh"
     n = A.size_in
@@ -255,13 +263,21 @@ def _krylov(
         progress=options["progress"],
         verify=dtype_eps(A) > 1e-10,
         pairwise=pairwise,
-        max_rows=_chunk_rows(A, options["memory_budget"]),
+        max_rows=_chunk_rows(A if sized_like is None else sized_like, options["memory_budget"]),
     )
 
 
-def _chunk_rows(A: LinearOperator, memory_budget: Any) -> int | None:
-    """Probes per product under the memory budget (a quarter of it; see ``rows_for_budget``)."""
-    return None if memory_budget is None else rows_for_budget(A, memory_budget / 4)
+def _chunk_rows(A: LinearOperator, memory_budget: Any) -> int:
+    """Probes per product under the memory budget (a quarter of it; see ``rows_for_budget``).
+
+    The default budget applies when none is given, so that the solver's wide blocks (the
+    ``k`` vectors of a verification, the ``2k`` of the parameter side's mapping back) are
+    pushed through a large operator in several products instead of one ``k`` times as big.
+    """
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    rows = rows_for_budget(A, budget / 4)
+    # jax pads every block to MIN_BUCKET rows: smaller chunks would cost as much each
+    return max(rows, MIN_BUCKET) if getattr(adapter_of(A), "compiles_per_shape", False) else rows
 
 
 def _basis_rows(A: LinearOperator, k: int, b: int, max_basis: Any, memory_budget: Any, where: str) -> int:
@@ -317,7 +333,7 @@ def _gram_side(
     a returned eigenvalue is numerically zero: its vector is not ``F v / σ``.
     """
     xp = A.xp
-    small, R = _krylov(gram(adjoint(F)), k, b, options, pairwise=True)
+    small, R = _krylov(gram(adjoint(F)), k, b, options, pairwise=True, sized_like=A)
     vals = small.eigenvalues
     top = float(xp.max(xp.abs(vals)))
     if float(xp.min(vals)) <= 1e3 * dtype_eps(A) * top:

@@ -121,16 +121,10 @@ class GRUTrajectory(RecurrentTrajectory):
     def __init__(self, model: GRU, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
         super().__init__(model, params, x, h0, states)
         xp = self.xp
-        h_prev = self.prev_states
-        r, z, n, h_n = model.gates(params, h_prev, x)
         H = model.n_hidden
-        self.z = z
-        self.d_in = (1.0 - z) * (1.0 - n * n)
-        # one (B, T, 3H) cache, gate-major: d_r, d_z, d_hn are slices of it, and as
-        # (B, T, 3, H) it scales the three gate blocks of W_hh v at once
-        d_rzn = xp.concat(
-            [self.d_in * h_n * r * (1.0 - r), (h_prev - n) * z * (1.0 - z), r * self.d_in], axis=-1
-        )
+        # (torch, parameters requiring grad: the gates' temporaries are recomputed when
+        # something differentiates the caches, instead of being held by the graph)
+        self.z, self.d_in, d_rzn = self.recomputed(_gru_caches, model, params, self.prev_states, x)
         self._d_rzn = d_rzn
         self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
         self._d_gates = xp.reshape(d_rzn, (*d_rzn.shape[:-1], 3, H))
@@ -162,6 +156,19 @@ class GRUTrajectory(RecurrentTrajectory):
                 ("hn", A_h, self.d_hn),
             )
         ]
+
+
+def _gru_caches(model: GRU, params: dict[str, Any], h_prev: Any, x: Any) -> tuple[Any, Any, Any]:
+    """``z``, ``d_in`` and ``d_rzn = [d_r, d_z, d_hn]`` (gate-major, (B, T, 3H)) at every step.
+
+    One (B, T, 3H) cache for the three gates: d_r, d_z, d_hn are slices of it, and as
+    (B, T, 3, H) it scales the three gate blocks of W_hh v at once.
+    """
+    xp = array_namespace(h_prev, x)
+    r, z, n, h_n = model.gates(params, h_prev, x)
+    d_in = (1.0 - z) * (1.0 - n * n)
+    d_rzn = xp.concat([d_in * h_n * r * (1.0 - r), (h_prev - n) * z * (1.0 - z), r * d_in], axis=-1)
+    return z, d_in, d_rzn
 
 
 def _gru_jvp(xp: Any, H: int, operands: tuple, V: Any, t: Any) -> Any:

@@ -494,8 +494,8 @@ class ParameterMap(_FlatParameters):
         for name, site in zip(self._blocks.names, self.sites, strict=True):
             lo = self._blocks.offsets[name]
             C = xp.reshape(X[:, lo : lo + site.p * site.width], (k, site.p, site.width))
-            (A,) = product_operands(xp, (site.variables,))
-            term = site.apply_D(A @ C)  # A_w C_w: (k, m, k_w)
+            A, D = product_operands(xp, (site.variables, site.D_operand()))
+            term = site.apply_D_with(D, A @ C)  # D_w (A_w C_w): A_w C_w is (k, m, k_w)
             out = term if out is None else out + term
         return out
 
@@ -503,8 +503,8 @@ class ParameterMap(_FlatParameters):
         xp, k = self.xp, Y.shape[0]
         parts = []
         for site in self.sites:
-            (A,) = product_operands(xp, (site.variables,))
-            C = xp.matrix_transpose(A) @ site.apply_DT(Y)  # (k, p_w, k_w)
+            A, D = product_operands(xp, (site.variables, site.D_operand()))
+            C = xp.matrix_transpose(A) @ site.apply_DT_with(D, Y)  # (k, p_w, k_w)
             parts.append(xp.reshape(C, (k, site.p * site.width)))
         return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
 

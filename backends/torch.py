@@ -232,9 +232,10 @@ def from_module(
     detach : bool
         False (default): the params are the module's ``nn.Parameter`` objects themselves,
         so in-place updates (an optimizer step) show through and gradients of anything
-        computed from them flow into ``module.weight_*.grad``.  True: detached views
-        (``p.detach()``) on the same storage: updates show through, no autograd graph is
-        recorded (cheaper for analysis; equivalent to working under ``torch.no_grad()``).
+        computed from them flow into ``module.weight_*.grad`` (a run keeps no per-step
+        autograd temporaries: its states backpropagate through kpflow's J_Sᵀ, docs/torch.md).
+        True: detached views (``p.detach()``) on the same storage: updates show through, no
+        autograd graph is recorded (equivalent to working under ``torch.no_grad()``).
 
     Returns
     -------

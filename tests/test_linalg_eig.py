@@ -325,37 +325,25 @@ class _Reflected(kpflow.LinearOperator):
     _rmatmat = _matmat
 
 
-def test_single_probe_default_keeps_a_twenty_fold_multiplicity_at_large_n():
-    # n >= SINGLE_PROBE_SIZE on the CPU: one probe per product by default, and the
-    # multiplicity check still finds all 20 copies of the top eigenvalue (and the 21st value).
-    from kpflow.linalg.eig import SINGLE_PROBE_SIZE
-
-    n = SINGLE_PROBE_SIZE
+def test_one_probe_per_product_keeps_a_twenty_fold_multiplicity():
+    # The default block at n >= 2**20 on the CPU: one probe per product; the multiplicity
+    # check still finds all 20 copies of the top eigenvalue (and the 21st value).
+    n = 2**16
     lam = np.concatenate([np.full(20, 5.0), [3.0], 2.0 * 0.8 ** np.arange(n - 21)])
     A = _Reflected(lam, seed=0)
-    r = eigsh(A, 20, method="lanczos", rng=1)
-    assert A.rows[0] == 1  # the default block
+    r = eigsh(A, 20, method="lanczos", rng=1, block_size=1)
+    assert A.rows[0] == 1  # (the multiplicity checks grow the block by one probe each)
     np.testing.assert_allclose(np.asarray(r.eigenvalues), np.full(20, 5.0), rtol=1e-8)
     assert np.asarray(r.residual_norms).max() <= 1e-8 * 5.0
-    w21 = np.asarray(eigsh(A, 21, method="lanczos", rng=1).eigenvalues)
+    w21 = np.asarray(eigsh(A, 21, method="lanczos", rng=1, block_size=1).eigenvalues)
     np.testing.assert_allclose(w21[:20], 5.0, rtol=1e-8)
     np.testing.assert_allclose(w21[20], 3.0, rtol=1e-8)
-    small = _Reflected(lam[: SINGLE_PROBE_SIZE // 2], seed=0)
-    eigsh(small, 3, method="lanczos", rng=1)
-    assert small.rows[0] == 3  # below the size: min(k, 4)
 
 
-def test_long_inner_products_are_summed_accurately_in_float32(case32):
-    # The Krylov solver's projections contract over n entries; float32 BLAS sums them nearly
-    # serially (torch: ~7e-6 relative at n = 200,448, the level of the float32 tolerance).
-    from kpflow.linalg._common import inner_rows
+@pytest.mark.parametrize(
+    ("n", "k", "expected"), [(2**20, 10, 1), (2**16, 10, 2), (2**16 - 1, 10, 4), (2**16, 1, 1)]
+)
+def test_default_block_size_on_the_cpu(n, k, expected):
+    from kpflow.linalg.eig import _default_block
 
-    n = 200_448
-    rng = np.random.default_rng(0)
-    V = np.linalg.qr(rng.standard_normal((n, 6)))[0].T
-    W = (np.array([3.0, 2.0, 1.0]) @ V[:3] + 1e-5 * rng.standard_normal(n))[None, :]
-    exact = V @ W.T  # float64
-    V32, W32 = (case32.asarray(a.astype(np.float32)) for a in (V, W))
-    got = case32.to_numpy(inner_rows(case32.xp, V32, W32))
-    exact32 = V.astype(np.float32).astype(np.float64) @ W.astype(np.float32).astype(np.float64).T
-    assert np.abs(got - exact32).max() <= 1e-6 * np.abs(exact).max()
+    assert _default_block(_Reflected(np.ones(n), seed=0), k) == expected

@@ -98,10 +98,10 @@ def eigsh(
     rng : int, numpy.random.Generator or None
         Seed or generator for the starting block.
     block_size : int, optional
-        Probes per operator product of ``"lanczos"`` (default: 1 on the CPU for ``n >=
-        65,536``, where one probe runs at GEMM speed and needs the fewest products;
-        ``min(k, 4)`` for smaller operators and on GPUs; 16 on jax, whose blocks are padded
-        to 16 rows), or sketch size of ``"nystrom"`` (``>= k``, default ``2k + 10``).
+        Probes per operator product of ``"lanczos"`` (default on the CPU: 1 for ``n >=
+        2**20`` and 2 for ``n >= 2**16``, where few probes run at GEMM speed and need the
+        fewest products; ``min(k, 4)`` for smaller operators and on GPUs; 16 on jax, whose
+        blocks are padded to 16 rows), or sketch size of ``"nystrom"`` (``>= k``, default ``2k + 10``).
         Larger blocks cost more products but run them at better GEMM speed (GPUs: try
         16–64).  Repeated eigenvalues keep their multiplicity: a
         cluster of ``block_size`` or more equal values triggers a search from a fresh
@@ -195,9 +195,9 @@ def eigsh(
     return EighResult(r.eigenvalues, vectors, r.residual_norms, r.num_matvecs)
 
 
-#: Vector length from which a CPU product is GEMM-bound: one probe per product is then as fast
-#: per probe as a block, and block Lanczos with one probe needs the fewest products.
-SINGLE_PROBE_SIZE = 2**16
+#: Vector lengths from which a CPU product is GEMM-bound: blocks of 2 probes from the first,
+#: 1 probe from the second (block Lanczos with one probe needs the fewest products).
+SMALL_BLOCK_SIZES = (2**16, 2**20)
 
 
 def _default_block(A: LinearOperator, k: int) -> int:
@@ -205,19 +205,21 @@ def _default_block(A: LinearOperator, k: int) -> int:
 
     - jax: 16, since jax pads every probe block to at least 16 rows (see ``MatvecCounter``)
       and smaller blocks would pay for 16 probes per product anyway;
-    - the CPU with ``n >= SINGLE_PROBE_SIZE`` (65,536): 1.  A product of that many states
-      runs at GEMM speed one probe at a time, and the fewest products come from one probe
-      per step (NTK_S of a GRU, 204,800 and 1,638,400 states, ``k = 10``: 84 and 102
-      products against 124 and 168 with 4, at the same time per probe);
+    - the CPU, ``n >= 2**20``: 1; ``2**16 <= n < 2**20``: 2.  Such products run near GEMM
+      speed with few probes, and fewer probes per step need fewer products.  Measured on
+      NTK_S of a GRU, top 10 (``benchmarks/bench_ntk_spectrum.py``): at 1,638,400 states
+      94 products with 1 probe against 168 with 4, at 185 and 149 ms per probe; at 204,800
+      states 84, 100 and 124 products with 1, 2 and 4 probes, at 22, 17 and 19 ms per
+      probe (numpy; torch 18, 14 and 13 ms);
     - otherwise (small operators, whose products are dominated by per-call overhead; GPUs,
       where a block costs little more than one probe): ``min(k, 4)``.
     """
     adapter = adapter_of(A)
     if getattr(adapter, "compiles_per_shape", False):
         return MIN_BUCKET
-    if A.size_in >= SINGLE_PROBE_SIZE and not adapter.is_accelerator(A.device):
-        return 1
-    return min(k, 4)
+    if adapter.is_accelerator(A.device) or A.size_in < SMALL_BLOCK_SIZES[0]:
+        return min(k, 4)
+    return 1 if A.size_in >= SMALL_BLOCK_SIZES[1] else min(k, 2)
 
 
 def _check_block(block_size: Any, k: int, where: str, *, nystrom: bool = False) -> int:

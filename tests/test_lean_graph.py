@@ -146,3 +146,25 @@ def test_inputs_that_require_grad_take_autograds_route():
     assert type(traj.states.grad_fn).__name__ != "_GivenVjpBackward"
     traj.states.sum().backward()
     assert x.grad is not None and gru.weight_hh_l0.grad is not None
+
+
+def test_mlp_state_gradients_equal_torch_nn():
+    from kpflow.models import MLP
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([torch.nn.Linear(3, 4, dtype=F64), torch.nn.Linear(4, 2, dtype=F64)])
+    params = {name: p for name, p in layers.named_parameters(prefix="layers")}
+    x = torch.randn(5, 3, dtype=F64)
+    traj = MLP((3, 4, 2)).run(params, x)
+    assert type(traj.states.grad_fn).__name__ == "_GivenVjpBackward"
+    g = torch.randn(traj.states.shape, dtype=F64)
+    layers.zero_grad()
+    (traj.states * g).sum().backward()
+    ours = {n: p.grad.clone() for n, p in params.items()}
+    layers.zero_grad()
+    z1 = torch.tanh(layers[0](x))
+    ref = torch.cat([z1, layers[1](z1)], dim=1)  # the last layer linear, as MLP's default
+    np.testing.assert_allclose(traj.states.detach().numpy(), ref.detach().numpy(), rtol=1e-13)
+    (ref * g).sum().backward()
+    for n, p in params.items():
+        assert float((ours[n] - p.grad).abs().max()) <= 1e-12 * float(p.grad.abs().max()), n

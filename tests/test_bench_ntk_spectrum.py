@@ -92,3 +92,22 @@ def test_quick_run_parses_and_eigenvalues_agree(tmp_path: Path) -> None:
         gap = max(abs(a - b) for a, b in zip(values, reference, strict=True)) / abs(reference[0])
         assert gap <= 1e-4, (case, values, reference)
         assert gap == pytest.approx(by_case[case]["dlambda"])
+
+
+def test_repeats_keep_the_fastest_time_and_the_largest_peak_rss() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ntk_spectrum", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [
+        {"case": "c", "time_s": 3.0, "peak_rss_gb": 0.5, "products": 9},
+        {"case": "c", "time_s": 2.0, "peak_rss_gb": 0.4, "products": 9},
+        {"case": "c", "time_s": 4.0, "peak_rss_gb": 0.6, "products": 9},
+    ]
+    row = bench.combine_runs(runs)
+    assert row["time_s"] == 2.0 and row["peak_rss_gb"] == 0.6
+    assert row["times_s"] == [3.0, 2.0, 4.0] and row["peak_rss_gbs"] == [0.5, 0.4, 0.6]
+    assert bench.combine_runs([*runs, {"case": "c", "error": "exit code 1"}])["error"] == "exit code 1"
+    out = subprocess.run([sys.executable, str(BENCH), "--repeat", "0"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--repeat must be at least 1, got 0" in out.stderr

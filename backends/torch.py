@@ -141,12 +141,12 @@ class _Recomputed(torch.autograd.Function):
         out = tuple(out) if isinstance(out, tuple | list) else (out,)
         pairs = [(o, g) for o, g in zip(out, grads, strict=True) if g is not None and o.requires_grad]
         wanted = [t for t in inputs if t.requires_grad]
-        found = iter(
-            torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
-            if pairs and wanted
-            else [None] * len(wanted)
-        )
-        return (None, *(next(found) if t.requires_grad else None for t in inputs))
+        found: tuple = (None,) * len(wanted)
+        if pairs and wanted:
+            outs, gs = zip(*pairs, strict=True)
+            found = torch.autograd.grad(outs, wanted, gs, allow_unused=True)
+        by_input = iter(found)
+        return (None, *(next(by_input) if t.requires_grad else None for t in inputs))
 
 
 def _detached(tree: Any) -> Any:

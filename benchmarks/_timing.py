@@ -9,10 +9,17 @@ from typing import Any
 
 
 def timed_round_robin(
-    routes: dict[str, Callable[[], Any]], repeat: int
+    routes: dict[str, Callable[[], Any]], repeat: int, *, warmups: int = 1
 ) -> dict[str, tuple[float, float, Any]]:
-    """(median, best, output) of each route: one warm-up call each, then ``repeat`` rounds."""
-    outputs = {name: fn() for name, fn in routes.items()}
+    """(median, best, output) of each route: ``warmups`` untimed calls each, then ``repeat`` rounds.
+
+    Every round times each route once, in turn, so a change in machine load during the run
+    hits all routes alike.  The output is the last warm-up call's.
+    """
+    outputs = {}
+    for name, fn in routes.items():
+        for _ in range(warmups):
+            outputs[name] = fn()
     times: dict[str, list[float]] = {name: [] for name in routes}
     for _ in range(repeat):
         for name, fn in routes.items():

@@ -28,38 +28,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from _timing import timed_round_robin  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 import kpflow.ntk as ntk
 from kpflow.models import RNN
-
-
-def timed_round_robin(
-    routes: dict[str, Callable[[], torch.Tensor]], repeat: int
-) -> dict[str, tuple[float, float, torch.Tensor]]:
-    """(median, best, output) of each route: two warm-up calls each, then ``repeat`` rounds.
-
-    Every round times each route once, in turn, so a change in machine load during the
-    run hits all routes alike.
-    """
-    outputs = {}
-    for name, fn in routes.items():
-        fn()
-        outputs[name] = fn()
-    times: dict[str, list[float]] = {name: [] for name in routes}
-    for _ in range(repeat):
-        for name, fn in routes.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: (statistics.median(t), min(t), outputs[name]) for name, t in times.items()}
 
 
 def plain_step(x: torch.Tensor, h_prev: torch.Tensor) -> Callable[..., torch.Tensor]:
@@ -153,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     with torch.no_grad():
-        results = timed_round_robin(routes, repeat)
+        results = timed_round_robin(routes, repeat, warmups=2)
     core_median, core_best, core_out = results["kpflow Kronecker core"]
     header = f"{'route':<28} {'median ms':>10} {'best ms':>9} {'median/core':>12} {'best/core':>10}"
     print(f"{header} {'rel. diff of K V':>17}")

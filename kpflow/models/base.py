@@ -222,8 +222,8 @@ class Trajectory(abc.ABC):
         self.device = device_of(states)
         self._sites: list[Site] | None = None
 
-    def recomputed(self, fn: Callable[..., Any], model: Any, params: dict[str, Any], *arrays: Any) -> Any:
-        """``fn(model, params, *arrays)`` for derivative caches, without holding its temporaries.
+    def recomputed(self, fn: Callable[..., Any], params: dict[str, Any], *arrays: Any) -> Any:
+        """``fn(self.model, params, *arrays)`` for derivative caches, without holding its temporaries.
 
         On torch with parameters that require grad, the caches carry autograd history (NTK
         products called directly stay differentiable), but the temporaries of ``fn`` are
@@ -235,7 +235,7 @@ class Trajectory(abc.ABC):
         names = tuple(params)
 
         def call(*leaves: Any) -> Any:
-            return fn(model, dict(zip(names, leaves[: len(names)], strict=True)), *leaves[len(names) :])
+            return fn(self.model, dict(zip(names, leaves[: len(names)], strict=True)), *leaves[len(names) :])
 
         return get_backend(self.states).recomputed(call, *params.values(), *arrays)
 

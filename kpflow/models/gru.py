@@ -124,7 +124,7 @@ class GRUTrajectory(RecurrentTrajectory):
         H = model.n_hidden
         # (torch, parameters requiring grad: the gates' temporaries are recomputed when
         # something differentiates the caches, instead of being held by the graph)
-        self.z, self.d_in, d_rzn = self.recomputed(_gru_caches, model, params, self.prev_states, x)
+        self.z, self.d_in, d_rzn = self.recomputed(_gru_caches, params, self.prev_states, x)
         self._d_rzn = d_rzn
         self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
         self._d_gates = xp.reshape(d_rzn, (*d_rzn.shape[:-1], 3, H))

@@ -177,11 +177,11 @@ class Site:
 
     def apply_D(self, U: Any) -> Any:
         """D_w U: pre-activation tangents ``(k, m, width)`` to state tangents ``(k, *state_shape)``."""
-        return self._embed(self.apply_D_block(U))
+        return self.apply_D_with(self.D_operand(), U)
 
     def apply_DT(self, V: Any) -> Any:
         """D_wᵀ V: state tangents ``(k, *state_shape)`` to pre-activation space ``(k, m, width)``."""
-        return apply_DT(array_namespace(V), self.spec, self.D_operand(), V)
+        return self.apply_DT_with(self.D_operand(), V)
 
     def apply_D_with(self, D: Any, U: Any) -> Any:
         """:meth:`apply_D` reading ``D`` (this site's :meth:`D_operand`, e.g. a graph-free view of it)."""
@@ -422,8 +422,7 @@ class LinearSite(Site):
 
     def apply_D(self, U: Any) -> Any:
         """D_w U: ``(k, m, width) -> (k, *state_shape)``."""
-        spec = self.linear_spec
-        return spec.apply(array_namespace(U), *spec.static, self.operands, U)
+        return self.apply_D_with(self.operands, U)
 
     def apply_DT(self, V: Any) -> Any:
         """D_wᵀ V: ``(k, *state_shape) -> (k, m, width)``."""

@@ -17,11 +17,14 @@ Orthonormalisation is CholeskyQR2 (two Gram-matrix passes: BLAS-3 in the row lay
 is stored in), with Householder QR of the transposed block as the fallback when the block is
 too ill-conditioned for it (``cond > ε^{-1/2}``, detected from the Cholesky factor).
 
-The returned residual norms are computed explicitly, ``‖A u − θ u‖`` with ``k`` more products,
-unless the product budget is exhausted (then they are the Krylov estimates above, which equal
-the true residuals up to rounding).  If the explicit residuals miss the tolerance while the
-estimates met it (rounding in long float32 runs), the solver restarts from the ``k`` verified
-vectors themselves, whose ``A U`` it already holds, and continues.
+When asked to verify (float32), the returned residual norms are computed explicitly,
+``‖A u − θ u‖``: from ``k`` more products, or, when the solver stores ``A V`` beside the
+basis (``store_products``, twice the basis memory), from ``A U = Yᵀ (A V)`` at no product's
+cost.  Without verification, or when the product budget is exhausted without stored
+products, they are the Krylov estimates above, which equal the true residuals up to
+rounding.  If the explicit residuals miss the tolerance while the estimates met it (rounding
+in long float32 runs), the solver restarts from the ``k`` verified vectors themselves, whose
+``A U`` it already holds, and continues.
 
 References
 ----------
@@ -129,22 +132,39 @@ def _verified(xp: Any, AU: Any, vals: Any, U: Any) -> tuple[Any, Any, Any]:
 
 
 class _Basis:
-    """``V`` (rows) and ``T = V A Vᵀ`` in storage of ``max_basis`` rows, updated in place where possible."""
+    """``V`` (rows) and ``T = V A Vᵀ`` in storage of ``max_basis`` rows, updated in place where possible.
 
-    def __init__(self, A: LinearOperator, max_basis: int) -> None:
+    With ``store_products``, also the rows ``A V`` (row ``i`` holds ``A v_i`` once its product
+    has been computed), so that any Ritz pair's residual ``A u − θ u`` is explicit at no
+    product's cost.
+    """
+
+    def __init__(self, A: LinearOperator, max_basis: int, *, store_products: bool = False) -> None:
         xp = A.xp
         z = {"dtype": A.dtype, "device": A.device}
         self.xp = xp
         self.V = xp.zeros((max_basis, A.size_in), **z)
+        self.AV = xp.zeros((max_basis, A.size_in), **z) if store_products else None
         self.T = xp.zeros((max_basis, max_basis), **z)
         self.m = 0
 
     def rows(self) -> Any:
         return self.V[: self.m, :]
 
+    def products(self) -> Any:
+        """``A V`` of the current rows (``store_products`` only)."""
+        assert self.AV is not None
+        return self.AV[: self.m, :]
+
     def set_rows(self, start: int, Q: Any) -> None:
         self.V = xpx.at(self.V, (slice(start, start + Q.shape[0]), slice(None))).set(Q, copy=None, xp=self.xp)
         self.m = start + Q.shape[0]
+
+    def set_products(self, start: int, AQ: Any) -> None:
+        """Store ``A Q`` for the rows ``start, start + 1, ...`` (a no-op without ``store_products``)."""
+        if self.AV is not None:
+            where = (slice(start, start + AQ.shape[0]), slice(None))
+            self.AV = xpx.at(self.AV, where).set(AQ, copy=None, xp=self.xp)
 
     def set_T(self, rows: slice, cols: slice, block: Any) -> None:
         self.T = xpx.at(self.T, (rows, cols)).set(block, copy=None, xp=self.xp)
@@ -196,12 +216,18 @@ def restarted_lanczos(
     verify: bool,
     pairwise: bool = False,
     max_rows: int | None = None,
+    store_products: bool = False,
     where: str = "kpflow.linalg.eigsh",
 ) -> tuple[EighResult, Any]:
     """Top-``k`` eigenpairs of symmetric ``A`` by thick-restart block Lanczos (module docstring).
 
     Returns the pairs (eigenvectors as flat rows) and their residual vectors
     ``A u − θ u`` (k, n), explicit when ``verify`` and the Krylov–Schur ones otherwise.
+
+    ``store_products`` keeps ``A V`` beside the basis (twice the memory): a verification
+    then reads ``A U = Yᵀ (A V)`` instead of computing ``k`` more products, so explicit
+    residuals cost no product, and a failed one restarts from the verified vectors as
+    often as needed.
 
     ``block_size`` rows are multiplied by ``A`` per step; the basis holds at most
     ``max_basis`` rows (``>= k + 2·block_size``); at most ``max_matvecs`` products are used
@@ -219,8 +245,9 @@ def restarted_lanczos(
     """
     xp, n = A.xp, A.size_in
     b = block_size
-    counter = MatvecCounter(A, progress, max_matvecs + (k if verify else 0), where, max_rows=max_rows)
-    basis = _Basis(A, max_basis)
+    extra = k if verify and not store_products else 0
+    counter = MatvecCounter(A, progress, max_matvecs + extra, where, max_rows=max_rows)
+    basis = _Basis(A, max_basis, store_products=store_products)
     verified_once = False
     locked: EighResult | None = None  # the converged pairs while a multiplicity check runs
     locked_R: Any = None
@@ -231,6 +258,7 @@ def restarted_lanczos(
         while True:
             m, s = basis.m, Q.shape[0]
             AQ = counter.matmat(Q)
+            basis.set_products(m - s, AQ)
             H, W, lost = kernel(A, _expand)(basis.rows(), AQ)
             basis.set_T(slice(0, m), slice(m - s, m), H)
             basis.set_T(slice(m - s, m), slice(0, m), xp.matrix_transpose(H))
@@ -256,7 +284,10 @@ def restarted_lanczos(
                 vals = theta[:k]
                 U = kernel(A, _combine)(Y[:, :k], basis.rows())
                 if verify:
-                    AU = counter.matmat(U)
+                    if store_products:
+                        AU = kernel(A, _combine)(Y[:, :k], basis.products())
+                    else:
+                        AU = counter.matmat(U)
                     res, T_u, R_u = kernel(A, _verified)(AU, vals, U)
                     AU_or_R = (AU, None)
                 else:
@@ -280,23 +311,29 @@ def restarted_lanczos(
                     W = xp.concat([W, probes(gen, b, n, like_array(A))], axis=0)
                     lost = xp.concat([lost, xp.zeros((b,), dtype=xp.bool, device=A.device)], axis=0)
                     step = min(s + b, n - m)
-                elif verified_once or counter.num_matvecs + b > max_matvecs:
+                elif (verified_once and not store_products) or counter.num_matvecs + b > max_matvecs:
                     _warn_not_converged(where, counter.num_matvecs, worst, target)
                     return EighResult(vals, U, res, counter.num_matvecs), _residuals(xp, AU_or_R, vals, U)
                 else:
                     # The estimates drifted from the true residuals (rounding in a long run):
                     # restart from the verified vectors, whose residual block R_u is at hand.
                     verified_once = True
-                    Q = _lock(A, basis, U, T_u, R_u, gen)
+                    Q = _lock(A, basis, U, T_u, R_u, gen, AU)
                     continue
             if counter.num_matvecs + step > max_matvecs:
                 _warn_not_converged(where, counter.num_matvecs, worst, target)
                 U = kernel(A, _combine)(Y[:, :k], basis.rows())
+                if store_products:  # the explicit residuals, at no product's cost
+                    AU = kernel(A, _combine)(Y[:, :k], basis.products())
+                    est, _, _ = kernel(A, _verified)(AU, theta[:k], U)
+                    return EighResult(theta[:k], U, est, counter.num_matvecs), AU - theta[:k, None] * U
                 R = kernel(A, _combine)(Y[m - s :, :k], W)
                 return EighResult(theta[:k], U, est, counter.num_matvecs), R
             if m + step > max_basis:
                 # Thick restart: keep the top Ritz vectors (the converged ones among them).
                 kept = max_basis - step
+                if store_products:
+                    basis.set_products(0, kernel(A, _combine)(Y[:, :kept], basis.products()))
                 basis.set_rows(0, kernel(A, _combine)(Y[:, :kept], basis.rows()))
                 basis.set_T(slice(0, kept), slice(0, kept), _diag(A, theta[:kept]))
             Q = _next_block(A, basis.rows(), W[:step, :], lost[:step], gen)
@@ -324,13 +361,16 @@ def _diag(A: LinearOperator, values: Any) -> Any:
     return xp.eye(values.shape[0], dtype=A.dtype, device=A.device) * values[None, :]
 
 
-def _lock(A: LinearOperator, basis: _Basis, U: Any, T_u: Any, R: Any, gen: Any) -> Any:
+def _lock(A: LinearOperator, basis: _Basis, U: Any, T_u: Any, R: Any, gen: Any, AU: Any = None) -> Any:
     """Restart from the rows ``U`` (with ``T = U A Uᵀ``) and the next block ``orth(R ⟂ U)``.
 
     ``R`` must contain the part of ``A U`` outside span ``U`` (so the residual identity of the
-    module docstring holds), optionally with more rows (fresh directions).
+    module docstring holds), optionally with more rows (fresh directions).  ``AU`` (when the
+    basis stores products) is kept as the products of the new rows.
     """
     k = U.shape[0]
+    if AU is not None:
+        basis.set_products(0, AU)
     basis.set_rows(0, U)
     basis.set_T(slice(0, k), slice(0, k), T_u)
     R = kernel(A, _project_out)(U, R)

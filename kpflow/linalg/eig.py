@@ -119,8 +119,9 @@ def eigsh(
         Bytes the solver's vectors may take (default 1 GiB, :data:`DEFAULT_MEMORY_BUDGET`):
         the default ``max_basis`` shrinks to fit, so that a large problem takes more
         restarts instead of more memory; a budget too small for ``k + 2·block_size``
-        vectors is an error that says how much is needed.  The operator's own temporaries
-        are not counted.
+        vectors is an error that says how much is needed.  In float32 the products ``A V``
+        are stored beside the basis when the budget holds both (see Notes).  The operator's
+        own temporaries are not counted.
     progress : None, bool or callable
         ``True``: tqdm bar (a text line on stderr without tqdm); callable:
         ``progress(done, total)``.
@@ -145,7 +146,9 @@ def eigsh(
     pairs are kept (locked), blocks are orthonormalised by CholeskyQR2 (Householder QR for
     ill-conditioned blocks), and convergence is decided on residual norms.  In float64 the
     returned residual norms are the Krylov–Schur residuals (exact up to rounding); in lower
-    precision they are recomputed with ``k`` explicit products.
+    precision they are explicit, ``‖A u − λ u‖``: read from the products ``A V`` that the
+    solver stores beside its basis when ``memory_budget`` holds both (no product more), else
+    recomputed with ``k`` more products.
 
     When ``A`` is known to be a Gram operator ``F Fᵀ`` whose factor has the smaller domain
     (:func:`kpflow.linalg.rules.gram_factor`: NTK_S = J_S J_Sᵀ with fewer parameters than
@@ -254,6 +257,7 @@ def _krylov(
     basis = _basis_rows(A, k, b, options["max_basis"], options["memory_budget"], where)
     cap = options["max_matvecs"]
     budget = 100 * basis if cap is None else max(b, int(cap))
+    verify = dtype_eps(A) > 1e-10
     return restarted_lanczos(
         A,
         k,
@@ -263,10 +267,21 @@ def _krylov(
         max_matvecs=budget,
         gen=options["gen"],
         progress=options["progress"],
-        verify=dtype_eps(A) > 1e-10,
+        verify=verify,
         pairwise=pairwise,
         max_rows=_chunk_rows(A if sized_like is None else sized_like, options["memory_budget"]),
+        store_products=verify and _fits_products(A, k, b, min(basis, n), options["memory_budget"]),
     )
+
+
+def _fits_products(A: LinearOperator, k: int, b: int, basis: int, memory_budget: Any) -> bool:
+    """Whether ``A V`` fits beside the basis in the memory budget (see ``_basis_rows``).
+
+    Stored products make the float32 verification free (``k`` products fewer per solve);
+    they double the basis memory, so they are kept only when the budget holds both.
+    """
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else float(memory_budget)
+    return (2 * basis + 3 * b + k) * A.size_in * _itemsize(A) <= budget
 
 
 def _chunk_rows(A: LinearOperator, memory_budget: Any) -> int:

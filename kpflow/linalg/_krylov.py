@@ -400,4 +400,3 @@ def _warn_not_converged(where: str, used: int, worst: float, target: float) -> N
         RuntimeWarning,
         stacklevel=4,
     )
-

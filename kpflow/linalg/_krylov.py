@@ -233,8 +233,9 @@ def restarted_lanczos(
     ``max_basis`` rows (``>= k + 2·block_size``); at most ``max_matvecs`` products are used
     for the Krylov space (plus ``k`` per verification when ``verify`` without
     ``store_products``).  Converged when every top-``k`` pair has
-    ``‖A u − θ u‖ <= tol · max|θ|`` (``pairwise``: ``<= tol · √(θ · max|θ|)``, the target on ``Fᵀ F`` that bounds the residual of ``u = F v / σ`` on ``F Fᵀ`` by
-    ``tol · max|θ|``: ``‖F Fᵀ u − θ u‖ = ‖F (Fᵀ F v − θ v)‖ / σ <= σ_max ‖r_v‖ / σ``).
+    ``‖A u − θ u‖ <= tol · max|θ|`` (``pairwise``: ``<= tol · √(θ · max|θ|)``, the target on
+    ``Fᵀ F`` that bounds the residual of ``u = F v / σ`` on ``F Fᵀ`` by ``tol · max|θ|``:
+    ``‖F Fᵀ u − θ u‖ = ‖F (Fᵀ F v − θ v)‖ / σ <= σ_max ‖r_v‖ / σ``).
 
     Multiplicities: a block Krylov space with blocks of ``s`` rows holds at most ``s``
     directions of any one eigenspace.  When the converged values contain a cluster of ``s``

@@ -42,11 +42,14 @@ OPTIONAL_MODULES = frozenset(
         "sphinx",
         "torch",
         "tqdm",
+        "xdist",
     }
 )
 
 # Installed together with an extra's package, and imported by it.
 _COMPANIONS = {"jax": {"jaxlib", "scipy"}}
+# Distributions whose top-level module has another name.
+_MODULE_NAMES = {"pytest_xdist": "xdist"}
 
 _REQUIREMENT = re.compile(r'^([A-Za-z0-9_.\-]+)\s*(?:\[([^\]]*)\])?[^;]*;\s*extra\s*==\s*"([^"]+)"')
 
@@ -90,6 +93,7 @@ def extra_modules(extras: set[str]) -> set[str]:
                 todo.extend(e.strip() for e in (nested or "").split(",") if e.strip())
                 continue
             module = name.lower().replace("-", "_")
+            module = _MODULE_NAMES.get(module, module)
             modules.add(module)
             modules.update(_COMPANIONS.get(module, ()))
     return modules

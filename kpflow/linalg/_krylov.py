@@ -327,7 +327,9 @@ def restarted_lanczos(
                 if store_products:  # the explicit residuals, at no product's cost
                     AU = kernel(A, _combine)(Y[:, :k], basis.products())
                     est, _, _ = kernel(A, _verified)(AU, theta[:k], U)
-                    return EighResult(theta[:k], U, est, counter.num_matvecs), AU - theta[:k, None] * U
+                    return EighResult(theta[:k], U, est, counter.num_matvecs), _residuals(
+                        xp, (AU, None), theta[:k], U
+                    )
                 R = kernel(A, _combine)(Y[m - s :, :k], W)
                 return EighResult(theta[:k], U, est, counter.num_matvecs), R
             if m + step > max_basis:

@@ -281,8 +281,18 @@ def _fits_products(A: LinearOperator, k: int, b: int, basis: int, memory_budget:
     Stored products make the float32 verification free (``k`` products fewer per solve);
     they double the basis memory, so they are kept only when the budget holds both.
     """
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else float(memory_budget)
-    return (2 * basis + 3 * b + k) * A.size_in * _itemsize(A) <= budget
+    return (2 * basis + _work_rows(k, b)) * A.size_in * _itemsize(A) <= _budget_bytes(memory_budget)
+
+
+def _budget_bytes(memory_budget: Any) -> float:
+    """The memory budget in bytes: ``memory_budget``, or :data:`DEFAULT_MEMORY_BUDGET` when None."""
+    return float(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+
+
+def _work_rows(k: int, b: int) -> int:
+    """Vectors the solver holds besides its basis: the block, its product, the residual block
+    (``3·b``) and the Ritz vectors (``k``)."""
+    return 3 * b + k
 
 
 def _chunk_rows(A: LinearOperator, memory_budget: Any) -> int:
@@ -292,8 +302,7 @@ def _chunk_rows(A: LinearOperator, memory_budget: Any) -> int:
     ``k`` vectors of a verification, the ``2k`` of the parameter side's mapping back) are
     pushed through a large operator in several products instead of one ``k`` times as big.
     """
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    rows = rows_for_budget(A, budget / 4)
+    rows = rows_for_budget(A, _budget_bytes(memory_budget) / 4)
     # jax pads every block to MIN_BUCKET rows: smaller chunks would cost as much each
     return max(rows, MIN_BUCKET) if getattr(adapter_of(A), "compiles_per_shape", False) else rows
 
@@ -306,19 +315,19 @@ def _basis_rows(A: LinearOperator, k: int, b: int, max_basis: Any, memory_budget
     more rows.
     """
     row_bytes = A.size_in * _itemsize(A)
-    raw = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    raw = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget  # validated below
     if isinstance(raw, bool) or not isinstance(raw, numbers.Real) or not float(raw) > 0:
         msg = f"{where}: expected memory_budget to be a positive number of bytes, got {memory_budget!r}"
         raise ValueError(msg)
     budget = float(raw)
-    fit = int(budget // row_bytes) - (3 * b + k)
+    fit = int(budget // row_bytes) - _work_rows(k, b)
     smallest = k + 2 * b
     if max_basis is None:
         # A small space is spanned whole (at most n products, no restart, as dense would cost).
         default = A.size_in if A.size_in <= 4 * _default_basis(k, b) else _default_basis(k, b)
         rows = min(default, max(fit, smallest))
         if fit < smallest and rows < A.size_in:
-            need = (smallest + 3 * b + k) * row_bytes
+            need = (smallest + _work_rows(k, b)) * row_bytes
             msg = (
                 f"{where}: memory_budget={budget:.3g} bytes holds {max(fit, 0)} basis vectors of "
                 f"{A.size_in} entries, fewer than the {smallest} that k={k} with block_size={b} "

@@ -347,3 +347,15 @@ def test_default_block_size_on_the_cpu(n, k, expected):
     from kpflow.linalg.eig import _default_block
 
     assert _default_block(_Reflected(np.ones(n), seed=0), k) == expected
+
+
+def test_num_matvecs_counts_the_products_of_a_multiplicity_check():
+    # One probe per product: every converged value is a cluster of at least one, so a
+    # multiplicity check runs (it grows the block and expands); its products are reported.
+    n = 400
+    lam = np.concatenate([[9.0, 8.0, 7.0], 5.0 * 0.9 ** np.arange(n - 3)])
+    A = _Reflected(lam, seed=3)
+    r = eigsh(A, 3, method="lanczos", rng=0, block_size=1)
+    assert max(A.rows) == 2  # the check ran (its block holds a fresh probe)
+    assert r.num_matvecs == sum(A.rows)
+    np.testing.assert_allclose(np.asarray(r.eigenvalues), [9.0, 8.0, 7.0], rtol=1e-9)

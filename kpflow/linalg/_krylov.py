@@ -277,6 +277,8 @@ def restarted_lanczos(
                 # A multiplicity check: has a value from the fresh block entered the top k?
                 grown = max(float(xp.max(theta[:k] - locked.eigenvalues)), 0.0) > width
                 if not grown and (check_steps <= 0 or m >= n):
+                    # The check's products count: the result reports every product spent.
+                    locked.num_matvecs = counter.num_matvecs
                     return locked, locked_R
                 check_steps -= 1
                 if grown:

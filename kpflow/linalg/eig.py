@@ -211,10 +211,9 @@ def _default_block(A: LinearOperator, k: int) -> int:
     - the CPU, ``n >= 2**20``: 1; ``2**16 <= n < 2**20``: 2.  Such products run near GEMM
       speed with few probes, and fewer probes per step need fewer products.  Measured on
       NTK_S of a GRU, top 10 (``benchmarks/bench_ntk_spectrum.py``): at 1,638,400 states
-      81, 98 and 130 products with 1, 2 and 4 probes, in 16, 19 and 19 s (numpy); at
-      204,800 states 84, 100 and 124 products with 1, 2 and 4 probes, at 22, 17 and 19 ms
-      per probe (numpy; torch 18, 14 and 13 ms; before float32 residuals were read from
-      stored products);
+      89, 98 and 130 products with 1, 2 and 4 probes, in 16, 17 and 23 s (numpy; one probe
+      pays 8 products for the multiplicity check); at 204,800 states 81, 90 and 110
+      products in 1.49, 1.53 and 1.47 s, where two probes are no slower;
     - otherwise (small operators, whose products are dominated by per-call overhead; GPUs,
       where a block costs little more than one probe): ``min(k, 4)``.
     """

@@ -73,8 +73,13 @@ def test_parameter_side_eigsh_equals_the_dense_and_the_state_side(case64, name, 
     M = _dense(case64, N)
     lam = np.linalg.eigvalsh(M)[::-1][:k]
     counted = _Counting(N)  # the parameter side never multiplies by NTK_S itself
+    factor = _Counting(J)
     got = eigsh(N, k, method="lanczos", rng=seed)
     assert counted.rows == 0
+    # num_matvecs counts NTK_S-product equivalents: one J and one Jᵀ row each (jax pads rows)
+    assert factor.rows >= 2 * got.num_matvecs > 0
+    if case64.name != "jax":
+        assert factor.rows == 2 * got.num_matvecs
     state = eigsh(Opaque(N), k, method="lanczos", rng=seed)
     for r in (got, state):
         check_meta(case64, r.eigenvalues)

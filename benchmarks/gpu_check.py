@@ -23,6 +23,11 @@ relative), and it keeps jax from preallocating GPU memory so that torch and cupy
 GPU.  Sizes: ``--B 8 --T 32 --H 32 --k 10`` (n = B·T·H = 8192 states), well under a minute
 on one GPU after compilation.
 
+``--cpu`` rehearses every check on the CPU (torch and jax on their CPU devices; jax's transfer
+guard still applies, torch has no sync guard off CUDA), so that the script itself is tested
+where no GPU is lent (``tests/test_gpu_check.py``, with two forced host devices for the
+sharded check); it proves nothing about GPUs.
+
 Run: ``python benchmarks/gpu_check.py`` (``--help`` for the sizes).
 """
 
@@ -62,17 +67,27 @@ class Framework:
     like: Callable[[str], Any]  # dtype name -> a 1-element array on the GPU
     synchronize: Callable[[], None]
     no_host_sync: Callable[[], contextlib.AbstractContextManager]
-    guard: str  # what no_host_sync uses, for the report
+    guard: str  # what no_host_sync uses, for the report ("" when there is none)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- finding GPUs (every probe tolerates a missing or broken install) ------------------------------
-def find_torch() -> Framework | None:
+def find_torch(cpu: bool = False) -> Framework | None:
     if find_spec("torch") is None:
         return None
     try:
         import torch
 
+        if cpu:  # the rehearsal: torch has no host-sync guard off CUDA
+            return Framework(
+                "torch",
+                torch.__version__,
+                "CPU (rehearsal)",
+                lambda dt: torch.zeros(1, dtype=getattr(torch, dt)),
+                lambda: None,
+                contextlib.nullcontext,
+                "",  # no guard: the report says so
+            )
         if not torch.cuda.is_available():
             return None
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -136,14 +151,14 @@ def find_cupy() -> Framework | None:
         return None
 
 
-def find_jax() -> Framework | None:
+def find_jax(cpu: bool = False) -> Framework | None:
     if find_spec("jax") is None:
         return None
     try:
         import jax
 
         try:
-            gpus = jax.devices("gpu")
+            gpus = jax.devices("cpu" if cpu else "gpu")  # "cpu": the rehearsal
         except RuntimeError:  # no GPU backend in this jax install
             return None
         if not gpus:
@@ -224,8 +239,9 @@ def check_one(fw: Framework, dtype: str, model: GRU, x_host: np.ndarray, k: int,
         ok = meta_ok and err <= TOL[dtype]
         where = f"on {device_of(like)}" if meta_ok else "WRONG device/dtype"
         detail = (
-            f"eig rel {err:.1e} (tol {TOL[dtype]:.0e}) | {where} | product under {fw.guard}: no host sync"
-            f" | eigsh {seconds:.2f} s, {top.num_matvecs} matvecs"
+            f"eig rel {err:.1e} (tol {TOL[dtype]:.0e}) | {where} | "
+            + (f"product under {fw.guard}: no host sync" if fw.guard else "product not guarded")
+            + f" | eigsh {seconds:.2f} s, {top.num_matvecs} matvecs"
         )
         if notes:
             detail += " | " + "; ".join(notes)
@@ -258,7 +274,7 @@ def check_jax_sharded(fw: Framework, model: GRU, x_host: np.ndarray, k: int) -> 
         return Outcome(
             label,
             ok,
-            f"vs one GPU rel {err:.1e} (tol 1e-10) | replicated: {replicated} | eigsh {seconds:.2f} s",
+            f"vs one device rel {err:.1e} (tol 1e-10) | replicated: {replicated} | eigsh {seconds:.2f} s",
         )
     except Exception as err:
         tb = traceback.format_exception_only(type(err), err)[-1].strip()
@@ -271,9 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--T", type=int, default=32, help="time steps (default 32)")
     parser.add_argument("--H", type=int, default=32, help="hidden units (default 32)")
     parser.add_argument("--k", type=int, default=10, help="eigenpairs (default 10)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="rehearse the checks on the CPU (tests this script; no GPU claim)"
+    )
     args = parser.parse_args(argv)
 
-    frameworks = [fw for fw in (find_torch(), find_cupy(), find_jax()) if fw is not None]
+    found = (find_torch(True), find_jax(True)) if args.cpu else (find_torch(), find_cupy(), find_jax())
+    frameworks = [fw for fw in found if fw is not None]
     if not frameworks:
         print("no GPU: torch CUDA, cupy and jax GPU are all unavailable here; nothing to check")
         return 0

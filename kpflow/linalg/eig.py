@@ -314,11 +314,11 @@ def _basis_rows(A: LinearOperator, k: int, b: int, max_basis: Any, memory_budget
     more rows.
     """
     row_bytes = A.size_in * _itemsize(A)
-    raw = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget  # validated below
-    if isinstance(raw, bool) or not isinstance(raw, numbers.Real) or not float(raw) > 0:
+    number = isinstance(memory_budget, numbers.Real) and not isinstance(memory_budget, bool)
+    if memory_budget is not None and not (number and memory_budget > 0):
         msg = f"{where}: expected memory_budget to be a positive number of bytes, got {memory_budget!r}"
         raise ValueError(msg)
-    budget = float(raw)
+    budget = _budget_bytes(memory_budget)
     fit = int(budget // row_bytes) - _work_rows(k, b)
     smallest = k + 2 * b
     if max_basis is None:

@@ -199,5 +199,28 @@ class Backend:
         """Compile ``f`` where the framework can; otherwise return ``f`` unchanged."""
         return f
 
+    def scan(self, f: Callable, init: Any, xs: tuple, *, reverse: bool = False) -> tuple[Any, Any]:
+        """``carry, y_i = f(carry, x_i)``, with ``x_i`` the tuple of the ``i``-th rows of ``xs``.
+
+        Returns the last carry and the ``y_i`` stacked along a new leading axis, in the order
+        of ``xs`` (``reverse``: the last row is met first, as in ``jax.lax.scan``).  The
+        default is a Python loop; a framework that compiles loops (jax: ``jax.lax.scan``)
+        overrides it, so that a recursion inside :meth:`jit` is one program instead of one
+        per step.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kpflow.backends.numpy import adapter
+        >>> carry, ys = adapter.scan(lambda c, x: (c + x[0], c + x[0]), np.zeros(()), (np.arange(4.0),))
+        >>> float(carry), ys.tolist()
+        (6.0, [0.0, 1.0, 3.0, 6.0])
+        """
+        n = xs[0].shape[0]
+        ys: list[Any] = [None] * n
+        for i in range(n - 1, -1, -1) if reverse else range(n):
+            init, ys[i] = f(init, tuple(x[i, ...] for x in xs))
+        return init, self.namespace().stack(ys, axis=0)
+
     def __repr__(self) -> str:
         return f"<kpflow backend {self.name!r}>"

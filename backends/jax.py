@@ -166,6 +166,10 @@ class JaxBackend(Backend):
     def jit(self, f: Callable) -> Callable:
         return jax.jit(f)
 
+    def scan(self, f: Callable, init: Any, xs: tuple, *, reverse: bool = False) -> tuple[Any, Any]:
+        """``jax.lax.scan``: one compiled loop."""
+        return jax.lax.scan(f, init, xs, reverse=reverse)
+
 
 adapter = JaxBackend()
 

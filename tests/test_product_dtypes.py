@@ -135,7 +135,7 @@ def test_the_kronecker_core_adds_the_terms_of_sites_on_shared_and_overlapping_co
 @pytest.mark.skipif("jax" not in BACKENDS, reason="jax is not among the selected backends")
 @pytest.mark.parametrize("name", ["gru", "lstm", "rnn_tanh", "leaky_tanh_bias"])
 def test_on_jax_trajectories_of_the_same_shapes_share_the_compiled_steps_and_kernel(name: str) -> None:
-    """Each P step, Pᵀ step and K runs as one compiled program, made once for all steps and trajectories.
+    """P, Pᵀ (each a scan over all steps) and K run as one compiled program each, shared by trajectories.
 
     Compilations are counted by jax's own trace events (named after the traced function), not
     by the programs' cache sizes: jax keeps executables in one LRU shared by the whole process,
@@ -145,7 +145,7 @@ def test_on_jax_trajectories_of_the_same_shapes_share_the_compiled_steps_and_ker
     import jax.numpy as jnp
 
     from kpflow.ntk import kernel
-    from kpflow.ntk.propagator import _recursion_step
+    from kpflow.ntk.propagator import _recursion
 
     traced: list[str] = []
 
@@ -160,12 +160,16 @@ def test_on_jax_trajectories_of_the_same_shapes_share_the_compiled_steps_and_ker
         N = kpflow.global_ntk(traj)
         X = jnp.asarray(np.random.default_rng(seed).standard_normal((3, *N.shape_in)))
         k = traj.step_kernel()
-        programs = [kernel.compiled(traj.xp, _recursion_step, action, k.static) for action in (k.jvp, k.vjp)]
+        scan = kernel.scan_of(traj.xp)
+        programs = [
+            kernel.compiled(traj.xp, _recursion, scan, action, k.static, adjoint)
+            for action, adjoint in ((k.jvp, False), (k.vjp, True))
+        ]
         specs = tuple(site.spec for site in traj.sites)
         programs.append(kernel.compiled(traj.xp, kernel._core_matmat, specs, N.shape_in))
         del traced[:]
         got = N.matmat(X)
-        ours = [f for f in traced if f in ("_recursion_step", "_core_matmat")]
+        ours = [f for f in traced if f in ("_recursion", "_core_matmat")]
         # the same product eagerly: each step through the trajectory, K site by site
         W = [X[:, :, -1]]
         for t in range(traj.n_steps - 2, -1, -1):
@@ -188,7 +192,7 @@ def test_on_jax_trajectories_of_the_same_shapes_share_the_compiled_steps_and_ker
     np.testing.assert_allclose(np.asarray(got), np.asarray(eager), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(got2), np.asarray(eager2), rtol=1e-12, atol=1e-12)
     assert all(p is not None for p in programs)
-    # the first product traced the P step, the Pᵀ step and K once each, for all 7 steps
-    assert sorted(first) == ["_core_matmat", "_recursion_step", "_recursion_step"]
+    # the first product traced P, Pᵀ and K once each (not once per step of the 7)
+    assert sorted(first) == ["_core_matmat", "_recursion", "_recursion"]
     assert [p is q for p, q in zip(programs, again, strict=True)] == [True] * 3
     assert second == []  # nothing traced (so nothing compiled) for the new trajectory

@@ -126,6 +126,19 @@ def _adapter(xp: Any) -> Any:
     return adapter
 
 
+def scan_of(xp: Any) -> Callable[..., Any]:
+    """The backend's loop over a leading axis (:meth:`kpflow.backends.Backend.scan`; jax: ``lax.scan``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow.ntk.kernel import scan_of
+    >>> scan_of(np)(lambda c, x: (c * x[0], c * x[0]), np.ones(()), (np.asarray([2.0, 3.0]),))[1].tolist()
+    [2.0, 6.0]
+    """
+    return _adapter(xp).scan
+
+
 def product_operands(xp: Any, operands: tuple) -> tuple:
     """The arrays a product reads (a tuple tree), as the backend says to read them now.
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from kpflow.models.base import RecurrentTrajectory, Trajectory
-from kpflow.ntk.kernel import check_trajectory, compiled, product_operands
+from kpflow.ntk.kernel import check_trajectory, compiled, product_operands, scan_of
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["ConstraintJacobian", "Propagator", "SolvedTrajectory", "propagator"]
@@ -65,14 +65,34 @@ class Propagator(LinearOperator):
         self.traj = traj
         self.axis_names = traj.axis_names
 
-    def _step(self, adjoint: bool) -> Callable[[Any, Any, int], Any]:
-        """(q, y, t) ↦ q + J_t y (or q + J_tᵀ y): one step of the recursion.
+    def _whole(self, adjoint: bool) -> Callable[[Any], Any] | None:
+        """P (or Pᵀ) as one compiled program, or None where the backend does not compile per shape.
 
-        On a backend that compiles per shape (jax), a trajectory with a pure
-        :meth:`~kpflow.models.RecurrentTrajectory.step_kernel` runs each step as one compiled
-        program, t being an argument (one compilation for all T steps, shared by every
-        trajectory of the same shapes); elsewhere the step runs eagerly.  Either way it reads
-        the kernel's operands through :func:`~kpflow.ntk.kernel.product_operands` (graph-free
+        On jax every step run on its own is a dispatch of a compiled program; a trajectory with
+        a pure :meth:`~kpflow.models.RecurrentTrajectory.step_kernel` instead runs the whole
+        recursion as one program, a ``lax.scan`` over the steps (compiled once per block shape,
+        shared by every trajectory of the same shapes).  Measured on a GRU, one probe, float32
+        (jax CPU): 3.4× faster than one program per step at 204,800 states, 1.6–2× at
+        1,638,400; 1.1–1.5× with 16 probes.
+        """
+        traj = self.traj
+        if not isinstance(traj, RecurrentTrajectory) or type(traj).block is not RecurrentTrajectory.block:
+            return None
+        kernel = traj.step_kernel()
+        if kernel is None or traj.n_steps < 2:
+            return None
+        action = kernel.vjp if adjoint else kernel.jvp
+        fn = compiled(traj.xp, _recursion, scan_of(traj.xp), action, kernel.static, adjoint)
+        if fn is None:
+            return None
+        operands = product_operands(traj.xp, kernel.operands)
+        return lambda X: fn(operands, X)
+
+    def _step(self, adjoint: bool) -> Callable[[Any, Any, int], Any]:
+        """(q, y, t) ↦ q + J_t y (or q + J_tᵀ y): one step of the recursion, run eagerly.
+
+        A trajectory with a :meth:`~kpflow.models.RecurrentTrajectory.step_kernel` reads the
+        kernel's operands through :func:`~kpflow.ntk.kernel.product_operands` (graph-free
         under torch's ``no_grad``).
         """
         traj = self.traj
@@ -80,9 +100,6 @@ class Propagator(LinearOperator):
         if kernel is not None:
             action = kernel.vjp if adjoint else kernel.jvp
             operands = product_operands(traj.xp, kernel.operands)
-            fn = compiled(traj.xp, _recursion_step, action, kernel.static)
-            if fn is not None:
-                return lambda q, y, t: fn(operands, q, y, t)
             xp, static = traj.xp, kernel.static
             return lambda q, y, t: _recursion_step(xp, action, static, operands, q, y, t)
         if adjoint:
@@ -93,6 +110,9 @@ class Propagator(LinearOperator):
         traj = self.traj
         if not traj.triangular and isinstance(traj, SolvedTrajectory):
             return traj.solve(X)
+        whole = self._whole(adjoint=False)
+        if whole is not None:
+            return whole(X)
         step = self._step(adjoint=False)
         y = traj.block(X, 0)
         out = [y]
@@ -105,6 +125,9 @@ class Propagator(LinearOperator):
         traj = self.traj
         if not traj.triangular and isinstance(traj, SolvedTrajectory):
             return traj.solve_adjoint(Y)
+        whole = self._whole(adjoint=True)
+        if whole is not None:
+            return whole(Y)
         step = self._step(adjoint=True)
         n = traj.n_steps
         w = traj.block(Y, n - 1)
@@ -153,6 +176,32 @@ class ConstraintJacobian(LinearOperator):
 def _recursion_step(xp: Any, action: Callable, static: tuple, operands: tuple, q: Any, y: Any, t: Any) -> Any:
     """q + action(y) at step t, with ``action`` a :class:`~kpflow.models.StepKernel` function."""
     return q + action(xp, *static, operands, y, t)
+
+
+def _recursion(
+    xp: Any, scan: Callable, action: Callable, static: tuple, adjoint: bool, operands: tuple, X: Any
+) -> Any:
+    """P X (``adjoint``: Pᵀ X) on blocks ``(k, B, T, ...)``: one ``scan`` over the steps.
+
+    P: y_0 = q_0, y_t = q_t + J_t y_{t−1}.  Pᵀ: w_{T−1} = q_{T−1}, w_t = q_t + J_{t+1}ᵀ w_{t+1},
+    scanned from the last step down (row ``i`` of the scanned inputs is ``(q_i, i + 1)``).
+    """
+    n = X.shape[2]
+    Q = xp.moveaxis(X, 2, 0)  # (T, k, B, ...): the steps lead
+    steps = xp.arange(1, n, dtype=xp.int32)
+
+    def body(y: Any, row: tuple) -> tuple[Any, Any]:
+        q, t = row
+        y = q + action(xp, *static, operands, y, t)
+        return y, y
+
+    if adjoint:
+        _, W = scan(body, Q[n - 1, ...], (Q[: n - 1, ...], steps), reverse=True)
+        Y = xp.concat([W, Q[n - 1 :, ...]], axis=0)
+    else:
+        _, W = scan(body, Q[0, ...], (Q[1:, ...], steps))
+        Y = xp.concat([Q[:1, ...], W], axis=0)
+    return xp.moveaxis(Y, 0, 2)
 
 
 def propagator(traj: Trajectory) -> Propagator:

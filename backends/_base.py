@@ -76,6 +76,17 @@ class Backend:
 
         return array_api_compat.to_device(x, device)
 
+    def device_count(self, device: Any) -> int:
+        """How many devices ``device`` spans (a jax sharding may span several; default 1).
+
+        Examples
+        --------
+        >>> from kpflow.backends.numpy import adapter
+        >>> adapter.device_count("cpu")
+        1
+        """
+        return 1
+
     def is_accelerator(self, device: Any) -> bool:
         """Whether ``device`` is a GPU or another accelerator (default: no, the host CPU).
 

@@ -87,6 +87,11 @@ class JaxBackend(Backend):
     def is_accelerator(self, device: Any) -> bool:
         return getattr(device, "platform", "cpu") != "cpu"
 
+    def device_count(self, device: Any) -> int:
+        if isinstance(device, jax.Device):
+            return 1
+        return max(1, len(getattr(device, "device_set", ())))
+
     def from_host(self, array: Any, *, dtype: Any, device: Any = None) -> Any:
         return jnp.asarray(array, dtype=dtype, device=device)
 

@@ -38,6 +38,7 @@ __all__ = [
     "kernel",
     "like_array",
     "mean_and_error",
+    "min_bucket",
     "padded_size",
     "probes",
     "rows_for_budget",
@@ -361,15 +362,38 @@ def dtype_eps(A: LinearOperator) -> float:
 MIN_BUCKET = 16
 
 
-def padded_size(rows: int) -> int:
-    """The padded block size for ``rows`` probes: the next power of two, at least MIN_BUCKET.
+#: Vector length from which an operator on one CPU device gets unpadded small blocks (see
+#: :func:`min_bucket`; equal to the first of ``kpflow.linalg.eig.SMALL_BLOCK_SIZES``).
+UNPADDED_FROM = 2**16
+
+
+def padded_size(rows: int, minimum: int = MIN_BUCKET) -> int:
+    """The padded block size for ``rows`` probes: the next power of two, at least ``minimum``.
 
     On backends that compile a kernel for every new shape (jax, even eagerly), an operator
     applied to blocks of many different sizes compiles each of its primitives again for
     every size.  Padding with zero rows (a linear map sends them to zero) keeps to at most
-    ``log2(CHUNK / MIN_BUCKET) + 1`` sizes, for at most twice the work per block.
+    ``log2(CHUNK / minimum) + 1`` sizes, for at most twice the work per block.
     """
-    return min(CHUNK, max(MIN_BUCKET, 1 << (rows - 1).bit_length()))
+    return min(CHUNK, max(minimum, 1 << (rows - 1).bit_length()))
+
+
+def min_bucket(op: LinearOperator, size: int | None = None) -> int:
+    """The smallest padded block of ``op``'s products on a backend that compiles per shape.
+
+    :data:`MIN_BUCKET` (16), except for an operator of at least :data:`UNPADDED_FROM`
+    entries per probe (``size``, default its larger side) on one CPU device, where a product
+    runs at GEMM speed with one probe and blocks of 1, 2, 4, ... rows are not padded further
+    (1 on the other backends, which never pad).  On several devices, blocks stay padded to
+    16 rows so that they split evenly (``docs/jax.md``); on an accelerator a block of 16
+    costs little more than one probe.
+    """
+    adapter = adapter_of(op)
+    if not getattr(adapter, "compiles_per_shape", False):
+        return 1
+    size = max(op.size_in, op.size_out) if size is None else size
+    one_cpu = adapter.device_count(op.device) == 1 and not adapter.is_accelerator(op.device)
+    return 1 if one_cpu and size >= UNPADDED_FROM else MIN_BUCKET
 
 
 def _pad_rows(xp: Any, size: int, shape: tuple, block: Any) -> Any:
@@ -396,6 +420,8 @@ class MatvecCounter:
         The public call's name (for the progress bar and errors).
     max_rows : int, optional
         A smaller chunk than ``CHUNK`` (e.g. from a memory budget: :func:`rows_for_budget`).
+    min_rows : int, optional
+        The smallest padded block (default :func:`min_bucket` of ``op``).
     """
 
     def __init__(
@@ -405,9 +431,11 @@ class MatvecCounter:
         total: int = 0,
         desc: str = "",
         max_rows: int | None = None,
+        min_rows: int | None = None,
     ) -> None:
         self.op = op
         self.chunk = CHUNK if max_rows is None else max(1, min(CHUNK, int(max_rows)))
+        self._min = min_bucket(op) if min_rows is None else int(min_rows)
         self.num_matvecs = 0
         self._progress = Progress(progress, total, desc)
         self._adapter = adapter_of(op)
@@ -417,8 +445,8 @@ class MatvecCounter:
         xp, op = self.op.xp, self.op
         rows = block.shape[0]
         size = rows
-        if self._pad and padded_size(rows) > rows:
-            size = padded_size(rows)
+        if self._pad and padded_size(rows, self._min) > rows:
+            size = padded_size(rows, self._min)
             block = kernel(op, _pad_rows, size, shape_in)(block)
         else:
             block = xp.reshape(block, (size, *shape_in))

@@ -321,6 +321,7 @@ def restarted_lanczos(
     verify: bool,
     pairwise: bool = False,
     max_rows: int | None = None,
+    min_rows: int | None = None,
     store_products: bool = False,
     where: str = "kpflow.linalg.eigsh",
 ) -> tuple[EighResult, Any]:
@@ -352,7 +353,7 @@ def restarted_lanczos(
     xp, n = A.xp, A.size_in
     b = block_size
     extra = k if verify and not store_products else 0
-    counter = MatvecCounter(A, progress, max_matvecs + extra, where, max_rows=max_rows)
+    counter = MatvecCounter(A, progress, max_matvecs + extra, where, max_rows=max_rows, min_rows=min_rows)
     basis = _Basis(A, max_basis, store_products=store_products)
     verified_once = False
     locked: EighResult | None = None  # the converged pairs while a multiplicity check runs

@@ -49,6 +49,7 @@ from kpflow.linalg._common import (
     dtype_eps,
     host_rng,
     kernel,
+    min_bucket,
     rows_for_budget,
     without_graph,
 )
@@ -100,8 +101,9 @@ def eigsh(
     block_size : int, optional
         Probes per operator product of ``"lanczos"`` (default on the CPU: 1 for ``n >=
         2**20`` and 2 for ``n >= 2**16``, where few probes run at GEMM speed and need the
-        fewest products; ``min(k, 4)`` for smaller operators and on GPUs; 16 on jax, whose
-        blocks are padded to 16 rows), or sketch size of ``"nystrom"`` (``>= k``, default ``2k + 10``).
+        fewest products; ``min(k, 4)`` for smaller operators and on GPUs; 16 on jax where
+        its blocks are padded to 16 rows: small operators, GPUs, several devices), or
+        sketch size of ``"nystrom"`` (``>= k``, default ``2k + 10``).
         Larger blocks cost more products but run them at better GEMM speed (GPUs: try
         16–64).  Repeated eigenvalues keep their multiplicity: a
         cluster of ``block_size`` or more equal values triggers a search from a fresh
@@ -206,8 +208,9 @@ SMALL_BLOCK_SIZES = (2**16, 2**20)
 def _default_block(A: LinearOperator, k: int) -> int:
     """Probes per product of ``"lanczos"`` when ``block_size`` is not given.
 
-    - jax: 16, since jax pads every probe block to at least 16 rows (see ``MatvecCounter``)
-      and smaller blocks would pay for 16 probes per product anyway;
+    - jax: 16 where it pads every probe block to at least 16 rows (:func:`min_bucket`:
+      several devices, accelerators, operators under ``2**16`` entries), since smaller
+      blocks would pay for 16 probes per product anyway; otherwise the CPU rules below;
     - the CPU, ``n >= 2**20``: 1; ``2**16 <= n < 2**20``: 2.  Such products run near GEMM
       speed with few probes, and fewer probes per step need fewer products.  Measured on
       NTK_S of a GRU, top 10 (``benchmarks/bench_ntk_spectrum.py``): at 1,638,400 states
@@ -218,7 +221,7 @@ def _default_block(A: LinearOperator, k: int) -> int:
       where a block costs little more than one probe): ``min(k, 4)``.
     """
     adapter = adapter_of(A)
-    if getattr(adapter, "compiles_per_shape", False):
+    if getattr(adapter, "compiles_per_shape", False) and min_bucket(A) > 1:
         return MIN_BUCKET
     if adapter.is_accelerator(A.device) or A.size_in < SMALL_BLOCK_SIZES[0]:
         return min(k, 4)
@@ -270,6 +273,7 @@ def _krylov(
         verify=verify,
         pairwise=pairwise,
         max_rows=_chunk_rows(A if sized_like is None else sized_like, options["memory_budget"]),
+        min_rows=min_bucket(A if sized_like is None else sized_like),
         store_products=verify and _fits_products(A, k, b, min(basis, n), options["memory_budget"]),
     )
 
@@ -302,8 +306,8 @@ def _chunk_rows(A: LinearOperator, memory_budget: Any) -> int:
     pushed through a large operator in several products instead of one ``k`` times as big.
     """
     rows = rows_for_budget(A, _budget_bytes(memory_budget) / 4)
-    # jax pads every block to MIN_BUCKET rows: smaller chunks would cost as much each
-    return max(rows, MIN_BUCKET) if getattr(adapter_of(A), "compiles_per_shape", False) else rows
+    # jax pads blocks to min_bucket rows: smaller chunks would cost as much each
+    return max(rows, min_bucket(A))
 
 
 def _basis_rows(A: LinearOperator, k: int, b: int, max_basis: Any, memory_budget: Any, where: str) -> int:

@@ -378,11 +378,11 @@ def padded_size(rows: int, minimum: int = MIN_BUCKET) -> int:
     return min(CHUNK, max(minimum, 1 << (rows - 1).bit_length()))
 
 
-def min_bucket(op: LinearOperator, size: int | None = None) -> int:
+def min_bucket(op: LinearOperator) -> int:
     """The smallest padded block of ``op``'s products on a backend that compiles per shape.
 
     :data:`MIN_BUCKET` (16), except for an operator of at least :data:`UNPADDED_FROM`
-    entries per probe (``size``, default its larger side) on one CPU device, where a product
+    entries per probe (its larger side) on one CPU device, where a product
     runs at GEMM speed with one probe and blocks of 1, 2, 4, ... rows are not padded further
     (1 on the other backends, which never pad).  On several devices, blocks stay padded to
     16 rows so that they split evenly (``docs/jax.md``); on an accelerator a block of 16
@@ -391,7 +391,7 @@ def min_bucket(op: LinearOperator, size: int | None = None) -> int:
     adapter = adapter_of(op)
     if not getattr(adapter, "compiles_per_shape", False):
         return 1
-    size = max(op.size_in, op.size_out) if size is None else size
+    size = max(op.size_in, op.size_out)
     one_cpu = adapter.device_count(op.device) == 1 and not adapter.is_accelerator(op.device)
     return 1 if one_cpu and size >= UNPADDED_FROM else MIN_BUCKET
 

@@ -38,6 +38,7 @@ from kpflow.linalg import rules
 from kpflow.linalg._common import (
     DENSE_LIMIT,
     MIN_BUCKET,
+    UNPADDED_FROM,
     EighResult,
     MatvecCounter,
     SvdResult,
@@ -202,7 +203,7 @@ def eigsh(
 
 #: Vector lengths from which a CPU product is GEMM-bound: blocks of 2 probes from the first,
 #: 1 probe from the second (block Lanczos with one probe needs the fewest products).
-SMALL_BLOCK_SIZES = (2**16, 2**20)
+SMALL_BLOCK_SIZES = (UNPADDED_FROM, 2**20)
 
 
 def _default_block(A: LinearOperator, k: int) -> int:
@@ -221,7 +222,7 @@ def _default_block(A: LinearOperator, k: int) -> int:
       where a block costs little more than one probe): ``min(k, 4)``.
     """
     adapter = adapter_of(A)
-    if getattr(adapter, "compiles_per_shape", False) and min_bucket(A) > 1:
+    if min_bucket(A) > 1:  # jax where it pads blocks to 16 rows (1 on every other backend)
         return MIN_BUCKET
     if adapter.is_accelerator(A.device) or A.size_in < SMALL_BLOCK_SIZES[0]:
         return min(k, 4)

@@ -69,6 +69,7 @@ __all__ = [
     "flat_sites",
     "owned_copy",
     "site_variables",
+    "step_major",
 ]
 
 
@@ -167,6 +168,37 @@ def owned_copy(a: Any) -> Any:
     if array_api_compat.is_torch_array(a):
         return a.clone()
     return array_namespace(a).asarray(a, copy=True)
+
+
+def step_major(a: Any) -> Any:
+    """The per-step cache ``a`` of shape ``(B, T, ...)``, its memory laid out step by step.
+
+    The result equals ``a`` and has its shape, but is a view of a ``(T, B, ...)`` buffer, so
+    that ``a[:, t]``, read at every step of P and Pᵀ, is one contiguous block instead of B
+    rows strided T apart.  Measured on a GRU at 1,638,400 states (numpy, float32, one
+    probe): P 45 → 42 ms and Pᵀ 55 → 44 ms (medians of 15).  One copy of ``a``; jax arrays
+    come back as they are (XLA chooses its own layouts).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kpflow.models.base import step_major
+    >>> a = np.arange(24.0).reshape(2, 3, 4)
+    >>> b = step_major(a)
+    >>> bool(np.array_equal(a, b)), b[:, 1].flags["C_CONTIGUOUS"]
+    (True, True)
+    """
+    import array_api_compat
+
+    if array_api_compat.is_jax_array(a) or a.ndim < 2 or a.shape[0] == 1:
+        return a
+    xp = array_namespace(a)
+    order = (1, 0, *range(2, a.ndim))
+    steps_first = xp.permute_dims(a, order)
+    # reshaping the permuted view to one axis copies it into a (T, B, ...) buffer (the array
+    # API has no "ascontiguousarray"); the reshape back and the permutation are views
+    buffer = xp.reshape(xp.reshape(steps_first, (prod(a.shape),)), steps_first.shape)
+    return xp.permute_dims(buffer, order)
 
 
 # -- trajectories --------------------------------------------------------------------------------

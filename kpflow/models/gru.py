@@ -13,6 +13,7 @@ from kpflow.models.base import (
     check_size,
     flat_sites,
     site_variables,
+    step_major,
 )
 from kpflow.models.ops import linear, matmul_last, sigmoid, torch_cell_param_shapes
 
@@ -112,8 +113,10 @@ class GRUTrajectory(RecurrentTrajectory):
 
     Caches, each of shape (B, T, H): the update gate ``z`` and the D coefficients
     ``d_r, d_z, d_in, d_hn`` (see :class:`GRU`), recomputed for all steps at once from
-    the states.  J_t never forms an H×H matrix: it is three diagonal scalings of W_hh v,
-    one (k·B, H) × (H, 3H) GEMM per step for all three gates (Jᵀ_t: one (k·B, 3H) × (3H, H)).
+    the states; those read per step (``z``, ``d_r, d_z, d_hn``) are
+    :func:`~kpflow.models.base.step_major`.  J_t never forms an H×H matrix: it is three
+    diagonal scalings of W_hh v, one (k·B, H) × (H, 3H) GEMM per step for all three gates
+    (Jᵀ_t: one (k·B, 3H) × (3H, H)).
     """
 
     model: GRU
@@ -124,7 +127,10 @@ class GRUTrajectory(RecurrentTrajectory):
         H = model.n_hidden
         # (torch, parameters requiring grad: the gates' temporaries are recomputed when
         # something differentiates the caches, instead of being held by the graph)
-        self.z, self.d_in, d_rzn = self.recomputed(_gru_caches, params, self.prev_states, x)
+        z, self.d_in, d_rzn = self.recomputed(_gru_caches, params, self.prev_states, x)
+        # the caches P and Pᵀ read at every step, laid out step by step (step_major); the
+        # sites' copies of d_r, d_z, d_hn (flat_sites) are then site-major and contiguous
+        self.z, d_rzn = step_major(z), step_major(d_rzn)
         self._d_rzn = d_rzn
         self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
         self._d_gates = xp.reshape(d_rzn, (*d_rzn.shape[:-1], 3, H))

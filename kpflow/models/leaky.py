@@ -16,6 +16,7 @@ from kpflow.models.base import (
     check_size,
     flat_sites,
     site_variables,
+    step_major,
 )
 from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear, matmul_last
 
@@ -112,7 +113,7 @@ class LeakyRNNTrajectory(RecurrentTrajectory):
         xp = self.xp
         prev = self.prev_states
         self.rate = activation(xp, model.nonlinearity, prev)
-        self.d = activation_derivative(xp, model.nonlinearity, prev, self.rate)
+        self.d = step_major(activation_derivative(xp, model.nonlinearity, prev, self.rate))
         self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
 
     def step_kernel(self) -> StepKernel:

@@ -13,6 +13,7 @@ from kpflow.models.base import (
     check_size,
     flat_sites,
     site_variables,
+    step_major,
 )
 from kpflow.models.ops import (
     activation,
@@ -107,10 +108,11 @@ class RNNTrajectory(RecurrentTrajectory):
         xp = self.xp
         self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
         if model.nonlinearity == "tanh":
-            self.d = 1.0 - states * states
+            d = 1.0 - states * states
         else:
             u = model.preactivation(params, self.prev_states, x)
-            self.d = activation_derivative(xp, "relu", u, states)
+            d = activation_derivative(xp, "relu", u, states)
+        self.d = step_major(d)  # read at every step of P and Pᵀ
 
     def step_kernel(self) -> StepKernel:
         return StepKernel(_rnn_jvp, _rnn_vjp, (), (self.d, self.params["weight_hh"], self._W_hh_T))

@@ -206,8 +206,14 @@ class Backend:
         """The Jacobian of ``f`` by reverse mode."""
         raise self._no_autodiff("jacrev")
 
-    def jit(self, f: Callable) -> Callable:
-        """Compile ``f`` where the framework can; otherwise return ``f`` unchanged."""
+    def jit(self, f: Callable, *, donate: tuple[int, ...] = ()) -> Callable:
+        """Compile ``f`` where the framework can; otherwise return ``f`` unchanged.
+
+        ``donate``: positions of arguments whose buffers the compiled program may reuse for
+        its result (jax's ``donate_argnums``), so that an update of a large array is made in
+        place; the caller never reads a donated argument again.  Ignored where nothing is
+        compiled.
+        """
         return f
 
     def scan(self, f: Callable, init: Any, xs: tuple, *, reverse: bool = False) -> tuple[Any, Any]:

@@ -168,8 +168,8 @@ class JaxBackend(Backend):
     def jacrev(self, f: Callable, argnums: int | tuple[int, ...] = 0) -> Callable:
         return jax.jacrev(f, argnums=argnums)
 
-    def jit(self, f: Callable) -> Callable:
-        return jax.jit(f)
+    def jit(self, f: Callable, *, donate: tuple[int, ...] = ()) -> Callable:
+        return jax.jit(f, donate_argnums=donate)
 
     def scan(self, f: Callable, init: Any, xs: tuple, *, reverse: bool = False) -> tuple[Any, Any]:
         """``jax.lax.scan``: one compiled loop."""

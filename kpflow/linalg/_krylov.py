@@ -231,7 +231,8 @@ class _Basis:
     def set_rows(self, start: int, Q: Any) -> None:
         """Rows ``start, ...`` become ``Q``; the basis then has ``start + len(Q)`` rows."""
         if self.fixed:
-            self.V = kernel(self.A, _placed)(self.V, Q, self._index(start))
+            # the old basis is donated: _placed writes into its buffer
+            self.V = kernel(self.A, _placed, donate=(0,))(self.V, Q, self._index(start))
         else:
             where = (slice(start, start + Q.shape[0]), slice(None))
             self.V = xpx.at(self.V, where).set(Q, copy=None, xp=self.xp)
@@ -242,7 +243,7 @@ class _Basis:
         if self.AV is None:
             return
         if self.fixed:
-            self.AV = kernel(self.A, _placed)(self.AV, AQ, self._index(start))
+            self.AV = kernel(self.A, _placed, donate=(0,))(self.AV, AQ, self._index(start))
         else:
             where = (slice(start, start + AQ.shape[0]), slice(None))
             self.AV = xpx.at(self.AV, where).set(AQ, copy=None, xp=self.xp)

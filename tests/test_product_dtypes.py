@@ -196,3 +196,54 @@ def test_on_jax_trajectories_of_the_same_shapes_share_the_compiled_steps_and_ker
     assert sorted(first) == ["_core_matmat", "_recursion", "_recursion"]
     assert [p is q for p, q in zip(programs, again, strict=True)] == [True] * 3
     assert second == []  # nothing traced (so nothing compiled) for the new trajectory
+
+
+@pytest.mark.skipif("jax" not in BACKENDS, reason="jax is not among the selected backends")
+@pytest.mark.parametrize("name", ["gru", "lstm", "mlp_tanh"])
+def test_on_jax_F_and_its_adjoint_are_one_compiled_program_each_shared_by_trajectories(name: str) -> None:
+    """The parameter map F of J_S = P F (and Fᵀ) runs as one compiled program each on jax.
+
+    Traces are counted by jax's own events, as in the test above; the products equal F built
+    site by site, eagerly.
+    """
+    import jax.monitoring
+    import jax.numpy as jnp
+
+    traced: list[str] = []
+
+    def on_trace(event: str, *_: Any, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            traced.append(str(kwargs.get("fun_name", "")))
+
+    def products(seed: int) -> tuple[list[Any], list[Any], list[str]]:
+        # sizes no other test uses, so the first product must trace each program afresh
+        model, params, x, h0 = host_problem(name, 3, 6, 5, 2, seed, True)
+        h0 = None if h0 is None else jnp.asarray(h0)
+        traj = model.run({k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(x), h0)
+        F = kpflow.state_jacobian(traj).F
+        rng = np.random.default_rng(seed)
+        X = jnp.asarray(rng.standard_normal((2, *F.shape_in)))
+        Y = jnp.asarray(rng.standard_normal((2, *F.shape_out)))
+        del traced[:]
+        got = [F.matmat(X), F.T.matmat(Y)]
+        ours = [f for f in traced if f in ("_parameter_matmat", "_parameter_rmatmat")]
+        # the same products site by site
+        blocks = F.split(X)
+        FX = sum(
+            site.apply_D(site.variables @ blocks[n]) for n, site in zip(F.site_names, F.sites, strict=True)
+        )
+        FtY = F.join(
+            {n: site.variables.T @ site.apply_DT(Y) for n, site in zip(F.site_names, F.sites, strict=True)}
+        )
+        return got, [FX, FtY], ours
+
+    jax.monitoring.register_event_duration_secs_listener(on_trace)
+    try:
+        got, eager, first = products(0)
+        got2, eager2, second = products(1)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_trace)
+    for g, e in zip(got + got2, eager + eager2, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-12, atol=1e-12)
+    assert sorted(first) == ["_parameter_matmat", "_parameter_rmatmat"]
+    assert second == []  # nothing traced (so nothing compiled) for the new trajectory

@@ -36,7 +36,16 @@ from kpflow.models.leaky import LeakyRNN
 from kpflow.models.lstm import LSTM
 from kpflow.models.mlp import MLP
 from kpflow.models.rnn import RNN
-from kpflow.ntk.kernel import check_trajectory, product_operands
+from kpflow.models.sites import (
+    LinearSiteSpec,
+    SiteSpec,
+    apply_D_block,
+    apply_DT,
+    apply_linear_D,
+    apply_linear_DT,
+    embed_columns,
+)
+from kpflow.ntk.kernel import check_trajectory, compiled, product_operands
 from kpflow.ntk.propagator import Propagator
 from kpflow.operators.base import LinearOperator, meta_of_array
 
@@ -488,25 +497,63 @@ class ParameterMap(_FlatParameters):
         self._param_shapes = dict(param_shapes or {})
         self._rows = _checked_rows(rows, self._blocks, self._param_shapes, where)
 
+    def _operands(self) -> tuple:
+        return product_operands(self.xp, tuple((site.variables, site.D_operand()) for site in self.sites))
+
     def _matmat(self, X: Any) -> Any:
-        xp, k = self.xp, X.shape[0]
-        out = None
-        for name, site in zip(self._blocks.names, self.sites, strict=True):
-            lo = self._blocks.offsets[name]
-            C = xp.reshape(X[:, lo : lo + site.p * site.width], (k, site.p, site.width))
-            A, D = product_operands(xp, (site.variables, site.D_operand()))
-            term = site.apply_D_with(D, A @ C)  # D_w (A_w C_w): A_w C_w is (k, m, k_w)
-            out = term if out is None else out + term
-        return out
+        specs = tuple(site.spec for site in self.sites)
+        sizes = tuple((site.p, site.width) for site in self.sites)
+        fn = compiled(self.xp, _parameter_matmat, specs, sizes, self.shape_out)
+        if fn is None:
+            return _parameter_matmat(self.xp, specs, sizes, self.shape_out, self._operands(), X)
+        return fn(self._operands(), X)
 
     def _rmatmat(self, Y: Any) -> Any:
-        xp, k = self.xp, Y.shape[0]
-        parts = []
-        for site in self.sites:
-            A, D = product_operands(xp, (site.variables, site.D_operand()))
-            C = xp.matrix_transpose(A) @ site.apply_DT_with(D, Y)  # (k, p_w, k_w)
-            parts.append(xp.reshape(C, (k, site.p * site.width)))
-        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
+        specs = tuple(site.spec for site in self.sites)
+        fn = compiled(self.xp, _parameter_rmatmat, specs)
+        if fn is None:
+            return _parameter_rmatmat(self.xp, specs, self._operands(), Y)
+        return fn(self._operands(), Y)
+
+
+def _parameter_matmat(
+    xp: Any,
+    specs: tuple[SiteSpec | LinearSiteSpec, ...],
+    sizes: tuple[tuple[int, int], ...],
+    shape_out: tuple[int, ...],
+    operands: tuple,
+    X: Any,
+) -> Any:
+    """F X = Σ_w D_w (A_w C_w) for a block of flat parameter vectors X (k, p): a pure function.
+
+    C_w (k, p_w, k_w) is site w's slice of X; terms on the same state columns are summed
+    there and the state is assembled once.  One compiled program on jax (XLA fuses the D
+    products and the sums); run as it is elsewhere.
+    """
+    k, lo = X.shape[0], 0
+    blocks: dict[tuple[int, int], Any] = {}
+    for spec, (p, width), (A, D) in zip(specs, sizes, operands, strict=True):
+        C = xp.reshape(X[:, lo : lo + p * width], (k, p, width))
+        lo += p * width
+        U = A @ C  # (k, m, k_w)
+        Y = (
+            apply_linear_D(xp, spec, D, U)
+            if isinstance(spec, LinearSiteSpec)
+            else apply_D_block(xp, spec, D, U)
+        )
+        cols = spec.columns
+        blocks[cols] = Y if cols not in blocks else blocks[cols] + Y
+    return embed_columns(blocks, specs[0].site_state_size, shape_out)
+
+
+def _parameter_rmatmat(xp: Any, specs: tuple[SiteSpec | LinearSiteSpec, ...], operands: tuple, Y: Any) -> Any:
+    """Fᵀ Y = (A_wᵀ (D_wᵀ Y))_w, flattened site by site: a pure function (see :func:`_parameter_matmat`)."""
+    k, parts = Y.shape[0], []
+    for spec, (A, D) in zip(specs, operands, strict=True):
+        U = apply_linear_DT(xp, spec, D, Y) if isinstance(spec, LinearSiteSpec) else apply_DT(xp, spec, D, Y)
+        C = xp.matrix_transpose(A) @ U  # (k, p_w, k_w)
+        parts.append(xp.reshape(C, (k, C.shape[1] * C.shape[2])))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
 
 
 # -- J_S = P F ---------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Memory layouts the products stream through: step-major per-step caches, contiguous site D.
 
 P and Pᵀ read ``cache[:, t]`` at every step; :func:`kpflow.models.base.step_major` lays a
-``(B, T, ...)`` cache out step by step so that read is one contiguous block.  A site's
-:meth:`~kpflow.models.Site.D_operand` is contiguous even when ``unit_D`` is a strided view
-(one gate's slice of a GRU cache).  Values never change: the property tests check every
+``(B, T, ...)`` cache out step by step so that read is one contiguous block.  The sites'
+D, flat copies of those caches (one gate's slice of the GRU's), are then contiguous too,
+so F and Fᵀ stream through them.  Values never change: the property tests check every
 product against dense references; these tests check the layouts and that nothing else moved.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kpflow.models.base import Site, step_major
+from kpflow.models.base import step_major
 from tests.conftest import Case
 
 
@@ -62,12 +62,3 @@ def test_recurrent_step_caches_are_step_major_and_site_D_is_contiguous(name: str
         if D is not None:
             assert D.flags["C_CONTIGUOUS"]
             np.testing.assert_array_equal(np.reshape(D, (site.m, -1)), np.reshape(site.unit_D, (site.m, -1)))
-
-
-def test_D_operand_of_a_strided_unit_D_is_a_contiguous_copy_with_the_same_values(case64: Case) -> None:
-    cache = case64.randn(6, 3 * 4, seed=2)  # (m, 3H): one gate's columns are strided
-    unit_D = cache[:, 4:8][:, :, None, None]
-    site = Site("w", case64.randn(6, 2, seed=3), state_shape=(6, 4), unit_D=unit_D)
-    D = site.D_operand()
-    case64.assert_close(D, case64.to_numpy(cache)[:, 4:8], rtol=0.0)
-    assert _contiguous(case64, D) in (True, None)

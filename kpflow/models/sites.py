@@ -158,10 +158,9 @@ class Site:
         if self._D_operand is None and self.unit_D is not None:
             xp = array_namespace(self.unit_D)
             if self.a == 1 and self.g == 1:
-                # contiguous (a copy when unit_D is a strided view, e.g. one gate's slice of
-                # a (B, T, 3H) cache): products with D then stream, 2–3× faster on numpy
-                D2 = self.unit_D[:, :, 0, 0]
-                self._D_operand = xp.reshape(xp.reshape(D2, (self.m * self.n_units,)), (self.m, self.n_units))
+                # a view, so that it follows unit_D; the built-in models give contiguous
+                # unit_D (a strided one streams 2–3× slower through D's products on numpy)
+                self._D_operand = self.unit_D[:, :, 0, 0]
             else:
                 m, n, a, g = self.m, self.n_units, self.a, self.g
                 D = xp.permute_dims(self.unit_D, (0, 2, 3, 1))

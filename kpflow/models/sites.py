@@ -22,6 +22,8 @@ __all__ = [
     "apply_D_block",
     "apply_linear_D",
     "apply_linear_DT",
+    "apply_site_D",
+    "apply_site_DT",
     "embed_columns",
     "flat_sites",
     "site_variables",
@@ -453,6 +455,38 @@ def apply_linear_D(xp: Any, spec: LinearSiteSpec, operands: tuple, U: Any) -> An
 def apply_linear_DT(xp: Any, spec: LinearSiteSpec, operands: tuple, V: Any) -> Any:
     """Dᵀ V for a :class:`LinearSite`: ``(k, *state_shape) -> (k, m, width)`` (pure)."""
     return spec.adjoint(xp, *spec.static, operands, V)
+
+
+def apply_site_D(xp: Any, spec: SiteSpec | LinearSiteSpec, D: Any, U: Any) -> Any:
+    """D_w U for either kind of site, as a ``(k, m, hi − lo)`` block on ``spec.columns`` (pure).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.sites import Site, apply_site_D
+    >>> site = Site("w", xp.ones((3, 1)), state_shape=(3, 2), scale=0.5, width=2)
+    >>> apply_site_D(xp, site.spec, site.D_operand(), xp.ones((1, 3, 2))).shape
+    (1, 3, 2)
+    """
+    if isinstance(spec, LinearSiteSpec):
+        return apply_linear_D(xp, spec, D, U)
+    return apply_D_block(xp, spec, D, U)
+
+
+def apply_site_DT(xp: Any, spec: SiteSpec | LinearSiteSpec, D: Any, V: Any) -> Any:
+    """D_wᵀ V for either kind of site: ``(k, *state_shape) -> (k, m, width)`` (pure).
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models.sites import Site, apply_site_DT
+    >>> site = Site("w", xp.ones((3, 1)), state_shape=(3, 2), scale=0.5, width=2)
+    >>> apply_site_DT(xp, site.spec, site.D_operand(), xp.ones((1, 3, 2))).shape
+    (1, 3, 2)
+    """
+    if isinstance(spec, LinearSiteSpec):
+        return apply_linear_DT(xp, spec, D, V)
+    return apply_DT(xp, spec, D, V)
 
 
 def embed_columns(blocks: dict[tuple[int, int], Any], size: int, state_shape: tuple[int, ...]) -> Any:

@@ -39,10 +39,8 @@ from kpflow.models.rnn import RNN
 from kpflow.models.sites import (
     LinearSiteSpec,
     SiteSpec,
-    apply_D_block,
-    apply_DT,
-    apply_linear_D,
-    apply_linear_DT,
+    apply_site_D,
+    apply_site_DT,
     embed_columns,
 )
 from kpflow.ntk.kernel import check_trajectory, compiled, product_operands
@@ -535,12 +533,7 @@ def _parameter_matmat(
     for spec, (p, width), (A, D) in zip(specs, sizes, operands, strict=True):
         C = xp.reshape(X[:, lo : lo + p * width], (k, p, width))
         lo += p * width
-        U = A @ C  # (k, m, k_w)
-        Y = (
-            apply_linear_D(xp, spec, D, U)
-            if isinstance(spec, LinearSiteSpec)
-            else apply_D_block(xp, spec, D, U)
-        )
+        Y = apply_site_D(xp, spec, D, A @ C)  # A_w C_w is (k, m, k_w)
         cols = spec.columns
         blocks[cols] = Y if cols not in blocks else blocks[cols] + Y
     return embed_columns(blocks, specs[0].site_state_size, shape_out)
@@ -550,8 +543,7 @@ def _parameter_rmatmat(xp: Any, specs: tuple[SiteSpec | LinearSiteSpec, ...], op
     """Fᵀ Y = (A_wᵀ (D_wᵀ Y))_w, flattened site by site: a pure function (see :func:`_parameter_matmat`)."""
     k, parts = Y.shape[0], []
     for spec, (A, D) in zip(specs, operands, strict=True):
-        U = apply_linear_DT(xp, spec, D, Y) if isinstance(spec, LinearSiteSpec) else apply_DT(xp, spec, D, Y)
-        C = xp.matrix_transpose(A) @ U  # (k, p_w, k_w)
+        C = xp.matrix_transpose(A) @ apply_site_DT(xp, spec, D, Y)  # (k, p_w, k_w)
         parts.append(xp.reshape(C, (k, C.shape[1] * C.shape[2])))
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
 

@@ -23,10 +23,8 @@ from kpflow.models.base import Site, Trajectory
 from kpflow.models.sites import (
     LinearSiteSpec,
     SiteSpec,
-    apply_D_block,
-    apply_DT,
-    apply_linear_D,
-    apply_linear_DT,
+    apply_site_D,
+    apply_site_DT,
     embed_columns,
 )
 from kpflow.operators.base import LinearOperator, SymmetricOperator
@@ -101,13 +99,9 @@ def _core_matmat(
     # summed there; the state is assembled once (no zero-padded copy per site).
     blocks: dict[tuple[int, int], Any] = {}
     for spec, (A, D) in zip(specs, operands, strict=True):
-        if isinstance(spec, LinearSiteSpec):
-            U = apply_linear_DT(xp, spec, D, X)
-            Y = apply_linear_D(xp, spec, D, A @ (xp.matrix_transpose(A) @ U))
-        else:
-            U = apply_DT(xp, spec, D, X)  # (k, m, k_w)
-            C = xp.matrix_transpose(A) @ U  # (k, p, k_w)
-            Y = apply_D_block(xp, spec, D, A @ C)  # (k, m, hi − lo)
+        U = apply_site_DT(xp, spec, D, X)  # (k, m, k_w)
+        C = xp.matrix_transpose(A) @ U  # (k, p, k_w)
+        Y = apply_site_D(xp, spec, D, A @ C)  # (k, m, hi − lo)
         cols = spec.columns
         blocks[cols] = Y if cols not in blocks else blocks[cols] + Y
     return embed_columns(blocks, specs[0].site_state_size, shape_out)

@@ -31,6 +31,7 @@ semidefinite matrix from streaming data", NeurIPS 2017.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -49,12 +50,13 @@ from kpflow.linalg._common import (
     check_square,
     dtype_eps,
     host_rng,
+    inner_rows,
     kernel,
     min_bucket,
     rows_for_budget,
     without_graph,
 )
-from kpflow.linalg._krylov import restarted_lanczos
+from kpflow.linalg._krylov import cholesky_qr2, restarted_lanczos
 from kpflow.linalg._spectral_rules import top_eigh_of_matrix
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.functions import adjoint, gram, todense
@@ -157,7 +159,10 @@ def eigsh(
     (:func:`kpflow.linalg.rules.gram_factor`: NTK_S = J_S J_Sᵀ with fewer parameters than
     states), the Krylov basis lives on ``Fᵀ F`` instead (less memory for the same
     products); the eigenvectors ``u = F v / σ`` come back in ``A``'s shape with residual
-    norms measured on ``A`` (``k`` more products).
+    norms measured on ``A``: ``A u − λ u = F r / σ`` for the residual ``r`` on ``Fᵀ F``, with
+    ``F`` applied to the few directions that hold the ``k`` residuals (about ``block_size``)
+    and the rest bounded, so they are upper bounds at most ``0.1 · tol · λ_1`` above the
+    exact norms (about ``(k + block_size) / 2`` more products).
 
     Examples
     --------
@@ -360,8 +365,16 @@ def _gram_side(
 
     The Krylov basis lives on ``F.shape_in``; the target per pair is tightened so that the
     mapped pair meets ``tol`` on ``A`` (see ``restarted_lanczos``).  The returned residual
-    norms are those of ``A`` itself (``k`` more products).  ``None`` (use ``A``'s side) when
-    a returned eigenvalue is numerically zero: its vector is not ``F v / σ``.
+    norms are those of ``A`` itself: ``A u − λ u = F r / σ`` with ``r = Fᵀ F v − λ v``.  The
+    ``k`` residual vectors ``r`` lie, up to rounding, in the span of the solver's last block
+    (``block_size`` rows), so ``F`` is applied to an orthonormal basis ``Z`` of their
+    dominant span only (:func:`_residual_span`), and what lies outside it is bounded by
+    ``‖F‖ ‖r − C Z‖``: the norms are upper bounds, exact when nothing is left outside and
+    otherwise above the exact ones by at most 10% of ``tol · λ_1`` (in float32, by a few
+    rounding errors ``ε · λ_1``).  Mapping back costs
+    ``k + rank`` products with ``F`` (``(k + rank) / 2`` with ``A``, rounded up) instead of
+    ``2k``.  ``None`` (use ``A``'s side) when a returned eigenvalue is numerically zero: its
+    vector is not ``F v / σ``.
     """
     xp = A.xp
     small, R = _krylov(gram(adjoint(F)), k, b, options, pairwise=True, sized_like=A)
@@ -369,18 +382,50 @@ def _gram_side(
     top = float(xp.max(xp.abs(vals)))
     if float(xp.min(vals)) <= 1e3 * dtype_eps(A) * top:
         return None
-    # A u − λ u = F (Fᵀ F v − λ v) / σ = F r / σ: one block of 2k products with F gives the
-    # vectors and their exact residuals on A (the cost of k products with A = F Fᵀ).
-    counter = MatvecCounter(
-        F, None, 2 * k, "kpflow.linalg.eigsh", max_rows=_chunk_rows(A, options["memory_budget"])
-    )
     inv_sigma = 1.0 / xp.sqrt(vals)
-    FVR = (
-        counter.matmat(xp.concat([small.eigenvectors, R], axis=0))
-        * xp.concat([inv_sigma, inv_sigma])[:, None]
+    # ‖F‖ = √λ_max(Fᵀ F) <= √(θ_1 + ‖r_1‖) for the top Ritz pair (θ_1, r_1)
+    sigma_max = math.sqrt(float(vals[0]) + float(small.residual_norms[0]))
+    # what may stay outside span Z: 10% of the target tol · λ_1 on A, for the smallest σ
+    tol = max(options["tol"], 100 * dtype_eps(A))
+    sigma_min = math.sqrt(float(xp.min(vals)))
+    Z, C, outside = _residual_span(A, R, 0.1 * tol * top * sigma_min / sigma_max)
+    rows = k + Z.shape[0]
+    counter = MatvecCounter(
+        F, None, rows, "kpflow.linalg.eigsh", max_rows=_chunk_rows(A, options["memory_budget"])
     )
-    U, res = FVR[:k, :], xp.linalg.vector_norm(FVR[k:, :], axis=1)
-    return EighResult(vals, xp.reshape(U, (k, *A.shape_in)), res, small.num_matvecs + k)
+    FVZ = counter.matmat(xp.concat([small.eigenvectors, Z], axis=0))
+    U = FVZ[:k, :] * inv_sigma[:, None]
+    FR = FVZ[k:, :] if C is None else C @ FVZ[k:, :]  # F r, exactly for r = C Z
+    res = (xp.linalg.vector_norm(FR, axis=1) + sigma_max * outside) * inv_sigma
+    return EighResult(vals, xp.reshape(U, (k, *A.shape_in)), res, small.num_matvecs + (rows + 1) // 2)
+
+
+def _residual_span(A: LinearOperator, R: Any, cut: float) -> tuple[Any, Any, Any]:
+    """``R ≈ C Z`` (k, n): ``Z`` orthonormal rows spanning the singular directions of ``R`` above ``cut``.
+
+    Returns ``(Z, C, outside)`` with ``outside[i] = ‖R_i − C_i Z‖`` (computed, not
+    estimated), or ``(R, None, 0)`` when every direction is kept.  The residual vectors of
+    a Krylov solver are, up to rounding, combinations of its last block: ``Z`` has about
+    ``block_size`` rows for ``k`` residuals.
+    """
+    xp, k = A.xp, R.shape[0]
+    mu, E = xp.linalg.eigh(kernel(A, _gram_rows)(R))  # ascending: singular values² of R
+    kept = sum(1 for m in (float(v) for v in mu) if m > cut * cut)
+    if kept >= k:
+        return R, None, xp.zeros((k,), dtype=R.dtype, device=A.device)
+    Z = cholesky_qr2(A, xp.matrix_transpose(E[:, k - max(kept, 1) :]) @ R)
+    return kernel(A, _coefficients)(R, Z)
+
+
+def _gram_rows(xp: Any, R: Any) -> Any:
+    G = inner_rows(xp, R, R)
+    return (G + xp.matrix_transpose(G)) / 2
+
+
+def _coefficients(xp: Any, R: Any, Z: Any) -> tuple[Any, Any, Any]:
+    """``(Z, C, ‖R − C Z‖ per row)`` with ``C = R Zᵀ``."""
+    C = inner_rows(xp, R, Z)
+    return Z, C, xp.linalg.vector_norm(R - C @ Z, axis=1)
 
 
 def _default_basis(k: int, b: int) -> int:

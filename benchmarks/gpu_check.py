@@ -125,7 +125,8 @@ def find_cupy() -> Framework | None:
             return None
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-        guard, no_sync = "none available (cupyx.allow_synchronize missing)", contextlib.nullcontext
+        guard = "none available (cupyx.allow_synchronize missing)"
+        no_sync: Callable[[], Any] = contextlib.nullcontext
         try:
             import cupyx
 

@@ -295,7 +295,8 @@ def _next_block(A: LinearOperator, V: Any, W: Any, lost: Any, gen: Any) -> Any:
     return cholesky_qr2(A, kernel(A, _project_out)(V, Q))
 
 
-#: Expansion steps of a multiplicity check (see ``restarted_lanczos``).
+#: A multiplicity check expands the grown block ``_CHECK_STEPS + 1`` times and tests the Ritz
+#: values after each (see ``restarted_lanczos``): 8 products at one probe per step.
 _CHECK_STEPS = 3
 
 
@@ -347,7 +348,7 @@ def restarted_lanczos(
     Multiplicities: a block Krylov space with blocks of ``s`` rows holds at most ``s``
     directions of any one eigenspace.  When the converged values contain a cluster of ``s``
     or more equal values (within ``√tol · max|θ|``), the next block is grown by
-    ``block_size`` fresh random directions and expanded for ``_CHECK_STEPS`` steps; if a
+    ``block_size`` fresh random directions and expanded ``_CHECK_STEPS + 1`` times; if a
     Ritz value rises into the top ``k`` (a missed copy), the solver converges again with the
     larger block and checks again.  Multiplicities up to ``max_basis − k`` are resolved.
     """

@@ -181,19 +181,11 @@ class Site:
 
     def apply_D(self, U: Any) -> Any:
         """D_w U: pre-activation tangents ``(k, m, width)`` to state tangents ``(k, *state_shape)``."""
-        return self.apply_D_with(self.D_operand(), U)
+        return self._embed(apply_D_block(array_namespace(U), self.spec, self.D_operand(), U))
 
     def apply_DT(self, V: Any) -> Any:
         """D_wᵀ V: state tangents ``(k, *state_shape)`` to pre-activation space ``(k, m, width)``."""
-        return self.apply_DT_with(self.D_operand(), V)
-
-    def apply_D_with(self, D: Any, U: Any) -> Any:
-        """:meth:`apply_D` reading ``D`` (this site's :meth:`D_operand`, e.g. a graph-free view of it)."""
-        return self._embed(apply_D_block(array_namespace(U), self.spec, D, U))
-
-    def apply_DT_with(self, D: Any, V: Any) -> Any:
-        """:meth:`apply_DT` reading ``D`` (this site's :meth:`D_operand`, e.g. a graph-free view of it)."""
-        return apply_DT(array_namespace(V), self.spec, D, V)
+        return apply_DT(array_namespace(V), self.spec, self.D_operand(), V)
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, m={self.m}, p={self.p}, width={self.width})"
@@ -426,21 +418,12 @@ class LinearSite(Site):
 
     def apply_D(self, U: Any) -> Any:
         """D_w U: ``(k, m, width) -> (k, *state_shape)``."""
-        return self.apply_D_with(self.operands, U)
+        spec = self.linear_spec
+        return spec.apply(array_namespace(U), *spec.static, self.operands, U)
 
     def apply_DT(self, V: Any) -> Any:
         """D_wᵀ V: ``(k, *state_shape) -> (k, m, width)``."""
-        return self.apply_DT_with(self.operands, V)
-
-    def apply_D_with(self, D: Any, U: Any) -> Any:
-        """:meth:`apply_D` reading the operands ``D`` (e.g. graph-free views of :meth:`D_operand`)."""
-        spec = self.linear_spec
-        return spec.apply(array_namespace(U), *spec.static, D, U)
-
-    def apply_DT_with(self, D: Any, V: Any) -> Any:
-        """:meth:`apply_DT` reading the operands ``D`` (e.g. graph-free views of :meth:`D_operand`)."""
-        spec = self.linear_spec
-        return spec.adjoint(array_namespace(V), *spec.static, D, V)
+        return apply_linear_DT(array_namespace(V), self.linear_spec, self.operands, V)
 
     def __repr__(self) -> str:
         return f"LinearSite({self.name!r}, m={self.m}, p={self.p}, width={self.width})"

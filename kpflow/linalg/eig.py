@@ -384,7 +384,7 @@ def _gram_side(
         return None
     inv_sigma = 1.0 / xp.sqrt(vals)
     # ‖F‖ = √λ_max(Fᵀ F) <= √(θ_1 + ‖r_1‖) for the top Ritz pair (θ_1, r_1)
-    sigma_max = math.sqrt(float(vals[0]) + float(small.residual_norms[0]))
+    sigma_max = math.sqrt(top + float(small.residual_norms[0]))
     # what may stay outside span Z: 10% of the target tol · λ_1 on A, for the smallest σ
     tol = max(options["tol"], 100 * dtype_eps(A))
     sigma_min = math.sqrt(float(xp.min(vals)))

@@ -120,15 +120,18 @@ def test_no_parameter_side_when_the_factor_is_larger(case64):
 
 
 class _CountingSides:
-    """Counts the rows pushed through ``op._matmat`` (J) and ``op._rmatmat`` (Jᵀ) separately."""
+    """Counts the rows pushed through ``op._matmat`` (J) and ``op._rmatmat`` (Jᵀ) separately,
+    and the widest block each side saw."""
 
     def __init__(self, op):
         self.rows = {"_matmat": 0, "_rmatmat": 0}
+        self.widest = {"_matmat": 0, "_rmatmat": 0}
         for name in self.rows:
             inner = getattr(op, name)
 
             def wrapped(X, inner=inner, name=name):
                 self.rows[name] += X.shape[0]
+                self.widest[name] = max(self.widest[name], X.shape[0])
                 return inner(X)
 
             setattr(op, name, wrapped)
@@ -148,6 +151,9 @@ def test_parameter_side_maps_back_through_the_span_of_the_residuals(case):
     if case.name != "jax":  # jax pads its blocks
         assert k < mapping < 2 * k
         assert r.num_matvecs == sides.rows["_rmatmat"] + (mapping + 1) // 2
+        # mapping back (J only) pushes no wider block than the solve (J and Jᵀ alike) did, so
+        # it holds no more memory; here one probe at a time, against 2 in the multiplicity check
+        assert sides.widest["_matmat"] <= sides.widest["_rmatmat"] == 2
     M = _dense(case, N).astype(np.float64)
     U = case.to_numpy(r.eigenvectors).reshape(k, -1).astype(np.float64)
     w = case.to_numpy(r.eigenvalues).astype(np.float64)

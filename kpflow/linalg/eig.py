@@ -373,8 +373,9 @@ def _gram_side(
     otherwise above the exact ones by at most 10% of ``tol · λ_1`` (in float32, by a few
     rounding errors ``ε · λ_1``).  Mapping back costs
     ``k + rank`` products with ``F`` (``(k + rank) / 2`` with ``A``, rounded up) instead of
-    ``2k``.  ``None`` (use ``A``'s side) when a returned eigenvalue is numerically zero: its
-    vector is not ``F v / σ``.
+    ``2k``, pushed ``block_size`` rows at a time (as the solver's own products, so that it
+    does not raise the solve's peak memory).  ``None`` (use ``A``'s side) when a returned
+    eigenvalue is numerically zero: its vector is not ``F v / σ``.
     """
     xp = A.xp
     small, R = _krylov(gram(adjoint(F)), k, b, options, pairwise=True, sized_like=A)
@@ -390,9 +391,10 @@ def _gram_side(
     sigma_min = math.sqrt(float(xp.min(vals)))
     Z, C, outside = _residual_span(A, R, 0.1 * tol * top * sigma_min / sigma_max)
     rows = k + Z.shape[0]
-    counter = MatvecCounter(
-        F, None, rows, "kpflow.linalg.eigsh", max_rows=_chunk_rows(A, options["memory_budget"])
-    )
+    # b rows per product, as in the solve (jax: its padded block), so that mapping back
+    # holds no more memory than one of the solver's steps
+    chunk = min(max(b, min_bucket(A)), _chunk_rows(A, options["memory_budget"]))
+    counter = MatvecCounter(F, None, rows, "kpflow.linalg.eigsh", max_rows=chunk)
     FVZ = counter.matmat(xp.concat([small.eigenvectors, Z], axis=0))
     U = FVZ[:k, :] * inv_sigma[:, None]
     FR = FVZ[k:, :] if C is None else C @ FVZ[k:, :]  # F r, exactly for r = C Z

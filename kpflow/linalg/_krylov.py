@@ -57,14 +57,19 @@ from kpflow.linalg._common import (
 )
 from kpflow.operators.base import LinearOperator
 
-__all__ = ["cholesky_qr2", "restarted_lanczos"]
+__all__ = ["cholesky_qr2", "gram_rows", "restarted_lanczos"]
 
 
 # -- orthonormalisation ------------------------------------------------------------------------
+def gram_rows(xp: Any, W: Any) -> Any:
+    """``W Wᵀ`` (s, s) for rows ``W`` (s, n), symmetrised against rounding (pure)."""
+    G = inner_rows(xp, W, W)
+    return (G + xp.matrix_transpose(G)) / 2
+
+
 def _cholesky_pass(xp: Any, W: Any) -> tuple[Any, Any]:
     """One CholeskyQR pass: ``(L⁻¹ W, min diag L / max diag L)`` with ``W Wᵀ = L Lᵀ``."""
-    G = inner_rows(xp, W, W)
-    L = xp.linalg.cholesky((G + xp.matrix_transpose(G)) / 2)
+    L = xp.linalg.cholesky(gram_rows(xp, W))
     d = xp.linalg.diagonal(L)
     Linv = xp.linalg.inv(L)
     return Linv @ W, xp.min(d) / xp.max(d)

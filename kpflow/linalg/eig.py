@@ -56,7 +56,7 @@ from kpflow.linalg._common import (
     rows_for_budget,
     without_graph,
 )
-from kpflow.linalg._krylov import cholesky_qr2, restarted_lanczos
+from kpflow.linalg._krylov import cholesky_qr2, gram_rows, restarted_lanczos
 from kpflow.linalg._spectral_rules import top_eigh_of_matrix
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.functions import adjoint, gram, todense
@@ -411,17 +411,12 @@ def _residual_span(A: LinearOperator, R: Any, cut: float) -> tuple[Any, Any, Any
     ``block_size`` rows for ``k`` residuals.
     """
     xp, k = A.xp, R.shape[0]
-    mu, E = xp.linalg.eigh(kernel(A, _gram_rows)(R))  # ascending: singular values² of R
-    kept = sum(1 for m in (float(v) for v in mu) if m > cut * cut)
+    mu, E = xp.linalg.eigh(kernel(A, gram_rows)(R))  # ascending: singular values² of R
+    kept = sum(float(m) > cut * cut for m in mu)
     if kept >= k:
         return R, None, xp.zeros((k,), dtype=R.dtype, device=A.device)
     Z = cholesky_qr2(A, xp.matrix_transpose(E[:, k - max(kept, 1) :]) @ R)
     return kernel(A, _coefficients)(R, Z)
-
-
-def _gram_rows(xp: Any, R: Any) -> Any:
-    G = inner_rows(xp, R, R)
-    return (G + xp.matrix_transpose(G)) / 2
 
 
 def _coefficients(xp: Any, R: Any, Z: Any) -> tuple[Any, Any, Any]:

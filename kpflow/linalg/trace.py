@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kpflow._array import device_of
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
     DENSE_LIMIT,
@@ -225,16 +226,67 @@ def _exact_by_probes(A: LinearOperator, progress: Any) -> ScalarResult:
     return ScalarResult(total, _zero(A), counter.num_matvecs, "exact")
 
 
+#: Two-sided 97.5% quantiles of Student's t with 1, 2, ..., 30 degrees of freedom.
+# fmt: off
+_T975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)
+# fmt: on
+
+
+def student_factor(m: int) -> float:
+    """``t₀.₉₇₅(m − 1) / z₀.₉₇₅``: the factor that turns the sample standard error of a mean of
+    ``m`` samples into one whose ``±1.96·error`` is Student's 95% interval.
+
+    Beyond 30 degrees of freedom, the Cornish–Fisher expansion of the t quantile (error
+    below 1e-4).
+
+    Examples
+    --------
+    >>> from kpflow.linalg.trace import student_factor
+    >>> round(student_factor(4), 3), round(student_factor(1000), 4)
+    (1.624, 1.0012)
+    """
+    nu = m - 1
+    if nu < 1:
+        return math.inf
+    if nu <= len(_T975):
+        return _T975[nu - 1] / 1.959964
+    z = 1.959964
+    t = z + (z**3 + z) / (4 * nu) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * nu**2)
+    return t / z
+
+
+def calibrated_mean(xp: Any, samples: Any) -> tuple[Any, Any]:
+    """The mean of ``m`` i.i.d. samples and its standard error scaled by :func:`student_factor`.
+
+    ``None`` for the error when ``m < 2``.
+    """
+    mean, se = mean_and_error(xp, samples)
+    return mean, None if se is None else se * student_factor(samples.shape[0])
+
+
 def _quadratic_forms(xp: Any, G: Any, AG: Any) -> tuple[Any, Any]:
-    """Mean and standard error of the quadratic forms ``gᵢᵀ A gᵢ`` (rows of ``G`` and ``A G``)."""
-    return mean_and_error(xp, xp.sum(G * AG, axis=1))
+    """Mean and calibrated standard error of the quadratic forms ``gᵢᵀ A gᵢ`` (rows of ``G``, ``A G``)."""
+    return calibrated_mean(xp, xp.sum(G * AG, axis=1))
+
+
+def _hutchinson_total(xp: Any, G: Any, AG: Any) -> tuple[Any, Any]:
+    """The mean of the quadratic forms ``gᵢᵀ A gᵢ`` and its error (see :func:`_hutchpp_total`)."""
+    mean, se = _quadratic_forms(xp, G, AG)
+    bound = xp.sqrt(2.0 * xp.mean(xp.sum(AG * AG, axis=1)) / G.shape[0])
+    return mean, bound if se is None else xp.maximum(se, bound)
 
 
 def _hutchinson(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
     # m Rademacher quadratic forms gᵀ A g, each unbiased for tr A.
     A = counter.op
     G = probes(gen, m, A.size_in, like_array(A), "rademacher")
-    return kernel(A, _quadratic_forms)(G, counter.matmat(G))
+    AG = counter.matmat(G)
+    value, error = kernel(A, _hutchinson_total)(G, AG)
+    return kernel(A, _with_floor, A.size_in, 0)(value, error, kernel(A, _row_scale)(AG))
 
 
 def deflate(xp: Any, G: Any, Q: Any) -> Any:
@@ -243,8 +295,20 @@ def deflate(xp: Any, G: Any, Q: Any) -> Any:
 
 
 def _hutchpp_total(xp: Any, Q: Any, AQ: Any, G: Any, AG: Any) -> tuple[Any, Any]:
+    """``tr(Qᵀ A Q)`` plus Hutchinson on the deflated ``B = (I − P) A (I − P)``, and its error.
+
+    Given ``Q``, the total errs only by the mean of ``g`` quadratic forms ``gᵢᵀ B gᵢ``.  Their
+    variance is at most ``2‖B‖²_F`` (Rademacher or Gaussian ``gᵢ``), and ``‖B gᵢ‖²`` is unbiased
+    for ``‖B‖²_F``; the error is the larger of that bound's estimate and the Student-scaled
+    sample standard error.  After deflation the forms are dominated by the few largest
+    eigenvalues of ``B`` (a scaled χ² with few degrees of freedom on decaying spectra), whose
+    sample variance from a handful of draws is often far too small.
+    """
     mean, se = _quadratic_forms(xp, G, AG)
-    return xp.sum(Q * AQ) + mean, se
+    BG = deflate(xp, AG, Q)
+    g = G.shape[0]
+    bound = xp.sqrt(2.0 * xp.mean(xp.sum(BG * BG, axis=1)) / g)
+    return xp.sum(Q * AQ) + mean, bound if se is None else xp.maximum(se, bound)
 
 
 def _hutchpp(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
@@ -255,10 +319,12 @@ def _hutchpp(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
     k = m // 3
     g = m - 2 * k
     S = probes(gen, k, n, like, "rademacher")
-    Q = kernel(A, orthonormal_rows)(counter.matmat(S))
+    AS = counter.matmat(S)
+    Q = kernel(A, orthonormal_rows)(AS)
     AQ = counter.matmat(Q)
     G = kernel(A, deflate)(probes(gen, g, n, like, "rademacher"), Q)
-    return kernel(A, _hutchpp_total)(Q, AQ, G, counter.matmat(G))
+    value, error = kernel(A, _hutchpp_total)(Q, AQ, G, counter.matmat(G))
+    return kernel(A, _with_floor, n, 0)(value, error, kernel(A, _row_scale)(AS))
 
 
 def _range_basis(xp: Any, Y: Any) -> tuple[Any, Any]:
@@ -273,31 +339,106 @@ def _numerical_rank(xp: Any, R: Any) -> Any:
     return xp.count_nonzero(sig > s * float(xp.finfo(R.dtype).eps) * xp.max(sig))
 
 
-def _xtrace_full_rank(xp: Any, Om: Any, Y: Any, Q: Any, Z: Any, R: Any) -> Any:
+def _pair_inverse(g11: Any, g12: Any, g22: Any) -> tuple[Any, Any, Any]:
+    """The entries of the inverse of the symmetric 2 × 2 blocks ``[[g11, g12], [g12, g22]]``."""
+    det = g11 * g22 - g12 * g12
+    return g22 / det, -g12 / det, g11 / det
+
+
+def _pairs(xp: Any, M: Any) -> tuple[Any, Any, Any, Any]:
+    """The 2 × 2 blocks ``M[[i, j]][:, [i, j]]`` of an (s, s) matrix on the (i, j) grid, entrywise."""
+    d = xp.linalg.diagonal(M)
+    return d[:, None], M, xp.matrix_transpose(M), d[None, :]
+
+
+def _vector_pairs(xp: Any, V: Any) -> tuple[Any, Any]:
+    """``(V[i, i], V[j, i])`` on the (i, j) grid: column ``i`` of ``V`` at rows ``i`` and ``j``."""
+    return xp.linalg.diagonal(V)[:, None], xp.matrix_transpose(V)
+
+
+def _jackknife(xp: Any, E: Any) -> Any:
+    """The jackknife standard error from leave-two-out estimates ``E[i, j]`` (``i ≠ j``).
+
+    ``θ₍ⱼ₎ = mean_{i≠j} E[i, j]`` is the estimator run without probe ``j``; the error is
+    ``√((s−1)/s Σⱼ (θ₍ⱼ₎ − θ̄)²)`` times :func:`student_factor` of ``s`` (few probes).  By the
+    Efron–Stein inequality its square is an upward-biased estimate of the variance of the
+    estimator on ``s − 1`` probes, itself above the variance on ``s``.
+    """
+    s = E.shape[0]
+    off = 1.0 - xp.eye(s, dtype=E.dtype, device=device_of(E))
+    theta = xp.sum(xp.where(off > 0, E, xp.zeros_like(E)), axis=0) / (s - 1)
+    return xp.sqrt((s - 1) / s * xp.sum((theta - xp.mean(theta)) ** 2)) * student_factor(s)
+
+
+def _xtrace_full_rank(xp: Any, Om: Any, Y: Any, Q: Any, Z: Any, R: Any) -> tuple[Any, Any]:
+    """The ``s`` leave-one-out XTrace estimates (their mean is the estimate) and its jackknife error.
+
+    The leave-one-out basis of estimate ``i`` is ``range(Q)`` minus ``nᵢ = R⁻ᵀ eᵢ``; without
+    probe ``j`` as well it is ``range(Q)`` minus ``span(nᵢ, nⱼ)``, so every leave-two-out
+    estimate ``E[i, j]`` comes from ``s × s`` algebra: with ``N`` (the unit columns ``nₖ``),
+    ``Γ = NᵀN``, ``β = Γ₂⁻¹ N₂ᵀ wᵢ`` and ``c = wᵢ − N₂ β`` (``N₂ = [nᵢ nⱼ]``),
+    ``E[i, j] = tr H − tr(Γ₂⁻¹ N₂ᵀ H N₂) + ωᵢᵀ A ωᵢ − tᵢ·c − c·R eᵢ + cᵀ H c``,
+    where ``N₂ᵀ R eᵢ`` is ``(1/‖R⁻ᵀ eᵢ‖, 0)`` because ``R⁻¹ R = I``.
+    """
     H = Q @ xp.matrix_transpose(Z)  # H[j, l] = q_jᵀ A q_l
     W = Q @ xp.matrix_transpose(Om)  # columns w_i = Qᵀ ω_i
     T = Z @ xp.matrix_transpose(Om)  # columns t_i = (ω_iᵀ A Q)ᵀ
-    S = xp.matrix_transpose(xp.linalg.inv(R))  # columns ∝ R⁻ᵀ e_i
-    S = S / xp.linalg.vector_norm(S, axis=0)[None, :]
-    C = W - S * xp.sum(S * W, axis=0)[None, :]  # c_i = (I − s_i s_iᵀ) w_i
-    return (
-        xp.linalg.trace(H)
-        - xp.sum(S * (H @ S), axis=0)
-        + xp.sum(Om * Y, axis=1)
+    Ninv = xp.matrix_transpose(xp.linalg.inv(R))  # columns R⁻ᵀ e_i
+    scale = xp.linalg.vector_norm(Ninv, axis=0)
+    N = Ninv / scale[None, :]
+    NT = xp.matrix_transpose(N)
+    tr_h = xp.linalg.trace(H)
+    quad = xp.sum(Om * Y, axis=1)  # ω_iᵀ A ω_i
+    tw = xp.sum(T * W, axis=0)
+    wr = xp.sum(W * R, axis=0)
+    whw = xp.sum(W * (H @ W), axis=0)
+    # leave-one-out (the estimate)
+    C = W - N * xp.sum(N * W, axis=0)[None, :]  # c_i = (I − n_i n_iᵀ) w_i
+    ests = (
+        tr_h
+        - xp.sum(N * (H @ N), axis=0)
+        + quad
         - xp.sum(T * C, axis=0)
         - xp.sum(C * R, axis=0)
         + xp.sum(C * (H @ C), axis=0)
     )
+    # leave-two-out (the jackknife)
+    g11, g12, _, g22 = _pairs(xp, NT @ N)
+    eye = xp.eye(R.shape[0], dtype=R.dtype, device=device_of(R))
+    g12 = g12 - eye * g12  # the diagonal (i = j) is not a pair; keep it finite
+    i11, i12, i22 = _pair_inverse(g11, g12, g22)
+    h11, h12, h21, h22 = _pairs(xp, NT @ H @ N)
+    a1, a2 = _vector_pairs(xp, NT @ W)
+    b1 = i11 * a1 + i12 * a2
+    b2 = i12 * a1 + i22 * a2
+    n1, n2 = _vector_pairs(xp, NT @ T)
+    p1, p2 = _vector_pairs(xp, NT @ xp.matrix_transpose(H) @ W)  # w_iᵀ H N₂
+    q1, q2 = _vector_pairs(xp, NT @ H @ W)  # N₂ᵀ H w_i
+    E = (
+        tr_h
+        - (i11 * h11 + i12 * (h12 + h21) + i22 * h22)
+        + quad[:, None]
+        - (tw[:, None] - (b1 * n1 + b2 * n2))
+        - (wr[:, None] - b1 / scale[:, None])
+        + whw[:, None]
+        - (p1 * b1 + p2 * b2)
+        - (q1 * b1 + q2 * b2)
+        + (b1 * b1 * h11 + b1 * b2 * (h12 + h21) + b2 * b2 * h22)
+    )
+    return ests, _jackknife(xp, E)
 
 
-def xtrace_estimates(counter: MatvecCounter, s: int, gen: Any) -> Any:
-    """The ``s`` exchangeable XTrace estimates (2s matvecs); their mean is the estimate.
+def xtrace_estimates(counter: MatvecCounter, s: int, gen: Any) -> tuple[Any, Any, Any]:
+    """The ``s`` exchangeable XTrace estimates (2s matvecs), the error of their mean, and ``‖A Ω‖_F/√s``.
 
     Estimate ``i`` is ``tr(Qᵢᵀ A Qᵢ) + ωᵢᵀ (I − QᵢQᵢᵀ) A (I − QᵢQᵢᵀ) ωᵢ`` with
     ``Qᵢ`` an orthonormal basis of ``A Ω₋ᵢ`` (all test vectors but ``ωᵢ``).
     ``range(Qᵢ)`` is ``range(Q)`` minus the direction ``Q sᵢ`` with
     ``sᵢ ∝ R⁻ᵀ eᵢ`` (``A Ω = Q R``), so every leave-one-out basis comes from one
-    QR and one block ``A Q`` (Epperly, Tropp, Webber 2024).
+    QR and one block ``A Q`` (Epperly, Tropp, Webber 2024).  The estimates are
+    correlated (they share probes), so the error of their mean is the jackknife's
+    (:func:`_jackknife`), not their standard deviation over ``√s``.  The last value,
+    an estimate of ``‖A‖_F``, scales the rounding floor of the error.
     """
     A = counter.op
     Om = probes(gen, s, A.size_in, like_array(A), "gaussian")  # rows ω_i
@@ -306,8 +447,34 @@ def xtrace_estimates(counter: MatvecCounter, s: int, gen: Any) -> Any:
     Z = counter.matmat(Q)  # rows z_j = A q_j
     rank = int(kernel(A, _numerical_rank)(R))  # the one host sync: which formula applies
     if rank < s:
-        return kernel(A, _xtrace_rank_deficient, rank)(Om, Y, Q, Z, R)
-    return kernel(A, _xtrace_full_rank)(Om, Y, Q, Z, R)
+        ests = kernel(A, _xtrace_rank_deficient, rank)(Om, Y, Q, Z, R)
+        error = kernel(A, calibrated_mean)(ests)[1]
+    else:
+        ests, error = kernel(A, _xtrace_full_rank)(Om, Y, Q, Z, R)
+    return ests, error, kernel(A, _row_scale)(Y)
+
+
+def _row_scale(xp: Any, Y: Any) -> Any:
+    """``‖Y‖_F / √s`` for ``s`` rows ``A ωᵢ``: an estimate of ``‖A‖_F`` (Gaussian or Rademacher ``ωᵢ``)."""
+    return xp.linalg.vector_norm(Y) / math.sqrt(Y.shape[0])
+
+
+#: The rounding floor of a trace estimate's error is ``ROUNDING_FLOOR · ε · n · ‖A‖_F`` (``ε`` the
+#: dtype's machine epsilon, ``‖A‖_F`` estimated from the probes' products), and
+#: ``ROUNDING_FLOOR · ε · (n + s²) · ‖A‖_F`` for XNysTrace with ``s`` probes: the estimators'
+#: dense algebra and sums over ``n`` entries err by a few ``ε √n ‖A‖_F``; XNysTrace's shift
+#: ``ν = ε ‖A Ω‖_F/√s`` enters its value as ``ν n``, and its Nyström core floors eigenvalues of
+#: ``Ωᵀ A Ω`` at ``ε s`` times the largest, a bias of order ``ε s² ‖A‖₂`` (measured in float64:
+#: 0.6 to 3.4 ``ε (n + s²) ‖A‖_F`` for operators of rank 10 or spectrum ``e⁻ᵏ``, n = 120 to 400,
+#: s = 40 to 100).  It matters only for near-exact results (a sketch that holds the operator's
+#: whole range), whose sampling error is itself rounding.
+ROUNDING_FLOOR = 8.0
+
+
+def _with_floor(xp: Any, n: int, s: int, value: Any, error: Any, scale: Any) -> tuple[Any, Any]:
+    eps = float(xp.finfo(value.dtype).eps)
+    floor = ROUNDING_FLOOR * eps * (n + s * s) * scale
+    return value, floor if error is None else xp.maximum(error, floor)
 
 
 def _xtrace_rank_deficient(xp: Any, rank: int, Om: Any, Y: Any, Q: Any, Z: Any, R: Any) -> Any:
@@ -335,8 +502,13 @@ def _xtrace_rank_deficient(xp: Any, rank: int, Om: Any, Y: Any, Q: Any, Z: Any, 
 
 
 def _xtrace(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
-    ests = xtrace_estimates(counter, m // 2, gen)
-    return kernel(counter.op, mean_and_error)(ests)
+    ests, error, scale = xtrace_estimates(counter, m // 2, gen)
+    A = counter.op
+    return kernel(A, _with_floor, A.size_in, 0)(kernel(A, _mean)(ests), error, scale)
+
+
+def _mean(xp: Any, x: Any) -> Any:
+    return xp.mean(x)
 
 
 def _nystrom_factors(xp: Any, Om: Any, Y: Any) -> tuple[Any, Any, Any, Any]:
@@ -366,21 +538,42 @@ def nystrom_sketch(counter: MatvecCounter, s: int, gen: Any) -> dict[str, Any]:
     Om = probes(gen, s, A.size_in, like_array(A), "gaussian")
     Y = counter.matmat(Om)
     Q, B, X, nu = kernel(A, _nystrom_factors)(Om, Y)
-    return {"Q": Q, "B": B, "X": X, "nu": nu, "n": A.size_in}
+    return {"Q": Q, "B": B, "X": X, "nu": nu, "n": A.size_in, "scale": kernel(A, _row_scale)(Y)}
 
 
 def _xnystrace_total(xp: Any, n: int, B: Any, X: Any, nu: Any) -> tuple[Any, Any]:
-    # Leave-one-out Nyström: Â₍ᵢ₎ = Â − zᵢzᵢᵀ with zᵢ = Y gᵢ/√Gᵢᵢ, G = (ΩᵀY)⁻¹, so
-    # estimate i is tr Â − ‖zᵢ‖² + 1/Gᵢᵢ (the quadratic forms ωᵢᵀAωᵢ and ωᵢᵀÂωᵢ cancel).
-    g = xp.sum(X * X, axis=0)  # G_ii
-    BX = B @ X
-    mean, se = mean_and_error(xp, xp.sum(B * B) - xp.sum(BX * BX, axis=0) / g + 1.0 / g)
-    return mean - nu * n, se
+    """The XNysTrace estimate and its jackknife error.
+
+    Leave-one-out Nyström: ``Â₍ᵢ₎ = Â − zᵢzᵢᵀ`` with ``zᵢ = Y gᵢ/√Gᵢᵢ``, ``G = (ΩᵀY)⁻¹``, so
+    estimate ``i`` is ``tr Â − ‖zᵢ‖² + 1/Gᵢᵢ`` (the quadratic forms ``ωᵢᵀAωᵢ`` and ``ωᵢᵀÂωᵢ``
+    cancel).  Without probes ``i`` and ``j`` (``K = {i, j}``), ``Â − Â₍ₖ₎ = Y G_{:K} G_{KK}⁻¹ G_{K:} Yᵀ``
+    (the Schur complement), so the leave-two-out estimate is
+    ``E[i, j] = tr Â − tr(G_{KK}⁻¹ (G YᵀY G)_{KK}) + (G_{KK}⁻¹)ᵢᵢ``: the jackknife
+    (:func:`_jackknife`) from ``s × s`` algebra.
+    """
+    G = xp.matrix_transpose(X) @ X
+    BX = B @ X  # = R G
+    M2 = xp.matrix_transpose(BX) @ BX  # G YᵀY G
+    g = xp.linalg.diagonal(G)
+    total = xp.sum(B * B)
+    ests = total - xp.linalg.diagonal(M2) / g + 1.0 / g
+    # In units of d = √diag(G) (a correlation matrix: the 2 × 2 inverses stay in range)
+    d = xp.sqrt(g)
+    outer = d[:, None] * d[None, :]
+    g11, g12, _, g22 = _pairs(xp, G / outer)
+    eye = xp.eye(G.shape[0], dtype=G.dtype, device=device_of(G))
+    g12 = g12 - eye * g12  # the diagonal (i = j) is not a pair; keep it finite
+    i11, i12, i22 = _pair_inverse(g11, g12, g22)
+    m11, m12, m21, m22 = _pairs(xp, M2 / outer)
+    E = total - (i11 * m11 + i12 * (m12 + m21) + i22 * m22) + i11 / g[:, None]
+    return xp.mean(ests) - nu * n, _jackknife(xp, E)
 
 
 def _xnystrace(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
     sk = nystrom_sketch(counter, m, gen)
-    return kernel(counter.op, _xnystrace_total, sk["n"])(sk["B"], sk["X"], sk["nu"])
+    A = counter.op
+    value, error = kernel(A, _xnystrace_total, sk["n"])(sk["B"], sk["X"], sk["nu"])
+    return kernel(A, _with_floor, A.size_in, m)(value, error, sk["scale"])
 
 
 _ESTIMATORS = {

@@ -259,6 +259,7 @@ def test_above_a_lowered_dense_limit_auto_runs_the_iterative_routes_and_they_equ
     assert linalg.trace(N).method == "exact"  # at the default limit, n is small enough for dense
     holders = lower(monkeypatch, "DENSE_LIMIT", 4)
     assert {"kpflow.linalg._common", "kpflow.linalg.eig", "kpflow.linalg.trace"} <= set(holders)
+    lower(monkeypatch, "EXACT_FACTOR", 0)  # alignment's exact route is priced against its budget
 
     def no_dense(*args: Any) -> None:
         raise AssertionError("eigsh took the dense route above DENSE_LIMIT")

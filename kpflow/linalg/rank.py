@@ -45,13 +45,12 @@ from kpflow.linalg._common import (
     host_rng,
     kernel,
     like_array,
-    mean_and_error,
     probes,
     unit_rows,
     without_graph,
 )
 from kpflow.linalg.norms import DEFAULT_BUDGET, _fro_sq_estimate, _zero, gram_small_side
-from kpflow.linalg.trace import trace
+from kpflow.linalg.trace import calibrated_mean, student_factor, trace
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["effective_rank"]
@@ -182,8 +181,8 @@ def effective_rank(
     M = A.partial_trace(traced) if traced else A
     if method in ("auto", "exact"):
         t, f = rules.exact_trace(M), rules.exact_fro_norm(M)
-        if t is not None and f is not None:
-            return ScalarResult(t * t / (f * f), _zero(A), 0, "exact")
+        if t is not None and f is not None and _norm_is_sound(A.xp, t, f):
+            return ScalarResult(kernel(A, _ratio_of_exact)(t, f), _zero(A), 0, "exact")
     gram = None if traced else gram_small_side(A)
     if gram is not None and _fits(gram.size_in, method, num_matvecs):
         # tr(F Fᵀ)²/‖F Fᵀ‖²_F = tr(Fᵀ F)²/‖Fᵀ F‖²_F, on the smaller side
@@ -229,8 +228,34 @@ def _effective_rank_dense(A: LinearOperator, M: LinearOperator, n: int, progress
             counter.close()
         D = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
         used = n  # each product with M is n / nk products with A
-    t = xp.linalg.trace(D)
-    return ScalarResult(t * t / xp.sum(D * D), _zero(A), used, "exact")
+    return ScalarResult(kernel(A, _dense_ratio)(D), _zero(A), used, "exact")
+
+
+def _norm_is_sound(xp: Any, t: Any, f: Any) -> bool:
+    """Whether a rule's ``‖M‖_F`` can be trusted: not a sum of squares that underflowed.
+
+    ``|tr M| <= √n ‖M‖_F``, so ``f = 0`` with ``t ≠ 0`` means the squares of tiny entries
+    flushed to zero, and ``f² < smallest_normal / ε`` that they lost digits in subnormal
+    numbers (float32 entries below about 1e-16); the dense route then scales before
+    squaring (one host sync).
+    """
+    finfo = xp.finfo(f.dtype)
+    fv = float(f)
+    return fv >= math.sqrt(float(finfo.smallest_normal) / float(finfo.eps)) or (fv == 0 and float(t) == 0)
+
+
+def _ratio_of_exact(xp: Any, t: Any, f: Any) -> Any:
+    """``(t / f)²`` (no square of a tiny ``t`` or ``f`` to underflow); ``0`` when ``f = 0``."""
+    safe = xp.where(f == 0, xp.ones_like(f), f)
+    return xp.where(f == 0, xp.zeros_like(f), (t / safe) ** 2)
+
+
+def _dense_ratio(xp: Any, D: Any) -> Any:
+    """``tr(D)² / ‖D‖²_F`` of a dense ``D`` scaled by its largest entry first, so that squares of
+    tiny entries (float32 below about 1e-19) do not underflow; ``0`` for ``D = 0``."""
+    big = xp.max(xp.abs(D))
+    Dn = D / xp.where(big == 0, xp.ones_like(big), big)
+    return _ratio_of_exact(xp, xp.linalg.trace(Dn), xp.linalg.vector_norm(Dn))
 
 
 def _effective_rank_estimate(
@@ -268,10 +293,14 @@ def _effective_rank_estimate(
         # on tr(M²) = ‖M‖²_F; effective_rank assumes a symmetric operator.
         M = A.partial_trace(traced) if traced else A
         counter = MatvecCounter(M, progress, fro_budget // nt, "kpflow.linalg.effective_rank")
+        m_fro = fro_budget // nt
         try:
-            f2, ef = _fro_sq_estimate(counter, fro_budget // nt, gen, "hutch++", True)
+            f2, ef = _fro_sq_estimate(counter, m_fro, gen, "hutch++", True)
         finally:
             counter.close()
+        # its error is the plain standard error of its residual samples (m − 2k of them)
+        k = min(m_fro // 3, M.size_in)
+        ef = None if ef is None else ef * student_factor(m_fro - 2 * k)
         used += counter.num_matvecs * nt
     nk = A.size_in // nt  # the dimension of M
     lowest = 1.0 if rules.is_psd(A) else 0.0
@@ -282,19 +311,27 @@ def _effective_rank_estimate(
 def _ratio_estimate(
     xp: Any, lowest: float, highest: float, t1: Any, t2: Any, e1: Any, e2: Any, f2: Any, ef: Any
 ) -> tuple[Any, Any]:
-    """``t₁ t₂ / f²`` clamped into ``[lowest, highest]``, and its first-order standard error.
+    """``t₁ t₂ / f²`` clamped into ``[lowest, highest]``, and its error.
 
-    The error is that of the raw ratio (the clamp only moves an estimate that strayed
-    outside the range every participation ratio lies in); ``None`` when a part has none.
+    ``t₁``, ``t₂`` and ``f²`` are independent, so the first-order (delta-method) variance of
+    the ratio ``r`` is ``r² ((e₁/t)² + (e₂/t)² + (e_f/f²)²)``; its second-order bias,
+    ``r (e_f/f²)²`` (from ``E[1/f²] ≈ (1 + (e_f/f²)²)/E[f²]``), is added to the error in
+    quadrature, so the bar covers the bias it does not remove.  The error is that of the raw
+    ratio (the clamp only moves an estimate that strayed outside the range every
+    participation ratio lies in); ``None`` when a part has none.  An ``f² = 0`` (every probe
+    met the zero operator) gives 0, the participation ratio of the zero operator.
     """
     tiny = float(xp.finfo(f2.dtype).smallest_normal)
-    raw = t1 * t2 / f2
-    value = xp.clip(raw, lowest, highest)
+    zero = f2 == 0
+    safe = xp.where(zero, xp.ones_like(f2), f2)
+    raw = xp.where(zero, xp.zeros_like(f2), t1 * t2 / safe)
+    value = xp.where(zero, raw, xp.clip(raw, lowest, highest))
     if e1 is None or e2 is None or ef is None:
         return value, None
     t = xp.maximum(xp.abs((t1 + t2) / 2), tiny)
-    rel = (e1 / t) ** 2 + (e2 / t) ** 2 + (ef / xp.maximum(xp.abs(f2), tiny)) ** 2
-    return value, xp.abs(raw) * xp.sqrt(rel)
+    rf = ef / xp.maximum(xp.abs(f2), tiny)
+    rel = (e1 / t) ** 2 + (e2 / t) ** 2 + rf**2 + rf**4
+    return value, xp.where(zero, xp.zeros_like(f2), xp.abs(raw) * xp.sqrt(rel))
 
 
 def _pair_probes(xp: Any, shape: tuple, traced: tuple, x: Any, z: Any) -> Any:
@@ -322,7 +359,7 @@ def _pair_contractions(xp: Any, shape: tuple, traced: tuple, Y: Any, z: Any) -> 
 def _pair_total(xp: Any, shape: tuple, traced: tuple, Y: Any, z: Any) -> tuple[Any, Any]:
     U = _pair_contractions(xp, shape, traced, Y, z)  # unbiased for M x
     p = U.shape[0] // 2
-    return mean_and_error(xp, xp.sum(U[:p, ...] * U[p:, ...], axis=1))
+    return calibrated_mean(xp, xp.sum(U[:p, ...] * U[p:, ...], axis=1))
 
 
 def _partial_fro_sq_pairs(
@@ -389,5 +426,5 @@ def _nystrom_pair_total(
     p = x.shape[0]
     Lx = x @ xp.matrix_transpose(L)
     samples = xp.sum(Lx * (U[:p, :] + U[p:, :]) + U[:p, :] * U[p:, :], axis=1)
-    mean, se = mean_and_error(xp, samples)
+    mean, se = calibrated_mean(xp, samples)
     return low + mean, se

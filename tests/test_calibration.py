@@ -1,0 +1,145 @@
+"""Error bars are promises: ±2σ covers the truth at least 90% of the time over 50 seeds.
+
+Every randomized trace method and the effective-rank estimate (global and along an axis) on
+four spectrum classes: flat, power law (1/(1+i)²), exponential (e^(−i/4)), and the NTK_S of a
+small GRU (numpy, float64, densified once).  The operators are opaque wrappers of dense
+matrices, so only the matvec routes run; the truths are dense numpy computations.
+``benchmarks/bench_calibration.py`` prints the same table at larger sizes and seed counts.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import kpflow
+from kpflow.linalg import effective_rank, rules, trace
+from tests.linalg_helpers import Opaque, numpy_operator, spectral_matrix
+
+SEEDS = range(50)
+SHAPE = (3, 8, 6)  # the GRU's (batch, time, hidden); the synthetic spectra use the same
+N = int(np.prod(SHAPE))
+
+
+class _OpaquePSD(Opaque):
+    """An opaque operator known to be PSD (XNysTrace and the Nyström routes apply)."""
+
+
+rules.is_psd.register(_OpaquePSD, lambda op: True)
+
+
+def _gru_ntk() -> np.ndarray:
+    from kpflow.models import GRU
+    from kpflow.ntk import global_ntk
+    from kpflow.operators.functions import todense
+
+    model = GRU(2, SHAPE[2])
+    x = np.random.default_rng(0).standard_normal((SHAPE[0], SHAPE[1], 2))
+    D = np.asarray(todense(global_ntk(model.run(model.init(0), x)))).reshape(N, N)
+    return (D + D.T) / 2
+
+
+@pytest.fixture(scope="module")
+def matrices() -> dict[str, np.ndarray]:
+    out = {name: spectral_matrix(name, N, seed=3)[0] for name in ("flat", "poly", "exp")}
+    out["gru"] = _gru_ntk()
+    return out
+
+
+def _operator(M: np.ndarray, psd: bool = True):
+    inner = numpy_operator(M, SHAPE, opaque=False)
+    return _OpaquePSD(inner) if psd else Opaque(inner)
+
+
+def _participation_ratio(M: np.ndarray) -> float:
+    return float(np.trace(M) ** 2 / np.sum(M * M))
+
+
+def _partial(M: np.ndarray, keep: int) -> np.ndarray:
+    """The partial trace keeping axis ``keep`` of SHAPE, by einsum on the host."""
+    T = M.reshape(*SHAPE, *SHAPE)
+    src = "abc"
+    dst = "".join("xyz"[a] if a == keep else src[a] for a in range(3))
+    return np.einsum(f"{src}{dst}->{src[keep]}{'xyz'[keep]}", T)
+
+
+def _coverage(results, truth: float) -> tuple[float, float]:
+    z = []
+    for r in results:
+        assert r.error is not None and np.isfinite(float(r.error)), r
+        err = float(r.error)
+        z.append(0.0 if float(r) == truth else (float(r) - truth) / err if err > 0 else np.inf)
+    z = np.asarray(z)
+    return float(np.mean(np.abs(z) <= 2)), float(np.sqrt(np.mean(np.minimum(z**2, 1e6))))
+
+
+TRACE_BUDGETS = [("hutchinson", 12), ("hutch++", 12), ("xtrace", 24), ("xnystrace", 24)]
+
+
+@pytest.mark.parametrize("spectrum", ["flat", "poly", "exp", "gru"])
+@pytest.mark.parametrize(("method", "budget"), TRACE_BUDGETS)
+def test_trace_error_bars_cover_the_truth_nine_times_in_ten(matrices, spectrum, method, budget):
+    M = matrices[spectrum]
+    A = _operator(M)
+    results = [trace(A, method=method, num_matvecs=budget, rng=s) for s in SEEDS]
+    cover, rms = _coverage(results, float(np.trace(M)))
+    assert cover >= 0.9, (cover, rms)
+
+
+@pytest.mark.parametrize("spectrum", ["flat", "poly", "exp", "gru"])
+@pytest.mark.parametrize("keep", [None, 1, 2])
+@pytest.mark.parametrize("psd", [True, False])
+def test_effective_rank_error_bars_cover_the_truth_nine_times_in_ten(matrices, spectrum, keep, psd):
+    # keep=None: two trace estimates and Hutch++ on tr(A²); keep=1 (time), 2 (hidden): the
+    # independent probe pairs, on a Nyström residual when A is known PSD.
+    M = matrices[spectrum]
+    A = _operator(M, psd)
+    truth = _participation_ratio(M if keep is None else _partial(M, keep))
+    results = [effective_rank(A, keep, method="estimate", num_matvecs=40, rng=s) for s in SEEDS]
+    cover, rms = _coverage(results, truth)
+    assert cover >= 0.9, (cover, rms)
+
+
+@pytest.mark.parametrize("method", ["xtrace", "xnystrace", "hutch++"])
+def test_a_near_exact_trace_reports_a_bar_that_covers_its_rounding_error(method):
+    # rank 10 < the sketch: the answer is exact up to rounding, and the bar must say how much.
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.standard_normal((120, 10)))
+    M = (Q * np.linspace(10.0, 1.0, 10)) @ Q.T
+    A = _OpaquePSD(numpy_operator(M, opaque=False))
+    truth = float(np.trace(M))
+    for s in range(20):
+        r = trace(A, method=method, num_matvecs=60, rng=s)
+        assert abs(float(r) - truth) <= 2 * float(r.error), (float(r) - truth, float(r.error))
+        assert float(r.error) <= 1e-9 * truth
+
+
+def test_the_zero_operator_has_effective_rank_zero_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zero = np.zeros((N, N))
+        for A in (numpy_operator(zero, SHAPE, opaque=False), numpy_operator(zero, SHAPE), _operator(zero)):
+            for keep in (None, 1):
+                r = effective_rank(A, keep)
+                assert float(r) == 0.0 and float(r.error) == 0.0
+        for keep in (None, 1):
+            r = effective_rank(_operator(zero), keep, method="estimate", num_matvecs=40, rng=0)
+            assert float(r) == 0.0 and float(r.error) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e-30])
+def test_float32_effective_rank_of_tiny_operators_does_not_underflow(matrices, scale):
+    import array_api_compat.numpy as cnp
+
+    M = matrices["exp"]
+    truth = _participation_ratio(M)
+    along = _participation_ratio(_partial(M, 1))
+    tiny = cnp.asarray((M * scale).astype(np.float32))
+    dense = kpflow.Dense(cnp.reshape(tiny, (*SHAPE, *SHAPE)), shape_in=SHAPE)
+    for A in (dense, Opaque(dense)):
+        r = effective_rank(A)
+        assert r.value.dtype == cnp.float32
+        assert float(r) == pytest.approx(truth, rel=1e-4)
+        assert float(effective_rank(A, keep=1)) == pytest.approx(along, rel=1e-4)

@@ -143,3 +143,16 @@ def test_float32_effective_rank_of_tiny_operators_does_not_underflow(matrices, s
         assert r.value.dtype == cnp.float32
         assert float(r) == pytest.approx(truth, rel=1e-4)
         assert float(effective_rank(A, keep=1)) == pytest.approx(along, rel=1e-4)
+
+
+def test_g_sweep_carries_error_columns_and_repeats_without_a_seed():
+    from kpflow.analysis import g_sweep
+    from kpflow.models import RNN
+
+    x = np.random.default_rng(0).standard_normal((4, 10, 2))  # 4 · 10 · 8 = 320 states: estimates
+    first, again = (g_sweep(RNN(2, 8), x, [0.5, 2.0], num_matvecs=40) for _ in range(2))
+    for q in ("K", "PPT", "NTK", "NTK batch", "NTK time", "NTK hidden", "misdirection"):
+        assert f"{q} error" in first.table
+        np.testing.assert_array_equal(first.table[q], again.table[q])
+    assert np.all(first.table["NTK error"] > 0) and np.all(first.table["K error"] == 0)  # K is exact
+    assert first.rows()[0]["NTK time error"] == first.table["NTK time error"][0]

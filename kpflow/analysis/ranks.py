@@ -10,6 +10,7 @@ randomized estimates otherwise, with their standard errors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,9 @@ class EffectiveRanks:
         ``"global"`` and one entry per axis name: the effective rank of the operator (of its
         partial trace keeping that axis).
     errors : dict of str to dict of str to float
-        ``errors[op][key]``: the standard error of each value (0 when exact).
+        ``errors[op][key]``: the standard error of each value (0 when exact, NaN where the
+        estimate has no error bar); ±2 errors cover the truth at least 90% of the time
+        (``benchmarks/bench_calibration.py``).
     """
 
     axes: tuple[str, ...]
@@ -59,7 +62,7 @@ class EffectiveRanks:
 
 def _ratio(op: LinearOperator, keep: Any, num_matvecs: int | None, gen: Any) -> tuple[float, float]:
     r = linalg.effective_rank(op, keep, num_matvecs=num_matvecs, rng=gen)
-    return float(r), 0.0 if r.error is None else float(r.error)
+    return float(r), math.nan if r.error is None else float(r.error)
 
 
 def effective_ranks(

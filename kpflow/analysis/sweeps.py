@@ -27,7 +27,8 @@ class Sweep:
         The swept parameter ("g", "dimension").
     values : numpy.ndarray of shape (n,)
     table : dict of str to numpy.ndarray of shape (n,)
-        One host float64 array per quantity (NaN where a quantity is undefined).
+        One host float64 array per quantity (NaN where a quantity is undefined); an estimated
+        quantity ``q`` has its standard error in ``table["q error"]`` (0 where exact).
     """
 
     name: str
@@ -63,14 +64,29 @@ def _values(values: Any, name: str, where: str, *, positive: bool) -> np.ndarray
     return out
 
 
+#: The seed of ``g_sweep``'s estimators when ``rng`` is not given: the same call gives the
+#: same table.
+DEFAULT_SEED = 0
+
+
 def _ntk_measures(traj: Any, num_matvecs: int | None, rng: Any) -> dict[str, float]:
+    """The effective ranks and the misdirection, each with its ``"<name> error"`` column."""
     from kpflow.analysis.alignment import misdirection
     from kpflow.analysis.ranks import effective_ranks
 
     r = effective_ranks(traj, num_matvecs=num_matvecs, rng=rng)
-    out = {"K": r.K["global"], "PPT": r.PPT["global"], "NTK": r.NTK["global"]}
-    out |= {f"NTK {axis}": r.NTK[axis] for axis in r.axes}
-    out["misdirection"] = float(misdirection(traj, num_matvecs=num_matvecs, rng=rng))
+    out: dict[str, float] = {}
+    for name, op, key in (
+        ("K", "K", "global"),
+        ("PPT", "PPT", "global"),
+        ("NTK", "NTK", "global"),
+        *((f"NTK {axis}", "NTK", axis) for axis in r.axes),
+    ):
+        out[name] = r[op][key]
+        out[f"{name} error"] = r.errors[op][key]
+    m = misdirection(traj, num_matvecs=num_matvecs, rng=rng)
+    out["misdirection"] = float(m)
+    out["misdirection error"] = math.nan if m.error is None else float(m.error)
     return out
 
 
@@ -91,7 +107,9 @@ def g_sweep(
     of K, P Pᵀ and NTK_S (global, and NTK_S along each axis), the misdirection (alignment
     of NTK_S with P Pᵀ) and the self-referential bias (the smallest overlap over the sites;
     NaN where it is not defined).  Exact for small state spaces, else randomized estimates
-    with ``num_matvecs`` products each.
+    with ``num_matvecs`` products each.  Every estimated quantity ``q`` has a column
+    ``"q error"``: its standard error (0 when exact; ±2 errors cover the truth at least 90%
+    of the time, ``benchmarks/bench_calibration.py``; NaN where the method gives none).
 
     Parameters
     ----------
@@ -105,6 +123,11 @@ def g_sweep(
         Seed of the parameters (the same for every g).
     k : int
         Modes of the self-referential-bias measure.
+    num_matvecs : int, optional
+        Budget of products per estimated quantity.
+    rng : int, numpy.random.Generator or None
+        Seeds the estimators (SPEC 7).  ``None`` means the fixed seed ``DEFAULT_SEED`` (0), so
+        that a sweep is reproducible; pass a ``Generator`` for fresh draws.
 
     Examples
     --------
@@ -113,17 +136,19 @@ def g_sweep(
     >>> from kpflow.models import RNN
     >>> s = g_sweep(RNN(2, 4), np.random.default_rng(0).standard_normal((2, 5, 2)), [0.5, 2.0])
     >>> sorted(s.table)[:4], s.values.tolist()
-    (['K', 'NTK', 'NTK batch', 'NTK hidden'], [0.5, 2.0])
+    (['K', 'K error', 'NTK', 'NTK batch'], [0.5, 2.0])
     """
+    from kpflow._array import host_rng
     from kpflow.analysis.sites import self_referential_bias
     from kpflow.training import init_params
 
     where = "g_sweep"
     values = _values(gs, "gs", where, positive=True)
+    gen = host_rng(DEFAULT_SEED if rng is None else rng, where)
     columns: dict[str, list[float]] = {}
     for g in values:
         traj = model.run(init_params(model, seed, g=float(g), like=x), x)
-        row = _ntk_measures(traj, num_matvecs, rng)
+        row = _ntk_measures(traj, num_matvecs, gen)
         try:
             overlaps = self_referential_bias(traj, min(k, traj.m)).overlaps
             row["self-referential bias"] = min(float(v) for v in overlaps.values())
@@ -152,7 +177,9 @@ def dimension_sweep(
     ``lambda d: LowRankForecast(n_latent=d)``), ``model = model_for(task.n_in, task.n_out)``
     with a linear readout of its features, trained with Adam (kpflow's BPTT) for ``steps`` on
     ``batch`` trials from ``seed``; then the final loss and the effective ranks of K, P Pᵀ
-    and NTK_S (global and along each axis) and the misdirection of the trained network.
+    and NTK_S (global and along each axis) and the misdirection of the trained network, each
+    with its ``"q error"`` column as in :func:`g_sweep`.  The estimators draw from the same
+    generator (seeded by ``seed``), so a sweep is reproducible.
 
     Examples
     --------
@@ -161,8 +188,8 @@ def dimension_sweep(
     >>> from kpflow.tasks import FlipFlop
     >>> s = dimension_sweep(lambda d: FlipFlop(n_bits=d, T=6), lambda n_in, n_out: GRU(n_in, 4),
     ...                     [1, 2], batch=3, steps=2)
-    >>> s.name, len(s.table["final loss"])
-    ('dimension', 2)
+    >>> s.name, len(s.table["final loss"]), s.table["K error"].tolist()
+    ('dimension', 2, [0.0, 0.0])
     """
     from kpflow.models import Linear
     from kpflow.training import Adam, init_params, loss_and_gradients, train

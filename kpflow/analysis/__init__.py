@@ -12,7 +12,9 @@
   targets and error; the first-order loss change of one gradient step against the actual one.
 - :func:`self_referential_bias`: how closely K's dominant site modes follow the principal
   components of the site variables.
-- :func:`lyapunov_exponents`, :func:`propagator_singular_values`: the recurrence's dynamics.
+- :func:`finite_time_lyapunov_exponents` (from the singular values of the Jacobian product),
+  :func:`lyapunov_exponents` (the QR iteration from a fixed frame),
+  :func:`propagator_singular_values`: the recurrence's dynamics.
 - :func:`differentiable_effective_rank`: the exact participation ratio of K as a function
   that autodiff (torch, jax) can differentiate.
 - :func:`site_terms` (:class:`SiteTerm`): each weight site's term K_w of K, exactly: trace,
@@ -25,7 +27,11 @@
 
 from kpflow.analysis.alignment import init_vs_trained_alignment, kernel_alignment, misdirection
 from kpflow.analysis.demo import DemoConfig, run_demo
-from kpflow.analysis.dynamics import lyapunov_exponents, propagator_singular_values
+from kpflow.analysis.dynamics import (
+    finite_time_lyapunov_exponents,
+    lyapunov_exponents,
+    propagator_singular_values,
+)
 from kpflow.analysis.learnability import Learnability, LossChange, learnability, predicted_loss_decrease
 from kpflow.analysis.modes import Modes, ntk_modes, profiles
 from kpflow.analysis.ranks import (
@@ -54,6 +60,7 @@ __all__ = [
     "dimension_sweep",
     "effective_ranks",
     "effective_ranks_over_training",
+    "finite_time_lyapunov_exponents",
     "g_sweep",
     "init_vs_trained_alignment",
     "kernel_alignment",

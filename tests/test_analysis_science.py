@@ -204,7 +204,8 @@ def test_learnability_equals_dense_output_ntk_quantities():
     mask = torch.asarray([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]], dtype=F64)
     out = analysis.learnability(traj, rp, targets, mask, k=4, rng=0)
     No = _np(kpflow.ntk.dense_output_ntk(traj, rp)).reshape(12, 12)
-    w, V = np.linalg.eigh(No)
+    Md = np.diag(np.repeat(_np(mask).reshape(6), 2))  # the modes are the masked output NTK's
+    w, V = np.linalg.eigh(Md @ No @ Md)
     w, V = w[::-1][:4], V[:, ::-1][:, :4]
     np.testing.assert_allclose(_np(out.eigenvalues), w, rtol=1e-10)
     h, C, c = _np(traj.states).reshape(6, 3), _np(rp["weight"]), _np(rp["bias"])
@@ -220,7 +221,8 @@ def test_learnability_equals_dense_output_ntk_quantities():
         u = u.reshape(12)
         assert float(out.target_quotients[o]) == pytest.approx(u @ No @ u / (u @ u), rel=1e-10)
         z = Ct.T @ u
-        assert float(out.state_quotients[o]) == pytest.approx(z @ N @ z / (u @ u), rel=1e-10)
+        assert float(out.state_quotients[o]) == pytest.approx(z @ N @ z / (z @ z), rel=1e-10)
+        assert float(out.state_parts[o]) == pytest.approx(z @ N @ z / (u @ u), rel=1e-10)
 
 
 def test_predicted_loss_decrease_agrees_with_one_sgd_step_to_second_order(case64):

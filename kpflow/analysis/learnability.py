@@ -9,6 +9,11 @@ g_y = ∂L/∂y and J_out = dy/dθ, so one gradient-descent step of size η chan
 (:func:`kpflow.output_ntk`, all parameters trained, the readout's included).  Under gradient
 flow the output error decays along the eigenvectors of NTK_out at rates set by their
 eigenvalues: a mode can remove the part of the error that lies in it.
+
+With a mask m ≥ 0, L = ‖r‖² / (n_out Σ m) in the weighted error r = √m ⊙ (y − y*), and under
+gradient flow dr/dt = −(2η / (n_out Σ m)) N_m r with the masked output NTK
+N_m = W NTK_out W, W = diag(√m) (M NTK_out M for a 0/1 mask M): the modes that govern the
+masked loss are N_m's, not NTK_out's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from kpflow.models.base import Model, Trajectory
 from kpflow.models.linear import Linear
 from kpflow.ntk import output_ntk
 from kpflow.ntk.kernel import check_trajectory
+from kpflow.operators import Diagonal, compose
 
 __all__ = ["Learnability", "LossChange", "learnability", "predicted_loss_decrease"]
 
@@ -31,22 +37,31 @@ __all__ = ["Learnability", "LossChange", "learnability", "predicted_loss_decreas
 class Learnability:
     """How well the output NTK serves a task (arrays in the trajectory's namespace).
 
+    W = diag(√m) weights the sites by the mask m (the identity without one), and
+    N_m = W NTK_out W is the masked output NTK, the operator that drives the weighted error
+    r = W (y − y*) under gradient flow (:mod:`kpflow.analysis.learnability`).
+
     Attributes
     ----------
     eigenvalues : array of shape (k,)
-        The top-k eigenvalues λ_j of NTK_out, descending.
+        The top-k eigenvalues λ_j of N_m, descending (NTK_out's without a mask).
     error_fractions : array of shape (k,)
-        ⟨v_j, r⟩² / ‖r‖², the fraction of the (masked) output error r = m ⊙ (y − y*) lying
-        in eigenvector v_j: what gradient flow along mode j can remove.
+        ⟨v_j, r⟩² / ‖r‖², the fraction of the weighted error r lying in N_m's eigenvector
+        v_j: what gradient flow along mode j can remove.
     error_quotient : array of shape ()
-        The Rayleigh quotient rᵀ NTK_out r / rᵀ r of the error.
+        The Rayleigh quotient rᵀ N_m r / rᵀ r of the error.
     target_quotients : array of shape (n_out,)
-        For each output channel o, the Rayleigh quotient uᵀ NTK_out u / uᵀ u of the target
-        mode u = m ⊙ y*_o (channel o only, zero in the others); NaN for an all-zero channel.
+        For each output channel o, the Rayleigh quotient uᵀ N_m u / uᵀ u of the target mode
+        u = W y*_o (channel o only, zero in the others); NaN for an all-zero channel.
     state_quotients : array of shape (n_out,)
-        The same quotient of the state NTK pulled back through the readout,
-        (C̃ᵀu)ᵀ NTK_S (C̃ᵀu) / uᵀ u, C̃ = I_m ⊗ C: the part of ``target_quotients`` that the
-        recurrent (non-readout) parameters contribute.
+        The Rayleigh quotient zᵀ NTK_S z / zᵀ z of the state NTK on the state direction
+        z = C̃ᵀ W u (C̃ = I_m ⊗ C) that the target mode reads from: how fast gradient descent
+        on the model's parameters θ moves the states along it.  It does not change when the
+        readout is scaled (C → αC); NaN where z = 0.
+    state_parts : array of shape (n_out,)
+        The part of ``target_quotients`` that the model's parameters θ contribute through
+        the states (the readout's own parameters excluded): zᵀ NTK_S z / uᵀ u, which is
+        ``state_quotients`` · ‖z‖² / ‖u‖² and grows as ‖C_o‖² with the readout's row o.
     """
 
     eigenvalues: Any
@@ -54,6 +69,7 @@ class Learnability:
     error_quotient: Any
     target_quotients: Any
     state_quotients: Any
+    state_parts: Any
 
 
 def _mask_meta(traj: Trajectory, targets: Any, mask: Any, n_out: int, where: str) -> None:
@@ -61,6 +77,11 @@ def _mask_meta(traj: Trajectory, targets: Any, mask: Any, n_out: int, where: str
     check_array(targets, **meta, shape=(*traj.site_shape, n_out), name="targets", where=where)
     if mask is not None:
         check_array(mask, **meta, shape=tuple(traj.site_shape), name="mask", where=where)
+        xp = traj.xp
+        if not bool(xp.all(mask >= 0)):
+            low = float(xp.min(mask))
+            msg = f"{where}: expected mask to hold weights >= 0 (1 where a site counts), got a minimum {low}"
+            raise ValueError(msg)
 
 
 def _quotient(xp: Any, num: Any, den: Any) -> Any:
@@ -77,7 +98,11 @@ def learnability(
     k: int = 10,
     rng: Any = None,
 ) -> Learnability:
-    """Rayleigh quotients of the output NTK on the task, and the error each top mode can remove.
+    """Rayleigh quotients of the (masked) output NTK on the task, and the error each top mode can remove.
+
+    Without a mask the operator is NTK_out (:func:`kpflow.output_ntk`); with one it is the
+    masked output NTK N_m = W NTK_out W, W = diag(√m), whose modes govern the masked loss
+    (see :class:`Learnability`).
 
     Parameters
     ----------
@@ -88,9 +113,10 @@ def learnability(
         :func:`kpflow.output_ntk`.
     targets : array of shape (*site_shape, n_out)
     mask : array of shape site_shape, optional
-        1 where a site counts (None: every site).
+        Weights m ≥ 0 of the sites in the loss, 1 where a site counts and 0 where it does
+        not (None: every site), as in :func:`kpflow.training.masked_mse`.
     k : int
-        How many top modes of NTK_out.
+        How many top modes of N_m.
     rng : int, numpy.random.Generator or None
         Seeds the eigensolver (SPEC 7).
 
@@ -110,6 +136,16 @@ def learnability(
     ((3,), (1,))
     >>> bool(0.0 <= out.error_fractions.sum() <= 1.0 + 1e-12)
     True
+
+    The state quotient is a Rayleigh quotient of NTK_S: scaling the readout leaves it as it is,
+    while the state part of the target quotient grows as the readout's square.
+
+    >>> big = {n: 3.0 * a for n, a in readout.init(1).items()}
+    >>> out3 = learnability(traj, big, np.ones((2, 4, 1)), k=3, rng=0)
+    >>> bool(np.allclose(out3.state_quotients, out.state_quotients, rtol=1e-12))
+    True
+    >>> bool(np.allclose(out3.state_parts, 9.0 * out.state_parts, rtol=1e-12))
+    True
     """
     where = "learnability"
     check_trajectory(traj, where)
@@ -125,25 +161,38 @@ def learnability(
     if "bias" in readout_params:
         y = y + readout_params["bias"]
     y = xp.reshape(y, (*m, n_out))
-    w = xp.ones(m, dtype=traj.dtype, device=traj.device) if mask is None else mask
+    if mask is None:
+        w = xp.ones(m, dtype=traj.dtype, device=traj.device)
+        Nm: Any = N
+    else:
+        w = xp.sqrt(mask)
+        Wd = Diagonal(xp.broadcast_to(w[..., None], (*m, n_out)))
+        Nm = compose(Wd, N, Wd)
     r = w[..., None] * (y - targets)
-    values, V = linalg.eigsh(N, k, rng=rng)
+    values, V = linalg.eigsh(Nm, k, rng=rng)
     axes = tuple(range(1, V.ndim))
     rr = xp.sum(r * r)
     coeff = xp.sum(V * r[None, ...], axis=axes)
     fractions = _quotient(xp, coeff * coeff, xp.broadcast_to(rr, coeff.shape))
-    error_quotient = _quotient(xp, xp.sum(r * N.matvec(r)), rr)
-    # the target modes: channel o of m ⊙ y*, zero elsewhere; one probe per channel
+    error_quotient = _quotient(xp, xp.sum(r * Nm.matvec(r)), rr)
+    # the target modes: channel o of W y*, zero elsewhere; one probe per channel
     eye = xp.eye(n_out, dtype=traj.dtype, device=traj.device)
     wt = w[..., None] * targets
     U = xp.permute_dims(wt[..., None] * eye, (len(m) + 1, *range(len(m)), len(m)))  # (n_out, *m, n_out)
     sum_axes = tuple(range(1, U.ndim))
     den = xp.sum(U * U, axis=sum_axes)
-    full = xp.sum(U * N.matmat(U), axis=sum_axes)
-    Z = N.readout_map.rmatmat(U)
-    state = xp.sum(Z * N.state_ntk.matmat(Z), axis=tuple(range(1, Z.ndim)))
+    full = xp.sum(U * Nm.matmat(U), axis=sum_axes)
+    # the state directions z = C̃ᵀ W u that the target modes read from
+    Z = N.readout_map.rmatmat(w[None, ..., None] * U)
+    z_axes = tuple(range(1, Z.ndim))
+    state = xp.sum(Z * N.state_ntk.matmat(Z), axis=z_axes)
     return Learnability(
-        values, fractions, error_quotient, _quotient(xp, full, den), _quotient(xp, state, den)
+        values,
+        fractions,
+        error_quotient,
+        _quotient(xp, full, den),
+        _quotient(xp, state, xp.sum(Z * Z, axis=z_axes)),
+        _quotient(xp, state, den),
     )
 
 

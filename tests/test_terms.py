@@ -75,8 +75,9 @@ def test_single_head_attention_terms_match_their_closed_forms() -> None:
     assert terms["out_proj"].rank_bound == np.linalg.matrix_rank(O1) * d
 
 
-def test_site_terms_refuse_a_site_too_large_to_form() -> None:
-    model = RNN(2, 100)
-    traj = model.run(model.init(0), np.ones((1, 2, 2)))
-    with pytest.raises(ValueError, match=r"site_terms: site 'hidden' has p_w·k_w = 10400 parameters"):
+def test_site_terms_refuse_a_general_site_too_large_to_form() -> None:
+    model = SelfAttention(96, 2)
+    traj = model.run(model.init(0), np.ones((1, 2, 96)))
+    match = r"site_terms: site 'in_proj.q' has a general D_w \(a LinearSite\) and p_w·k_w = 9312 parameters"
+    with pytest.raises(ValueError, match=match):
         site_terms(traj)

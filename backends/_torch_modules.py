@@ -58,6 +58,66 @@ def _same_meta(tensors: dict[str, Any], reference: Any, what: str, where: str) -
             raise TypeError(msg)
 
 
+def _check_parametrizations(module: Any, what: str, where: str) -> None:
+    """Refuse a weight computed by a parametrization: GD moves the parametrization's own parameters."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    found = []
+    for prefix, sub in module.named_modules():
+        pre = f"{what}{prefix}." if prefix else what
+        if parametrize.is_parametrized(sub):
+            for name, chain in sub.parametrizations.items():
+                kinds = ", ".join(type(p).__name__ for p in chain)
+                found.append(
+                    f"{pre}{name} by torch.nn.utils.parametrize ({kinds}; parameters {pre}"
+                    f"parametrizations.{name}.original*)"
+                )
+        for hook in sub._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                found.append(
+                    f"{pre}{hook.name} by torch.nn.utils.weight_norm (parameters "
+                    f"{pre}{hook.name}_g, {pre}{hook.name}_v)"
+                )
+            elif isinstance(hook, SpectralNorm):
+                found.append(
+                    f"{pre}{hook.name} by torch.nn.utils.spectral_norm (parameter {pre}{hook.name}_orig)"
+                )
+    if found:
+        msg = (
+            f"{where}: the weight {'; the weight '.join(found)} is computed by a parametrization, so "
+            "gradient descent moves the parametrization's parameters, not the weight kpflow would map, "
+            "and kpflow's NTK would be over the wrong parameters. Accepted: modules whose weights are "
+            "plain torch.nn.Parameter tensors (to train the weight itself, remove the parametrization "
+            "first: torch.nn.utils.parametrize.remove_parametrizations, torch.nn.utils.remove_weight_norm "
+            "or torch.nn.utils.remove_spectral_norm)"
+        )
+        raise ValueError(msg)
+
+
+def _check_tied(named: list[tuple[str, Any]], where: str) -> None:
+    """Refuse one Parameter under several names: kpflow's models give each place its own parameter."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, p in named:
+        by_tensor.setdefault(id(p), []).append(name)
+    tied = [names for names in by_tensor.values() if len(names) > 1]
+    if tied:
+        groups = "; ".join(" = ".join(names) for names in tied)
+        msg = (
+            f"{where}: the parameters {groups} are one tensor used in several places (tied weights); "
+            "kpflow's model gives each place its own parameter, so its NTK would miss the cross terms "
+            "between the uses. Accepted: modules whose parameters are distinct tensors (untie them, "
+            "e.g. with torch.nn.Parameter(p.detach().clone()), if that is what you train)"
+        )
+        raise ValueError(msg)
+
+
+def _frozen(named: list[tuple[str, Any]]) -> list[str]:
+    """The names of the parameters with ``requires_grad=False`` (gradient descent leaves them fixed)."""
+    return [name for name, p in named if not p.requires_grad]
+
+
 def from_module(
     module: Any, readout: Any = None, *, detach: bool = False, causal: bool = False
 ) -> tuple[Any, ...]:
@@ -138,6 +198,15 @@ def from_module(
     (4, 5, 3)
     """
     where = "kpflow.backends.torch.from_module"
+    if isinstance(module, torch.nn.Module):
+        _check_parametrizations(module, "", where)
+        if isinstance(readout, torch.nn.Linear):  # (any other readout is refused below)
+            _check_parametrizations(readout, "readout.", where)
+            both = list(module.named_parameters(remove_duplicate=False))
+            both += [("readout." + n, p) for n, p in readout.named_parameters(remove_duplicate=False)]
+            _check_tied(both, where)
+        else:
+            _check_tied(list(module.named_parameters(remove_duplicate=False)), where)
     if causal and not _is_attention_module(module):
         msg = f"{where}: causal=True applies to attention modules only, got {type(module).__name__}"
         raise ValueError(msg)
@@ -168,9 +237,20 @@ def from_module(
         return t.detach() if detach else t
 
     names = _RECURRENT_NAMES if bias else _RECURRENT_NAMES[:2]
-    params = {name: share(getattr(module, f"{name}_l0")) for name in names}
+    tensors = {name: getattr(module, f"{name}_l0") for name in names}
+    params = {name: share(t) for name, t in tensors.items()}
     reference = params["weight_hh"]
     _same_meta(params, reference, "the weight", where)
+    frozen = _frozen(list(tensors.items()))
+    if len(frozen) == len(tensors):
+        msg = (
+            f"{where}: every parameter of the {type(module).__name__} has requires_grad=False, so gradient "
+            "descent moves none and the NTK is zero; set requires_grad=True on the parameters you train "
+            "(detach=True keeps kpflow from recording an autograd graph)"
+        )
+        raise ValueError(msg)
+    if frozen:  # K, J_S and NTK_S over the trained parameters alone
+        model = model.with_frozen(frozen)
     if readout is None:
         return model, params
 
@@ -185,6 +265,15 @@ def from_module(
         raise ValueError(msg)
     has_bias = readout.bias is not None
     readout_model = Linear(n_hidden, int(readout.out_features), bias=has_bias)
+    frozen_readout = _frozen(list(readout.named_parameters()))
+    if frozen_readout:
+        msg = (
+            f"{where}: the readout's {frozen_readout} ha{'s' if len(frozen_readout) == 1 else 've'} "
+            "requires_grad=False, but kpflow's output NTK (kpflow.output_ntk) trains the readout's weight "
+            "and bias. Accepted: a readout trained whole; for a fixed readout C, map the module alone and "
+            "read C NTK_S Cᵀ off the state NTK (kpflow.global_ntk)"
+        )
+        raise ValueError(msg)
     readout_params = {"weight": share(readout.weight)}
     if has_bias:
         readout_params["bias"] = share(readout.bias)
@@ -342,6 +431,15 @@ def _from_attention_module(module: Any, *, causal: bool, detach: bool, where: st
         prefix = "layers.0." if isinstance(module, torch.nn.TransformerEncoderLayer) else ""
     named = {prefix + name: p for name, p in module.named_parameters()}
     expected = model.param_shapes()
+    frozen = _frozen(list(named.items()))
+    if frozen:
+        msg = (
+            f"{where}: the {type(module).__name__}'s parameters {sorted(frozen)} have requires_grad=False; "
+            "the NTK of gradient descent leaves them out, which kpflow's attention models cannot do yet. "
+            "Accepted: attention modules with every parameter trained (frozen parameters are supported for "
+            "torch.nn.RNN, GRU and LSTM)"
+        )
+        raise ValueError(msg)
     if set(named) != set(expected):
         msg = (
             f"{where}: the {type(module).__name__}'s parameters {sorted(named)} do not match kpflow's "

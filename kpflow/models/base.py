@@ -47,6 +47,7 @@ So K = Σ_w D_w (A_w A_wᵀ ⊗ I) D_wᵀ, P = (I − L)⁻¹ and NTK_S = P K P�
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -340,9 +341,14 @@ class Trajectory(abc.ABC):
 
     @property
     def sites(self) -> list[Site]:
-        """The weight sites (built once, on first use)."""
+        """The weight sites (built once, on first use), of the trained parameters only.
+
+        A frozen parameter (:meth:`Model.with_frozen`) contributes no site variables: its
+        columns of A_w are dropped, and a site left without columns is dropped.
+        """
         if self._sites is None:
-            self._sites = self._make_sites()
+            sites = self._make_sites()
+            self._sites = _trained_sites(self.model, sites) if self.model.frozen else sites
         return self._sites
 
     @abc.abstractmethod
@@ -492,9 +498,78 @@ class Model(abc.ABC):
     True
     """
 
+    #: The parameters held fixed: K, J_S, NTK_S and training cover the others (see
+    #: :meth:`with_frozen`).  Empty for a model as constructed.
+    frozen: frozenset[str] = frozenset()
+
     def _init_bound(self) -> float:
         """Half-width of the default uniform initialisation (torch's 1/√fan)."""
         return 1.0
+
+    def with_frozen(self, names: Any) -> Model:
+        """A copy of this model whose parameters ``names`` are held fixed (frozen).
+
+        The NTK is the kernel of gradient descent on the parameters it moves, so the frozen
+        ones are left out exactly: their rows of the site blocks C_w (columns of the site
+        variables A_w) are dropped from K = F Fᵀ, J_S = P F and NTK_S = P K Pᵀ, J_S's
+        ``to_params`` names the trained parameters only, :func:`kpflow.training.train`
+        leaves the frozen ones unchanged (zero gradients), and the dense references
+        differentiate the others only.  ``run`` still takes every parameter.
+
+        Parameters
+        ----------
+        names : iterable of str
+            Parameter names of :meth:`param_shapes`; empty gives an unfrozen copy.
+
+        Returns
+        -------
+        Model
+            A shallow copy with ``frozen == frozenset(names)``.
+
+        Raises
+        ------
+        TypeError
+            If ``names`` is a str or holds a non-str, or if kpflow does not know which site
+            rows are which parameter for this model (:func:`kpflow.ntk.site_parameters`).
+        ValueError
+            For a name that is not a parameter, or when every parameter would be frozen.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import kpflow
+        >>> from kpflow.models import GRU
+        >>> model = GRU(2, 3).with_frozen(["weight_ih"])
+        >>> traj = model.run(GRU(2, 3).init(0), np.ones((1, 4, 2)))
+        >>> J = kpflow.state_jacobian(traj)
+        >>> J.shape_in, sorted(J.to_params(J.rmatvec(traj.states)))   # 3·3·(3 + 2) = 45
+        ((45,), ['bias_hh', 'bias_ih', 'weight_hh'])
+        """
+        from kpflow.ntk.jacobian import site_parameters
+
+        where = f"{type(self).__name__}.with_frozen"
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            got = repr(names) if isinstance(names, str) else [type(n).__name__ for n in names]
+            msg = f"{where}: expected names to be an iterable of parameter names (str), got {got}"
+            raise TypeError(msg)
+        frozen, shapes = frozenset(names), self.param_shapes()
+        unknown = sorted(frozen - set(shapes))
+        if unknown:
+            msg = f"{where}: expected names among the parameters {sorted(shapes)}, got unknown {unknown}"
+            raise ValueError(msg)
+        if frozen == set(shapes):
+            msg = f"{where}: every parameter {sorted(shapes)} would be frozen (the NTK would be zero)"
+            raise ValueError(msg)
+        if frozen and site_parameters(self) is None:
+            msg = (
+                f"{where}: kpflow does not know which site rows are which parameter for "
+                f"{type(self).__name__}, so it cannot leave {sorted(frozen)} out of the NTK; register "
+                "a rule with kpflow.ntk.site_parameters.register"
+            )
+            raise TypeError(msg)
+        out = copy.copy(self)
+        out.frozen = frozen
+        return out
 
     @property
     def feature_columns(self) -> tuple[int, int]:
@@ -677,12 +752,20 @@ class Model(abc.ABC):
 
         adapter = get_backend(x)
         recorded = adapter.records_graph(tuple(params.values()))
-        if not recorded or adapter.records_graph((x, h0)) or site_parameters(self) is None:
+        # kpflow's J_Sᵀ has no rows for frozen parameters: one that requires grad anyway
+        # takes autograd's route too
+        frozen = tuple(params[k] for k in self.frozen)
+        if (
+            not recorded
+            or adapter.records_graph((x, h0, *frozen))
+            or site_parameters(self) is None
+        ):
             return self.unroll(params, x, h0)
         with adapter.no_grad():
             plain = {k: adapter.graph_free(v) for k, v in params.items()}
             states = self.unroll(plain, x, h0)
-        return adapter.attach_vjp(states, params, partial(_states_vjp, self, plain, x, h0, states))
+        trained = {k: v for k, v in params.items() if k not in self.frozen}
+        return adapter.attach_vjp(states, trained, partial(_states_vjp, self, plain, x, h0, states))
 
 
 def _states_vjp(model: Model, params: dict[str, Any], x: Any, h0: Any, states: Any, g: Any) -> dict[str, Any]:
@@ -691,6 +774,45 @@ def _states_vjp(model: Model, params: dict[str, Any], x: Any, h0: Any, states: A
 
     J = state_jacobian(model._make_trajectory(params, x, h0, states))
     return J.to_params(J.rmatvec(g))
+
+
+def _trained_sites(model: Model, sites: list[Site]) -> list[Site]:
+    """``sites`` without the site-variable columns of ``model.frozen`` (sites left empty dropped)."""
+    from kpflow.ntk.jacobian import site_parameters
+
+    rows, shapes = site_parameters(model), model.param_shapes()
+    if rows is None:  # with_frozen refuses such a model
+        msg = f"{type(model).__name__}: frozen parameters without a site layout; this is a kpflow bug"
+        raise RuntimeError(msg)
+    out = []
+    for site in sites:
+        spans: list[tuple[int, int]] = []
+        at = 0
+        for name, _ in rows[site.name]:
+            n = shapes[name][1] if len(shapes[name]) == 2 else 1
+            if name not in model.frozen:
+                if spans and spans[-1][1] == at:  # adjacent trained columns: one slice
+                    spans[-1] = (spans[-1][0], at + n)
+                else:
+                    spans.append((at, at + n))
+            at += n
+        if at != site.p:
+            msg = (
+                f"{type(model).__name__}: site {site.name!r} has p={site.p} site variables but "
+                f"site_parameters fills {at}; this is a kpflow bug"
+            )
+            raise RuntimeError(msg)
+        if not spans:
+            continue
+        if spans == [(0, at)]:
+            out.append(site)
+            continue
+        A = site.variables
+        parts = [A[:, lo:hi] for lo, hi in spans]
+        kept = copy.copy(site)
+        kept.variables = parts[0] if len(parts) == 1 else array_namespace(A).concat(parts, axis=1)
+        out.append(kept)
+    return out
 
 
 class RecurrentModel(Model):

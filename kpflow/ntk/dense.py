@@ -79,7 +79,8 @@ def dense_global_ntk(traj: Trajectory, *, max_size: int = DEFAULT_MAX_DENSE_SIZE
     """
     where = "dense_global_ntk"
     check_trajectory(traj, where)
-    names = sorted(traj.params)
+    fixed = _frozen_params(traj)
+    names = sorted(set(traj.params) - set(fixed))
     theta = tuple(traj.params[n] for n in names)
     _check_size(prod(traj.state_shape), sum(prod(tuple(t.shape)) for t in theta), max_size, where)
     adapter = autodiff_adapter(traj.states, where)
@@ -88,9 +89,14 @@ def dense_global_ntk(traj: Trajectory, *, max_size: int = DEFAULT_MAX_DENSE_SIZE
         return _implicit_dense_ntk(adapter, traj, names, theta)
 
     def f(*th: Any) -> Any:
-        return model.unroll(dict(zip(names, th, strict=True)), x, h0)
+        return model.unroll(dict(zip(names, th, strict=True)) | fixed, x, h0)
 
     return _jacobian_gram(adapter, traj.xp, f, theta, traj.state_shape)
+
+
+def _frozen_params(traj: Trajectory) -> dict[str, Any]:
+    """The parameters held fixed (``traj.model.frozen``): the dense NTKs differentiate the others."""
+    return {n: a for n, a in traj.params.items() if n in traj.model.frozen}
 
 
 def _implicit_dense_ntk(adapter: Any, traj: Trajectory, names: list, theta: tuple) -> Any:
@@ -99,11 +105,12 @@ def _implicit_dense_ntk(adapter: Any, traj: Trajectory, names: list, theta: tupl
     """
     xp, model, x, h0, z = traj.xp, traj.model, traj.x, traj.h0, traj.states
     n = prod(traj.state_shape)
-    params = dict(zip(names, theta, strict=True))
+    fixed = _frozen_params(traj)
+    params = dict(zip(names, theta, strict=True)) | fixed
     L = xp.reshape(adapter.jacrev(lambda s: model.update_map(params, s, x, h0))(z), (n, n))
     eye = xp.eye(n, dtype=z.dtype, device=traj.device)
     jac = adapter.jacrev(
-        lambda *th: model.update_map(dict(zip(names, th, strict=True)), z, x, h0),
+        lambda *th: model.update_map(dict(zip(names, th, strict=True)) | fixed, z, x, h0),
         argnums=tuple(range(len(theta))),
     )(*theta)
     f_theta = xp.concat(
@@ -152,7 +159,8 @@ def dense_output_ntk(
         raise ValueError(msg)
     readout = Linear(hi - lo, int(weight.shape[0]), bias="bias" in readout_params)
     readout.check_params(readout_params, where, like=traj.states)
-    names = sorted(traj.params)
+    fixed = _frozen_params(traj)
+    names = sorted(set(traj.params) - set(fixed))
     ro_names = sorted(readout_params)
     theta = tuple(traj.params[n] for n in names) + tuple(readout_params[n] for n in ro_names)
     out_shape = (*traj.site_shape, readout.n_out)
@@ -162,7 +170,7 @@ def dense_output_ntk(
     n_model = len(names)
 
     def f(*th: Any) -> Any:
-        z = model.unroll(dict(zip(names, th[:n_model], strict=True)), x, h0)
+        z = model.unroll(dict(zip(names, th[:n_model], strict=True)) | fixed, x, h0)
         feats = xp.reshape(z, (traj.m, traj.site_state_size))[:, lo:hi]
         y = readout.apply(dict(zip(ro_names, th[n_model:], strict=True)), feats)
         return xp.reshape(y, out_shape)

@@ -168,6 +168,30 @@ site_parameters.register(Implicit, _hook_rows)
 site_parameters.register(FeedForward, _hook_rows)
 
 
+def trained_parameters(model: Any) -> dict[str, SiteRows] | None:
+    """:func:`site_parameters` of the parameters gradient descent moves: ``model.frozen`` left out.
+
+    A frozen parameter's rows are dropped from every site it feeds, and a site left with
+    no rows is dropped; K, J_S and NTK_S are then over the trained parameters alone
+    (:meth:`kpflow.models.Model.with_frozen`).  Without frozen parameters this is
+    :func:`site_parameters` itself.
+
+    Examples
+    --------
+    >>> from kpflow.models import GRU
+    >>> from kpflow.ntk.jacobian import trained_parameters
+    >>> rows = trained_parameters(GRU(2, 3).with_frozen(["weight_ih"]))
+    >>> rows["r"], rows["in"]
+    ([('weight_hh', (0, 3)), ('bias_ih', (0, 3)), ('bias_hh', (0, 3))], [('bias_ih', (6, 9))])
+    """
+    rows = site_parameters(model)
+    frozen: frozenset[str] = getattr(model, "frozen", frozenset())
+    if rows is None or not frozen:
+        return rows
+    kept = {site: [e for e in entries if e[0] not in frozen] for site, entries in rows.items()}
+    return {site: entries for site, entries in kept.items() if entries}
+
+
 # -- the flat parameter vector ------------------------------------------------------------------------
 def _unique_names(names: list[str]) -> list[str]:
     """``names`` with repeats made unique by a ``#2``, ``#3``, … suffix."""
@@ -550,8 +574,9 @@ def _parameter_rmatmat(xp: Any, specs: tuple[SiteSpec | LinearSiteSpec, ...], op
 
 # -- J_S = P F ---------------------------------------------------------------------------------------
 def _traj_layout(traj: Trajectory) -> tuple[dict[str, SiteRows] | None, dict[str, tuple[int, ...]]]:
-    rows = site_parameters(traj.model)
-    shapes = {name: tuple(int(n) for n in a.shape) for name, a in traj.params.items()}
+    rows = trained_parameters(traj.model)
+    frozen = traj.model.frozen
+    shapes = {name: tuple(int(n) for n in a.shape) for name, a in traj.params.items() if name not in frozen}
     return rows, shapes
 
 

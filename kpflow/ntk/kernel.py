@@ -194,12 +194,14 @@ class AutodiffKernel(SymmetricOperator):
         super().__init__(traj.state_shape, traj.state_shape, xp=traj.xp, dtype=traj.dtype, device=traj.device)
         self.traj = traj
         self.adapter = adapter
-        names = sorted(traj.params)
+        # the trained parameters only: frozen ones (Model.with_frozen) are held fixed
+        fixed = {n: a for n, a in traj.params.items() if n in traj.model.frozen}
+        names = sorted(set(traj.params) - set(fixed))
         self._theta = tuple(traj.params[n] for n in names)
         model, states, x, h0 = traj.model, traj.states, traj.x, traj.h0
 
         def f(*theta: Any) -> Any:
-            return model.update_map(dict(zip(names, theta, strict=True)), states, x, h0)
+            return model.update_map(dict(zip(names, theta, strict=True)) | fixed, states, x, h0)
 
         self._f = f
         _, self._vjp_fn = adapter.vjp(f, *self._theta)

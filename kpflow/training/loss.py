@@ -18,7 +18,7 @@ The two agree to rounding (tested on every built-in model).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kpflow._array import array_namespace, check_array, device_of, prod
@@ -160,8 +160,15 @@ def loss_and_gradients(
     if method == "autodiff":
         if not adapter.has_autodiff:
             raise adapter._no_autodiff(f'{where}(method="autodiff")')
-        return _autodiff(model, readout, params, readout_params, x, targets, mask, h0, adapter)
-    return _kpflow(model, readout, params, readout_params, x, targets, mask, h0)
+        out = _autodiff(model, readout, params, readout_params, x, targets, mask, h0, adapter)
+    else:
+        out = _kpflow(model, readout, params, readout_params, x, targets, mask, h0)
+    if not model.frozen:
+        return out
+    # frozen parameters (Model.with_frozen) do not move: zero gradients, under every optimizer
+    xp = array_namespace(x)
+    grads = {k: xp.zeros_like(params[k]) if k in model.frozen else out.grads[k] for k in params}
+    return replace(out, grads=grads)
 
 
 def _readout_grads(xp: Any, readout: Linear, feats: Any, gy: Any) -> dict[str, Any]:

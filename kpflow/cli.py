@@ -137,11 +137,13 @@ def _add_demo_parser(sub: Any) -> None:
         "demo",
         help="train a small GRU on flip-flop and report its NTK before and after training",
         description=(
-            "Train a small recurrent network on a task with kpflow's own BPTT (numpy by default), then "
-            "analyse its global NTK at initialisation and after training: the spectra of K (exact) and "
-            "NTK_S = P K Pᵀ, their effective ranks globally and along batch, time and hidden, and the "
-            "alignment of the NTK before and after. Writes report.json, summary.md and (with "
-            "matplotlib) PNG plots to --out, and prints the summary."
+            "Train a small recurrent network on a fixed batch with kpflow's own BPTT (numpy by default), "
+            "measure its loss on fresh held-out trials, then analyse its global NTK at initialisation and "
+            "after training: the spectra of K (exact) and NTK_S = P K Pᵀ, their effective ranks globally "
+            "and along batch, time and hidden next to their ceilings, the effective rank of P Pᵀ, and the "
+            "alignment of the NTK before and after. The summary says when training failed or the NTK "
+            "collapsed. Writes report.json, summary.md and (with matplotlib) PNG plots to --out, and "
+            "prints the summary."
         ),
     )
     demo.add_argument("--model", choices=DEMO_MODELS, default=d.model, help=f"(default: {d.model})")
@@ -171,6 +173,12 @@ def _add_demo_parser(sub: Any) -> None:
         help=f"NTK_S products per estimate (default: {d.matvecs})",
     )
     demo.add_argument(
+        "--held-out",
+        type=_positive_int,
+        default=d.held_out,
+        help=f"fresh trials the trained network's loss is measured on (default: {d.held_out})",
+    )
+    demo.add_argument(
         "--seed", type=_int_at_least(0, "a non-negative integer"), default=d.seed, help="(default: 0)"
     )
     demo.add_argument("--out", default="kpflow-demo", help="report folder (default: ./kpflow-demo)")
@@ -196,7 +204,20 @@ def run_demo_command(args: argparse.Namespace) -> dict[str, Any]:
     """
     from kpflow.analysis.demo import DemoConfig, run_demo, write_report
 
-    fields = ("model", "task", "backend", "batch", "time", "hidden", "steps", "lr", "k", "matvecs", "seed")
+    fields = (
+        "model",
+        "task",
+        "backend",
+        "batch",
+        "time",
+        "hidden",
+        "steps",
+        "lr",
+        "k",
+        "matvecs",
+        "held_out",
+        "seed",
+    )
     config = DemoConfig(**{f: getattr(args, f) for f in fields})
     like = _like(args.backend, _default_dtype(args.backend))
     report = run_demo(config, like=like, progress=args.progress or None)

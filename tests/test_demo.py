@@ -78,6 +78,7 @@ def test_the_reports_numbers_come_from_the_computations() -> None:
         (["demo", "--steps", "0"], "expected a positive integer, got 0"),
         (["demo", "--matvecs", "3"], "expected an integer >= 16, got 3"),
         (["demo", "--lr", "-1"], "expected a positive number, got -1.0"),
+        (["demo", "--held-out", "0"], "expected a positive integer, got 0"),
     ],
 )
 def test_bad_demo_options_exit_with_status_2_and_name_the_flag(argv, message, capsys) -> None:
@@ -115,3 +116,60 @@ def test_plots_refuse_bad_input_by_name() -> None:
         ValueError, match=r"plot_over_training: expected 2 values for 'a' \(one per step\), got 3"
     ):
         plot_over_training([0, 1], {"a": [1.0, 2.0, 3.0]})
+
+
+SMALL_CONFIG = {"batch": 4, "time": 10, "hidden": 8, "steps": 25, "k": 3, "matvecs": 16, "held_out": 32}
+
+
+def test_the_summary_reports_a_held_out_loss_the_ceilings_and_p_p_transpose() -> None:
+    from kpflow.training import loss_and_gradients
+
+    config = DemoConfig(**SMALL_CONFIG, seed=3)
+    report = run_demo(config)
+    text = summary(report)
+    # the held-out loss: fresh trials from their own stream, evaluated here directly
+    fresh = FlipFlop(T=10).sample(32, np.random.default_rng([3, 1]), like=np.zeros(1))
+    rng = np.random.default_rng(3)
+    FlipFlop(T=10).sample(4, rng, like=np.zeros(1))
+    model, readout = GRU(3, 8), Linear(8, 3)
+    params, rp = init_params(model, rng, like=np.zeros(1)), readout.init(rng, like=np.zeros(1))
+    held = report["training"]["held_out"]
+    got0 = float(loss_and_gradients(model, readout, params, rp, *fresh, method="kpflow").loss)
+    assert held["initial_loss"] == pytest.approx(got0, rel=1e-12)
+    assert held["trials"] == 32 and f"{held['final_loss']:.4g}" in text and "32 fresh held-out trials" in text
+    # ceilings: the smaller of states (4·10·8) and the recurrent parameters, not the states alone
+    n_params = sum(int(np.prod(v.shape)) for v in params.values())
+    assert report["parameters"] == n_params == 312
+    assert report["trained"]["ceilings"]["NTK_S"] == min(320, n_params) == 312
+    assert report["trained"]["ceilings"]["along"] == {"batch": 4, "time": 10, "hidden": 8}
+    assert "| 312 |" in text and "of 320 dimensions" not in text
+    for label in ("init", "trained"):
+        ppt = report[label]["PPT"]["effective_rank"]
+        assert 1.0 <= ppt["value"] <= report[label]["ceilings"]["PPT"] + 4 * (ppt["error"] or 0)
+        assert f"{ppt['value']:.2f}" in text
+    assert "effective rank of P Pᵀ" in text
+    assert report["alignment_init_trained"]["error"] is not None
+    assert 0.0 <= report["alignment_init_trained"]["value"] <= 1.0
+
+
+def test_a_training_that_made_the_loss_rise_is_reported_as_failed_and_a_collapsed_ntk_as_collapsed() -> None:
+    report = run_demo(DemoConfig(**SMALL_CONFIG, lr=50.0))
+    tr = report["training"]
+    assert tr["final_loss"] > tr["initial_loss"] and tr["failed"]
+    text = summary(report)
+    assert "**Training failed**" in text and "training loss rose from" in text
+    assert "loss fell" not in text
+    top0, top1 = (report[x]["NTK_S"]["eigenvalues"][0] for x in ("init", "trained"))
+    assert top1 < 1e-6 * top0 and report["ntk_collapsed"]
+    assert "**NTK_S collapsed**" in text and "low-rank" not in text
+
+
+def test_the_summary_says_when_matplotlib_is_missing_and_the_report_knows_whether_it_is() -> None:
+    import importlib.util
+
+    report = run_demo(DemoConfig(**(SMALL_CONFIG | {"steps": 3})))
+    assert report["matplotlib"] == (importlib.util.find_spec("matplotlib") is not None)
+    without = summary({**report, "matplotlib": False})
+    assert "No PNG plots were written: matplotlib is not installed" in without
+    assert "kpflow[plot]" in without
+    assert "No PNG plots" not in summary({**report, "matplotlib": True})

@@ -1,15 +1,19 @@
 """``kpflow demo``: train a small recurrent network on a task, and analyse its NTK before and after.
 
-The report follows the paper's workflow in one call: train (kpflow's own BPTT on numpy), then
-for the network at initialisation and after training compute the spectrum of K (exact) and of
-NTK_S = P K Pᵀ, their effective ranks globally and along batch, time and hidden, and how much
-the NTK moved (the alignment of NTK_S at initialisation with the trained one).  Every number
-in the written summary is read from the report dictionary, which :func:`run_demo` returns.
+The report follows the paper's workflow in one call: train (kpflow's own BPTT on numpy) on a
+fixed batch, measure the loss on fresh held-out trials, then for the network at
+initialisation and after training compute the spectrum of K (exact) and of NTK_S = P K Pᵀ,
+their effective ranks globally and along batch, time and hidden (with their ceilings), the
+effective rank of P Pᵀ, and how much the NTK moved (the alignment of NTK_S at initialisation
+with the trained one).  Every number in the written summary is read from the report
+dictionary, which :func:`run_demo` returns; the summary says when training failed (the loss
+rose or diverged) and when the NTK collapsed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +22,10 @@ from typing import Any
 __all__ = ["DemoConfig", "run_demo", "summary", "write_report"]
 
 MODELS = ("gru", "rnn", "lstm", "leaky")
+
+#: NTK_S has collapsed when its top eigenvalue after training is below this fraction of the
+#: one at initialisation (a saturated network: J_S ≈ 0, its effective rank is noise).
+COLLAPSE = 1e-6
 TASKS = ("flipflop", "memory_pro", "integration")
 
 
@@ -42,6 +50,7 @@ class DemoConfig:
     lr: float = 0.02
     k: int = 10
     matvecs: int = 120
+    held_out: int = 256
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -52,7 +61,7 @@ class DemoConfig:
         if self.task not in TASKS:
             msg = f"{where}: expected task to be one of {TASKS}, got {self.task!r}"
             raise ValueError(msg)
-        for name in ("batch", "time", "hidden", "steps", "k", "matvecs"):
+        for name in ("batch", "time", "hidden", "steps", "k", "matvecs", "held_out"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 msg = f"{where}: expected {name} to be a positive int, got {value!r}"
@@ -105,26 +114,40 @@ def run_demo(config: DemoConfig, *, like: Any = None, progress: Any = None) -> d
     Returns
     -------
     dict
-        ``config``; ``training`` (``losses``, ``initial_loss``, ``final_loss``, ``loss_ratio``,
-        ``seconds``); ``init`` and ``trained``, each :func:`kpflow.analysis.spectrum_report` of
-        the network on the task's batch (K exact; NTK_S from block Lanczos and randomized
-        estimates with standard errors); ``alignment_init_trained`` (of NTK_S at
-        initialisation with the trained one); ``seconds``.
+        ``config``; ``training``: ``losses`` (per step, on the training batch),
+        ``initial_loss``, ``final_loss`` and ``loss_ratio`` (on the training batch),
+        ``held_out`` (``trials``, ``initial_loss``, ``final_loss``, ``loss_ratio``: on
+        ``config.held_out`` fresh trials drawn with another seed), ``diverged`` (the step
+        whose loss was not finite, else ``None``), ``failed`` (the loss rose, on the training
+        batch, or diverged), ``seconds``; ``init`` and ``trained``,
+        each :func:`kpflow.analysis.spectrum_report` of the network on the training batch
+        (K exact; NTK_S from block Lanczos and randomized estimates with standard errors)
+        plus ``PPT`` (the effective rank of P Pᵀ) and ``ceilings`` (the largest value each
+        effective rank can take: ``NTK_S`` and ``K`` min(states, parameters), ``PPT`` the
+        states, each axis its length); ``ntk_collapsed`` (the trained top eigenvalue of
+        NTK_S below ``COLLAPSE`` times the initial one); ``alignment_init_trained`` (of NTK_S at
+        initialisation with the trained one, with its standard error); ``state_shape``;
+        ``parameters``; ``matplotlib`` (whether ``write_report`` draws PNGs); ``seconds``.
 
     Examples
     --------
     >>> from kpflow.analysis.demo import DemoConfig, run_demo
-    >>> report = run_demo(DemoConfig(batch=4, time=8, hidden=6, steps=5, k=3, matvecs=16))
-    >>> sorted(report)
-    ['alignment_init_trained', 'config', 'init', 'seconds', 'state_shape', 'trained', 'training']
+    >>> report = run_demo(DemoConfig(batch=4, time=8, hidden=6, steps=5, k=3, matvecs=16, held_out=8))
+    >>> sorted(report)  # doctest: +NORMALIZE_WHITESPACE
+    ['alignment_init_trained', 'config', 'init', 'matplotlib', 'ntk_collapsed', 'parameters',
+     'seconds', 'state_shape', 'trained', 'training']
+    >>> report["trained"]["ceilings"]["NTK_S"], report["parameters"]  # min(4 * 8 * 6 states, 198)
+    (192, 198)
     """
+    import importlib.util
+
     import numpy as np
 
     from kpflow import linalg
-    from kpflow.analysis.spectrum import spectrum_report
+    from kpflow.analysis.spectrum import axis_names, spectrum_report
     from kpflow.models import Linear
-    from kpflow.ntk import global_ntk
-    from kpflow.training import Adam, init_params, train
+    from kpflow.ntk import global_ntk, propagator
+    from kpflow.training import Adam, TrainingDiverged, init_params, train
 
     if not isinstance(config, DemoConfig):
         msg = f"run_demo: expected config to be a DemoConfig, got {type(config).__name__}"
@@ -134,52 +157,101 @@ def run_demo(config: DemoConfig, *, like: Any = None, progress: Any = None) -> d
     rng = np.random.default_rng(config.seed)
     task = _task(config)
     batch = task.sample(config.batch, rng, like=like)
+    # fresh trials from their own stream: the training draws above are unchanged by it
+    held_out = task.sample(config.held_out, np.random.default_rng([config.seed, 1]), like=like)
     model = _model(config, task.n_in)
     readout = Linear(config.hidden, task.n_out)
     params = init_params(model, rng, like=like)
     readout_params = readout.init(rng, like=like)
     t0 = time.perf_counter()
-    result = train(
-        model,
-        readout,
-        params,
-        readout_params,
-        batch,
-        steps=config.steps,
-        optimizer=Adam(float(config.lr)),
-        checkpoints=[0, config.steps],
-        method="kpflow",
-        progress=progress,
-    )
+    diverged = None
+    try:
+        result = train(
+            model,
+            readout,
+            params,
+            readout_params,
+            batch,
+            steps=config.steps,
+            optimizer=Adam(float(config.lr)),
+            checkpoints=[0, config.steps],
+            method="kpflow",
+            progress=progress,
+        )
+    except TrainingDiverged as err:  # analyse the last finite parameters, and say so
+        result, diverged = err.result, err.step
+    trained_step = result.checkpoints[-1].step
     train_seconds = time.perf_counter() - t0
     losses = [float(v) for v in result.losses]
+    first = float(_loss(model, readout, params, readout_params, batch))
     final = float(_loss(model, readout, result.params, result.readout_params, batch))
+    held0 = float(_loss(model, readout, params, readout_params, held_out))
+    held1 = float(_loss(model, readout, result.params, result.readout_params, held_out))
+    failed = diverged is not None or not (math.isfinite(final) and final < first)
     report: dict[str, Any] = {
         "config": asdict(config),
         "training": {
             "losses": losses,
-            "initial_loss": losses[0],
+            "initial_loss": first,
             "final_loss": final,
-            "loss_ratio": losses[0] / final if final > 0 else float("inf"),
+            "loss_ratio": _ratio(first, final),
+            "held_out": {
+                "trials": config.held_out,
+                "initial_loss": held0,
+                "final_loss": held1,
+                "loss_ratio": _ratio(held0, held1),
+            },
+            "diverged": diverged,
+            "trained_step": trained_step,
+            "failed": failed,
             "seconds": train_seconds,
         },
     }
+    n_params = sum(int(math.prod(v.shape)) for v in params.values())
     ntks = {}
-    for label, step in (("init", 0), ("trained", config.steps)):
+    for label, step in (("init", 0), ("trained", trained_step)):
         traj = model.run(result.checkpoint(step).params, batch.inputs)
-        report[label] = spectrum_report(
-            traj, k=config.k, num_matvecs=config.matvecs, rng=rng, progress=progress
-        )
-        ntks[label] = global_ntk(traj)
+        entry = spectrum_report(traj, k=config.k, num_matvecs=config.matvecs, rng=rng, progress=progress)
+        N = global_ntk(traj)
+        ntks[label] = N
+        n_states = N.size_in
+        P = propagator(traj)
+        ppt = linalg.effective_rank(P @ P.T, num_matvecs=config.matvecs, rng=rng, progress=progress)
+        entry["PPT"] = {"effective_rank": _scalar(ppt)}
+        entry["ceilings"] = {
+            "NTK_S": min(n_states, n_params),
+            "K": min(n_states, n_params),
+            "PPT": n_states,
+            "along": dict(zip(axis_names(traj), (int(s) for s in traj.state_shape), strict=True)),
+        }
+        report[label] = entry
         report["state_shape"] = list(traj.state_shape)
+    report["parameters"] = n_params
+    top0, top1 = (report[x]["NTK_S"]["eigenvalues"][0] for x in ("init", "trained"))
+    report["ntk_collapsed"] = bool(not math.isfinite(top1) or top1 <= COLLAPSE * top0)
     a = linalg.alignment(ntks["init"], ntks["trained"], num_matvecs=max(config.matvecs, 30), rng=rng)
     report["alignment_init_trained"] = {
         "value": float(a),
         "error": None if a.error is None else float(a.error),
         "method": a.method,
+        "matvecs": a.num_matvecs,
     }
+    report["matplotlib"] = importlib.util.find_spec("matplotlib") is not None
     report["seconds"] = time.perf_counter() - start
     return report
+
+
+def _ratio(before: float, after: float) -> float:
+    return before / after if after > 0 else float("inf")
+
+
+def _scalar(result: Any) -> dict[str, Any]:
+    return {
+        "value": float(result),
+        "error": None if result.error is None else float(result.error),
+        "method": result.method,
+        "matvecs": result.num_matvecs,
+    }
 
 
 def _loss(model: Any, readout: Any, params: Any, readout_params: Any, batch: Any) -> float:
@@ -195,56 +267,129 @@ def _rank_table(report: dict[str, Any], label: str) -> dict[str, float]:
     return out
 
 
+def _change(before: float, after: float) -> str:
+    """ "fell from a to b (r×)" or "rose from a to b (r×)"."""
+    if after < before:
+        return f"fell from {before:.4g} to {after:.4g} ({_ratio(before, after):.1f}×)"
+    grew = f" ({after / before:.3g}×)" if before > 0 and math.isfinite(after) else ""
+    return f"rose from {before:.4g} to {after:.4g}{grew}"
+
+
+def _pm(entry: dict[str, Any], digits: str = ".2f") -> str:
+    err = entry.get("error")
+    text = f"{entry['value']:{digits}}"
+    return text if not err else f"{text} ± {err:.2g}"
+
+
 def summary(report: dict[str, Any]) -> str:
     """A short Markdown summary that cites the report's numbers.
+
+    It states the held-out loss next to the training loss, each effective rank next to its
+    ceiling, and says plainly when training failed (the loss rose or diverged), when NTK_S
+    collapsed, and when the PNG plots are missing for want of matplotlib.
 
     Examples
     --------
     >>> from kpflow.analysis.demo import DemoConfig, run_demo, summary
-    >>> text = summary(run_demo(DemoConfig(batch=4, time=8, hidden=6, steps=5, k=3, matvecs=16)))
+    >>> text = summary(run_demo(DemoConfig(batch=4, time=8, hidden=6, steps=5, k=3, matvecs=16, held_out=8)))
     >>> text.splitlines()[0]
     '# kpflow demo: a GRU trained on flipflop'
     """
     cfg, tr = report["config"], report["training"]
-    n = 1
-    for s in report["state_shape"]:
-        n *= s
+    held = tr.get("held_out")
+    ceil = report["trained"].get("ceilings", {})
+    n = math.prod(report["state_shape"])
+    p = report.get("parameters")
     lines = [
         f"# kpflow demo: a {cfg['model'].upper()} trained on {cfg['task']}",
         "",
-        f"- Network: {cfg['model'].upper()} with {cfg['hidden']} hidden units, {cfg['batch']} trials of "
-        f"{cfg['time']} steps: NTK_S acts on {n:,} states {tuple(report['state_shape'])}.",
-        f"- Training: {cfg['steps']} Adam steps (lr {cfg['lr']}) with kpflow's own BPTT; the loss fell "
-        f"from {tr['initial_loss']:.4g} to {tr['final_loss']:.4g} ({tr['loss_ratio']:.1f}×) "
-        f"in {tr['seconds']:.1f} s.",
-        "",
-        "| | initialisation | trained |",
-        "|---|---|---|",
+        f"- Network: {cfg['model'].upper()} with {cfg['hidden']} hidden units"
+        + (f" ({p:,} parameters)" if p is not None else "")
+        + f", trained on one fixed batch of {cfg['batch']} trials of {cfg['time']} steps: NTK_S acts "
+        f"on {n:,} states {tuple(report['state_shape'])}.",
     ]
-    for label, get in (
-        ("top eigenvalue of NTK_S", lambda r: f"{r['NTK_S']['eigenvalues'][0]:.4g}"),
+    steps = f"{cfg['steps']} Adam steps (lr {cfg['lr']}) with kpflow's own BPTT"
+    if tr.get("diverged") is not None:
+        lines.append(
+            f"- **Training failed**: the loss became non-finite at step {tr['diverged']} of {steps}; "
+            f"the numbers below are for the last finite parameters (step {tr['trained_step']})."
+        )
+    elif tr.get("failed", tr["final_loss"] >= tr["initial_loss"]):
+        lines.append(
+            f"- **Training failed**: over {steps} the training loss "
+            f"{_change(tr['initial_loss'], tr['final_loss'])}."
+        )
+    else:
+        lines.append(
+            f"- Training: {steps}; the training loss {_change(tr['initial_loss'], tr['final_loss'])} "
+            f"in {tr['seconds']:.1f} s."
+        )
+    if held is not None:
+        lines.append(
+            f"- On {held['trials']} fresh held-out trials the loss "
+            f"{_change(held['initial_loss'], held['final_loss'])}."
+        )
+    lines += ["", "| | initialisation | trained | ceiling |", "|---|---|---|---|"]
+    rows = [
+        ("top eigenvalue of NTK_S", lambda r: f"{r['NTK_S']['eigenvalues'][0]:.4g}", None),
+        ("trace of NTK_S", lambda r: _pm(r["NTK_S"]["trace"], ".4g"), None),
+        ("effective rank of K (exact)", lambda r: _pm(r["K"]["effective_rank"]), ceil.get("K")),
         (
-            "trace of NTK_S",
-            lambda r: f"{r['NTK_S']['trace']['value']:.4g} ± {r['NTK_S']['trace']['error'] or 0:.2g}",
+            "effective rank of P Pᵀ",
+            lambda r: _pm(r["PPT"]["effective_rank"]) if "PPT" in r else "–",
+            ceil.get("PPT"),
         ),
-        ("effective rank of K (exact)", lambda r: f"{r['K']['effective_rank']['value']:.2f}"),
-        ("effective rank of NTK_S", lambda r: f"{r['NTK_S']['effective_rank']['value']:.2f}"),
-    ):
-        lines.append(f"| {label} | {get(report['init'])} | {get(report['trained'])} |")
+        ("effective rank of NTK_S", lambda r: _pm(r["NTK_S"]["effective_rank"]), ceil.get("NTK_S")),
+    ]
+    for label, get, bound in rows:
+        lines.append(
+            f"| {label} | {get(report['init'])} | {get(report['trained'])} | "
+            f"{'' if bound is None else f'{bound:,}'} |"
+        )
     for name in report["init"]["NTK_S"]["effective_rank_along"]:
-        vals = [report[x]["NTK_S"]["effective_rank_along"][name]["value"] for x in ("init", "trained")]
-        lines.append(f"| NTK_S effective rank along {name} | {vals[0]:.2f} | {vals[1]:.2f} |")
+        vals = [_pm(report[x]["NTK_S"]["effective_rank_along"][name]) for x in ("init", "trained")]
+        bound = ceil.get("along", {}).get(name)
+        lines.append(
+            f"| NTK_S effective rank along {name} | {vals[0]} | {vals[1]} | "
+            f"{'' if bound is None else bound} |"
+        )
     al = report["alignment_init_trained"]
-    rank = report["trained"]["NTK_S"]["effective_rank"]["value"]
+    err = al.get("error") or 0.0
+    moved = "moved" if al["value"] + 2 * err < 0.95 else "barely moved"
+    rank = report["trained"]["NTK_S"]["effective_rank"]
     lines += [
         "",
-        f"- The NTK moved during training: the alignment of NTK_S at initialisation with the trained "
-        f"NTK_S is {al['value']:.3f} ({al['method']}).",
-        f"- NTK_S is low-rank: its effective rank is {rank:.1f} of {n:,} dimensions after training.",
+        f"- The NTK {moved} during training: the alignment of NTK_S at initialisation with the "
+        f"trained NTK_S is {al['value']:.3f}" + (f" ± {err:.2g}" if err else "") + f" ({al['method']}).",
+    ]
+    if report.get("ntk_collapsed"):
+        top0, top1 = (report[x]["NTK_S"]["eigenvalues"][0] for x in ("init", "trained"))
+        lines.append(
+            f"- **NTK_S collapsed** after training: its top eigenvalue is {top1:.3g} against {top0:.3g} at "
+            "initialisation (the network saturated), so its effective ranks describe rounding noise."
+        )
+    else:
+        bound = ceil.get("NTK_S")
+        of = f" against a ceiling of {bound:,} (the smaller of states and parameters)" if bound else ""
+        lines.append(f"- NTK_S's effective rank after training is {_pm(rank, '.1f')}{of}.")
+        k0, k1 = (report[x]["K"]["effective_rank"]["value"] for x in ("init", "trained"))
+        if "PPT" in report["trained"]:
+            q0, q1 = (report[x]["PPT"]["effective_rank"]["value"] for x in ("init", "trained"))
+            n0 = report["init"]["NTK_S"]["effective_rank"]["value"]
+            lines.append(
+                f"- Over training K's effective rank went from {k0:.1f} to {k1:.1f}, P Pᵀ's from "
+                f"{q0:.1f} to {q1:.1f}, and NTK_S = P K Pᵀ's from {n0:.1f} to {rank['value']:.1f}."
+            )
+    lines += [
         "",
         f"Total {report['seconds']:.1f} s. Numbers with ± are randomized estimates with their "
         "standard errors; K's are exact (Kronecker-core rules).",
     ]
+    if report.get("matplotlib") is False:
+        lines.append(
+            "No PNG plots were written: matplotlib is not installed (`pip install kpflow[plot]` adds "
+            "loss.png, spectra.png and effective_ranks.png)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +402,7 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     --------
     >>> import tempfile
     >>> from kpflow.analysis.demo import DemoConfig, run_demo, write_report
-    >>> report = run_demo(DemoConfig(batch=4, time=8, hidden=6, steps=5, k=3, matvecs=16))
+    >>> report = run_demo(DemoConfig(batch=4, time=8, hidden=6, steps=5, k=3, matvecs=16, held_out=8))
     >>> with tempfile.TemporaryDirectory() as d:
     ...     names = {p.name for p in write_report(report, d)}
     >>> {"report.json", "summary.md"} <= names

@@ -40,6 +40,19 @@ def _refuse_settings(module: Any, unsupported: list[str]) -> None:
         raise ValueError(msg)
 
 
+def _refuse_parametrized(obj: Any, what: str) -> None:
+    """Refuse an Equinox weight parametrization (``WeightNorm``, ``SpectralNorm``) by name."""
+    eqx = sys.modules.get("equinox")
+    if eqx is not None and isinstance(obj, eqx.nn.WeightNorm | eqx.nn.SpectralNorm):
+        msg = (
+            f"{_WHERE}: {what} is an equinox.nn.{type(obj).__name__} of its {type(obj.layer).__name__}'s "
+            f"{obj.weight_name!r}: that weight is computed from the parametrization's own parameters, "
+            "which gradient descent moves, so kpflow's NTK would be over the wrong parameters. "
+            "Accepted: plain equinox.nn.Linear layers (and the modules of the table in from_module)"
+        )
+        raise ValueError(msg)
+
+
 def _nnx_value(variable: Any) -> Any:
     return None if variable is None else variable[...]
 
@@ -86,6 +99,8 @@ def _from_equinox(module: Any, eqx: Any) -> tuple[Any, dict[str, Any]] | None:
             "or the hidden activation itself)"
         )
     _refuse_settings(module, unsupported)
+    for l, layer in enumerate(module.layers):
+        _refuse_parametrized(layer, f"the MLP's layers[{l}]")
     layers = list(module.layers)
     if module.scan and module.depth > 1:  # the hidden layers stacked on a leading axis
         stacked = layers[1]
@@ -229,6 +244,7 @@ def _readout(readout: Any, n_hidden: int, reference: Any) -> tuple[Any, dict[str
     from kpflow.models.linear import Linear
 
     eqx, nnx = sys.modules.get("equinox"), sys.modules.get("flax.nnx")
+    _refuse_parametrized(readout, "the readout")
     if eqx is not None and isinstance(readout, eqx.nn.Linear):
         if readout.in_features == "scalar" or readout.out_features == "scalar":
             msg = f"{_WHERE}: a readout with in_features or out_features 'scalar' is not supported"
@@ -332,6 +348,13 @@ def from_module(module: Any, readout: Any = None) -> tuple[Any, ...]:
     *Sharing.* jax arrays are immutable: the params are a snapshot of the module.  After a
     training step, call ``from_module`` again on the updated module.
 
+    *Frozen parameters, parametrizations.* Equinox and Flax freeze parameters outside the
+    module (a filter for ``eqx.partition`` or ``nnx.Optimizer(wrt=...)``), which
+    ``from_module`` cannot see: pass the names of the parameters you hold fixed to
+    ``model.with_frozen(names)`` (kpflow's names, e.g. ``"weight_ih"``), so that the NTK is
+    over the trained ones only.  An ``equinox.nn.WeightNorm`` or ``SpectralNorm`` (as the
+    module, a layer of the MLP or the readout) raises a ``ValueError`` naming it.
+
     Examples
     --------
     >>> import jax, jax.numpy as jnp
@@ -343,6 +366,7 @@ def from_module(module: Any, readout: Any = None) -> tuple[Any, ...]:
     ['bias_hh', 'bias_ih', 'weight_hh', 'weight_ih']
     """
     eqx, nnx = sys.modules.get("equinox"), sys.modules.get("flax.nnx")
+    _refuse_parametrized(module, "the module")
     found = _from_equinox(module, eqx) if eqx is not None else None
     if found is None and nnx is not None:
         found = _from_nnx(module, nnx)

@@ -257,3 +257,26 @@ def test_tied_weights_are_refused_naming_the_tied_parameters():
     readout.weight = rnn.weight_hh_l0
     with pytest.raises(ValueError, match="weight_hh_l0 = readout.weight are one tensor"):
         from_module(rnn, readout)
+
+
+# -- the jax adapter: Equinox parametrizations --------------------------------------------------------
+@pytest.mark.parametrize("wrapper", ["WeightNorm", "SpectralNorm"])
+def test_equinox_parametrizations_are_refused_by_name(wrapper):
+    jax = pytest.importorskip("jax", reason="the Equinox cases need jax")
+    eqx = pytest.importorskip("equinox", reason="the Equinox cases need equinox")
+    from kpflow.backends.jax import from_module as jax_from_module
+
+    def wrap(layer):
+        if wrapper == "WeightNorm":
+            return eqx.nn.WeightNorm(layer)
+        return eqx.nn.SpectralNorm(layer, "weight", key=jax.random.key(2))
+
+    mlp = eqx.nn.MLP(2, 1, 3, 1, key=jax.random.key(0))
+    mlp = eqx.tree_at(lambda m: m.layers[0], mlp, wrap(mlp.layers[0]))
+    with pytest.raises(
+        ValueError, match=rf"the MLP's layers\[0\] is an equinox.nn.{wrapper} of its Linear's"
+    ):
+        jax_from_module(mlp)
+    cell = eqx.nn.GRUCell(2, 3, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=f"the readout is an equinox.nn.{wrapper}.*Accepted: plain"):
+        jax_from_module(cell, wrap(eqx.nn.Linear(3, 1, key=jax.random.key(1))))

@@ -14,10 +14,11 @@ from kpflow.models.base import Trajectory
 from kpflow.models.linear import Linear
 from kpflow.ntk.kernel import autodiff_adapter, check_trajectory
 
-__all__ = ["DEFAULT_MAX_DENSE_SIZE", "dense_global_ntk", "dense_output_ntk"]
+# Largest number of entries of J_full (states × parameters) or of the dense NTK: the limit
+# of every densification (kpflow.operators.todense, numpy.asarray of an operator).
+from kpflow.operators.base import DEFAULT_MAX_DENSE_SIZE
 
-#: Largest number of entries of J_full (states × parameters) or of the dense NTK.
-DEFAULT_MAX_DENSE_SIZE = 4_000_000
+__all__ = ["DEFAULT_MAX_DENSE_SIZE", "dense_global_ntk", "dense_output_ntk"]
 
 
 def _check_size(n_rows: int, n_params: int, max_size: int, where: str) -> None:

@@ -21,7 +21,12 @@ from typing import Any
 
 from kpflow._array import array_namespace, check_array, device_of, namespace_name, prod
 
-__all__ = ["LinearOperator", "SymmetricOperator", "is_operator"]
+__all__ = ["DEFAULT_MAX_DENSE_SIZE", "LinearOperator", "SymmetricOperator", "is_operator"]
+
+#: The most entries a dense matrix may have unless a larger ``max_size`` is passed:
+#: :func:`~kpflow.operators.todense`, ``numpy.asarray(op)`` and the dense references of
+#: :mod:`kpflow.ntk.dense` (4,000,000 entries: 32 MB in float64, a 2000 × 2000 matrix).
+DEFAULT_MAX_DENSE_SIZE = 4_000_000
 
 
 class LinearOperator(abc.ABC):
@@ -118,14 +123,23 @@ class LinearOperator(abc.ABC):
         return self._rmatmat(y[None, ...])[0, ...]
 
     def matmat(self, X: Any) -> Any:
-        """Apply ``A`` to a block of ``k`` probes, ``(k, *shape_in) -> (k, *shape_out)``."""
+        """Apply ``A`` to a block of ``k`` probes, ``(k, *shape_in) -> (k, *shape_out)``, k >= 0."""
         self._check(X, self.shape_in, "X", "matmat", 1)
+        if X.shape[0] == 0:
+            return self._empty(self.shape_out)
         return self._matmat(X)
 
     def rmatmat(self, Y: Any) -> Any:
-        """Apply ``Aᵀ`` to a block of ``k`` probes, ``(k, *shape_out) -> (k, *shape_in)``."""
+        """Apply ``Aᵀ`` to a block of ``k`` probes, ``(k, *shape_out) -> (k, *shape_in)``, k >= 0."""
         self._check(Y, self.shape_out, "Y", "rmatmat", 1)
+        if Y.shape[0] == 0:
+            return self._empty(self.shape_in)
         return self._rmatmat(Y)
+
+    def _empty(self, shape: tuple[int, ...]) -> Any:
+        # No probes, no product: operators need not handle an empty block (a reshape to
+        # (0, -1) is ambiguous, and jax divides by the block size there).
+        return self.xp.zeros((0, *shape), dtype=self.dtype, device=self.device)
 
     # -- derived operations (dispatch functions, see kpflow.operators.functions) -----------
     @property
@@ -135,11 +149,52 @@ class LinearOperator(abc.ABC):
 
         return adjoint(self)
 
-    def todense(self) -> Any:
-        """The matrix of ``A`` as an array of shape ``(*shape_out, *shape_in)``."""
+    def todense(self, *, max_size: int | None = DEFAULT_MAX_DENSE_SIZE) -> Any:
+        """The matrix of ``A`` as an array of shape ``(*shape_out, *shape_in)`` (see :func:`todense`).
+
+        ``max_size``: the most entries allowed (default :data:`DEFAULT_MAX_DENSE_SIZE`,
+        4,000,000; ``None``: no limit); a larger matrix raises ``ValueError`` with the hint.
+        """
         from kpflow.operators.functions import todense
 
-        return todense(self)
+        return todense(self, max_size=max_size)
+
+    # -- numpy interoperability --------------------------------------------------------------
+    # An operator is not an array: numpy's binary operators and ufuncs defer to the operator
+    # (``2.0 * A`` with a numpy scalar stays an operator; ``numpy.exp(A)`` raises TypeError)
+    # instead of densifying it through ``__array__``.
+    __array_ufunc__ = None
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        """``numpy.asarray(A)``: the matrix (``(*shape_out, *shape_in)``) on the host, for small operators.
+
+        The operator is densified (:func:`todense`, whose size limit applies: a larger
+        matrix raises ``ValueError`` with the hint) and copied to the host in its own
+        dtype, or in ``dtype`` when numpy asks for one.  ``copy=False`` raises
+        ``ValueError``: the matrix is built, never a view.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import kpflow
+        >>> np.asarray(kpflow.Diagonal(np.asarray([1.0, 2.0], dtype=np.float32)))
+        array([[1., 0.],
+               [0., 2.]], dtype=float32)
+        """
+        import numpy as np  # numpy is the caller
+
+        from kpflow.operators.functions import _dense_rule, check_dense_size
+
+        where = f"numpy.asarray({type(self).__name__})"
+        if copy is False:
+            msg = (
+                f"{where}: copy=False cannot be honoured, the matrix of an operator is built by "
+                "densifying it; use copy=None or copy=True"
+            )
+            raise ValueError(msg)
+        check_dense_size(self, DEFAULT_MAX_DENSE_SIZE, where)
+        host = _on_host(_dense_rule(self))
+        return np.array(host, dtype=dtype, copy=True) if copy else np.asarray(host, dtype=dtype)
 
     def reshape(self, shape_in: Any, shape_out: Any) -> LinearOperator:
         """The same map seen on other tensor shapes of the same sizes."""
@@ -243,6 +298,22 @@ def is_operator(obj: Any) -> bool:
     True
     """
     return isinstance(obj, LinearOperator)
+
+
+def _on_host(a: Any) -> Any:
+    """``a`` as a numpy array in its own dtype (torch detached, other devices moved explicitly)."""
+    import array_api_compat
+    import numpy as np
+
+    if hasattr(a, "detach"):  # torch
+        return a.detach().cpu().numpy()
+    if array_api_compat.is_cupy_array(a):
+        return a.get()
+    if array_api_compat.is_array_api_strict_namespace(array_api_compat.array_namespace(a)):
+        import array_api_strict
+
+        a = array_api_strict.asarray(a, device=array_api_strict.Device("CPU_DEVICE"))
+    return np.asarray(a)
 
 
 def meta_of_array(a: Any, where: str) -> dict[str, Any]:

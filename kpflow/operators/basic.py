@@ -169,7 +169,8 @@ class Projector(LinearOperator):
     @staticmethod
     def _apply(u: Any, v: Any, X: Any, xp: Any) -> Any:
         k = X.shape[0]
-        coeff = xp.reshape(X, (k, -1)) @ xp.reshape(u, (-1,))
+        n = prod(tuple(u.shape))  # not -1: a block of k = 0 probes has no size to infer
+        coeff = xp.reshape(X, (k, n)) @ xp.reshape(u, (n,))
         return xp.reshape(coeff, (k,) + (1,) * v.ndim) * v[None, ...]
 
     def _matmat(self, X: Any) -> Any:

@@ -9,15 +9,24 @@ that allow them.  A downstream library adds a rule for its own operator with
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, cast
 
 from kpflow._array import as_shape, prod
 from kpflow.operators.algebra import Adjoint, Composition, Gram, Reshaped, Scaled, Sum, add, scale
-from kpflow.operators.base import LinearOperator, SymmetricOperator
+from kpflow.operators.base import DEFAULT_MAX_DENSE_SIZE, LinearOperator, SymmetricOperator
 from kpflow.operators.basic import Dense, Diagonal, Identity, Projector
 
-__all__ = ["adjoint", "gram", "is_symmetric", "partial_trace", "reshape", "todense"]
+__all__ = [
+    "DEFAULT_MAX_DENSE_SIZE",
+    "adjoint",
+    "check_dense_size",
+    "gram",
+    "is_symmetric",
+    "partial_trace",
+    "reshape",
+    "todense",
+]
 
 
 def _eye_probes(op: LinearOperator, shape: tuple[int, ...]) -> Any:
@@ -27,12 +36,92 @@ def _eye_probes(op: LinearOperator, shape: tuple[int, ...]) -> Any:
 
 
 # -- todense -----------------------------------------------------------------------------------
-@functools.singledispatch
-def todense(op: LinearOperator) -> Any:
+def check_dense_size(op: LinearOperator, max_size: Any, where: str) -> None:
+    """Refuse to densify ``op`` when its matrix has more than ``max_size`` entries (``None``: no limit).
+
+    Raises
+    ------
+    ValueError
+        For a matrix larger than ``max_size``, with its size in entries and bytes and what to
+        do instead; for a ``max_size`` that is not a positive int or ``None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import kpflow
+    >>> from kpflow.operators.functions import check_dense_size
+    >>> check_dense_size(kpflow.Diagonal(np.ones(3000)), None, "f")
+    >>> check_dense_size(kpflow.Diagonal(np.ones(3000)), 10**6, "f")
+    Traceback (most recent call last):
+    ...
+    ValueError: f: the dense matrix of Diagonal(shape_in=(3000,), ...) would have 9000000 entries ...
+    """
+    if max_size is None:
+        return
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        msg = f"{where}: expected max_size to be a positive int or None, got {max_size!r}"
+        raise ValueError(msg)
+    entries = op.size_out * op.size_in
+    if entries <= max_size:
+        return
+    xp = op.xp
+    itemsize = int(xp.finfo(op.dtype).bits) // 8 * (2 if xp.isdtype(op.dtype, "complex floating") else 1)
+    msg = (
+        f"{where}: the dense matrix of {op!r} would have {entries} entries ({op.size_out} × "
+        f"{op.size_in}, {_bytes_text(entries * itemsize)} in {op.dtype}), more than "
+        f"max_size={max_size}; use the matrix-free routines (matvec and matmat, kpflow.linalg: "
+        "eigsh, svds, trace, effective_rank), or densify anyway with "
+        "kpflow.operators.todense(op, max_size=...) (None: no limit)"
+    )
+    raise ValueError(msg)
+
+
+def _bytes_text(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+class _DenseRules(Protocol):
+    """:func:`todense`: a guarded call, with the ``register``/``dispatch`` of its single-dispatch rules."""
+
+    registry: Mapping[Any, Callable[..., Any]]
+
+    def __call__(self, op: LinearOperator, *, max_size: int | None = ...) -> Any: ...
+
+    def register(self, cls: Any, func: Any = ...) -> Any: ...
+
+    def dispatch(self, cls: Any) -> Callable[..., Any]: ...
+
+
+def _todense(op: LinearOperator, *, max_size: int | None = DEFAULT_MAX_DENSE_SIZE) -> Any:
     """The matrix of ``op`` as an array of shape ``(*shape_out, *shape_in)``.
 
     The generic rule applies ``op`` to all unit vectors in one batched call;
     structured operators (Kronecker, Diagonal, ...) use their factors instead.
+    Rules are single-dispatch: ``todense.register(MyOperator)`` adds one (a rule that
+    densifies parts of its operator calls ``todense(part, max_size=None)``: the size was
+    checked once, on the whole).
+
+    Parameters
+    ----------
+    op : LinearOperator
+    max_size : int or None
+        The most entries (``size_out · size_in``) the matrix may have; default
+        :data:`DEFAULT_MAX_DENSE_SIZE` (4,000,000: 32 MB in float64).  ``None``: no limit.
+
+    Returns
+    -------
+    array of shape ``(*shape_out, *shape_in)``
+        In ``op``'s namespace, dtype and device.
+
+    Raises
+    ------
+    ValueError
+        When the matrix has more than ``max_size`` entries (NTK_S of a GRU(3, 256) over 8
+        sequences of 50 steps would take 78 GiB in float64): the message gives the size and
+        what to use instead.
 
     Examples
     --------
@@ -41,12 +130,28 @@ def todense(op: LinearOperator) -> Any:
     >>> kpflow.operators.todense(kpflow.Diagonal(xp.asarray([1.0, 2.0])))
     Array([[1., 0.],
            [0., 2.]], dtype=array_api_strict.float64)
+    >>> kpflow.operators.todense(kpflow.Diagonal(xp.ones(3000)))
+    Traceback (most recent call last):
+    ...
+    ValueError: kpflow.operators.todense: the dense matrix of Diagonal(...) would have 9000000 entries ...
     """
+    check_dense_size(op, max_size, "kpflow.operators.todense")
+    return _dense_rule(op)
+
+
+@functools.singledispatch
+def _dense_rule(op: LinearOperator) -> Any:
     xp = op.xp
     cols = op._matmat(_eye_probes(op, op.shape_in))  # (n_in, *shape_out)
     r = len(op.shape_out)
     mat = xp.permute_dims(cols, (*range(1, r + 1), 0))
     return xp.reshape(mat, (*op.shape_out, *op.shape_in))
+
+
+_todense.__name__ = _todense.__qualname__ = "todense"
+for _name in ("register", "dispatch", "registry", "_clear_cache"):
+    setattr(_todense, _name, getattr(_dense_rule, _name))
+todense = cast(_DenseRules, _todense)
 
 
 @todense.register
@@ -69,14 +174,14 @@ def _(op: Diagonal) -> Any:
 
 @todense.register
 def _(op: Scaled) -> Any:
-    return op.c * todense(op.op)
+    return op.c * todense(op.op, max_size=None)
 
 
 @todense.register
 def _(op: Sum) -> Any:
-    out = todense(op.terms[0])
+    out = todense(op.terms[0], max_size=None)
     for t in op.terms[1:]:
-        out = out + todense(t)
+        out = out + todense(t, max_size=None)
     return out
 
 
@@ -84,13 +189,13 @@ def _(op: Sum) -> Any:
 def _(op: Adjoint) -> Any:
     xp = op.xp
     inner = op.op
-    mat = xp.reshape(todense(inner), (inner.size_out, inner.size_in))
+    mat = xp.reshape(todense(inner, max_size=None), (inner.size_out, inner.size_in))
     return xp.reshape(xp.matrix_transpose(mat), (*op.shape_out, *op.shape_in))
 
 
 @todense.register
 def _(op: Reshaped) -> Any:
-    return op.xp.reshape(todense(op.op), (*op.shape_out, *op.shape_in))
+    return op.xp.reshape(todense(op.op, max_size=None), (*op.shape_out, *op.shape_in))
 
 
 # -- adjoint -------------------------------------------------------------------------------------

@@ -114,8 +114,8 @@ def kron(*factors: Any) -> LinearOperator:
 def _(op: Kronecker) -> Any:
     xp = op.xp
     A, B = op.A, op.B
-    a = xp.reshape(todense(A), (A.size_out, A.size_in))
-    b = xp.reshape(todense(B), (B.size_out, B.size_in))
+    a = xp.reshape(todense(A, max_size=None), (A.size_out, A.size_in))
+    b = xp.reshape(todense(B, max_size=None), (B.size_out, B.size_in))
     full = a[:, None, :, None] * b[None, :, None, :]
     return xp.reshape(full, (*op.shape_out, *op.shape_in))
 

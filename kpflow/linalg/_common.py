@@ -35,6 +35,7 @@ __all__ = [
     "check_method",
     "check_operator",
     "check_square",
+    "check_tol",
     "host_rng",
     "inner_rows",
     "kernel",
@@ -254,6 +255,30 @@ def check_k(k: Any, n: int, where: str, what: str = "the dimension") -> int:
         msg = f"{where}: k={k} is larger than {what} ({n}); at most {n} pairs exist"
         raise ValueError(msg)
     return k
+
+
+def check_tol(tol: Any, where: str, *, positive: bool = False, name: str = "tol") -> float:
+    """``tol`` must be a finite real number, ``>= 0`` (``> 0`` with ``positive``); returns it as a float.
+
+    Examples
+    --------
+    >>> from kpflow.linalg._common import check_tol
+    >>> check_tol(1e-8, "f")
+    1e-08
+    >>> check_tol(float("nan"), "f")
+    Traceback (most recent call last):
+    ...
+    ValueError: f: expected tol to be a finite number >= 0, got nan
+    """
+    what = "> 0" if positive else ">= 0"
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        msg = f"{where}: expected {name} to be a finite number {what}, got {tol!r}"
+        raise TypeError(msg)
+    value = float(tol)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        msg = f"{where}: expected {name} to be a finite number {what}, got {tol!r}"
+        raise ValueError(msg)
+    return value
 
 
 def check_budget(num_matvecs: Any, minimum: int, where: str, method: str) -> int:

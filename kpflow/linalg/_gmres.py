@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpflow._array import array_namespace, device_of, prod
+from kpflow.linalg._common import check_tol
 
 __all__ = ["SolverNotConvergedError", "gmres"]
 
@@ -82,6 +83,7 @@ def gmres(
     >>> bool(xp.all(xp.abs(X - xp.asarray([[1.0, 1.0]])) < 1e-12))
     True
     """
+    tol = check_tol(tol, where)
     xp = array_namespace(B)
     k, shape = int(B.shape[0]), tuple(B.shape[1:])
     n = prod(shape)

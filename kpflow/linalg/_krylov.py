@@ -17,6 +17,11 @@ Orthonormalisation is CholeskyQR2 (two Gram-matrix passes: BLAS-3 in the row lay
 is stored in), with Householder QR of the transposed block as the fallback when the block is
 too ill-conditioned for it (``cond > ε^{-1/2}``, detected from the Cholesky factor).
 
+The solver works on ``A / s``, with ``s`` a power of 4 read from the first product, so that
+float32 Gram matrices and norms of its vectors neither underflow nor overflow however far
+``A`` is from unit scale (NTK_S of inputs of size 1e-12 has eigenvalues near 1e-24, whose
+squares are below float32's range); every product is checked for NaN and inf.
+
 When asked to verify (float32), the returned residual norms are computed explicitly,
 ``‖A u − θ u‖``: from ``k`` more products, or, when the solver stores ``A V`` beside the
 basis (``store_products``, twice the basis memory), from ``A U = Yᵀ (A V)`` at no product's
@@ -55,6 +60,7 @@ from kpflow.linalg._common import (
     orthonormal_rows,
     probes,
 )
+from kpflow.linalg._scaling import ScaledProducts, row_norms
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["cholesky_qr2", "gram_rows", "restarted_lanczos"]
@@ -135,7 +141,7 @@ def _verified(xp: Any, AU: Any, vals: Any, U: Any) -> tuple[Any, Any, Any]:
     """Explicit residual norms ``‖A u − θ u‖`` and the restart data ``(T, W)`` from ``U``, ``AU``."""
     T = inner_rows(xp, U, AU)
     R = AU - xp.matrix_transpose(T) @ U
-    return xp.linalg.vector_norm(AU - vals[:, None] * U, axis=1), (T + xp.matrix_transpose(T)) / 2, R
+    return row_norms(xp, AU - vals[:, None] * U), (T + xp.matrix_transpose(T)) / 2, R
 
 
 # -- fixed shapes (backends that compile per shape: jax) ---------------------------------------
@@ -331,11 +337,18 @@ def restarted_lanczos(
     min_rows: int | None = None,
     store_products: bool = False,
     where: str = "kpflow.linalg.eigsh",
-) -> tuple[EighResult, Any]:
+    name: str | None = None,
+) -> tuple[EighResult, Any, float]:
     """Top-``k`` eigenpairs of symmetric ``A`` by thick-restart block Lanczos (module docstring).
 
-    Returns the pairs (eigenvectors as flat rows) and their residual vectors
-    ``A u − θ u`` (k, n), explicit when ``verify`` and the Krylov–Schur ones otherwise.
+    Returns ``(pairs, R, scale)``: the pairs of ``A / scale`` (eigenvectors as flat rows,
+    eigenvalues and residual norms divided by ``scale``), their residual vectors
+    ``(A u − θ u) / scale`` (k, n), explicit when ``verify`` and the Krylov–Schur ones
+    otherwise, and ``scale``, a power of 4 that brings the entries of the first product to
+    order 1 (:class:`~kpflow.linalg._scaling.ScaledProducts`): the solver works on
+    ``A / scale`` throughout, so that float32 Gram matrices and norms neither underflow nor
+    overflow for operators far from unit scale.  A product holding NaN or inf raises
+    ``FloatingPointError`` naming ``name`` (default ``repr(A)``).
 
     ``store_products`` keeps ``A V`` beside the basis (twice the memory): a verification
     then reads ``A U = Yᵀ (A V)`` instead of computing ``k`` more products, so explicit
@@ -361,6 +374,7 @@ def restarted_lanczos(
     b = block_size
     extra = k if verify and not store_products else 0
     counter = MatvecCounter(A, progress, max_matvecs + extra, where, max_rows=max_rows, min_rows=min_rows)
+    products = ScaledProducts(counter, where, name)
     basis = _Basis(A, max_basis, store_products=store_products)
     verified_once = False
     locked: EighResult | None = None  # the converged pairs while a multiplicity check runs
@@ -371,7 +385,7 @@ def restarted_lanczos(
         basis.set_rows(0, Q)
         while True:
             m, s = basis.m, Q.shape[0]
-            AQ = counter.matmat(Q)
+            AQ = products.matmat(Q)
             basis.set_products(m - s, AQ)
             H, W, lost = kernel(A, _expand)(basis.rows(), AQ)
             basis.set_last_columns(H, s)
@@ -390,8 +404,8 @@ def restarted_lanczos(
                 grown = max(float(xp.max(theta[:k] - locked.eigenvalues)), 0.0) > width
                 if not grown and (check_steps <= 0 or m >= n):
                     # The check's products count: the result reports every product spent.
-                    locked.num_matvecs = counter.num_matvecs
-                    return locked, locked_R
+                    locked.num_matvecs = products.num_matvecs
+                    return locked, locked_R, products.scale
                 check_steps -= 1
                 if grown:
                     locked = None  # a missed copy: converge as usual, then check again
@@ -402,7 +416,7 @@ def restarted_lanczos(
                     if store_products:
                         AU = kernel(A, _combine)(Y[:, :k], basis.products())
                     else:
-                        AU = counter.matmat(U)
+                        AU = products.matmat(U)
                     res, T_u, R_u = kernel(A, _verified)(AU, vals, U)
                     AU_or_R = (AU, None)
                 else:
@@ -412,12 +426,12 @@ def restarted_lanczos(
                 worst = float(xp.max(res))
                 if _excess(xp, res, vals, target, float(scale_arr), pairwise) <= 1.0 or m >= n:
                     result, R = (
-                        EighResult(vals, U, res, counter.num_matvecs),
+                        EighResult(vals, U, res, products.num_matvecs),
                         _residuals(xp, AU_or_R, vals, U),
                     )
                     cluster = _largest_cluster([float(v) for v in vals], width)
                     if m >= n or cluster < s or s + b > max_basis - k:
-                        return result, R
+                        return result, R, products.scale
                     # s or more equal values: more copies may lie outside this Krylov space (it
                     # holds at most s directions of any eigenspace).  Grow the next block by b
                     # fresh random directions and expand for a few steps; a copy above the k-th
@@ -426,25 +440,26 @@ def restarted_lanczos(
                     W = xp.concat([W, probes(gen, b, n, like_array(A))], axis=0)
                     lost = xp.concat([lost, xp.zeros((b,), dtype=xp.bool, device=A.device)], axis=0)
                     step = min(s + b, n - m)
-                elif (verified_once and not store_products) or counter.num_matvecs + b > max_matvecs:
-                    _warn_not_converged(where, counter.num_matvecs, worst, target)
-                    return EighResult(vals, U, res, counter.num_matvecs), _residuals(xp, AU_or_R, vals, U)
+                elif (verified_once and not store_products) or products.num_matvecs + b > max_matvecs:
+                    _warn_not_converged(where, products, worst, target)
+                    result = EighResult(vals, U, res, products.num_matvecs)
+                    return result, _residuals(xp, AU_or_R, vals, U), products.scale
                 else:
                     # The estimates drifted from the true residuals (rounding in a long run):
                     # restart from the verified vectors, whose residual block R_u is at hand.
                     verified_once = True
                     Q = _lock(A, basis, U, T_u, R_u, gen, AU)
                     continue
-            if counter.num_matvecs + step > max_matvecs:
-                _warn_not_converged(where, counter.num_matvecs, worst, target)
+            if products.num_matvecs + step > max_matvecs:
+                _warn_not_converged(where, products, worst, target)
                 U = kernel(A, _combine)(Y[:, :k], basis.rows())
                 if store_products:  # the explicit residuals, at no product's cost
                     AU = kernel(A, _combine)(Y[:, :k], basis.products())
                     R = _residuals(xp, (AU, None), theta[:k], U)
                     res = xp.linalg.vector_norm(R, axis=1)
-                    return EighResult(theta[:k], U, res, counter.num_matvecs), R
+                    return EighResult(theta[:k], U, res, products.num_matvecs), R, products.scale
                 R = kernel(A, _combine)(basis.last_rows(Y[:, :k], s), W)
-                return EighResult(theta[:k], U, est, counter.num_matvecs), R
+                return EighResult(theta[:k], U, est, products.num_matvecs), R, products.scale
             if m + step > max_basis:
                 # Thick restart: keep the top Ritz vectors (the converged ones among them).
                 kept = _kept_rows(max_basis, step, k)
@@ -455,7 +470,7 @@ def restarted_lanczos(
             Q = _next_block(A, basis.rows(), W[:step, :], lost[:step], gen)
             basis.set_rows(basis.m, Q)
     finally:
-        counter.close()
+        products.close()
 
 
 def _kept_rows(max_basis: int, step: int, k: int) -> int:
@@ -509,10 +524,12 @@ def _lock(A: LinearOperator, basis: _Basis, U: Any, T_u: Any, R: Any, gen: Any, 
     return Q
 
 
-def _warn_not_converged(where: str, used: int, worst: float, target: float) -> None:
+def _warn_not_converged(where: str, products: ScaledProducts, worst: float, target: float) -> None:
+    """Warn that the solve stopped short; ``worst`` and ``target`` are of ``A / scale``."""
+    used, scale = products.num_matvecs, products.scale
     warnings.warn(
-        f"{where}: not converged after {used} matvecs (largest residual {worst:.3e}, "
-        f"target {target:.3e}); raise max_matvecs, block_size or max_basis",
+        f"{where}: not converged after {used} matvecs (largest residual {worst * scale:.3e}, "
+        f"target {target * scale:.3e}); raise max_matvecs, block_size or max_basis",
         RuntimeWarning,
         stacklevel=4,
     )

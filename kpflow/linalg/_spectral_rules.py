@@ -9,6 +9,7 @@ import functools
 from typing import Any
 
 from kpflow.linalg._common import DENSE_LIMIT, EighResult, unit_rows, without_graph
+from kpflow.linalg._scaling import check_finite, power_of_four, row_norms
 from kpflow.linalg.rules import DENSE_RULE_LIMIT, has_cheap_dense, is_psd
 from kpflow.operators.algebra import Gram, Reshaped, Scaled
 from kpflow.operators.base import LinearOperator
@@ -27,22 +28,34 @@ def _matrix(op: LinearOperator) -> Any:
     return op.xp.reshape(todense(op), (op.size_out, op.size_in))
 
 
-def top_eigh_of_matrix(xp: Any, M: Any, k: int) -> tuple[Any, Any]:
-    """Top-``k`` eigenpairs of the symmetric part of the square matrix ``M``: values (k,), rows (k, n)."""
+def top_eigh_of_matrix(xp: Any, M: Any, k: int, *, name: str = "A") -> tuple[Any, Any]:
+    """Top-``k`` eigenpairs of the symmetric part of the square matrix ``M``: values (k,), rows (k, n).
+
+    ``M`` is eigendecomposed divided by a power of 4 that brings its entries to order 1 (not
+    every ``eigh`` scales its input: a float32 matrix of entries near 1e-24 would square to
+    nothing).  A matrix holding NaN or inf raises ``FloatingPointError`` naming ``name``.
+    """
     n = M.shape[0]
-    S = (M + xp.matrix_transpose(M)) / 2
+    largest = check_finite(xp, M, "kpflow.linalg.eigsh", name, "matrix")
+    scale = power_of_four(xp, M.dtype, largest)
+    S = (M + xp.matrix_transpose(M)) / (2 * scale)
     w, V = xp.linalg.eigh(S)
     vals = xp.flip(w[n - k :], axis=0)
     vecs = xp.flip(xp.matrix_transpose(V)[n - k :, :], axis=0)
-    return vals, vecs
+    return (vals if scale == 1.0 else vals * scale), vecs
 
 
 def residuals(op: LinearOperator, vals: Any, vecs: Any) -> Any:
-    """``‖A v_j − λ_j v_j‖`` for rows ``v_j`` of ``vecs`` (k, n): k matvecs."""
+    """``‖A v_j − λ_j v_j‖`` for rows ``v_j`` of ``vecs`` (k, n): k matvecs, checked for NaN and inf.
+
+    The norms are taken row by row at unit scale (:func:`~kpflow.linalg._scaling.row_norms`),
+    so that they do not underflow to 0 for an operator of tiny entries.
+    """
     xp = op.xp
     k = vecs.shape[0]
     AV = xp.reshape(op._matmat(xp.reshape(vecs, (k, *op.shape_in))), (k, op.size_out))
-    return xp.linalg.vector_norm(AV - vals[:, None] * vecs, axis=1)
+    check_finite(xp, AV, "kpflow.linalg.eigsh", repr(op))
+    return row_norms(xp, AV - vals[:, None] * vecs)
 
 
 def _result(op: LinearOperator, vals: Any, vecs: Any, extra_matvecs: int = 0) -> EighResult:
@@ -82,6 +95,7 @@ def _(op: Identity, k: int) -> EighResult:
 def _(op: Diagonal, k: int) -> EighResult:
     xp, n = op.xp, op.size_in
     d = xp.reshape(op.array, (n,))
+    check_finite(xp, d, "kpflow.linalg.eigsh", repr(op), "diagonal")
     idx = xp.argsort(d, descending=True, stable=True)[:k]
     vecs = xp.astype(idx[:, None] == xp.arange(n, device=op.device)[None, :], op.dtype)
     return _result(op, xp.take(d, idx), vecs)
@@ -91,7 +105,7 @@ def _(op: Diagonal, k: int) -> EighResult:
 def _(op: Dense, k: int) -> EighResult | None:
     if op.size_in > DENSE_RULE_LIMIT:
         return None
-    vals, vecs = top_eigh_of_matrix(op.xp, op.matrix, k)
+    vals, vecs = top_eigh_of_matrix(op.xp, op.matrix, k, name=repr(op))
     return _result(op, vals, vecs)
 
 
@@ -132,11 +146,13 @@ def _full_eigh(op: LinearOperator) -> tuple[Any, Any] | None:
         return None
     M = _matrix(op)
     if not is_symmetric(op):
-        scale = float(xp.linalg.vector_norm(M))
-        asym = float(xp.linalg.vector_norm(M - xp.matrix_transpose(M)))
+        # at unit scale: the Frobenius norms of a float32 matrix of tiny entries would be 0
+        Mu = M / power_of_four(xp, op.dtype, check_finite(xp, M, "kpflow.linalg.eigsh", repr(op), "matrix"))
+        scale = float(xp.linalg.vector_norm(Mu))
+        asym = float(xp.linalg.vector_norm(Mu - xp.matrix_transpose(Mu)))
         if asym > 100 * float(xp.finfo(op.dtype).eps) * max(scale, 1e-300):
             return None
-    return top_eigh_of_matrix(xp, M, op.size_in)
+    return top_eigh_of_matrix(xp, M, op.size_in, name=repr(op))
 
 
 def _products(xp: Any, fa: tuple[Any, Any], fb: tuple[Any, Any], k: int) -> tuple[Any, Any]:

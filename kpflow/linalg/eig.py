@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
@@ -48,6 +48,7 @@ from kpflow.linalg._common import (
     check_method,
     check_operator,
     check_square,
+    check_tol,
     dtype_eps,
     host_rng,
     inner_rows,
@@ -57,7 +58,9 @@ from kpflow.linalg._common import (
     without_graph,
 )
 from kpflow.linalg._krylov import cholesky_qr2, gram_rows, restarted_lanczos
+from kpflow.linalg._scaling import ScaledProducts, check_finite, power_of_four, row_norms
 from kpflow.linalg._spectral_rules import top_eigh_of_matrix
+from kpflow.operators.algebra import Scaled
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.functions import adjoint, gram, todense
 
@@ -97,8 +100,8 @@ def eigsh(
         ``"lanczos"``.  ``"nystrom"`` needs a PSD operator.
     tol : float
         Stop when every returned pair has ``‖A v − λ v‖ <= tol · max|θ|``
-        (``θ`` the Ritz values).  Raised to ``100 ε`` of the dtype: ``1.2e-5`` in
-        float32, ``2.2e-14`` in float64.
+        (``θ`` the Ritz values); finite and ``>= 0``.  Raised to ``100 ε`` of the dtype:
+        ``1.2e-5`` in float32, ``2.2e-14`` in float64 (``tol=0`` asks for that floor).
     rng : int, numpy.random.Generator or None
         Seed or generator for the starting block.
     block_size : int, optional
@@ -141,8 +144,11 @@ def eigsh(
     Raises
     ------
     ValueError
-        For a non-square operator, ``k`` out of range, a ``block_size``, ``max_basis``
-        or ``memory_budget`` out of range, or an unknown method.
+        For a non-square operator, ``k`` out of range, a ``tol``, ``block_size``,
+        ``max_basis`` or ``memory_budget`` out of range, or an unknown method.
+    FloatingPointError
+        When the operator's products (or its matrix, or a structured rule's result) hold
+        NaN or inf: the message names the operator.
 
     Notes
     -----
@@ -154,6 +160,12 @@ def eigsh(
     precision they are explicit, ``‖A u − λ u‖``: read from the products ``A V`` that the
     solver stores beside its basis when ``memory_budget`` holds both (no product more), else
     recomputed with ``k`` more products.
+
+    Every route works at unit scale, so that float32 operators far from it (NTK_S of inputs
+    of size 1e-12 has eigenvalues near 1e-23, whose squares underflow) keep their accuracy:
+    the iterative routes run on ``A / s`` with ``s`` a power of 4 read from the first
+    product (dividing by it is exact), the dense ones eigendecompose the matrix divided
+    likewise, and residual norms are taken row by row at unit scale.
 
     When ``A`` is known to be a Gram operator ``F Fᵀ`` whose factor has the smaller domain
     (:func:`kpflow.linalg.rules.gram_factor`: NTK_S = J_S J_Sᵀ with fewer parameters than
@@ -180,13 +192,14 @@ def eigsh(
     check_operator(A, where)
     check_square(A, where)
     check_method(method, _METHODS, where)
+    tol = check_tol(tol, where)
     gen = host_rng(rng, where)
     n = A.size_in
     k = check_k(k, n, where)
     if method == "auto":
         exact = rules.exact_eigsh(A, k)
         if exact is not None:
-            return exact
+            return _checked(A, exact, where)
         method = "dense" if n <= DENSE_LIMIT else "lanczos"
     if method == "dense":
         return _dense(A, k)
@@ -194,16 +207,24 @@ def eigsh(
         s = 2 * k + 10 if block_size is None else _check_block(block_size, k, where, nystrom=True)
         return _nystrom(A, k, min(s, n), gen, progress)
     b = _default_block(A, k) if block_size is None else _check_block(block_size, k, where)
-    options = {"tol": float(tol), "max_basis": max_basis, "max_matvecs": max_matvecs}
-    options |= {"memory_budget": memory_budget, "gen": gen, "progress": progress}
+    options: dict[str, Any] = {"tol": tol, "max_basis": max_basis, "max_matvecs": max_matvecs}
+    options |= {"memory_budget": memory_budget, "gen": gen, "progress": progress, "name": repr(A)}
     F = rules.gram_factor(A)
     if F is not None and F.size_in < n and k <= F.size_in:
         small = _gram_side(A, F, k, min(b, F.size_in), options)
         if small is not None:
             return small
-    r, _ = _krylov(A, k, min(b, n), options, pairwise=False)
+    r, _, scale = _krylov(A, k, min(b, n), options, pairwise=False)
     vectors = A.xp.reshape(r.eigenvectors, (k, *A.shape_in))
-    return EighResult(r.eigenvalues, vectors, r.residual_norms, r.num_matvecs)
+    return EighResult(r.eigenvalues * scale, vectors, r.residual_norms * scale, r.num_matvecs)
+
+
+def _checked(A: LinearOperator, r: EighResult, where: str) -> EighResult:
+    """``r`` from a structured rule, if its eigenvalues and residual norms are finite."""
+    xp = A.xp
+    both = xp.concat([xp.reshape(r.eigenvalues, (-1,)), xp.reshape(r.residual_norms, (-1,))])
+    check_finite(xp, both, where, repr(A), "structured rule (rules.exact_eigsh)")
+    return r
 
 
 #: Vector lengths from which a CPU product is GEMM-bound: blocks of 2 probes from the first,
@@ -254,10 +275,11 @@ def _krylov(
     *,
     pairwise: bool,
     sized_like: LinearOperator | None = None,
-) -> tuple[EighResult, Any]:
+) -> tuple[EighResult, Any, float]:
     """The restarted block Lanczos on ``A`` with the public options resolved.
 
-    Returns the pairs (flat eigenvectors) and their residual vectors (see ``restarted_lanczos``).
+    Returns the pairs of ``A / scale`` (flat eigenvectors), their residual vectors (divided
+    by ``scale`` as well) and ``scale`` (see ``restarted_lanczos``).
     ``sized_like`` is the operator whose vector size bounds the probes per product (default
     ``A``; the parameter side passes NTK_S, whose state-sized temporaries its products make).
     """
@@ -281,6 +303,7 @@ def _krylov(
         max_rows=_chunk_rows(A if sized_like is None else sized_like, options["memory_budget"]),
         min_rows=min_bucket(A if sized_like is None else sized_like),
         store_products=verify and _fits_products(A, k, b, min(basis, n), options["memory_budget"]),
+        name=options["name"],
     )
 
 
@@ -376,9 +399,12 @@ def _gram_side(
     ``2k``, pushed ``block_size`` rows at a time (as the solver's own products, so that it
     does not raise the solve's peak memory).  ``None`` (use ``A``'s side) when a returned
     eigenvalue is numerically zero: its vector is not ``F v / σ``.
+
+    Everything here is of ``A / scale`` (the solver's scale, a power of 4): ``F`` is applied
+    as ``F / √scale``, so that the residuals and their images stay of order 1 in float32.
     """
     xp = A.xp
-    small, R = _krylov(gram(adjoint(F)), k, b, options, pairwise=True, sized_like=A)
+    small, R, scale = _krylov(gram(adjoint(F)), k, b, options, pairwise=True, sized_like=A)
     vals = small.eigenvalues
     top = float(xp.max(xp.abs(vals)))
     if float(xp.min(vals)) <= 1e3 * dtype_eps(A) * top:
@@ -394,12 +420,15 @@ def _gram_side(
     # b rows per product, as in the solve (jax: its padded block), so that mapping back
     # holds no more memory than one of the solver's steps
     chunk = min(max(b, min_bucket(A)), _chunk_rows(A, options["memory_budget"]))
-    counter = MatvecCounter(F, None, rows, "kpflow.linalg.eigsh", max_rows=chunk)
+    F_scaled = F if scale == 1.0 else Scaled(1.0 / math.sqrt(scale), F)  # exact: a power of 2
+    counter = MatvecCounter(F_scaled, None, rows, "kpflow.linalg.eigsh", max_rows=chunk)
     FVZ = counter.matmat(xp.concat([small.eigenvectors, Z], axis=0))
+    check_finite(xp, FVZ, "kpflow.linalg.eigsh", options["name"])
     U = FVZ[:k, :] * inv_sigma[:, None]
     FR = FVZ[k:, :] if C is None else C @ FVZ[k:, :]  # F r, exactly for r = C Z
-    res = (xp.linalg.vector_norm(FR, axis=1) + sigma_max * outside) * inv_sigma
-    return EighResult(vals, xp.reshape(U, (k, *A.shape_in)), res, small.num_matvecs + (rows + 1) // 2)
+    res = (kernel(A, row_norms)(FR) + sigma_max * outside) * inv_sigma
+    num = small.num_matvecs + (rows + 1) // 2
+    return EighResult(vals * scale, xp.reshape(U, (k, *A.shape_in)), res * scale, num)
 
 
 def _residual_span(A: LinearOperator, R: Any, cut: float) -> tuple[Any, Any, Any]:
@@ -422,7 +451,7 @@ def _residual_span(A: LinearOperator, R: Any, cut: float) -> tuple[Any, Any, Any
 def _coefficients(xp: Any, R: Any, Z: Any) -> tuple[Any, Any, Any]:
     """``(Z, C, ‖R − C Z‖ per row)`` with ``C = R Zᵀ``."""
     C = inner_rows(xp, R, Z)
-    return Z, C, xp.linalg.vector_norm(R - C @ Z, axis=1)
+    return Z, C, row_norms(xp, R - C @ Z)
 
 
 def _default_basis(k: int, b: int) -> int:
@@ -432,26 +461,31 @@ def _default_basis(k: int, b: int) -> int:
 
 
 def _dense(A: LinearOperator, k: int) -> EighResult:
+    """Exact pairs from the matrix of ``A``, eigendecomposed at unit scale (a power of 4 out)."""
     xp, n = A.xp, A.size_in
     used = 0 if rules.has_cheap_dense(A) else n
     M = xp.reshape(todense(A), (n, n))
-    vals, vecs = top_eigh_of_matrix(xp, M, k)
-    res = xp.linalg.vector_norm(vecs @ xp.matrix_transpose(M) - vals[:, None] * vecs, axis=1)
-    return EighResult(vals, xp.reshape(vecs, (k, *A.shape_in)), res, used)
+    scale = power_of_four(xp, A.dtype, check_finite(xp, M, "kpflow.linalg.eigsh", repr(A), "matrix"))
+    M = M if scale == 1.0 else M * (1.0 / scale)
+    vals, vecs = top_eigh_of_matrix(xp, M, k, name=repr(A))
+    res = kernel(A, row_norms)(vecs @ xp.matrix_transpose(M) - vals[:, None] * vecs)
+    return EighResult(vals * scale, xp.reshape(vecs, (k, *A.shape_in)), res * scale, used)
 
 
 def _nystrom(A: LinearOperator, k: int, s: int, gen: Any, progress: Any) -> EighResult:
     from kpflow.linalg.trace import nystrom_sketch
 
-    counter = MatvecCounter(A, progress, s + k, "kpflow.linalg.eigsh")
+    counter = ScaledProducts(MatvecCounter(A, progress, s + k, "kpflow.linalg.eigsh"), "kpflow.linalg.eigsh")
     try:
-        sk = nystrom_sketch(counter, s, gen)
+        # a duck-typed counter: the sketch is of A / scale, the scale fixed by its one product
+        sk = nystrom_sketch(cast(Any, counter), s, gen)
         vals, vecs = kernel(A, _nystrom_pairs, k)(sk["B"], sk["Q"], sk["nu"])
         AU = counter.matmat(vecs)
     finally:
         counter.close()
     res = kernel(A, _residual_norms)(AU, vals, vecs)
-    return EighResult(vals, A.xp.reshape(vecs, (k, *A.shape_in)), res, counter.num_matvecs)
+    scale = counter.scale
+    return EighResult(vals * scale, A.xp.reshape(vecs, (k, *A.shape_in)), res * scale, counter.num_matvecs)
 
 
 def _nystrom_pairs(xp: Any, k: int, B: Any, Q: Any, nu: Any) -> tuple[Any, Any]:
@@ -462,7 +496,7 @@ def _nystrom_pairs(xp: Any, k: int, B: Any, Q: Any, nu: Any) -> tuple[Any, Any]:
 
 
 def _residual_norms(xp: Any, AU: Any, vals: Any, U: Any) -> Any:
-    return xp.linalg.vector_norm(AU - vals[:, None] * U, axis=1)
+    return row_norms(xp, AU - vals[:, None] * U)
 
 
 @without_graph
@@ -482,11 +516,15 @@ def svds(
     """The ``k`` largest singular triplets of any operator, via the smaller Gram side.
 
     ``eigsh`` runs on ``Aᵀ A`` (on ``shape_in``) when ``size_in <= size_out``
-    and on ``A Aᵀ`` otherwise (they share their nonzero spectrum); the other
-    side's vectors are ``A v / σ`` or ``Aᵀ u / σ``.  Structured operators keep
-    their structure (``gram`` of a Kronecker product is a Kronecker product).
-    Singular values below ``√ε`` of the largest are resolved only to about
-    ``ε σ_max² / σ`` (squaring).
+    and on ``A Aᵀ`` otherwise (they share their nonzero spectrum).  Structured operators
+    keep their structure (``gram`` of a Kronecker product is a Kronecker product).  A
+    Rayleigh–Ritz step on ``A`` itself then gives the triplets: the SVD of the ``k``
+    images ``A v_i`` (or ``Aᵀ u_i``), ``k`` products, so that both sides' vectors are
+    orthonormal and the singular values are those of ``A`` on the span found, accurate to
+    rounding, about ``ε σ_1``: a zero singular value comes out near ``ε σ_1``, where the
+    square root of a Gram eigenvalue would give ``√ε σ_1`` (``3e-4 σ_1`` in float32).
+    ``tol`` applies to the Gram operator, whose eigenvalues are ``σ²``: the span found
+    misses singular directions of values far below ``σ_1`` by about ``tol · σ_1² / σ``.
 
     Parameters
     ----------
@@ -518,6 +556,7 @@ def svds(
     where = "kpflow.linalg.svds"
     check_operator(A, where)
     check_k(k, min(A.size_in, A.size_out), where, "min(size_in, size_out)")
+    tol = check_tol(tol, where)
     xp = A.xp
     right = A.size_in <= A.size_out
     G = gram(adjoint(A)) if right else gram(A)
@@ -533,13 +572,25 @@ def svds(
         memory_budget=memory_budget,
         progress=progress,
     )
-    s = xp.sqrt(xp.maximum(r.eigenvalues, 0.0))
-    tiny = float(xp.max(s)) * dtype_eps(A) if float(xp.max(s)) > 0 else 1.0
-    inv = xp.where(s > tiny, 1.0 / xp.maximum(s, tiny), 0.0)
+    # Rayleigh–Ritz on A itself: the SVD of the k images A V (or Aᵀ U) gives the singular
+    # values to ε σ_1 (the square root of a Gram eigenvalue only to √ε σ_1) and orthonormal
+    # vectors on both sides, at no product more.
     if right:
-        V = r.eigenvectors
-        U = A._matmat(V) * xp.reshape(inv, (k,) + (1,) * len(A.shape_out))
+        X, shape_x, shape_y = r.eigenvectors, A.shape_in, A.shape_out
+        AX = A._matmat(X)
     else:
-        U = r.eigenvectors
-        V = A._rmatmat(U) * xp.reshape(inv, (k,) + (1,) * len(A.shape_in))
-    return SvdResult(U, s, V, 2 * r.num_matvecs + k)
+        X, shape_x, shape_y = r.eigenvectors, A.shape_out, A.shape_in
+        AX = A._rmatmat(X)
+    flat = xp.reshape(AX, (k, math.prod(shape_y)))
+    scale = power_of_four(xp, A.dtype, check_finite(xp, flat, where, repr(A)))
+    P, s, Y = kernel(A, _ritz_svd)(flat if scale == 1.0 else flat * (1.0 / scale))
+    X = xp.reshape(xp.matrix_transpose(P) @ xp.reshape(X, (k, math.prod(shape_x))), (k, *shape_x))
+    Y = xp.reshape(Y, (k, *shape_y))
+    U, V = (Y, X) if right else (X, Y)
+    return SvdResult(U, s * scale, V, 2 * r.num_matvecs + k)
+
+
+def _ritz_svd(xp: Any, AX: Any) -> tuple[Any, Any, Any]:
+    """``AX (k, m) = P diag(s) Y``: ``P`` (k, k) orthogonal, ``s`` descending, ``Y`` orthonormal rows."""
+    P, s, Y = xp.linalg.svd(AX, full_matrices=False)
+    return P, s, Y

@@ -112,3 +112,12 @@ def test_numpy_treats_an_operator_as_an_operator_not_an_array():
     with pytest.raises(TypeError, match="expected an array-API array"):
         op.matvec(kpflow.Dense(np.eye(3)))
     assert isinstance(kpflow.kron(op, np.eye(2)).A, kpflow.Dense)
+
+
+def test_exact_rules_densify_array_backed_operators_past_the_limit():
+    """``rules.has_cheap_dense`` admits up to 2**22 entries read from stored arrays: no limit applies."""
+    from kpflow import linalg
+
+    M = np.full((2048, 2048), 0.5, dtype=np.float32)  # 4,194,304 entries
+    r = linalg.fro_norm(kpflow.Dense(M))
+    assert r.method == "exact" and float(r) == 1024.0

@@ -95,7 +95,7 @@ def self_referential_bias(traj: Trajectory, k: int) -> SelfReferentialBias:
     xp = traj.xp
     K = parameter_kernel(traj)
     nsite = len(traj.site_shape)
-    M = xp.reshape(todense(K.partial_trace((nsite,))), (m, m))
+    M = xp.reshape(todense(K.partial_trace((nsite,)), max_size=None), (m, m))
     w, U = xp.linalg.eigh(M)  # ascending
     order = xp.flip(xp.arange(m, device=traj.device))[:k]
     UK = xp.take(U, order, axis=1)  # (m, k)

@@ -186,7 +186,7 @@ def _term(site: Any, traj: Trajectory, where: str) -> SiteTerm:
                 f"{n_params} parameters; at most {MAX_TERM_PARAMETERS} are formed densely"
             )
             raise ValueError(msg)
-        Fd = to_host(ParameterMap([site], like=traj.states).todense()).reshape(-1, n_params)
+        Fd = to_host(ParameterMap([site], like=traj.states).todense(max_size=None)).reshape(-1, n_params)
         sv = np.linalg.svd(Fd, compute_uv=False)
         trace = float(np.sum(Fd * Fd))
     w = np.sort(sv * sv)[::-1]  # K_w's nonzero spectrum, and zeros

@@ -62,7 +62,7 @@ from kpflow.linalg._scaling import ScaledProducts, check_finite, power_of_four, 
 from kpflow.linalg._spectral_rules import top_eigh_of_matrix
 from kpflow.operators.algebra import Scaled
 from kpflow.operators.base import LinearOperator
-from kpflow.operators.functions import adjoint, gram, todense
+from kpflow.operators.functions import DEFAULT_MAX_DENSE_SIZE, adjoint, check_dense_size, gram, todense
 
 __all__ = ["eigsh", "svds"]
 
@@ -464,7 +464,8 @@ def _dense(A: LinearOperator, k: int) -> EighResult:
     """Exact pairs from the matrix of ``A``, eigendecomposed at unit scale (a power of 4 out)."""
     xp, n = A.xp, A.size_in
     used = 0 if rules.has_cheap_dense(A) else n
-    M = xp.reshape(todense(A), (n, n))
+    check_dense_size(A, DEFAULT_MAX_DENSE_SIZE, "kpflow.linalg.eigsh(method='dense')")
+    M = xp.reshape(todense(A, max_size=None), (n, n))
     scale = power_of_four(xp, A.dtype, check_finite(xp, M, "kpflow.linalg.eigsh", repr(A), "matrix"))
     M = M if scale == 1.0 else M * (1.0 / scale)
     vals, vecs = top_eigh_of_matrix(xp, M, k, name=repr(A))

@@ -216,7 +216,7 @@ def _effective_rank_dense(A: LinearOperator, M: LinearOperator, n: int, progress
     if rules.has_cheap_dense(M):
         from kpflow.operators.functions import todense
 
-        D = xp.reshape(todense(M), (nk, nk))
+        D = xp.reshape(todense(M, max_size=None), (nk, nk))  # small: has_cheap_dense
         used = 0
     else:
         counter = MatvecCounter(M, progress, nk, "kpflow.linalg.effective_rank")

@@ -124,7 +124,7 @@ def _(op: Kronecker) -> bool:
 
 
 def _matrix(op: LinearOperator) -> Any:
-    return op.xp.reshape(todense(op), (op.size_out, op.size_in))
+    return op.xp.reshape(todense(op, max_size=None), (op.size_out, op.size_in))  # has_cheap_dense
 
 
 # -- trace ---------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def exact_fro_norm(op: LinearOperator) -> Any:
     Array(6., dtype=array_api_strict.float64)
     """
     if has_cheap_dense(op):
-        return op.xp.linalg.vector_norm(todense(op))
+        return op.xp.linalg.vector_norm(todense(op, max_size=None))
     return None
 
 
@@ -291,7 +291,7 @@ def exact_inner(A: LinearOperator, B: LinearOperator) -> Any:
     Array(60., dtype=array_api_strict.float64)
     """
     if has_cheap_dense(A) and has_cheap_dense(B):
-        return A.xp.sum(todense(A) * todense(B))
+        return A.xp.sum(todense(A, max_size=None) * todense(B, max_size=None))
     return None
 
 

@@ -182,6 +182,39 @@ class Backend:
         msg = f"the {self.name} backend records no autograd graph, so attach_vjp does not apply"
         raise TypeError(msg)
 
+    def custom_vjp(
+        self,
+        fn: Callable[..., Any],
+        vjp: Callable[[tuple, Any, Any], tuple],
+        *,
+        where: str,
+    ) -> Callable[..., Any]:
+        """``fn`` with a given reverse-mode derivative, its own operations never differentiated.
+
+        The result ``call(*arrays)`` returns ``fn(*arrays)`` (``arrays`` may hold None), run
+        on plain values: torch records no graph of it, jax does not trace it.  When the
+        framework differentiates ``out = call(*arrays)`` (torch's autograd or ``torch.func``,
+        ``jax.grad`` / ``jax.vjp``) with a cotangent ``g``, ``vjp(arrays, out, g)`` returns
+        one cotangent per entry of ``arrays`` (None for a zero one).  This is how an
+        iterative solve is differentiated by the implicit function theorem instead of
+        through its iterations (:class:`kpflow.models.Implicit`).  Reverse mode only:
+        forward-mode transforms of ``call`` raise.  Without autodiff (the default) it is
+        ``fn`` itself.
+
+        ``fn`` may read the values of its arrays (a stopping test), so under ``jax.jit`` or
+        ``jax.vmap`` ``call`` raises a ``TypeError`` naming ``where``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kpflow.backends.numpy import adapter
+        >>> square = adapter.custom_vjp(lambda a: a * a, lambda arrays, out, g: (2 * arrays[0] * g,),
+        ...                             where="square")
+        >>> square(np.arange(3.0)).tolist()
+        [0.0, 1.0, 4.0]
+        """
+        return fn
+
     # -- autodiff ----------------------------------------------------------------------------
     def _no_autodiff(self, what: str) -> AutodiffUnavailableError:
         msg = (

@@ -168,6 +168,53 @@ class JaxBackend(Backend):
     def jacrev(self, f: Callable, argnums: int | tuple[int, ...] = 0) -> Callable:
         return jax.jacrev(f, argnums=argnums)
 
+    def custom_vjp(
+        self,
+        fn: Callable[..., Any],
+        vjp: Callable[[tuple, Any, Any], tuple],
+        *,
+        where: str,
+    ) -> Callable[..., Any]:
+        """``jax.custom_vjp``: ``fn`` runs on the primal values, ``vjp`` gives the cotangents.
+
+        Under ``jax.grad`` / ``jax.vjp`` outside ``jit`` the primal values are concrete, so
+        ``fn`` may read them; a traced argument (``jax.jit``, ``jax.vmap``) raises a
+        ``TypeError`` naming ``where``.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp
+        >>> from kpflow.backends.jax import adapter
+        >>> twice = adapter.custom_vjp(lambda a: 2 * a, lambda arrays, out, g: (2 * g,), where="twice")
+        >>> [float(v) for v in jax.grad(lambda a: twice(a).sum())(jnp.ones(2))]
+        [2.0, 2.0]
+        """
+
+        def concrete(arrays: tuple) -> tuple:
+            if any(isinstance(a, jax.core.Tracer) for a in arrays):
+                msg = (
+                    f"{where}: needs concrete jax arrays (its solve reads their values), but runs "
+                    "inside jax.jit or jax.vmap here; call it outside them (jax.grad and jax.vjp "
+                    "work, and differentiate it by its own rule)"
+                )
+                raise TypeError(msg)
+            return arrays
+
+        @jax.custom_vjp
+        def call(*arrays: Any) -> Any:
+            return fn(*concrete(arrays))
+
+        def forward(*arrays: Any) -> tuple[Any, tuple]:
+            out = fn(*concrete(arrays))
+            return out, (arrays, out)
+
+        def backward(saved: tuple, g: Any) -> tuple:
+            arrays, out = saved
+            return tuple(vjp(arrays, out, g))
+
+        call.defvjp(forward, backward)
+        return call
+
     def jit(self, f: Callable, *, donate: tuple[int, ...] = ()) -> Callable:
         return jax.jit(f, donate_argnums=donate)
 

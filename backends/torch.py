@@ -72,6 +72,9 @@ class TorchBackend(Backend):
         names = tuple(inputs)
         return _GivenVjp.apply(vjp, names, value.detach(), *(inputs[n] for n in names))
 
+    def custom_vjp(self, fn: Callable, vjp: Callable, *, where: str) -> Callable:
+        return lambda *arrays: _CustomVjp.apply(fn, vjp, *arrays)
+
     def for_products(self, operands: tuple) -> tuple:
         if torch.is_grad_enabled():
             return operands
@@ -120,6 +123,25 @@ class _GivenVjp(torch.autograd.Function):
     def backward(ctx: Any, g: Any) -> tuple:
         grads = ctx.vjp(g)
         return (None, None, None, *(grads[n] for n in ctx.names))
+
+
+class _CustomVjp(torch.autograd.Function):
+    """``fn(*arrays)`` run without a graph, whose backward is ``vjp(arrays, out, g)`` (torch.func too)."""
+
+    @staticmethod
+    def forward(fn: Callable, vjp: Callable, *arrays: Any) -> Any:
+        return fn(*arrays)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        ctx.vjp = inputs[1]
+        ctx.save_for_backward(*inputs[2:], output)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Any) -> tuple:
+        *arrays, out = ctx.saved_tensors
+        return (None, None, *ctx.vjp(tuple(arrays), out, g))
 
 
 class _Recomputed(torch.autograd.Function):

@@ -90,6 +90,29 @@ def _reference(kind, host_params, host_x, n):
     return z.numpy(), Fz.numpy(), (J @ J.T).numpy()
 
 
+def _reference_jacobians(kind, host_params, host_x, n):
+    """Dense dz/dθ (columns: the sorted parameters, each flattened row-major) and dz/dx, by the IFT."""
+    from torch.func import jacrev
+
+    names = sorted(host_params)
+    theta = tuple(torch.tensor(host_params[k]) for k in names)
+    x = torch.tensor(host_x)
+    z = torch.tensor(_reference(kind, host_params, host_x, n)[0])
+
+    def F(z, x, *th):
+        p = dict(zip(names, th, strict=True))
+        if kind == "deq":
+            return z - torch.tanh(z @ p["W"].T + x @ p["U"].T + p["b"])
+        return z - x[:, :n] - DT * torch.tanh(z @ p["W"].T + x[:, n:] @ p["U"].T + p["b"])
+
+    N = z.numel()
+    jac = jacrev(F, argnums=tuple(range(len(theta) + 2)))(z, x, *theta)
+    Fz = jac[0].reshape(N, N)
+    Fx = jac[1].reshape(N, -1)
+    Ftheta = torch.cat([j.reshape(N, -1) for j in jac[2:]], dim=1)
+    return (-torch.linalg.solve(Fz, Ftheta)).numpy(), (-torch.linalg.solve(Fz, Fx)).numpy()
+
+
 def _draw(data, case):
     if case.name == "jax":  # fixed sizes on jax (one compilation each)
         B, n, d = data.draw(st.sampled_from(((1, 1, 1), (2, 3, 2))), label="sizes")
@@ -126,6 +149,40 @@ def test_implicit_global_ntk_equals_dense_ift_reference(backend, kind, data):
     # the same from the state Jacobian J_S = P F: NTK_S = J_S J_Sᵀ
     Js = case.to_numpy(kpflow.ntk.state_jacobian(traj).todense()).reshape(B * n, -1)
     assert rel_err(Js @ Js.T, ntk_ref) <= TOL
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch is not among the selected backends")
+@pytest.mark.parametrize("kind", ["deq", "euler"])
+def test_state_jacobian_and_autodiff_are_the_dense_ift_jacobian_with_its_sign(kind):
+    # J_S = dz/dθ = −(∂F/∂z)⁻¹ ∂F/∂θ itself (not only J_S J_Sᵀ, which is blind to a sign),
+    # from kpflow's sites (J.matvec, J.rmatvec) and from torch's reverse mode through run
+    # (dz/dθ and dz/dx).  jax's routes: tests/test_gradients.py (against finite differences).
+    backend = "torch"
+    case = _make_case(backend, "float64")
+    B, n, d = 2, 3, 2
+    host_params, host_x, traj = _run(case, kind, B, n, d, 11)
+    J_ref, Jx_ref = _reference_jacobians(kind, host_params, host_x, n)
+    names = sorted(host_params)
+    J = kpflow.state_jacobian(traj)
+    rng = np.random.default_rng(0)
+    dirs = [{k: rng.standard_normal(np.shape(host_params[k])) for k in names} for _ in range(3)]
+    for dk in dirs:
+        flat = np.concatenate([dk[k].ravel() for k in names])
+        got = case.to_numpy(J.matvec(J.from_params({k: case.asarray(v) for k, v in dk.items()})))
+        assert rel_err(got.ravel(), J_ref @ flat) <= 1e-10
+    c = rng.standard_normal((B, n))
+    grads = J.to_params(J.rmatvec(case.asarray(c)))
+    got = np.concatenate([case.to_numpy(grads[k]).ravel() for k in names])
+    assert rel_err(got, J_ref.T @ c.ravel()) <= 1e-10
+    # reverse mode through run: θ- and x-gradients of ⟨c, z⟩
+    model = traj.model
+    params = {k: case.asarray(v).requires_grad_(True) for k, v in host_params.items()}
+    x = case.asarray(host_x).requires_grad_(True)
+    phi = torch.sum(case.asarray(c) * model.run(params, x).states)
+    grads = dict(zip([*params, "x"], torch.autograd.grad(phi, [*params.values(), x]), strict=True))
+    got = np.concatenate([case.to_numpy(grads[k]).ravel() for k in names])
+    assert rel_err(got, J_ref.T @ c.ravel()) <= 1e-10
+    assert rel_err(case.to_numpy(grads["x"]).ravel(), Jx_ref.T @ c.ravel()) <= 1e-10
 
 
 @needs_autodiff

@@ -656,7 +656,8 @@ class Model(abc.ABC):
         if a.dtype != dtype:
             msg = f"{where}: expected {name} of dtype {dtype} (the params' dtype), got {a.dtype}"
             raise TypeError(msg)
-        if device_of(a) != device:
+        # None: a jax tracer (params under jax.grad), whose device is not known there
+        if device_of(a) != device and device_of(a) is not None and device is not None:
             msg = f"{where}: {name} lives on {device_of(a)} but params on {device}"
             raise TypeError(msg)
         if tuple(a.shape) != shape:

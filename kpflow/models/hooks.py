@@ -393,6 +393,9 @@ def hook_sites(traj: Any) -> list[Site]:
     ``traj`` has ``names``, ``plan``, ``site_variables_by_call``, ``_static()`` and
     ``_operands`` (params values, z, x), and its ``model`` has ``_call`` and ``_shapes``; D
     differentiates ``model._call`` with respect to the hook outputs (:func:`_hook_D`).
+    ``_call`` is the update map f of the constraint z − f(z; θ) = 0 (a recurrent step, a
+    feed-forward stack, z − F for an implicit model's residual F), so D_w = ∂f/∂u_w and
+    J_S = P F is dz/dθ with its sign.
     """
     xp, m = traj.xp, traj.m
     sites: list[Site] = []

@@ -14,11 +14,13 @@ Here ∂F/∂z is not triangular (``traj.triangular`` is False), so:
   batch rows, but the solve stays matrix-free over the whole (B, n_state) state: it never
   forms an n_state × n_state block, so it scales to wide layers (at the price of a Krylov
   space shared across rows: GMRES needs up to B·n_state steps instead of n_state).
-- **K = (∂F/∂θ)(∂F/∂θ)ᵀ**: each weight site's D_w = ∂F/∂u_w at the solution, by jvp/vjp of
-  the residual with respect to its hook outputs (exactly as for :class:`Recurrent`).
-  Since dz/dθ = −(∂F/∂z)⁻¹ ∂F/∂θ, NTK_S = (dz/dθ)(dz/dθ)ᵀ = P K Pᵀ: the sign cancels.
 - The constraint in the library's form F = z − f gives ``update_map`` f(z; θ) = z − F(z, θ, x),
   so L = I − ∂F/∂z and ``propagator(traj).inverse()`` is ∂F/∂z.
+- **K = (∂f/∂θ)(∂f/∂θ)ᵀ**: each weight site's D_w = ∂f/∂u_w = −∂F/∂u_w at the solution, by
+  jvp/vjp of the update map f with respect to its hook outputs (exactly as for
+  :class:`Recurrent`, whose step is its f).  So the state Jacobian J_S = P F of
+  :func:`kpflow.state_jacobian` is dz/dθ = −(∂F/∂z)⁻¹ ∂F/∂θ with its sign, and
+  NTK_S = J_S J_Sᵀ = P K Pᵀ.
 
 The forward solve (:meth:`Implicit.unroll`) starts from z = 0 (or ``h0``, an initial guess)
 and stops when ‖F(z)‖ ≤ tol · max(‖z‖, 1) (Frobenius norms over the whole batch):
@@ -30,8 +32,15 @@ and stops when ‖F(z)‖ ≤ tol · max(‖z‖, 1) (Frobenius norms over the w
 
 Each update is one iteration; ``max_iter`` updates without reaching ``tol`` raise
 :class:`~kpflow.linalg._gmres.SolverNotConvergedError` carrying ``.residual`` and
-``.iterations``.  The solve records no autograd graph: derivatives come from the implicit
-function theorem, never from differentiating the iterations.
+``.iterations``.
+
+The solve records no autograd graph and is never differentiated: ``unroll`` (and so ``run``)
+carries the implicit function theorem as its reverse-mode rule
+(:meth:`kpflow.backends.Backend.custom_vjp`).  For a cotangent g of z it solves
+(∂F/∂z)ᵀ w = g by GMRES on vjps and returns −(∂F/∂θ)ᵀ w and −(∂F/∂x)ᵀ w (h0, a mere
+initial guess, gets none).  So ``torch.autograd``, ``torch.func.vjp``, ``jax.grad`` and
+``jax.vjp`` differentiate the states (``jax.jit`` and ``jax.vmap`` cannot: the stopping
+test reads values); forward mode (jvp) is not available.
 
 Derivatives need torch or jax arrays: on numpy and array_api_strict ``run`` raises
 :class:`~kpflow.backends.AutodiffUnavailableError`.
@@ -40,6 +49,7 @@ Derivatives need torch or jax arrays: on numpy and array_api_strict ``run`` rais
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -160,16 +170,26 @@ class Implicit(Model):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
 
-    def _call(self, params: dict[str, Any], z: Any, x: Any, hook: _Hook) -> Any:
+    def _residual_call(self, params: dict[str, Any], z: Any, x: Any, hook: _Hook) -> Any:
+        """F(z, θ, x), the user's residual, with the hook ``hook``."""
         return self.user_residual(GuardedParams(tuple(self._shapes), hook.where), z, x, hook)
+
+    def _call(self, params: dict[str, Any], z: Any, x: Any, hook: _Hook) -> Any:
+        """f(z; θ) = z − F(z, θ, x) with the hook: the map whose hook derivatives are the D_w.
+
+        The hook models share one meaning of ``_call``, the update map f of the library's
+        constraint z − f = 0 (a :class:`~kpflow.models.Recurrent` step), so the sites of
+        :func:`~kpflow.models.hooks.hook_sites` get D_w = ∂f/∂u_w = −∂F/∂u_w.
+        """
+        return z - self._residual_call(params, z, x, hook)
 
     def residual(self, params: dict[str, Any], z: Any, x: Any) -> Any:
         """F(z, θ, x), shape (B, n_state) (pure array-API code, differentiable)."""
-        return self._call(params, z, x, _Hook(params, self._shapes, "Implicit.residual"))
+        return self._residual_call(params, z, x, _Hook(params, self._shapes, "Implicit.residual"))
 
     def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
         """f(z; θ) = z − F(z, θ, x): the library's form F = z − f of the constraint."""
-        return states - self.residual(params, states, x)
+        return self._call(params, states, x, _Hook(params, self._shapes, "Implicit.update_map"))
 
     def linear_tol(self, like: Any) -> float:
         """The GMRES tolerance for the dtype of array ``like``: ``solve_tol`` or max(1e-12, 100·eps)."""
@@ -191,27 +211,85 @@ class Implicit(Model):
             self._check_array(h0, "h0 (the initial guess)", (x.shape[0], self.n_state), meta, where)
 
     def unroll(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
-        """Solve F(z, θ, x) = 0 from z = h0 (zeros by default); no autograd graph is recorded.
+        """Solve F(z, θ, x) = 0 from z = h0 (zeros by default), differentiable (implicit function theorem).
+
+        The iterations record no autograd graph; the result carries the reverse-mode rule
+        z̄ ↦ (−(∂F/∂θ)ᵀ w, −(∂F/∂x)ᵀ w) with (∂F/∂z)ᵀ w = z̄ (see the module docstring), so
+        ``torch.autograd``, ``torch.func.vjp``, ``jax.grad`` and ``jax.vjp`` give dz/dθ and
+        dz/dx.
 
         Raises
         ------
         SolverNotConvergedError
             When ``max_iter`` updates do not reach ``tol`` (``.residual``: the relative
-            residual ‖F(z)‖ / max(‖z‖, 1) reached).
+            residual ‖F(z)‖ / max(‖z‖, 1) reached), or when the GMRES solve of a gradient
+            does not reach its tolerance.
+        TypeError
+            Inside ``jax.jit`` or ``jax.vmap`` (the solve reads values).
         """
         from kpflow.backends import get_backend
 
+        names = tuple(params)
+        solution = get_backend(x).custom_vjp(
+            partial(self._solution, names), partial(self._solution_vjp, names), where="Implicit.unroll"
+        )
+        return solution(*(params[n] for n in names), x, h0)
+
+    def _differentiable_unroll(self, params: dict[str, Any], x: Any, h0: Any) -> Any:
+        """``unroll``: it is differentiable by its own rule and keeps no graph of the iterations."""
+        return self.unroll(params, x, h0)
+
+    def _solution(self, names: tuple[str, ...], *arrays: Any) -> Any:
+        """The forward solve on plain values: ``arrays`` = (*params in ``names`` order, x, h0)."""
+        from kpflow.backends import get_backend
+
+        *values, x, h0 = arrays
+        params = _params(names, tuple(values))
         xp = array_namespace(x)
         adapter = get_backend(x)
-        dtype = next(iter(params.values())).dtype
-        z = xp.zeros((int(x.shape[0]), self.n_state), dtype=dtype, device=device_of(x)) if h0 is None else h0
+        if h0 is None:
+            z = xp.zeros((int(x.shape[0]), self.n_state), dtype=values[0].dtype, device=device_of(x))
+        else:
+            z = xp.asarray(h0, copy=True)  # never the caller's array itself, even when already solved
         with adapter.no_grad():
             return self._solve(adapter, xp, params, x, z)
+
+    def _solution_vjp(self, names: tuple[str, ...], arrays: tuple, z: Any, g: Any) -> tuple:
+        """The implicit function theorem's vjp: w = (∂F/∂z)⁻ᵀ g, then −(∂F/∂θ)ᵀ w and −(∂F/∂x)ᵀ w."""
+        from kpflow.backends import get_backend
+
+        adapter = get_backend(z)
+        free = adapter.graph_free
+        *values, x, _ = arrays
+        values_t = tuple(free(v) for v in values)
+        x, z, g = free(x), free(z), free(g)
+        where = "Implicit (gradient of the states: solve with (∂F/∂z)ᵀ)"
+
+        def of_z(z: Any) -> Any:
+            params = _params(names, values_t)
+            return self._residual_call(params, z, x, _Hook(params, self._shapes, where))
+
+        def of_params_x(values: tuple, x: Any) -> Any:
+            params = _params(names, values)
+            return self._residual_call(params, z, x, _Hook(params, self._shapes, where))
+
+        _, pull_z = adapter.vjp(of_z, z)
+        w = gmres(
+            lambda W: adapter.vmap(lambda c: pull_z(c)[0])(W),
+            g[None, ...],
+            tol=self.linear_tol(z),
+            restart=self.solve_restart,
+            max_iter=self.solve_max_iter,
+            where=where,
+        )[0, ...]
+        _, pull = adapter.vjp(of_params_x, values_t, x)
+        d_values, d_x = pull(-w)
+        return (*d_values, d_x, None)
 
     def _solve(self, adapter: Any, xp: Any, params: dict[str, Any], x: Any, z: Any) -> Any:
         where = f"Implicit.run (solver={self.solver!r})"
         for it in range(self.max_iter + 1):
-            F = self._call(params, z, x, _Hook(params, self._shapes, where))
+            F = self._residual_call(params, z, x, _Hook(params, self._shapes, where))
             if tuple(F.shape) != tuple(z.shape):
                 msg = (
                     f"{where}: expected the residual of shape {tuple(z.shape)} (B, n_state), "
@@ -238,7 +316,7 @@ class Implicit(Model):
         self, adapter: Any, params: dict[str, Any], x: Any, z: Any, F: Any, eta: float, where: str
     ) -> Any:
         def f(z: Any) -> Any:
-            return self._call(params, z, x, _Hook(params, self._shapes, where))
+            return self._residual_call(params, z, x, _Hook(params, self._shapes, where))
 
         def matmat(V: Any) -> Any:
             return adapter.vmap(lambda v: adapter.jvp(f, (z,), (v,))[1])(V)
@@ -408,7 +486,7 @@ def _residual_of_z(model: Implicit, names: tuple, plan: tuple, operands: tuple, 
     params = _params(names, values)
 
     def f(z: Any) -> Any:
-        return model._call(params, z, x, _Hook(params, model._shapes, where, plan=plan))
+        return model._residual_call(params, z, x, _Hook(params, model._shapes, where, plan=plan))
 
     return f, z
 

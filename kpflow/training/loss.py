@@ -11,9 +11,11 @@ framework's autodiff:
   through time, Fᵀ gathers each weight site's A_wᵀ D_wᵀ), returned in the model's parameter
   names.
 - ``method="autodiff"`` (torch, jax): one vector-Jacobian product of the loss through
-  ``model.unroll``.
+  ``model.unroll`` (for :class:`~kpflow.models.Implicit`, whose ``unroll`` is a solve, by
+  the implicit function theorem: the iterations are never differentiated).
 
-The two agree to rounding (tested on every built-in model).
+The two agree to rounding, and with central finite differences on every model
+(tests/test_gradients.py).
 """
 
 from __future__ import annotations
@@ -116,7 +118,9 @@ def loss_and_gradients(
     Parameters
     ----------
     model : Model
-        Any built-in model (recurrent: ``x`` of shape (B, T, n_in); MLP: (B, n_in)).
+        Any kpflow model (recurrent: ``x`` of shape (B, T, n_in); MLP, FeedForward,
+        Implicit: (B, n_in); attention: (B, N, d_model)).  ``"kpflow"`` needs the named
+        site layout of :func:`kpflow.ntk.site_parameters`.
     readout : Linear
         The linear readout, reading ``model.feature_columns`` of the state.
     params, readout_params : dict of str to array

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from kpflow._array import device_of
 from kpflow.linalg import rules
@@ -50,7 +50,7 @@ from kpflow.linalg._common import (
     without_graph,
 )
 from kpflow.linalg.norms import DEFAULT_BUDGET, _fro_sq_estimate, _zero, gram_small_side
-from kpflow.linalg.trace import calibrated_mean, student_factor, trace
+from kpflow.linalg.trace import ScaledCounter, calibrated_mean, student_factor, trace
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["effective_rank"]
@@ -277,9 +277,12 @@ def _effective_rank_estimate(
         used += r1.num_matvecs + r2.num_matvecs
         fro_budget = budget - used
     nt = math.prod(A.shape_in[a] for a in traced)
+    # The products for tr(M²) are divided by a power of 2 s (ScaledCounter) so that their
+    # squares neither underflow nor overflow; f² comes in units of s², the traces are put in
+    # units of s below (the ratio is scale-free).
     if traced and fro_budget // nt < 8:
         # Too few products to apply M = Tr_traced(A) exactly: independent probe pairs.
-        counter = MatvecCounter(A, progress, fro_budget, "kpflow.linalg.effective_rank")
+        counter = ScaledCounter(MatvecCounter(A, progress, fro_budget, "kpflow.linalg.effective_rank"))
         try:
             if rules.is_psd(A) and fro_budget >= 8:
                 f2, ef = _partial_fro_sq_nystrom(counter, traced, fro_budget, gen)
@@ -292,10 +295,10 @@ def _effective_rank_estimate(
         # Apply M exactly (one product with M costs nt products with A) and run Hutch++
         # on tr(M²) = ‖M‖²_F; effective_rank assumes a symmetric operator.
         M = A.partial_trace(traced) if traced else A
-        counter = MatvecCounter(M, progress, fro_budget // nt, "kpflow.linalg.effective_rank")
+        counter = ScaledCounter(MatvecCounter(M, progress, fro_budget // nt, "kpflow.linalg.effective_rank"))
         m_fro = fro_budget // nt
         try:
-            f2, ef = _fro_sq_estimate(counter, m_fro, gen, "hutch++", True)
+            f2, ef = _fro_sq_estimate(cast(Any, counter), m_fro, gen, "hutch++", True)  # duck-typed
         finally:
             counter.close()
         # its error is the plain standard error of its residual samples (m − 2k of them)
@@ -304,6 +307,7 @@ def _effective_rank_estimate(
         used += counter.num_matvecs * nt
     nk = A.size_in // nt  # the dimension of M
     lowest = 1.0 if rules.is_psd(A) else 0.0
+    t1, t2, e1, e2 = (None if v is None else v * (1.0 / counter.scale) for v in (t1, t2, e1, e2))
     value, error = kernel(A, _ratio_estimate, lowest, float(nk))(t1, t2, e1, e2, f2, ef)
     return ScalarResult(value, error, used, "estimate")
 
@@ -362,9 +366,7 @@ def _pair_total(xp: Any, shape: tuple, traced: tuple, Y: Any, z: Any) -> tuple[A
     return calibrated_mean(xp, xp.sum(U[:p, ...] * U[p:, ...], axis=1))
 
 
-def _partial_fro_sq_pairs(
-    counter: MatvecCounter, traced: tuple[int, ...], p: int, gen: Any
-) -> tuple[Any, Any]:
+def _partial_fro_sq_pairs(counter: Any, traced: tuple[int, ...], p: int, gen: Any) -> tuple[Any, Any]:
     """Unbiased ``‖Tr_traced(A)‖²_F`` from ``p`` independent probe pairs (``2p`` matvecs)."""
     A = counter.op
     shape, like = A.shape_in, like_array(A)
@@ -375,9 +377,7 @@ def _partial_fro_sq_pairs(
     return kernel(A, _pair_total, shape, traced)(counter.matmat(X), z)
 
 
-def _partial_fro_sq_nystrom(
-    counter: MatvecCounter, traced: tuple[int, ...], budget: int, gen: Any
-) -> tuple[Any, Any]:
+def _partial_fro_sq_nystrom(counter: Any, traced: tuple[int, ...], budget: int, gen: Any) -> tuple[Any, Any]:
     """``‖Tr_traced(A)‖²_F`` for a PSD ``A``: exact on a Nyström sketch, unbiased pairs on the rest.
 
     With ``A + νI ≈ Fᵀ F`` from a stable Nyström sketch of ``s = budget/2`` probes,

@@ -171,16 +171,73 @@ def trace(
             f"dimension {n} (at most {limit}); use method='exact'"
         )
         raise ValueError(msg)
-    counter = MatvecCounter(A, progress, budget, where)
+    counter = ScaledCounter(MatvecCounter(A, progress, budget, where))
     try:
         value, error = _ESTIMATORS[method](counter, budget, gen)
     finally:
         counter.close()
+    value, error = counter.unscale(value), counter.unscale(error)
     return ScalarResult(value, error, counter.num_matvecs, method)
 
 
 def _zero(A: LinearOperator) -> Any:
     return A.xp.zeros((), dtype=A.dtype, device=A.device)
+
+
+class ScaledCounter:
+    """Products ``A X / s`` through a :class:`~kpflow.linalg._common.MatvecCounter`, ``s`` a power of 2.
+
+    The estimators square their products (norms, Gram matrices, jackknife variances).  In
+    float32 the squares of entries below about 1e-19 underflow (NTK_S of a network driven by
+    inputs of size 1e-12 has entries near 1e-24), and those of entries above about 1e19
+    overflow.  Every product is therefore divided by one ``s``, the power of 2 nearest the
+    largest entry of the first product that is not zero (the products before it were exactly
+    zero), so that the estimators work on entries of order 1.  Division by a power of 2 is
+    exact, so in range nothing changes but the units: an estimate of a quantity of degree
+    ``d`` in ``A`` (``tr A``: 1, ``‖A‖²_F``: 2) is ``s**d`` times the same estimate of
+    ``A / s`` (:meth:`unscale`).  A duck-typed counter: it has the counter's ``op``,
+    ``num_matvecs``, ``matmat`` and ``close``.
+    """
+
+    def __init__(self, counter: MatvecCounter) -> None:
+        self.counter = counter
+        self.op: LinearOperator = counter.op
+        self.scale = 1.0
+        self._fixed = False
+
+    @property
+    def num_matvecs(self) -> int:
+        return int(self.counter.num_matvecs)
+
+    def matmat(self, X: Any) -> Any:
+        """``A X / s`` for ``X`` (k, size_in); the first nonzero product fixes ``s`` (one host sync)."""
+        Y = self.counter.matmat(X)
+        if not self._fixed and Y.shape[0] > 0:
+            largest = float(self.op.xp.max(self.op.xp.abs(Y)))
+            if largest > 0.0 and math.isfinite(largest):
+                self.scale = _power_of_two(self.op.xp.finfo(self.op.dtype), largest)
+                self._fixed = True
+        return Y if self.scale == 1.0 else Y * (1.0 / self.scale)
+
+    def unscale(self, value: Any, degree: int = 1) -> Any:
+        """``value · s**degree``: back from units of ``A / s`` (``None`` stays ``None``)."""
+        if value is None or self.scale == 1.0:
+            return value
+        return value * self.scale**degree
+
+    def close(self) -> None:
+        self.counter.close()
+
+
+#: What the estimators take: a counter, or one that scales its products.
+Counter = MatvecCounter | ScaledCounter
+
+
+def _power_of_two(finfo: Any, size: float) -> float:
+    """The power of 2 nearest ``size``, with it and its inverse inside the dtype's normal range."""
+    top = math.floor(math.log2(float(finfo.max))) - 2
+    exponent = min(max(round(math.log2(size)), -top), top)
+    return math.ldexp(1.0, exponent)
 
 
 def _budget_limit(method: str, n: int) -> int | float:
@@ -280,7 +337,7 @@ def _hutchinson_total(xp: Any, G: Any, AG: Any) -> tuple[Any, Any]:
     return mean, bound if se is None else xp.maximum(se, bound)
 
 
-def _hutchinson(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
+def _hutchinson(counter: Counter, m: int, gen: Any) -> tuple[Any, Any]:
     # m Rademacher quadratic forms gᵀ A g, each unbiased for tr A.
     A = counter.op
     G = probes(gen, m, A.size_in, like_array(A), "rademacher")
@@ -311,7 +368,7 @@ def _hutchpp_total(xp: Any, Q: Any, AQ: Any, G: Any, AG: Any) -> tuple[Any, Any]
     return xp.sum(Q * AQ) + mean, bound if se is None else xp.maximum(se, bound)
 
 
-def _hutchpp(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
+def _hutchpp(counter: Counter, m: int, gen: Any) -> tuple[Any, Any]:
     # Meyer et al.: Q = orth(A S) from m/3 sketch vectors, tr(Qᵀ A Q) exactly, and
     # Hutchinson on the deflated (I − QQᵀ) A (I − QQᵀ) with the remaining m/3.
     A = counter.op
@@ -428,7 +485,7 @@ def _xtrace_full_rank(xp: Any, Om: Any, Y: Any, Q: Any, Z: Any, R: Any) -> tuple
     return ests, _jackknife(xp, E)
 
 
-def xtrace_estimates(counter: MatvecCounter, s: int, gen: Any) -> tuple[Any, Any, Any]:
+def xtrace_estimates(counter: Counter, s: int, gen: Any) -> tuple[Any, Any, Any]:
     """The ``s`` exchangeable XTrace estimates (2s matvecs), the error of their mean, and ``‖A Ω‖_F/√s``.
 
     Estimate ``i`` is ``tr(Qᵢᵀ A Qᵢ) + ωᵢᵀ (I − QᵢQᵢᵀ) A (I − QᵢQᵢᵀ) ωᵢ`` with
@@ -501,7 +558,7 @@ def _xtrace_rank_deficient(xp: Any, rank: int, Om: Any, Y: Any, Q: Any, Z: Any, 
     )
 
 
-def _xtrace(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
+def _xtrace(counter: Counter, m: int, gen: Any) -> tuple[Any, Any]:
     ests, error, scale = xtrace_estimates(counter, m // 2, gen)
     A = counter.op
     return kernel(A, _with_floor, A.size_in, 0)(kernel(A, _mean)(ests), error, scale)
@@ -526,7 +583,7 @@ def _nystrom_factors(xp: Any, Om: Any, Y: Any) -> tuple[Any, Any, Any, Any]:
     return Q, R @ xp.matrix_transpose(X), X, nu
 
 
-def nystrom_sketch(counter: MatvecCounter, s: int, gen: Any) -> dict[str, Any]:
+def nystrom_sketch(counter: Counter, s: int, gen: Any) -> dict[str, Any]:
     """A stable (shifted) Nyström sketch of a PSD ``A`` with ``s`` matvecs.
 
     ``A + νI ≈ Q B Bᵀ Qᵀ`` with ``Y_ν = (A + νI) Ω = Q R`` and
@@ -569,7 +626,7 @@ def _xnystrace_total(xp: Any, n: int, B: Any, X: Any, nu: Any) -> tuple[Any, Any
     return xp.mean(ests) - nu * n, _jackknife(xp, E)
 
 
-def _xnystrace(counter: MatvecCounter, m: int, gen: Any) -> tuple[Any, Any]:
+def _xnystrace(counter: Counter, m: int, gen: Any) -> tuple[Any, Any]:
     sk = nystrom_sketch(counter, m, gen)
     A = counter.op
     value, error = kernel(A, _xnystrace_total, sk["n"])(sk["B"], sk["X"], sk["nu"])

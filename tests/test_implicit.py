@@ -262,6 +262,19 @@ def test_gmres_solves_well_conditioned_systems(backend, n, k, restart, seed):
     assert rel_err(case.to_numpy(X), np.linalg.solve(A, B.T).T) <= 1e-11
 
 
+@pytest.mark.skipif("jax" not in BACKENDS, reason="jax is not among the selected backends")
+def test_unroll_inside_jax_jit_names_itself():
+    # the forward solve reads the residual's norm to stop, so it needs concrete arrays
+    import jax
+
+    case = _make_case("jax", "float64")
+    host_params, host_x = _host_problem("deq", 2, 2, 1, 0)
+    model = _model("deq", 2, 1)
+    params = {k: case.asarray(v) for k, v in host_params.items()}
+    with pytest.raises(TypeError, match=r"Implicit\.unroll: needs concrete jax arrays.*jax\.jit"):
+        jax.jit(lambda p: model.unroll(p, case.asarray(host_x)))(params)
+
+
 def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="solver to be one of"):
         Implicit(deq_residual, n_in=1, n_state=1, param_shapes={"W": (1, 1)}, solver="broyden")

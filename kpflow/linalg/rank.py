@@ -188,8 +188,13 @@ def effective_rank(
         # tr(F Fᵀ)²/‖F Fᵀ‖²_F = tr(Fᵀ F)²/‖Fᵀ F‖²_F, on the smaller side
         return effective_rank(gram, method=method, num_matvecs=num_matvecs, rng=gen, progress=progress)
     if method in ("auto", "exact"):
-        budget_ok = n <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= n
+        # exactly: n unit probes of A, or (for A = F Fᵀ with r < n columns) r columns of F
+        factor = rules.gram_factor(A) if traced else None
+        cost = n if factor is None else min(n, factor.size_in)
+        budget_ok = cost <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= cost
         if method == "exact" or budget_ok:
+            if factor is not None and factor.size_in < n:
+                return _partial_ratio_from_factor(A, factor, traced, progress)
             return _effective_rank_dense(A, M, n, progress)
         method = "estimate"
     budget = check_budget(DEFAULT_BUDGET if num_matvecs is None else num_matvecs, 16, where, method)
@@ -229,6 +234,39 @@ def _effective_rank_dense(A: LinearOperator, M: LinearOperator, n: int, progress
         D = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
         used = n  # each product with M is n / nk products with A
     return ScalarResult(kernel(A, _dense_ratio)(D), _zero(A), used, "exact")
+
+
+def _partial_ratio_from_factor(
+    A: LinearOperator, F: LinearOperator, traced: tuple[int, ...], progress: Any
+) -> ScalarResult:
+    """The exact ratio of ``M = Tr_traced(F Fᵀ)`` from the ``r`` columns of ``F`` (``r`` products).
+
+    ``M[k, k'] = Σ_j Σ_c F[(k, j), c] F[(k', j), c]`` (``j`` the traced indices), so ``M`` is
+    the sum over chunks of columns ``C = F E`` of ``G Gᵀ`` with ``G`` the ``(n_kept, c · n_traced)``
+    rearrangement of ``C``; the products are scaled by a power of 2 (:class:`ScaledCounter`)
+    so that the squares do not underflow.
+    """
+    r = F.size_in
+    counter = ScaledCounter(MatvecCounter(F, progress, r, "kpflow.linalg.effective_rank"))
+    total = None
+    try:
+        for start in range(0, r, UNIT_BLOCK):
+            C = counter.matmat(unit_rows(F, start, min(r, start + UNIT_BLOCK), r))
+            part = kernel(A, _partial_gram, A.shape_in, traced)(C)
+            total = part if total is None else total + part
+    finally:
+        counter.close()
+    return ScalarResult(kernel(A, _dense_ratio)(total), _zero(A), r, "exact")
+
+
+def _partial_gram(xp: Any, shape: tuple, traced: tuple, C: Any) -> Any:
+    """``Σ_c Tr_traced(c cᵀ)`` over the rows ``c`` of ``C`` (k, n): an ``(n_kept, n_kept)`` array."""
+    keep = tuple(a for a in range(len(shape)) if a not in traced)
+    nk, nt = math.prod(shape[a] for a in keep), math.prod(shape[a] for a in traced)
+    k = C.shape[0]
+    Ck = xp.permute_dims(xp.reshape(C, (k, *shape)), (0, *(1 + a for a in keep), *(1 + a for a in traced)))
+    G = xp.reshape(xp.permute_dims(xp.reshape(Ck, (k, nk, nt)), (1, 0, 2)), (nk, k * nt))
+    return G @ xp.matrix_transpose(G)
 
 
 def _norm_is_sound(xp: Any, t: Any, f: Any) -> bool:

@@ -125,8 +125,10 @@ def effective_rank(
         ``"auto"``: exact from rules when ``exact_trace`` and ``exact_fro_norm``
         apply to ``M`` (``M`` from :meth:`~kpflow.LinearOperator.partial_trace`,
         which keeps Kronecker structure); else ``"exact"`` through ``n`` unit
-        probes of ``A`` when the budget reaches ``n`` (without a budget: when
-        ``n <= DENSE_LIMIT``); else ``"estimate"`` (see the module docstring):
+        probes of ``A``, or with ``keep`` and a Gram operator ``A = F Fᵀ`` of ``r < n``
+        columns through the ``r`` columns of ``F``, when the budget reaches that count
+        (without a budget: when it is at most ``DENSE_LIMIT``); else ``"estimate"`` (see
+        the module docstring):
         half the budget for two independent XTrace/XNysTrace estimates of
         ``tr M = tr A``, half for ``tr(M²)``.  With ``keep=None`` and a Gram operator
         ``A = F Fᵀ`` whose factor has fewer columns ``r`` than ``n``

@@ -1,4 +1,4 @@
-"""Scale-safe products and norms for the eigensolvers, and the check for non-finite products.
+"""Scale-safe products and norms for the eigensolvers and estimators, and the check for non-finite products.
 
 An operator whose entries are far from 1 (NTK_S of a model driven by inputs of size 1e-12 has
 eigenvalues near 1e-24) breaks float32 algebra that squares its vectors: a Gram matrix
@@ -85,8 +85,10 @@ class ScaledProducts:
 
     ``s`` is a power of 4 fixed by the first product that is not zero (:func:`power_of_four`
     of its largest entry): every product divided by the same ``s`` keeps a solver's
-    identities, and the products before it were exactly zero.  A duck-typed counter: it has
-    the counter's ``op``, ``num_matvecs``, ``matmat`` and ``close``.
+    identities, and the products before it were exactly zero.  The trace and effective-rank
+    estimators square their products, so they work in units of ``A / s`` too and map their
+    estimates back with :meth:`unscale`.  A duck-typed counter: it has the counter's ``op``,
+    ``num_matvecs``, ``matmat`` and ``close``.
     """
 
     def __init__(self, counter: Any, where: str, name: str | None = None) -> None:
@@ -110,6 +112,13 @@ class ScaledProducts:
             self.scale = power_of_four(xp, self.op.dtype, largest)
             self._fixed = True
         return Y if self.scale == 1.0 else Y * (1.0 / self.scale)
+
+    def unscale(self, value: Any, degree: int = 1) -> Any:
+        """``value · s**degree``: an estimate of degree ``degree`` in ``A`` (``tr A``: 1,
+        ``‖A‖²_F``: 2) back from units of ``A / s`` (``None`` stays ``None``)."""
+        if value is None or self.scale == 1.0:
+            return value
+        return value * self.scale**degree
 
     def close(self) -> None:
         self.counter.close()

@@ -38,6 +38,7 @@ from kpflow.linalg._common import (
     unit_rows,
     without_graph,
 )
+from kpflow.linalg._statistics import student_factor
 from kpflow.operators.base import LinearOperator, common_meta
 from kpflow.operators.functions import is_symmetric
 
@@ -360,16 +361,6 @@ def _alignment_exact(A: LinearOperator, B: LinearOperator, progress: Any, where:
     return _alignment_dense(A, B, progress, where)
 
 
-def _student_factor(m: int) -> float:
-    """``t₀.₉₇₅(m − 1) / z₀.₉₇₅`` (Cornish–Fisher, three terms: within 0.2% from 5 degrees of
-    freedom): the factor that makes ``±1.96·error`` of a mean of ``m`` samples Student's 95%
-    interval, not a normal one that a noisy standard error would make too short."""
-    nu, z = m - 1, 1.959964
-    t = z + (z**3 + z) / (4 * nu) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * nu**2)
-    t = t + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * nu**3)
-    return t / z
-
-
 def _sketch_sums(xp: Any, tiny: float, ZA: Any, ZB: Any, WA: Any, WB: Any) -> tuple[Any, Any]:
     """The cosine of the stacked sketches and its delta-method standard error.
 
@@ -388,7 +379,7 @@ def _sketch_sums(xp: Any, tiny: float, ZA: Any, ZB: Any, WA: Any, WB: Any) -> tu
     # influence of each probe on the ratio, to first order (delta method)
     u = x / (xp.sqrt(aa) * xp.sqrt(bb)) - value * (a / (2 * aa) + b / (2 * bb))
     m = u.shape[0]
-    return value, xp.std(u, correction=1) * (_student_factor(m) / math.sqrt(m))
+    return value, xp.std(u, correction=1) * (student_factor(m) / math.sqrt(m))
 
 
 def _alignment_estimate(

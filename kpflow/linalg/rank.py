@@ -49,8 +49,10 @@ from kpflow.linalg._common import (
     unit_rows,
     without_graph,
 )
+from kpflow.linalg._scaling import ScaledProducts
+from kpflow.linalg._statistics import calibrated_mean, student_factor
 from kpflow.linalg.norms import DEFAULT_BUDGET, _fro_sq_estimate, _zero, gram_small_side
-from kpflow.linalg.trace import ScaledCounter, calibrated_mean, student_factor, trace
+from kpflow.linalg.trace import trace
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["effective_rank"]
@@ -203,6 +205,15 @@ def effective_rank(
     return _effective_rank_estimate(A, traced, budget, gen, progress)
 
 
+def _scaled_products(op: LinearOperator, progress: Any, budget: int) -> ScaledProducts:
+    """Counted products of ``op`` in units of ``op / s`` (``s`` a power of 4 from the first
+    nonzero product), checked for NaN and inf: the estimators square them, and in float32
+    squares of entries below about 1e-19 underflow."""
+    return ScaledProducts(
+        MatvecCounter(op, progress, budget, "kpflow.linalg.effective_rank"), "kpflow.linalg.effective_rank"
+    )
+
+
 def _fits(r: int, method: str, num_matvecs: int | None) -> bool:
     """Whether the ratio runs as well on a Gram operator's ``r``-dimensional side ``Fᵀ F``.
 
@@ -245,11 +256,11 @@ def _partial_ratio_from_factor(
 
     ``M[k, k'] = Σ_j Σ_c F[(k, j), c] F[(k', j), c]`` (``j`` the traced indices), so ``M`` is
     the sum over chunks of columns ``C = F E`` of ``G Gᵀ`` with ``G`` the ``(n_kept, c · n_traced)``
-    rearrangement of ``C``; the products are scaled by a power of 2 (:class:`ScaledCounter`)
-    so that the squares do not underflow.
+    rearrangement of ``C``; the products are scaled (:func:`_scaled_products`) so that the
+    squares do not underflow.
     """
     r = F.size_in
-    counter = ScaledCounter(MatvecCounter(F, progress, r, "kpflow.linalg.effective_rank"))
+    counter = _scaled_products(F, progress, r)
     total = None
     try:
         for start in range(0, r, UNIT_BLOCK):
@@ -317,12 +328,12 @@ def _effective_rank_estimate(
         used += r1.num_matvecs + r2.num_matvecs
         fro_budget = budget - used
     nt = math.prod(A.shape_in[a] for a in traced)
-    # The products for tr(M²) are divided by a power of 2 s (ScaledCounter) so that their
+    # The products for tr(M²) are divided by a power of 4 s (ScaledProducts) so that their
     # squares neither underflow nor overflow; f² comes in units of s², the traces are put in
     # units of s below (the ratio is scale-free).
     if traced and fro_budget // nt < 8:
         # Too few products to apply M = Tr_traced(A) exactly: independent probe pairs.
-        counter = ScaledCounter(MatvecCounter(A, progress, fro_budget, "kpflow.linalg.effective_rank"))
+        counter = _scaled_products(A, progress, fro_budget)
         try:
             if rules.is_psd(A) and fro_budget >= 8:
                 f2, ef = _partial_fro_sq_nystrom(counter, traced, fro_budget, gen)
@@ -335,7 +346,7 @@ def _effective_rank_estimate(
         # Apply M exactly (one product with M costs nt products with A) and run Hutch++
         # on tr(M²) = ‖M‖²_F; effective_rank assumes a symmetric operator.
         M = A.partial_trace(traced) if traced else A
-        counter = ScaledCounter(MatvecCounter(M, progress, fro_budget // nt, "kpflow.linalg.effective_rank"))
+        counter = _scaled_products(M, progress, fro_budget // nt)
         m_fro = fro_budget // nt
         try:
             f2, ef = _fro_sq_estimate(cast(Any, counter), m_fro, gen, "hutch++", True)  # duck-typed

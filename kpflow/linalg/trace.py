@@ -53,12 +53,13 @@ from kpflow.linalg._common import (
     host_rng,
     kernel,
     like_array,
-    mean_and_error,
     orthonormal_rows,
     probes,
     unit_rows,
     without_graph,
 )
+from kpflow.linalg._scaling import ScaledProducts
+from kpflow.linalg._statistics import calibrated_mean, student_factor
 from kpflow.linalg.norms import _fro_sq_exact
 from kpflow.operators.base import LinearOperator
 
@@ -171,7 +172,7 @@ def trace(
             f"dimension {n} (at most {limit}); use method='exact'"
         )
         raise ValueError(msg)
-    counter = ScaledCounter(MatvecCounter(A, progress, budget, where))
+    counter = ScaledProducts(MatvecCounter(A, progress, budget, where), where)
     try:
         value, error = _ESTIMATORS[method](counter, budget, gen)
     finally:
@@ -184,60 +185,8 @@ def _zero(A: LinearOperator) -> Any:
     return A.xp.zeros((), dtype=A.dtype, device=A.device)
 
 
-class ScaledCounter:
-    """Products ``A X / s`` through a :class:`~kpflow.linalg._common.MatvecCounter`, ``s`` a power of 2.
-
-    The estimators square their products (norms, Gram matrices, jackknife variances).  In
-    float32 the squares of entries below about 1e-19 underflow (NTK_S of a network driven by
-    inputs of size 1e-12 has entries near 1e-24), and those of entries above about 1e19
-    overflow.  Every product is therefore divided by one ``s``, the power of 2 nearest the
-    largest entry of the first product that is not zero (the products before it were exactly
-    zero), so that the estimators work on entries of order 1.  Division by a power of 2 is
-    exact, so in range nothing changes but the units: an estimate of a quantity of degree
-    ``d`` in ``A`` (``tr A``: 1, ``‖A‖²_F``: 2) is ``s**d`` times the same estimate of
-    ``A / s`` (:meth:`unscale`).  A duck-typed counter: it has the counter's ``op``,
-    ``num_matvecs``, ``matmat`` and ``close``.
-    """
-
-    def __init__(self, counter: MatvecCounter) -> None:
-        self.counter = counter
-        self.op: LinearOperator = counter.op
-        self.scale = 1.0
-        self._fixed = False
-
-    @property
-    def num_matvecs(self) -> int:
-        return int(self.counter.num_matvecs)
-
-    def matmat(self, X: Any) -> Any:
-        """``A X / s`` for ``X`` (k, size_in); the first nonzero product fixes ``s`` (one host sync)."""
-        Y = self.counter.matmat(X)
-        if not self._fixed and Y.shape[0] > 0:
-            largest = float(self.op.xp.max(self.op.xp.abs(Y)))
-            if largest > 0.0 and math.isfinite(largest):
-                self.scale = _power_of_two(self.op.xp.finfo(self.op.dtype), largest)
-                self._fixed = True
-        return Y if self.scale == 1.0 else Y * (1.0 / self.scale)
-
-    def unscale(self, value: Any, degree: int = 1) -> Any:
-        """``value · s**degree``: back from units of ``A / s`` (``None`` stays ``None``)."""
-        if value is None or self.scale == 1.0:
-            return value
-        return value * self.scale**degree
-
-    def close(self) -> None:
-        self.counter.close()
-
-
 #: What the estimators take: a counter, or one that scales its products.
-Counter = MatvecCounter | ScaledCounter
-
-
-def _power_of_two(finfo: Any, size: float) -> float:
-    """The power of 2 nearest ``size``, with it and its inverse inside the dtype's normal range."""
-    top = math.floor(math.log2(float(finfo.max))) - 2
-    exponent = min(max(round(math.log2(size)), -top), top)
-    return math.ldexp(1.0, exponent)
+Counter = MatvecCounter | ScaledProducts
 
 
 def _budget_limit(method: str, n: int) -> int | float:
@@ -281,48 +230,6 @@ def _exact_by_probes(A: LinearOperator, progress: Any) -> ScalarResult:
     finally:
         counter.close()
     return ScalarResult(total, _zero(A), counter.num_matvecs, "exact")
-
-
-#: Two-sided 97.5% quantiles of Student's t with 1, 2, ..., 30 degrees of freedom.
-# fmt: off
-_T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)
-# fmt: on
-
-
-def student_factor(m: int) -> float:
-    """``t₀.₉₇₅(m − 1) / z₀.₉₇₅``: the factor that turns the sample standard error of a mean of
-    ``m`` samples into one whose ``±1.96·error`` is Student's 95% interval.
-
-    Beyond 30 degrees of freedom, the Cornish–Fisher expansion of the t quantile (error
-    below 1e-4).
-
-    Examples
-    --------
-    >>> from kpflow.linalg.trace import student_factor
-    >>> round(student_factor(4), 3), round(student_factor(1000), 4)
-    (1.624, 1.0012)
-    """
-    nu = m - 1
-    if nu < 1:
-        return math.inf
-    if nu <= len(_T975):
-        return _T975[nu - 1] / 1.959964
-    z = 1.959964
-    t = z + (z**3 + z) / (4 * nu) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * nu**2)
-    return t / z
-
-
-def calibrated_mean(xp: Any, samples: Any) -> tuple[Any, Any]:
-    """The mean of ``m`` i.i.d. samples and its standard error scaled by :func:`student_factor`.
-
-    ``None`` for the error when ``m < 2``.
-    """
-    mean, se = mean_and_error(xp, samples)
-    return mean, None if se is None else se * student_factor(samples.shape[0])
 
 
 def _quadratic_forms(xp: Any, G: Any, AG: Any) -> tuple[Any, Any]:

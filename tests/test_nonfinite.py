@@ -131,6 +131,16 @@ def test_nan_or_inf_in_the_operator_raises_on_every_route(backend: str, route: s
         eigsh(A, 3, **kwargs)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace", "xnystrace"])
+def test_nan_in_an_operator_raises_in_trace_and_effective_rank_estimates(method: str):
+    A = Opaque(kpflow.Dense(_poisoned(_make_case("numpy", "float64"), 60, math.nan)))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        kpflow.linalg.trace(A, method=method, num_matvecs=12, rng=0)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        kpflow.linalg.effective_rank(A, method="estimate", num_matvecs=24, rng=0)
+
+
 def test_nan_in_a_diagonal_raises_even_outside_the_top_k():
     d = np.arange(10.0)
     d[0] = math.nan  # the smallest entry: the top 3 alone would look fine

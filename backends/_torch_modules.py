@@ -118,6 +118,22 @@ def _frozen(named: list[tuple[str, Any]]) -> list[str]:
     return [name for name, p in named if not p.requires_grad]
 
 
+def _with_frozen(model: Any, named: list[tuple[str, Any]], module: Any, where: str) -> Any:
+    """``model`` with the parameters of ``named`` that have ``requires_grad=False`` frozen.
+
+    K, J_S and NTK_S are then over the trained parameters alone (``Model.with_frozen``).
+    """
+    frozen = _frozen(named)
+    if len(frozen) == len(named):
+        msg = (
+            f"{where}: every parameter of the {type(module).__name__} has requires_grad=False, so gradient "
+            "descent moves none and the NTK is zero; set requires_grad=True on the parameters you train "
+            "(detach=True keeps kpflow from recording an autograd graph)"
+        )
+        raise ValueError(msg)
+    return model.with_frozen(frozen) if frozen else model
+
+
 def from_module(
     module: Any, readout: Any = None, *, detach: bool = False, causal: bool = False
 ) -> tuple[Any, ...]:
@@ -241,16 +257,7 @@ def from_module(
     params = {name: share(t) for name, t in tensors.items()}
     reference = params["weight_hh"]
     _same_meta(params, reference, "the weight", where)
-    frozen = _frozen(list(tensors.items()))
-    if len(frozen) == len(tensors):
-        msg = (
-            f"{where}: every parameter of the {type(module).__name__} has requires_grad=False, so gradient "
-            "descent moves none and the NTK is zero; set requires_grad=True on the parameters you train "
-            "(detach=True keeps kpflow from recording an autograd graph)"
-        )
-        raise ValueError(msg)
-    if frozen:  # K, J_S and NTK_S over the trained parameters alone
-        model = model.with_frozen(frozen)
+    model = _with_frozen(model, list(tensors.items()), module, where)
     if readout is None:
         return model, params
 
@@ -431,15 +438,6 @@ def _from_attention_module(module: Any, *, causal: bool, detach: bool, where: st
         prefix = "layers.0." if isinstance(module, torch.nn.TransformerEncoderLayer) else ""
     named = {prefix + name: p for name, p in module.named_parameters()}
     expected = model.param_shapes()
-    frozen = _frozen(list(named.items()))
-    if frozen:
-        msg = (
-            f"{where}: the {type(module).__name__}'s parameters {sorted(frozen)} have requires_grad=False; "
-            "the NTK of gradient descent leaves them out, which kpflow's attention models cannot do yet. "
-            "Accepted: attention modules with every parameter trained (frozen parameters are supported for "
-            "torch.nn.RNN, GRU and LSTM)"
-        )
-        raise ValueError(msg)
     if set(named) != set(expected):
         msg = (
             f"{where}: the {type(module).__name__}'s parameters {sorted(named)} do not match kpflow's "
@@ -449,4 +447,5 @@ def _from_attention_module(module: Any, *, causal: bool, detach: bool, where: st
         raise RuntimeError(msg)
     params = {name: (named[name].detach() if detach else named[name]) for name in expected}
     _same_meta(params, next(iter(params.values())), "the weight", where)
+    model = _with_frozen(model, list(named.items()), module, where)
     return model, params

@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="from_module needs torch")
 
 from kpflow.backends.torch import from_module  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import kpflow  # noqa: E402
 import kpflow.ntk as ntk  # noqa: E402
@@ -149,6 +150,197 @@ def test_training_leaves_frozen_parameters_unchanged(method):
     assert not torch.equal(result.params["weight_hh"], params["weight_hh"])
 
 
+# -- attention and Transformer encoders ----------------------------------------------------------------
+D, N_TOK = 4, 3  # token width (2 heads of 2) and tokens
+
+
+def tokens(seed: int = 1) -> torch.Tensor:
+    return torch.randn(B, N_TOK, D, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def with_drawn_biases(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Biases drawn (torch zeroes the attention's), so that every parameter matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=F64))
+    return module
+
+
+def trainable_jacobian(f, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """{name: d f / d p} over the parameters of ``module`` with requires_grad=True, the others fixed."""
+    trained = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+    fixed = {n: p.detach() for n, p in module.named_parameters() if not p.requires_grad}
+    # torch's math attention: its fused kernel's backward has no batching rule (jacrev loops)
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.func.jacrev(lambda th: f(th | fixed))(trained)
+
+
+MHA_FROZEN = [
+    ("in_proj_weight",),
+    ("in_proj_bias",),
+    ("out_proj.weight",),
+    ("out_proj.bias", "in_proj_weight"),
+]
+
+
+@pytest.mark.parametrize("frozen", MHA_FROZEN, ids=lambda f: "+".join(f))
+def test_multihead_attention_with_frozen_parameters_equals_jacrev_over_the_trained_ones(frozen):
+    torch.manual_seed(0)
+    mha = with_drawn_biases(torch.nn.MultiheadAttention(D, 2, batch_first=True, dtype=F64), 3)
+    for name in frozen:
+        mha.get_parameter(name).requires_grad_(False)
+    x = tokens()
+    model, params = from_module(mha, detach=True)
+    traj = model.run(params, x)
+    n = B * N_TOK * D
+
+    def f(th):
+        return torch.func.functional_call(mha, th, (x, x, x), {"need_weights": False})[0]
+
+    jac = trainable_jacobian(f, mha)
+    J = torch.cat([j.reshape(n, -1) for j in jac.values()], dim=1)
+    assert rel_err(ntk.global_ntk(traj).todense().reshape(n, n), J @ J.T) <= 1e-10
+    assert model.frozen == frozenset(frozen)
+    # the gradient of <g, y> in torch's names, the frozen ones absent; the key bias's is
+    # exactly zero (softmax ignores a shift of a row of scores), torch's zero to rounding
+    g = torch.randn(B, N_TOK, D, generator=torch.Generator().manual_seed(7), dtype=F64)
+    Js = kpflow.state_jacobian(traj)
+    grads = Js.to_params(Js.rmatvec(g))
+    assert sorted(grads) == sorted(jac)
+    for name, j in jac.items():
+        expected = torch.tensordot(g, j, dims=3)
+        assert float(torch.linalg.norm(grads[name] - expected)) <= 1e-12 * float(torch.linalg.norm(j))
+    if "in_proj_bias" in jac:
+        assert float(jac["in_proj_bias"][..., D : 2 * D].abs().max()) <= 1e-14
+        assert not torch.any(grads["in_proj_bias"][D : 2 * D])
+
+
+def test_gradients_through_attention_reach_the_trained_parameters_only():
+    torch.manual_seed(0)
+    mha = with_drawn_biases(torch.nn.MultiheadAttention(D, 2, batch_first=True, dtype=F64), 3)
+    mha.in_proj_weight.requires_grad_(False)
+    x = tokens()
+    model, params = from_module(mha)
+    torch.sum(model.run(params, x).states ** 2).backward()
+    assert mha.in_proj_weight.grad is None
+    mine = {n: p.grad.clone() for n, p in mha.named_parameters() if p.requires_grad}
+    mha.zero_grad()
+    torch.sum(mha(x, x, x, need_weights=False)[0] ** 2).backward()
+    for name, p in mha.named_parameters():
+        if p.requires_grad:
+            assert rel_err(mine[name], p.grad) <= 1e-12, name
+
+
+LAYER_FROZEN = [
+    ("self_attn.in_proj_weight",),
+    ("self_attn.in_proj_bias", "norm1.weight"),
+    ("linear1.weight", "norm2.bias"),
+    ("self_attn.out_proj.weight", "linear2.bias", "norm1.bias"),
+]
+
+
+@pytest.mark.parametrize("frozen", LAYER_FROZEN, ids=lambda f: "+".join(f))
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_transformer_encoder_layer_with_frozen_parameters_equals_jacrev_over_the_trained_ones(
+    norm_first, frozen
+):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(
+        D, 2, 5, dropout=0.0, batch_first=True, norm_first=norm_first, dtype=F64
+    )
+    layer = with_drawn_biases(layer, 4)
+    for name in frozen:
+        layer.get_parameter(name).requires_grad_(False)
+    x = tokens()
+    model, params = from_module(layer, detach=True)
+    traj = model.run(params, x)
+    n = B * N_TOK * D
+    output = ntk.global_ntk(traj).todense()[:, -1][:, :, :, :, -1].reshape(n, n)  # the module's output
+    jac = trainable_jacobian(lambda th: torch.func.functional_call(layer, th, (x,)), layer)
+    J = torch.cat([j.reshape(n, -1) for j in jac.values()], dim=1)
+    assert rel_err(output, J @ J.T) <= 1e-10
+    assert model.frozen == frozenset("layers.0." + name for name in frozen)
+
+
+class _Encoder(torch.nn.Module):
+    """A TransformerEncoder with a learned positional embedding, under kpflow's parameter names.
+
+    Its output is every layer's output and the final norm's, (B, 3, N, d): the states 1, 3
+    and 4 of kpflow's TransformerEncoder(n_layers=2, final_norm=True).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        layer = torch.nn.TransformerEncoderLayer(D, 2, 5, dropout=0.0, batch_first=True, dtype=F64)
+        self.layers = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).layers
+        self.norm = torch.nn.LayerNorm(D, dtype=F64)
+        self.pos_embedding = torch.nn.Parameter(torch.randn(N_TOK + 1, D, dtype=F64))
+        with_drawn_biases(self, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, out = x + self.pos_embedding[: x.shape[1]], []
+        for layer in self.layers:
+            h = layer(h)
+            out.append(h)
+        return torch.stack([*out, self.norm(h)], dim=1)
+
+
+ENCODER_FROZEN = [
+    ("pos_embedding", "layers.0.linear1.weight", "layers.1.norm1.weight", "norm.bias"),
+    ("layers.1.self_attn.in_proj_bias", "layers.0.norm2.weight", "layers.0.self_attn.in_proj_weight"),
+]
+
+
+@pytest.mark.parametrize("frozen", ENCODER_FROZEN, ids=["pos+linear1+norm1+norm", "in_proj+norm2"])
+def test_built_in_transformer_encoder_with_frozen_equals_jacrev_and_trains_the_others(frozen):
+    from kpflow.models import Linear, TransformerEncoder
+
+    ref = _Encoder()
+    for name in frozen:
+        ref.get_parameter(name).requires_grad_(False)
+    base = TransformerEncoder(D, 2, 5, 2, positional="learned", max_len=N_TOK + 1, final_norm=True)
+    model = base.with_frozen(frozen)
+    params = {n: p.detach() for n, p in ref.named_parameters()}
+    x = tokens()
+    traj = model.run(params, x)
+    with torch.no_grad():
+        assert float((traj.states[:, [1, 3, 4]] - ref(x)).abs().max()) <= 1e-13
+    n = B * 3 * N_TOK * D
+    N = ntk.global_ntk(traj).todense()[:, [1, 3, 4]][:, :, :, :, :, [1, 3, 4]].reshape(n, n)
+    jac = trainable_jacobian(lambda th: torch.func.functional_call(ref, th, (x,)), ref)
+    J = torch.cat([j.reshape(n, -1) for j in jac.values()], dim=1)
+    assert rel_err(N, J @ J.T) <= 1e-10
+    readout = Linear(D, 1)
+    ro = readout.init(2, like=x)
+    assert rel_err(ntk.output_ntk(traj, ro).todense(), ntk.dense_output_ntk(traj, ro)) <= 1e-10
+    # the gradient of <g, z>: kpflow's J_Sᵀ in the parameters' names (pos_embedding's rows are
+    # E's own rows), and autograd through model.run, equal torch's over the trained
+    # parameters; the frozen ones get none
+    g = torch.zeros(traj.states.shape, dtype=F64)
+    g[:, [1, 3, 4]] = torch.randn(B, 3, N_TOK, D, generator=torch.Generator().manual_seed(7), dtype=F64)
+    expected = {name: torch.tensordot(g[:, [1, 3, 4]], j, dims=4) for name, j in jac.items()}
+    Js = kpflow.state_jacobian(traj)
+    grads = Js.to_params(Js.rmatvec(g))
+    leaves = {k: p.clone().requires_grad_(k not in frozen) for k, p in params.items()}
+    torch.sum(model.run(leaves, x).states * g).backward()
+    assert sorted(grads) == sorted(expected)
+    # and J_S along a direction of the trained parameters (from_params reads E's rows as they are)
+    gen = torch.Generator().manual_seed(8)
+    direction = {name: torch.randn(j.shape[4:], generator=gen, dtype=F64) for name, j in jac.items()}
+    moved = sum(torch.tensordot(jac[name], dp, dims=dp.ndim) for name, dp in direction.items())
+    along = Js.matvec(Js.from_params(direction))[:, [1, 3, 4]]
+    assert rel_err(along, moved) <= 1e-10
+    for name, p in leaves.items():
+        if name in frozen:
+            assert p.grad is None, name
+        else:
+            assert rel_err(grads[name], expected[name]) <= 1e-10, name
+            assert rel_err(p.grad, expected[name]) <= 1e-10, name
+
+
 def test_with_frozen_on_a_built_in_model_drops_exactly_the_frozen_rows():
     """An MLP with a frozen bias: K equals K of the unfrozen model minus that bias's term."""
     model = MLP((2, 3, 2))
@@ -171,8 +363,15 @@ def test_with_frozen_refuses_bad_names_and_unknown_layouts():
         model.with_frozen(["weight"])
     with pytest.raises(ValueError, match="every parameter .* would be frozen"):
         model.with_frozen(model.param_shapes())
-    with pytest.raises(TypeError, match="SelfAttention.with_frozen: kpflow does not know which site rows"):
-        SelfAttention(4, 2).with_frozen(["in_proj_bias"])
+    with pytest.raises(TypeError, match="_Opaque.with_frozen: kpflow does not know which site rows"):
+        _Opaque(4, 2).with_frozen(["in_proj_bias"])
+
+
+class _Opaque(SelfAttention):
+    """An attention layer whose site layout kpflow is told it does not know."""
+
+
+ntk.site_parameters.register(_Opaque, lambda model: None)
 
 
 # -- refusals in from_module ------------------------------------------------------------------------
@@ -182,14 +381,13 @@ def test_every_parameter_frozen_is_refused():
         from_module(module)
 
 
-def test_a_frozen_readout_or_attention_parameter_is_refused_by_name():
+def test_a_frozen_readout_or_a_wholly_frozen_attention_module_is_refused_by_name():
     readout = torch.nn.Linear(H, 1, dtype=F64)
     readout.bias.requires_grad_(False)
     with pytest.raises(ValueError, match=r"the readout's \['bias'\] has requires_grad=False"):
         from_module(make_module("gru"), readout)
-    mha = torch.nn.MultiheadAttention(4, 2, batch_first=True, dtype=F64)
-    mha.out_proj.weight.requires_grad_(False)
-    with pytest.raises(ValueError, match=r"parameters \['out_proj.weight'\] have requires_grad=False"):
+    mha = torch.nn.MultiheadAttention(4, 2, batch_first=True, dtype=F64).requires_grad_(False)
+    with pytest.raises(ValueError, match="every parameter of the MultiheadAttention has requires_grad=False"):
         from_module(mha)
 
 

@@ -63,7 +63,9 @@ class SelfAttention(Model):
     shape (B, N, d), and the sites are the (batch, token) pairs (``site_shape = (B, N)``).
     Four weight sites: ``in_proj.q``, ``in_proj.k`` (without the key bias, whose kernel
     is exactly zero), ``in_proj.v`` (general D, :class:`~kpflow.models.sites.LinearSite`)
-    and ``out_proj`` (D = I).
+    and ``out_proj`` (D = I).  :func:`kpflow.ntk.site_parameters` names their rows (the key
+    bias, which no site carries, under ``NO_SITE``), so :meth:`with_frozen` and
+    ``to_params`` work in torch's names.
 
     Examples
     --------

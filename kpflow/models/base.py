@@ -779,7 +779,7 @@ def _states_vjp(model: Model, params: dict[str, Any], x: Any, h0: Any, states: A
 
 def _trained_sites(model: Model, sites: list[Site]) -> list[Site]:
     """``sites`` without the site-variable columns of ``model.frozen`` (sites left empty dropped)."""
-    from kpflow.ntk.jacobian import site_parameters
+    from kpflow.ntk.jacobian import _rows_in_site, site_parameters
 
     rows, shapes = site_parameters(model), model.param_shapes()
     if rows is None:  # with_frozen refuses such a model
@@ -789,8 +789,8 @@ def _trained_sites(model: Model, sites: list[Site]) -> list[Site]:
     for site in sites:
         spans: list[tuple[int, int]] = []
         at = 0
-        for name, _ in rows[site.name]:
-            n = shapes[name][1] if len(shapes[name]) == 2 else 1
+        for entry in rows[site.name]:
+            name, n = entry[0], _rows_in_site(entry, shapes)
             if name not in model.frozen:
                 if spans and spans[-1][1] == at:  # adjacent trained columns: one slice
                     spans[-1] = (spans[-1][0], at + n)

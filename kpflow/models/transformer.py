@@ -154,6 +154,9 @@ class TransformerEncoder(Model):
     ``x`` has shape (B, N, d).  The trajectory's state is ``(B, S, N, d)``: block 2l is
     the residual stream after layer l's attention block, 2l + 1 after its feed-forward
     block (and S − 1 after the final norm); ``states[:, -1]`` is the module's output.
+    :func:`kpflow.ntk.site_parameters` names every site's rows (``pos_embedding``'s block
+    C_w is E itself, not a transpose), so :meth:`with_frozen` and ``to_params`` work in
+    these names.
 
     Examples
     --------

@@ -27,6 +27,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from kpflow._array import check_array
+from kpflow.models.attention import SelfAttention
 from kpflow.models.base import Site, Trajectory
 from kpflow.models.feedforward import FeedForward
 from kpflow.models.gru import GRU
@@ -43,6 +44,7 @@ from kpflow.models.sites import (
     apply_site_DT,
     embed_columns,
 )
+from kpflow.models.transformer import TransformerEncoder
 from kpflow.ntk.kernel import check_trajectory, compiled, product_operands
 from kpflow.ntk.propagator import Propagator
 from kpflow.operators.base import LinearOperator, meta_of_array
@@ -54,7 +56,27 @@ __all__ = ["OutputJacobian", "ParameterMap", "StateJacobian", "site_parameters",
 
 #: A site's rows, in order: (parameter name, (lo, hi)) means rows lo..hi of that parameter's
 #: first axis, transposed (a weight of shape (out, in) fills ``in`` rows of C_w; a bias one row).
-SiteRows = list[tuple[str, tuple[int, int]]]
+#: A third element ``"rows"`` says: rows lo..hi of a weight as they are, not transposed
+#: (hi − lo rows of C_w; a weight stored (in, out), such as an embedding table).
+SiteRows = list[tuple[Any, ...]]  # (str, (int, int)) or (str, (int, int), "rows")
+
+#: The key, in :func:`site_parameters`'s answer, of the rows that reach no site: slices of
+#: parameters whose derivative is exactly zero (attention's key bias), so that no site
+#: variable carries them.  ``to_params`` gives them zeros; ``from_params`` drops them.
+NO_SITE = ""
+
+
+def _kind(entry: tuple) -> str | None:
+    return entry[2] if len(entry) > 2 else None
+
+
+def _rows_in_site(entry: tuple, shapes: dict[str, tuple[int, ...]]) -> int:
+    """How many rows of C_w (site-variable columns of A_w) one :data:`SiteRows` entry fills."""
+    lo, hi = entry[1]
+    if _kind(entry) == "rows":
+        return hi - lo
+    shape = shapes[entry[0]]
+    return shape[1] if len(shape) == 2 else 1
 
 
 # -- which rows of a site are which named parameter ---------------------------------------------------
@@ -79,12 +101,23 @@ def site_parameters(model: Any) -> dict[str, SiteRows] | None:
     LSTM                  ``ih+hh``: weight_ihᵀ, weight_hhᵀ, bias_ih, bias_hh (4H columns,
                           gates i, f, g, o as torch stacks them)
     MLP                   ``layers.l``: layers.l.weightᵀ, layers.l.bias
+    SelfAttention         ``in_proj.q``: in_proj_weight[0:d]ᵀ, in_proj_bias[0:d]; ``in_proj.k``:
+                          in_proj_weight[d:2d]ᵀ; ``in_proj.v``: rows 2d:3d of both;
+                          ``out_proj``: out_proj.weightᵀ, out_proj.bias; the key bias
+                          in_proj_bias[d:2d] under :data:`NO_SITE` (it shifts a row of
+                          scores, which softmax ignores: its derivative is exactly zero)
+    TransformerEncoder    per layer, prefixed ``layers.l.``: self-attention's sites (prefixed
+                          ``self_attn.``), ``linear1`` and ``linear2`` (weightᵀ, bias), and one
+                          site per LayerNorm parameter (γ or β, one row); ``norm.weight``,
+                          ``norm.bias``; ``pos_embedding``: pos_embedding as ``"rows"`` (row n
+                          is added at position n)
     Recurrent, Implicit,  one site per parameter, named after it: its transpose (a weight) or
     FeedForward           the bias itself (user-defined models, :mod:`kpflow.models.hooks`)
     ====================  ======================================================================
 
     (Without bias the bias rows are absent.)  Every built-in model's parameters map one to
-    one onto the entries of its site blocks.  Register a rule for a new model type with
+    one onto the entries of its site blocks and the exactly-zero rows under
+    :data:`NO_SITE`.  Register a rule for a new model type with
     ``site_parameters.register``; the generic answer ``None`` means "not known", and then
     ``to_params`` / ``from_params`` of its Jacobians raise.
 
@@ -155,6 +188,53 @@ def _(model: MLP) -> dict[str, SiteRows]:
         out[f"layers.{l}"] = _with_bias(
             [(f"layers.{l}.weight", full)], model.bias, [(f"layers.{l}.bias", full)]
         )
+    return out
+
+
+def _attention_rows(model: SelfAttention, prefix: str = "") -> dict[str, SiteRows]:
+    d, b, pre = model.d_model, model.bias, prefix
+    W, bias = pre + "in_proj_weight", pre + "in_proj_bias"
+    q, k, v = (0, d), (d, 2 * d), (2 * d, 3 * d)
+    out = {
+        pre + "in_proj.q": _with_bias([(W, q)], b, [(bias, q)]),
+        pre + "in_proj.k": [(W, k)],
+        pre + "in_proj.v": _with_bias([(W, v)], b, [(bias, v)]),
+        pre + "out_proj": _with_bias([(pre + "out_proj.weight", q)], b, [(pre + "out_proj.bias", q)]),
+    }
+    if b:  # the key bias adds q_n·b_K to every score of row n, which softmax ignores
+        out[NO_SITE] = [(bias, k)]
+    return out
+
+
+site_parameters.register(SelfAttention, _attention_rows)
+
+
+@site_parameters.register
+def _(model: TransformerEncoder) -> dict[str, SiteRows]:
+    d, f, b = model.d_model, model.d_ff, model.bias
+    out: dict[str, SiteRows] = {}
+
+    def norm(name: str) -> None:  # γ and β: a (d, 1) weight with site variable 1, one row each
+        out[name + ".weight"] = [(name + ".weight", (0, d))]
+        if b:
+            out[name + ".bias"] = [(name + ".bias", (0, d))]
+
+    for l in range(model.n_layers):
+        pre = f"layers.{l}."
+        attention = _attention_rows(model.attention, pre + "self_attn.")
+        out[NO_SITE] = out.get(NO_SITE, []) + attention.pop(NO_SITE, [])
+        out.update(attention)
+        norm(pre + "norm1")
+        for name, width in (("linear1", f), ("linear2", d)):
+            out[pre + name] = _with_bias(
+                [(f"{pre}{name}.weight", (0, width))], b, [(f"{pre}{name}.bias", (0, width))]
+            )
+        norm(pre + "norm2")
+    if model.final_norm:
+        norm("norm")
+    if model.positional == "learned":
+        # x + E[n]: C_w = E itself (site variable onehot(n)), not a transpose
+        out["pos_embedding"] = [("pos_embedding", (0, int(model.max_len)), "rows")]  # type: ignore[arg-type]
     return out
 
 
@@ -319,7 +399,9 @@ class _FlatParameters(LinearOperator):
         """A flat parameter vector ``(..., p)`` as the model's named parameters ``{name: (..., *shape)}``.
 
         ``J.to_params(J.rmatvec(g))`` is the gradient dθ of ⟨g, z⟩ in the model's own
-        parameter names (torch's for the built-in models).  Leading axes are kept.
+        parameter names (torch's for the built-in models).  Leading axes are kept.  Rows
+        that no site carries (:data:`NO_SITE`: an exactly zero derivative, such as
+        attention's key bias) come out as zeros.
 
         Examples
         --------
@@ -337,17 +419,28 @@ class _FlatParameters(LinearOperator):
         xp = self.xp
         blocks = self.split(v)
         pieces: dict[str, list[tuple[int, Any]]] = {name: [] for name in self._param_shapes}
+        lead = tuple(v.shape[:-1])
+        for entry in rows.get(NO_SITE, []):  # an exactly zero derivative
+            pname, (lo, hi) = entry[0], entry[1]
+            shape = self._param_shapes[pname]
+            zero = xp.zeros((*lead, hi - lo, *shape[1:]), dtype=self.dtype, device=self.device)
+            pieces[pname].append((lo, zero))
         for site, entries in rows.items():
+            if site == NO_SITE:
+                continue
             C = blocks[site]
             r = 0
-            for pname, (lo, _hi) in entries:
+            for entry in entries:
+                pname, lo = entry[0], entry[1][0]
                 shape = self._param_shapes[pname]
-                if len(shape) == 2:
-                    pieces[pname].append((lo, xp.matrix_transpose(C[..., r : r + shape[1], :])))
-                    r += shape[1]
+                n = _rows_in_site(entry, self._param_shapes)
+                if _kind(entry) == "rows":
+                    pieces[pname].append((lo, C[..., r : r + n, :]))
+                elif len(shape) == 2:
+                    pieces[pname].append((lo, xp.matrix_transpose(C[..., r : r + n, :])))
                 else:
                     pieces[pname].append((lo, C[..., r, :]))
-                    r += 1
+                r += n
         out = {}
         for pname, shape in self._param_shapes.items():
             parts = [a for _, a in sorted(pieces[pname], key=lambda t: t[0])]
@@ -359,7 +452,9 @@ class _FlatParameters(LinearOperator):
         """The inverse of :meth:`to_params`: named parameters ``{name: (..., *shape)}`` to ``(..., p)``.
 
         ``J.matvec(J.from_params(dθ))`` is the change of the states along the parameter
-        direction dθ, to first order (a Jacobian-vector product).
+        direction dθ, to first order (a Jacobian-vector product).  Rows under
+        :data:`NO_SITE` move nothing and are dropped, so ``to_params(from_params(θ))`` is θ
+        with those rows zero.
 
         Examples
         --------
@@ -401,10 +496,15 @@ class _FlatParameters(LinearOperator):
             lead = tuple(a.shape[:nd])
         blocks = {}
         for site, entries in rows.items():
+            if site == NO_SITE:  # moves nothing
+                continue
             parts = []
-            for pname, (lo, hi) in entries:
+            for entry in entries:
+                pname, (lo, hi) = entry[0], entry[1]
                 a = params[pname]
-                if len(self._param_shapes[pname]) == 2:
+                if _kind(entry) == "rows":
+                    parts.append(a[..., lo:hi, :])
+                elif len(self._param_shapes[pname]) == 2:
                     parts.append(xp.matrix_transpose(a[..., lo:hi, :]))
                 else:
                     parts.append(a[..., None, lo:hi])
@@ -421,25 +521,35 @@ def _checked_rows(
     """``rows`` after checking it maps the sites' entries one to one onto the parameters."""
     if rows is None:
         return None
-    if set(rows) != set(blocks.names):
+    if set(rows) - {NO_SITE} != set(blocks.names):
         msg = f"{where}: site_parameters names the sites {sorted(rows)}, the trajectory has {blocks.names}"
         raise ValueError(msg)
     covered: dict[str, list[tuple[int, int]]] = {name: [] for name in shapes}
     for site, entries in rows.items():
-        p, k = blocks.shapes[site]
+        p, k = blocks.shapes[site] if site != NO_SITE else (0, 0)
         n_rows = 0
-        for pname, (lo, hi) in entries:
+        for entry in entries:
+            pname, (lo, hi), kind = entry[0], entry[1], _kind(entry)
             if pname not in shapes:
                 msg = f"{where}: site_parameters names {pname!r}, which is not a parameter ({sorted(shapes)})"
                 raise ValueError(msg)
             shape = shapes[pname]
-            if hi - lo != k or not 0 <= lo < hi <= shape[0]:
+            if kind not in (None, "rows") or (kind == "rows" and (len(shape) != 2 or site == NO_SITE)):
                 msg = (
-                    f"{where}: site {site!r} has {k} columns but site_parameters gives rows "
-                    f"{lo}:{hi} of {pname!r} (shape {shape})"
+                    f"{where}: site {site!r}: expected the entry kind 'rows' for a weight (2-d) in a "
+                    f"site, or none, got {kind!r} for {pname!r} (shape {shape})"
                 )
                 raise ValueError(msg)
-            n_rows += shape[1] if len(shape) == 2 else 1
+            # C_w's columns: rows lo..hi of the parameter or, with "rows", its second axis
+            width = shape[1] if kind == "rows" else hi - lo
+            if (site != NO_SITE and width != k) or not 0 <= lo < hi <= shape[0]:
+                msg = (
+                    f"{where}: site {site!r} has {k} columns but site_parameters gives rows "
+                    f"{lo}:{hi} of {pname!r} (shape {shape}{'' if kind is None else ', ' + kind})"
+                )
+                raise ValueError(msg)
+            if site != NO_SITE:
+                n_rows += _rows_in_site(entry, shapes)
             covered[pname].append((lo, hi))
         if n_rows != p:
             msg = f"{where}: site {site!r} has p={p} site variables but site_parameters fills {n_rows} rows"

@@ -42,7 +42,7 @@ from kpflow.models import (
 )
 from kpflow.ntk import site_parameters
 from kpflow.tasks import Disk
-from kpflow.training import Adam, loss_and_gradients, train
+from kpflow.training import Adam, loss_and_gradients, masked_mse, train
 from tests.conftest import BACKENDS, Case, _make_case
 
 AUTODIFF = [b for b in ("torch", "jax") if b in BACKENDS]
@@ -248,7 +248,8 @@ def test_loss_gradients_match_central_differences(backend: str, method: str, nam
     readout = Linear(hi - lo, 2)
     rng = np.random.default_rng(3)
     host_rp = readout.init(rng)
-    targets = rng.standard_normal((*host_x.shape[:-1], 2))
+    # one target per site: (B, S, N) for the transformer, whose states are every layer's
+    targets = rng.standard_normal((*_states(model, host_params, host_x).shape[:-1], 2))
     out = loss_and_gradients(
         model,
         readout,
@@ -267,6 +268,27 @@ def test_loss_gradients_match_central_differences(backend: str, method: str, nam
         y = _states(model, host_params, host_x)[..., lo:hi] @ C.T + bias
         fd = float(np.mean(2.0 * (y - targets) * (dz @ C.T)))
         _check(_dot(grads, d), fd, grads, d, f"{name} on {backend} ({method}), direction {i}")
+
+
+@pytest.mark.parametrize(
+    ("backend", "method"),
+    [(b, m) for b in AUTODIFF for m in ("kpflow", "autodiff")] + [("numpy", "kpflow")],
+)
+def test_targets_of_the_input_sites_are_refused_where_the_model_has_more(
+    backend: str, method: str
+) -> None:
+    # a 1-layer transformer's states are S = 2 stages per token (attention, feed-forward), so on
+    # B = 2 sequences its sites are (B, S, N) = (2, 2, 3): targets shaped
+    # like the inputs' (B, N) sites would broadcast against the (B, S, N) outputs (S == B)
+    case = _make_case(backend, "float64")
+    model = TransformerEncoder(4, 2, 5, 1)
+    readout = Linear(4, 1)
+    x = case.asarray(np.random.default_rng(0).standard_normal((2, 3, 4)))
+    params, rp = _on(case, model.init(0)), _on(case, readout.init(1))
+    with pytest.raises(ValueError, match=r"expected targets of shape \(2, 2, 3, 1\)"):
+        loss_and_gradients(model, readout, params, rp, x, case.asarray(np.zeros((2, 3, 1))), method=method)
+    with pytest.raises(ValueError, match=r"masked_mse: expected targets of shape \(2, 3\)"):
+        masked_mse(case.asarray(np.zeros((2, 3))), case.asarray(np.zeros((3,))))
 
 
 # -- 4. training an equilibrium model ------------------------------------------------------------------

@@ -73,6 +73,7 @@ def masked_mse(outputs: Any, targets: Any, mask: Any = None) -> tuple[Any, Any]:
     (2.5, [[1.0, 2.0], [0.0, 0.0]])
     """
     xp = array_namespace(outputs, targets, mask)
+    _check_sites(tuple(outputs.shape), targets, mask, "masked_mse")
     err = outputs - targets
     if mask is None:
         count = float(prod(err.shape)) if err.ndim else 1.0
@@ -83,18 +84,32 @@ def masked_mse(outputs: Any, targets: Any, mask: Any = None) -> tuple[Any, Any]:
     return xp.sum(masked * err) / total, (2.0 / total) * masked
 
 
+def _check_sites(shape: tuple[int, ...], targets: Any, mask: Any, where: str) -> None:
+    """Targets of the outputs' ``shape`` ``(*sites, n_out)`` and a mask of ``sites``, or a ValueError.
+
+    A mismatch is never broadcast: for a transformer (sites ``(B, S, N)``, every layer's
+    states) targets of shape ``(B, N, n_out)`` would silently broadcast against the outputs
+    when ``S == B``.
+    """
+    if tuple(targets.shape) != tuple(shape):
+        msg = (
+            f"{where}: expected targets of shape {tuple(shape)} (the model's sites × the "
+            f"readout's n_out), got {tuple(targets.shape)}"
+        )
+        raise ValueError(msg)
+    if mask is not None and tuple(mask.shape) != tuple(shape[:-1]):
+        got = tuple(mask.shape)
+        msg = f"{where}: expected a mask of shape {tuple(shape[:-1])} (the model's sites), got {got}"
+        raise ValueError(msg)
+
+
 def _check_data(model: Model, readout: Linear, x: Any, targets: Any, mask: Any, where: str) -> None:
     xp = array_namespace(x, where=where)
     meta = {"xp": xp, "dtype": x.dtype, "device": device_of(x)}
-    site_dims = x.ndim - 1
+    # the shapes are checked against the model's sites once its states are known (_check_sites)
     check_array(targets, **meta, shape=None, name="targets", where=where)
-    want = (*x.shape[:site_dims], readout.n_out)
-    if tuple(targets.shape) != want:
-        got = tuple(targets.shape)
-        msg = f"{where}: expected targets of shape {want} (sites × the readout's n_out), got {got}"
-        raise ValueError(msg)
     if mask is not None:
-        check_array(mask, **meta, shape=tuple(x.shape[:site_dims]), name="mask", where=where)
+        check_array(mask, **meta, shape=None, name="mask", where=where)
     lo, hi = model.feature_columns
     if readout.n_in != hi - lo:
         msg = f"{where}: expected a readout with n_in = {hi - lo} (the model's features), got {readout.n_in}"
@@ -200,6 +215,7 @@ def _kpflow(
     feats = traj.features()  # (m, F)
     site_shape, m = traj.site_shape, traj.m
     outputs = xp.reshape(readout.apply(readout_params, feats), (*site_shape, readout.n_out))
+    _check_sites(tuple(outputs.shape), targets, mask, "loss_and_gradients")
     loss, gy = masked_mse(outputs, targets, mask)
     gy = xp.reshape(gy, (m, readout.n_out))
     readout_grads = _readout_grads(xp, readout, feats, gy)
@@ -239,7 +255,9 @@ def _autodiff(
 
     def loss_only(p: dict[str, Any], rp: dict[str, Any]) -> Any:
         states = model.unroll(p, x, h0)
-        return masked_mse(readout.apply(rp, states[..., lo:hi]), targets, mask)[0]
+        outputs = readout.apply(rp, states[..., lo:hi])
+        _check_sites(tuple(outputs.shape), targets, mask, "loss_and_gradients")
+        return masked_mse(outputs, targets, mask)[0]
 
     loss, pullback = adapter.vjp(loss_only, dict(params), dict(readout_params))
     grads, readout_grads = pullback(xp.ones_like(loss))

@@ -274,9 +274,7 @@ def test_loss_gradients_match_central_differences(backend: str, method: str, nam
     ("backend", "method"),
     [(b, m) for b in AUTODIFF for m in ("kpflow", "autodiff")] + [("numpy", "kpflow")],
 )
-def test_targets_of_the_input_sites_are_refused_where_the_model_has_more(
-    backend: str, method: str
-) -> None:
+def test_targets_shaped_like_the_inputs_sites_are_refused(backend: str, method: str) -> None:
     # a 1-layer transformer's states are S = 2 stages per token (attention, feed-forward), so on
     # B = 2 sequences its sites are (B, S, N) = (2, 2, 3): targets shaped
     # like the inputs' (B, N) sites would broadcast against the (B, S, N) outputs (S == B)

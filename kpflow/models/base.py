@@ -756,11 +756,7 @@ class Model(abc.ABC):
         # kpflow's J_Sᵀ has no rows for frozen parameters: one that requires grad anyway
         # takes autograd's route too
         frozen = tuple(params[k] for k in self.frozen)
-        if (
-            not recorded
-            or adapter.records_graph((x, h0, *frozen))
-            or site_parameters(self) is None
-        ):
+        if not recorded or adapter.records_graph((x, h0, *frozen)) or site_parameters(self) is None:
             return self.unroll(params, x, h0)
         with adapter.no_grad():
             plain = {k: adapter.graph_free(v) for k, v in params.items()}

@@ -141,6 +141,22 @@ def test_nan_in_an_operator_raises_in_trace_and_effective_rank_estimates(method:
         kpflow.linalg.effective_rank(A, method="estimate", num_matvecs=24, rng=0)
 
 
+@pytest.mark.parametrize("scale", [1e-24, 1e24])
+@pytest.mark.parametrize(("method", "symmetric"), [("exact", True), ("hutch++", True), ("hutch++", False)])
+def test_fro_norm_in_float32_far_from_unit_scale_matches_float64(method: str, symmetric: bool, scale: float):
+    # in float32 the squares of entries near 1e-24 underflow to 0 and those near 1e24 overflow
+    M, _ = spectral_matrix("exp", 60, seed=2)
+    if not symmetric:
+        M = M + np.triu(M, 1)
+    want = float(kpflow.linalg.fro_norm(Opaque(kpflow.Dense(M)), method=method, num_matvecs=40, rng=0))
+    A32 = Opaque(kpflow.Dense((scale * M).astype(np.float32)))
+    got = kpflow.linalg.fro_norm(A32, method=method, num_matvecs=40, rng=0)
+    assert got.value.dtype == np.float32
+    assert abs(float(got.value) / scale - want) <= 1e-5 * want
+    if method != "exact":
+        assert 0.0 < float(got.error) / scale < want
+
+
 def test_nan_in_a_diagonal_raises_even_outside_the_top_k():
     d = np.arange(10.0)
     d[0] = math.nan  # the smallest entry: the top 3 alone would look fine

@@ -88,7 +88,7 @@ class ScaledProducts:
     identities, and the products before it were exactly zero.  The trace and effective-rank
     estimators square their products, so they work in units of ``A / s`` too and map their
     estimates back with :meth:`unscale`.  A duck-typed counter: it has the counter's ``op``,
-    ``num_matvecs``, ``matmat`` and ``close``.
+    ``num_matvecs``, ``matmat``, ``rmatmat`` and ``close``.
     """
 
     def __init__(self, counter: Any, where: str, name: str | None = None) -> None:
@@ -105,11 +105,17 @@ class ScaledProducts:
 
     def matmat(self, X: Any) -> Any:
         """``A X / s`` for ``X`` (k, size_in)."""
-        xp = self.op.xp
-        Y = self.counter.matmat(X)
-        largest = check_finite(xp, Y, self.where, self.name)
+        return self._scaled(self.counter.matmat(X))
+
+    def rmatmat(self, X: Any) -> Any:
+        """``Aᵀ X / s`` for ``X`` (k, size_out), with the same ``s``."""
+        return self._scaled(self.counter.rmatmat(X))
+
+    def _scaled(self, Y: Any) -> Any:
+        """``Y / s``; the first nonzero product fixes ``s``; NaN or inf raise."""
+        largest = check_finite(self.op.xp, Y, self.where, self.name)
         if not self._fixed and largest > 0.0:
-            self.scale = power_of_four(xp, self.op.dtype, largest)
+            self.scale = power_of_four(self.op.xp, self.op.dtype, largest)
             self._fixed = True
         return Y if self.scale == 1.0 else Y * (1.0 / self.scale)
 

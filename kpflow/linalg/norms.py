@@ -18,7 +18,7 @@ Cost comparison (``m`` = budget of products with the operator(s)):
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
@@ -38,6 +38,7 @@ from kpflow.linalg._common import (
     unit_rows,
     without_graph,
 )
+from kpflow.linalg._scaling import ScaledProducts
 from kpflow.linalg._statistics import student_factor
 from kpflow.operators.base import LinearOperator, common_meta
 from kpflow.operators.functions import is_symmetric
@@ -83,25 +84,33 @@ def gram_small_side(A: LinearOperator) -> LinearOperator | None:
 
 
 # -- Frobenius norm ------------------------------------------------------------------------------
-def _fro_sq_exact(A: LinearOperator, progress: Any, where: str = "kpflow.linalg.fro_norm") -> tuple[Any, int]:
-    """``‖A‖²_F`` from unit probes on the smaller side."""
+def _fro_exact_scaled(A: LinearOperator, progress: Any, where: str) -> tuple[Any, Any, int]:
+    """``(s, q, products)`` with ``‖A‖²_F = s² q`` from unit probes on the smaller side.
+
+    The sum of squares is kept in units of the largest entry seen (:func:`_scaled_update`),
+    so that ``‖A‖_F = s √q`` neither underflows nor overflows in float32 for operators of
+    any scale.
+    """
     xp = A.xp
+    tiny = float(xp.finfo(A.dtype).smallest_normal)
     counter = MatvecCounter(A, progress, min(A.size_in, A.size_out), where)
-    total = _zero(A)
+    s, q = _zero(A), _zero(A)
+    update = kernel(A, _scaled_update, tiny)
     try:
-        if A.size_in <= A.size_out:
-            for start in range(0, A.size_in, UNIT_BLOCK):
-                stop = min(A.size_in, start + UNIT_BLOCK)
-                Y = counter.matmat(unit_rows(A, start, stop, A.size_in))
-                total = total + xp.sum(Y * Y)
-        else:
-            for start in range(0, A.size_out, UNIT_BLOCK):
-                stop = min(A.size_out, start + UNIT_BLOCK)
-                Y = counter.rmatmat(unit_rows(A, start, stop, A.size_out))
-                total = total + xp.sum(Y * Y)
+        small_in = A.size_in <= A.size_out
+        n = A.size_in if small_in else A.size_out
+        for start in range(0, n, UNIT_BLOCK):
+            E = unit_rows(A, start, min(n, start + UNIT_BLOCK), n)
+            s, q = update(s, q, counter.matmat(E) if small_in else counter.rmatmat(E))
     finally:
         counter.close()
-    return total, counter.num_matvecs
+    return s, q, counter.num_matvecs
+
+
+def _fro_sq_exact(A: LinearOperator, progress: Any, where: str = "kpflow.linalg.fro_norm") -> tuple[Any, int]:
+    """``‖A‖²_F`` from unit probes on the smaller side."""
+    s, q, used = _fro_exact_scaled(A, progress, where)
+    return s * s * q, used
 
 
 def _squared_norms(xp: Any, AG: Any) -> tuple[Any, Any]:
@@ -207,21 +216,23 @@ def fro_norm(
     if method in ("auto", "exact"):
         budget_ok = small <= DENSE_LIMIT if num_matvecs is None else num_matvecs >= small
         if method == "exact" or budget_ok:
-            sq, used = _fro_sq_exact(A, progress)
-            return ScalarResult(A.xp.sqrt(sq), _zero(A), used, "exact")
+            scale, q, used = _fro_exact_scaled(A, progress, where)
+            return ScalarResult(scale * A.xp.sqrt(q), _zero(A), used, "exact")
         method = "hutch++"
     symmetric = A.shape_in == A.shape_out and (is_symmetric(A) or rules.is_psd(A))
     budget = DEFAULT_BUDGET if num_matvecs is None else int(num_matvecs)
     check_budget(budget, _fro_minimum(method, symmetric), where, method)
-    counter = MatvecCounter(A, progress, budget, where)
+    # in units of A / s (ScaledProducts): the squares of float32 entries below about 1e-19
+    # underflow; ‖A‖_F = s ‖A / s‖_F
+    counter = ScaledProducts(MatvecCounter(A, progress, budget, where), where)
     try:
-        sq, se = _fro_sq_estimate(counter, budget, gen, method, symmetric)
+        sq, se = _fro_sq_estimate(cast(Any, counter), budget, gen, method, symmetric)  # duck-typed
     finally:
         counter.close()
     xp = A.xp
     value = xp.sqrt(xp.maximum(sq, 0.0))
     error = None if se is None else se / (2 * xp.maximum(value, float(xp.finfo(A.dtype).smallest_normal)))
-    return ScalarResult(value, error, counter.num_matvecs, method)
+    return ScalarResult(counter.unscale(value), counter.unscale(error), counter.num_matvecs, method)
 
 
 # -- alignment -----------------------------------------------------------------------------------

@@ -52,10 +52,6 @@ def _zero(A: LinearOperator) -> Any:
     return A.xp.zeros((), dtype=A.dtype, device=A.device)
 
 
-def _se(xp: Any, samples: Any) -> Any:
-    return mean_and_error(xp, samples)[1]
-
-
 # -- the smaller side of a Gram operator --------------------------------------------------------
 def gram_small_side(A: LinearOperator) -> LinearOperator | None:
     """``Fᵀ F`` when ``A = F Fᵀ`` (:func:`~kpflow.linalg.rules.gram_factor`) and ``F`` has fewer

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the hooks route differentiates the user's step with torch")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hooks.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_hooks.py"
 
 
 def test_quick_run_prints_both_routes_agreeing_and_a_ratio() -> None:

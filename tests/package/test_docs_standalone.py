@@ -26,7 +26,7 @@ from tests.docs_helpers import (
     python_blocks,
 )
 
-HELPERS = Path(__file__).resolve().parent / "docs_helpers.py"
+HELPERS = Path(__file__).resolve().parents[1] / "docs_helpers.py"
 PAGES = [p for p in sorted((ROOT / "docs").rglob("*.md")) if python_blocks(p.read_text(encoding="utf-8"))]
 PAGES.append(ROOT / "README.md")
 

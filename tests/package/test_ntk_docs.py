@@ -10,7 +10,7 @@ import pytest
 
 from tests.docs_helpers import extra_modules, needed_extras, python_blocks, run_examples
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
 NO_EXAMPLE = {"index"}  # the map of the docs
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
     reason="torch.compile on the CPU needs a C++ compiler",
 )
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_torch_compile.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_torch_compile.py"
 
 
 def test_quick_run_compiles_both_recursions_agreeing_with_eager_and_prints_ratios() -> None:

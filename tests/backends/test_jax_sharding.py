@@ -24,7 +24,7 @@ import pytest
 
 pytest.importorskip("jax", reason="jax is not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEVICES = 4
 
 SCRIPT = textwrap.dedent(

@@ -24,7 +24,7 @@ from kpflow import linalg  # noqa: E402
 from kpflow.linalg._common import CHUNK, MatvecCounter, kernel, orthonormal_rows  # noqa: E402
 from tests.linalg_helpers import spectral_matrix  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 X64_OFF_SCRIPT = textwrap.dedent(
     """

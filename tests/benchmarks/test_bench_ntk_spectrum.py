@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("torch", reason="the benchmark's baseline is torch.nn.GRU")
 pytest.importorskip("scipy", reason="the benchmark's baseline is scipy's ARPACK")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ntk_spectrum.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ntk_spectrum.py"
 CASES = ("autodiff+ARPACK", "kpflow-numpy", "kpflow-torch", "kpflow-torch-detach")
 COLUMNS = (
     "n",

@@ -67,9 +67,9 @@ def docs(session: nox.Session) -> None:
         "python",
         "-m",
         "pytest",
-        "tests/test_ntk_docs.py",
-        "tests/test_docs_standalone.py",
-        "tests/test_readme.py",
+        "tests/package/test_docs_pages.py",
+        "tests/package/test_docs_standalone.py",
+        "tests/package/test_readme.py",
         "-p",
         "no:cacheprovider",
     )

@@ -25,7 +25,7 @@ on one GPU after compilation.
 
 ``--cpu`` rehearses every check on the CPU (torch and jax on their CPU devices; jax's transfer
 guard still applies, torch has no sync guard off CUDA), so that the script itself is tested
-where no GPU is lent (``tests/test_gpu_check.py``, with two forced host devices for the
+where no GPU is lent (``tests/benchmarks/test_gpu_check.py``, with two forced host devices for the
 sharded check); it proves nothing about GPUs.
 
 Run: ``python benchmarks/gpu_check.py`` (``--help`` for the sizes).

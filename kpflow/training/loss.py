@@ -15,7 +15,7 @@ framework's autodiff:
   the implicit function theorem: the iterations are never differentiated).
 
 The two agree to rounding, and with central finite differences on every model
-(tests/test_gradients.py).
+(tests/training/test_gradients.py).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def test_the_docs_example_runs():
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "linalg.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
-    # doctest-style blocks (">>>") run through the docs doctest harness (tests/test_ntk_docs.py)
+    # doctest-style blocks (">>>") run through the docs doctest harness (tests/package/test_docs_pages.py)
     runnable = [b for b in blocks if "register" not in b and not b.lstrip().startswith(">>>")]
     assert runnable
     for block in runnable:

@@ -156,7 +156,7 @@ def test_implicit_global_ntk_equals_dense_ift_reference(backend, kind, data):
 def test_state_jacobian_and_autodiff_are_the_dense_ift_jacobian_with_its_sign(kind):
     # J_S = dz/dθ = −(∂F/∂z)⁻¹ ∂F/∂θ itself (not only J_S J_Sᵀ, which is blind to a sign),
     # from kpflow's sites (J.matvec, J.rmatvec) and from torch's reverse mode through run
-    # (dz/dθ and dz/dx).  jax's routes: tests/test_gradients.py (against finite differences).
+    # (dz/dθ and dz/dx).  jax's routes: tests/training/test_gradients.py (against finite differences).
     backend = "torch"
     case = _make_case(backend, "float64")
     B, n, d = 2, 3, 2

@@ -34,7 +34,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kpflow._array import array_namespace, device_of, prod
+from kpflow._array import array_namespace
+from kpflow.models._hook_autodiff import _hook_D, _hook_DT, _hook_step_jvp, _hook_step_vjp, _params  # noqa: F401
 from kpflow.models.base import RecurrentModel, RecurrentTrajectory, StepKernel, check_size
 from kpflow.models.sites import LinearSite, Site
 
@@ -127,13 +128,16 @@ class _Hook:
         self.eps, self.plan = eps, plan
         self.calls: list[tuple[str, Any]] = []
 
-    def __call__(self, name: Any, a: Any = None) -> Any:
+    def __call__(self, name: Any, a: Any = None, *, rows: Any = None) -> Any:
         where = self.where
         if not isinstance(name, str) or name not in self.shapes:
             msg = f"{where}: site({name!r}) names no parameter; param_shapes declares {sorted(self.shapes)}"
             raise ValueError(msg)
         shape = self.shapes[name]
+        lo, hi = _check_rows(rows, name, shape[0], where)
         W = self.params[name]
+        if (lo, hi) != (0, shape[0]):
+            W = W[lo:hi, ...]
         if a is None:
             if len(shape) != 1:
                 msg = (
@@ -158,17 +162,43 @@ class _Hook:
             xp = array_namespace(a, W)
             u = a @ xp.matrix_transpose(W)
         c = len(self.calls)
-        if self.plan is not None and (c >= len(self.plan) or self.plan[c][0] != name):
-            expected = self.plan[c][0] if c < len(self.plan) else "no further call"
+        if self.plan is not None and (c >= len(self.plan) or tuple(self.plan[c][::2]) != (name, (lo, hi))):
+            expected = _call_text(*self.plan[c]) if c < len(self.plan) else "no further call"
             msg = (
-                f"{where}: hook call {c} is site({name!r}) but the recorded step made {expected!r} "
-                "there; the sequence of hook calls must not depend on the values of the arrays"
+                f"{where}: hook call {c} is {_call_text(name, a is None, (lo, hi))} but the recorded "
+                f"step made {expected} there; the sequence of hook calls (names and rows) must not "
+                "depend on the values of the arrays"
             )
             raise ValueError(msg)
-        self.calls.append((name, a))
+        self.calls.append((name, a, (lo, hi)))
         if self.eps is not None and c in self.eps:
-            u = u + self.eps[c]
+            # a site of this call's rows perturbs them; a site of the whole weight (calls with
+            # overlapping rows) gives the full width, of which this call moves rows lo:hi
+            e = self.eps[c]
+            if hi - lo != shape[0] and int(e.shape[-1]) == shape[0]:
+                e = e[..., lo:hi]
+            u = u + e
         return u
+
+
+def _check_rows(rows: Any, name: str, n_rows: int, where: str) -> tuple[int, int]:
+    """``rows`` of a hook call as (lo, hi), checked against the parameter's ``n_rows`` rows."""
+    if rows is None:
+        return (0, n_rows)
+    ok = isinstance(rows, tuple | list) and len(rows) == 2
+    ok = ok and all(isinstance(r, int) and not isinstance(r, bool) for r in rows)
+    if not ok or not 0 <= rows[0] < rows[1] <= n_rows:
+        msg = (
+            f"{where}: site({name!r}, rows=...) expected rows=(lo, hi), two ints with "
+            f"0 <= lo < hi <= {n_rows} (params[{name!r}] has {n_rows} rows), got {rows!r}"
+        )
+        raise ValueError(msg)
+    return (int(rows[0]), int(rows[1]))
+
+
+def _call_text(name: str, bias: bool, rows: tuple[int, int]) -> str:
+    args = repr(name) if bias else f"{name!r}, a"
+    return f"site({args}, rows={rows})"
 
 
 def _check_param_shapes(param_shapes: Any, where: str) -> dict[str, tuple[int, ...]]:
@@ -363,21 +393,37 @@ def record_hook_calls(
 ) -> tuple[tuple, list]:
     """Run ``model._call`` once at every site; return (plan, site variables by call), checked.
 
-    ``plan`` holds (name, is a bias call) per hook call; every parameter must be used and
-    every site variable must have the leading axes ``site_shape`` (named ``axes``).
+    ``plan`` holds (name, is a bias call, rows (lo, hi)) per hook call; every parameter must
+    be used, every row of it by some call, and every site variable must have the leading
+    axes ``site_shape`` (named ``axes``).
     """
     hook = _Hook(params, model._shapes, where)
     model._call(params, z, x, hook)
-    plan = tuple((name, a is None) for name, a in hook.calls)
-    variables = [a for _, a in hook.calls]
-    unused = sorted(set(model._shapes) - {name for name, _ in plan})
+    plan = tuple((name, a is None, rows) for name, a, rows in hook.calls)
+    variables = [a for _, a, _ in hook.calls]
+    unused = sorted(set(model._shapes) - {name for name, _, _ in plan})
     if unused:
         msg = (
             f"{where}: no hook call used the parameter(s) {unused}; route every use through "
             "site(name, a) / site(name), and drop parameters the model does not use"
         )
         raise ValueError(msg)
-    for (name, _), a in zip(plan, variables, strict=True):
+    for name, shape in model._shapes.items():
+        spans = sorted({rows for n, _, rows in plan if n == name})
+        gaps, at = [], 0
+        for lo, hi in spans:
+            if lo > at:
+                gaps.append((at, lo))
+            at = max(at, hi)
+        if at < shape[0]:
+            gaps.append((at, shape[0]))
+        if gaps:
+            msg = (
+                f"{where}: the hook calls of {name!r} (shape {shape}) use rows {spans}; rows "
+                f"{gaps} of it reach no call. Every row of a parameter must be used (drop unused rows)"
+            )
+            raise ValueError(msg)
+    for (name, _, _), a in zip(plan, variables, strict=True):
         if a is not None and tuple(a.shape[:-1]) != site_shape:
             msg = (
                 f"{where}: the site variable of site({name!r}, a) has shape {tuple(a.shape)}; "
@@ -387,20 +433,54 @@ def record_hook_calls(
     return plan, variables
 
 
-def hook_sites(traj: Any) -> list[Site]:
-    """One :class:`LinearSite` per parameter of a hook-based trajectory (rows: call, site).
+def hook_site_groups(plan: tuple, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, str, tuple, tuple]]:
+    """The sites of a hook model's calls: ``[(site name, parameter, rows (lo, hi), calls)]``.
 
+    A parameter whose calls name pairwise disjoint row ranges (``site(name, a, rows=...)``)
+    gets one site per range, named ``"name[lo:hi]"`` (``"name"`` when the range is every
+    row), holding the calls of that range.  A parameter whose calls' rows overlap (a call
+    without ``rows`` and another use of the weight, or two ranges that share rows) gets one
+    site over all its rows, named ``"name"``, holding all its calls (with their cross terms).
+
+    Examples
+    --------
+    >>> from kpflow.models.hooks import hook_site_groups
+    >>> plan = (("W", False, (0, 2)), ("W", False, (2, 4)), ("b", True, (0, 4)), ("W", False, (0, 2)))
+    >>> hook_site_groups(plan, {"W": (4, 3), "b": (4,)})
+    [('W[0:2]', 'W', (0, 2), (0, 3)), ('W[2:4]', 'W', (2, 4), (1,)), ('b', 'b', (0, 4), (2,))]
+    """
+    groups = []
+    for name in sorted(shapes):
+        out = shapes[name][0]
+        spans = sorted({rows for n, _, rows in plan if n == name})
+        disjoint = all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+        if not disjoint:
+            spans = [(0, out)]
+        for lo, hi in spans:
+            calls = tuple(
+                c for c, (n, _, rows) in enumerate(plan) if n == name and (not disjoint or rows == (lo, hi))
+            )
+            label = name if (lo, hi) == (0, out) else f"{name}[{lo}:{hi}]"
+            groups.append((label, name, (lo, hi), calls))
+    return groups
+
+
+def hook_sites(traj: Any) -> list[Site]:
+    """The weight sites of a hook-based trajectory, one per :func:`hook_site_groups` entry.
+
+    Each site's rows are (call, site); its ``rows`` attribute says which parameter rows it
+    covers (``[(name, (lo, hi))]``, the format of :func:`kpflow.ntk.site_parameters`).
     ``traj`` has ``names``, ``plan``, ``site_variables_by_call``, ``_static()`` and
     ``_operands`` (params values, z, x), and its ``model`` has ``_call`` and ``_shapes``; D
     differentiates ``model._call`` with respect to the hook outputs (:func:`_hook_D`).
     ``_call`` is the update map f of the constraint z − f(z; θ) = 0 (a recurrent step, a
     feed-forward stack, z − F for an implicit model's residual F), so D_w = ∂f/∂u_w and
-    J_S = P F is dz/dθ with its sign.
+    J_S = P F is dz/dθ with its sign.  A site used by one call whose D_w is diagonal is
+    stored with its per-unit D (:func:`_as_diagonal`).
     """
     xp, m = traj.xp, traj.m
     sites: list[Site] = []
-    for name in traj.names:
-        calls = tuple(c for c, (n, _) in enumerate(traj.plan) if n == name)
+    for label, name, (lo, hi), calls in hook_site_groups(traj.plan, traj.model._shapes):
         blocks = []
         for c in calls:
             a = traj.site_variables_by_call[c]
@@ -409,20 +489,22 @@ def hook_sites(traj: Any) -> list[Site]:
             else:
                 blocks.append(xp.reshape(a, (m, int(a.shape[-1]))))
         A = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
-        out = traj.model._shapes[name][0]
-        static = (*traj._static(), calls, traj.site_shape, out)
-        site = LinearSite(
-            name,
+        static = (*traj._static(), calls, traj.site_shape, hi - lo)
+        site: Site = LinearSite(
+            label,
             A,
             state_shape=traj.state_shape,
-            width=out,
+            width=hi - lo,
             apply=_hook_D,
             adjoint=_hook_DT,
             operands=traj._operands,
             static=static,
             n_sites=m,
         )
-        sites.append(_as_diagonal(site, traj) if len(calls) == 1 else site)
+        if len(calls) == 1:
+            site = _as_diagonal(site, traj)  # type: ignore[arg-type]
+        site.rows = [(name, (lo, hi))]  # type: ignore[attr-defined]
+        sites.append(site)
     return sites
 
 
@@ -448,107 +530,3 @@ def _as_diagonal(site: LinearSite, traj: Any) -> Site:
     if gap > 100 * float(xp.finfo(traj.dtype).eps) * float(xp.linalg.vector_norm(DU)):
         return site
     return Site(site.name, site.variables, state_shape=traj.state_shape, unit_D=d[:, :, None, None])
-
-
-# -- pure derivative actions (module level: one compiled program per shape on jax) -------------------
-def _params(names: tuple[str, ...], values: tuple) -> dict[str, Any]:
-    return dict(zip(names, values, strict=True))
-
-
-def _hook_step_jvp(
-    xp: Any, model: Recurrent, backend: str, names: tuple, plan: tuple, operands: tuple, V: Any, t: Any
-) -> Any:
-    """J_t V = ∂step/∂h · V at step t (or every step, t = slice(None)), vmapped over probes."""
-    from kpflow.backends import get_backend
-
-    adapter = get_backend(backend)
-    values, prev, x = operands
-    params = _params(names, values)
-    h, xt = prev[:, t, ...], x[:, t, ...]
-    where = "Recurrent (P)"
-
-    def f(h: Any) -> Any:
-        return model._call(params, h, xt, _Hook(params, model._shapes, where, plan=plan))
-
-    return adapter.vmap(lambda v: adapter.jvp(f, (h,), (v,))[1])(V)
-
-
-def _hook_step_vjp(
-    xp: Any, model: Recurrent, backend: str, names: tuple, plan: tuple, operands: tuple, W: Any, t: Any
-) -> Any:
-    """J_tᵀ W at step t (or every step), vmapped over probes."""
-    from kpflow.backends import get_backend
-
-    adapter = get_backend(backend)
-    values, prev, x = operands
-    params = _params(names, values)
-    h, xt = prev[:, t, ...], x[:, t, ...]
-    where = "Recurrent (Pᵀ)"
-
-    def f(h: Any) -> Any:
-        return model._call(params, h, xt, _Hook(params, model._shapes, where, plan=plan))
-
-    _, vjp_fn = adapter.vjp(f, h)
-    return adapter.vmap(lambda w: vjp_fn(w)[0])(W)
-
-
-def _perturbed_step(
-    model: Recurrent, names: tuple, plan: tuple, operands: tuple, calls: tuple, where: str
-) -> Callable[[Any], Any]:
-    """eps (n_calls, B, T, out) ↦ the step at every site with eps[i] added to call calls[i]."""
-    values, prev, x = operands
-    params = _params(names, values)
-
-    def f(eps: Any) -> Any:
-        perturb = {c: eps[i, ...] for i, c in enumerate(calls)}
-        return model._call(params, prev, x, _Hook(params, model._shapes, where, eps=perturb, plan=plan))
-
-    return f
-
-
-def _hook_D(
-    xp: Any,
-    model: Recurrent,
-    backend: str,
-    names: tuple,
-    plan: tuple,
-    calls: tuple,
-    site_shape: tuple,
-    out: int,
-    operands: tuple,
-    U: Any,
-) -> Any:
-    """D_w U: (k, n_calls·m, out) ↦ (k, B, T, H), a jvp of the perturbed step per probe."""
-    from kpflow.backends import get_backend
-
-    adapter = get_backend(backend)
-    f = _perturbed_step(model, names, plan, operands, calls, "Recurrent (D)")
-    prev = operands[1]
-    shape = (len(calls), *site_shape, out)
-    zero = xp.zeros(shape, dtype=prev.dtype, device=device_of(prev))
-    return adapter.vmap(lambda u: adapter.jvp(f, (zero,), (xp.reshape(u, shape),))[1])(U)
-
-
-def _hook_DT(
-    xp: Any,
-    model: Recurrent,
-    backend: str,
-    names: tuple,
-    plan: tuple,
-    calls: tuple,
-    site_shape: tuple,
-    out: int,
-    operands: tuple,
-    V: Any,
-) -> Any:
-    """D_wᵀ V: (k, B, T, H) ↦ (k, n_calls·m, out), a vjp of the perturbed step per probe."""
-    from kpflow.backends import get_backend
-
-    adapter = get_backend(backend)
-    f = _perturbed_step(model, names, plan, operands, calls, "Recurrent (Dᵀ)")
-    prev = operands[1]
-    shape = (len(calls), *site_shape, out)
-    rows = (len(calls) * prod(site_shape), out)
-    zero = xp.zeros(shape, dtype=prev.dtype, device=device_of(prev))
-    _, vjp_fn = adapter.vjp(f, zero)
-    return adapter.vmap(lambda v: xp.reshape(vjp_fn(v)[0], rows))(V)

@@ -21,9 +21,12 @@ import json
 import sys
 from typing import Any
 
+from kpflow.models import registry
+
 __all__ = ["build_parser", "main", "run_demo_command", "run_spectrum"]
 
-MODELS = ("rnn", "leaky", "gru", "lstm", "mlp")
+#: ``--model`` choices: every entry of kpflow.models.registry
+MODELS = registry.names()
 BACKENDS = ("numpy", "array_api_strict", "torch", "jax")
 DTYPES = ("float64", "float32")
 
@@ -88,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
             "printed with their standard errors."
         ),
     )
-    spec.add_argument("--model", choices=MODELS, default="gru", help="built-in model (default: gru)")
+    spec.add_argument(
+        "--model",
+        choices=MODELS,
+        default="gru",
+        help="built-in model, from kpflow.models.registry (default: gru)",
+    )
     spec.add_argument("--backend", choices=BACKENDS, default="numpy", help="array backend (default: numpy)")
     spec.add_argument(
         "--dtype",
@@ -103,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--time", type=_positive_int, default=30, help="sequence length T (default: 30)")
     spec.add_argument("--hidden", type=_positive_int, default=32, help="hidden width H (default: 32)")
     spec.add_argument("--inputs", type=_positive_int, default=3, help="input features n_in (default: 3)")
-    spec.add_argument("--depth", type=_positive_int, default=3, help="MLP hidden layers (default: 3)")
-    spec.add_argument("--dt", type=_unit_interval, default=0.1, help="leaky RNN time step (default: 0.1)")
+    depth, dt = registry.entry("mlp").defaults["depth"], registry.entry("leaky").defaults["dt"]
+    spec.add_argument("--depth", type=_positive_int, help=f"MLP hidden layers (default: {depth})")
+    spec.add_argument("--dt", type=_unit_interval, help=f"leaky RNN time step (default: {dt})")
     spec.add_argument("--k", type=_positive_int, default=10, help="top eigenvalues to print (default: 10)")
     spec.add_argument(
         "--matvecs",
@@ -225,21 +234,16 @@ def run_demo_command(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _make_model(args: argparse.Namespace) -> Any:
-    from kpflow.models import MLP, RNN, LeakyRNN
-    from kpflow.models.gru import GRU
-    from kpflow.models.lstm import LSTM
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The registry entry's options that have a flag (``--dt``, ``--depth``): given or default."""
+    defaults = registry.entry(args.model).defaults
+    given = {k: getattr(args, k, None) for k in defaults}
+    return {k: defaults[k] if v is None else v for k, v in given.items() if hasattr(args, k)}
 
-    n_in, H = args.inputs, args.hidden
-    if args.model == "rnn":
-        return RNN(n_in, H)
-    if args.model == "leaky":
-        return LeakyRNN(n_in, H, dt=args.dt)
-    if args.model == "gru":
-        return GRU(n_in, H)
-    if args.model == "lstm":
-        return LSTM(n_in, H)
-    return MLP((n_in,) + (H,) * args.depth)
+
+def _make_model(args: argparse.Namespace) -> Any:
+    entry = registry.entry(args.model)
+    return entry.build(entry.n_inputs(args.inputs, args.hidden), args.hidden, **_model_options(args))
 
 
 def _like(backend: str, dtype: str) -> Any:
@@ -300,7 +304,8 @@ def run_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     model = _make_model(args)
     rng = np.random.default_rng(args.seed)
     params = model.init(rng, like=like)
-    shape = (args.batch, args.inputs) if args.model == "mlp" else (args.batch, args.time, args.inputs)
+    entry = registry.entry(args.model)
+    shape = entry.input_shape(args.batch, args.time, args.inputs, args.hidden)
     x = get_backend(like).from_host(rng.standard_normal(shape), dtype=like.dtype, device=None)
     traj = model.run(params, x)
     report = spectrum_report(
@@ -310,11 +315,10 @@ def run_spectrum(args: argparse.Namespace) -> dict[str, Any]:
         key: getattr(args, key)
         for key in ("model", "backend", "dtype", "batch", "time", "hidden", "inputs", "k", "matvecs", "seed")
     }
-    if args.model == "mlp":
-        config["depth"] = args.depth
+    config["inputs"] = entry.n_inputs(args.inputs, args.hidden)
+    if not entry.sequence:
         del config["time"]
-    if args.model == "leaky":
-        config["dt"] = args.dt
+    config.update(_model_options(args))
     report["config"] = config
     return report
 

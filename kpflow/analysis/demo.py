@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kpflow.models.registry import build, names
+
 __all__ = ["DemoConfig", "run_demo", "summary", "write_report"]
 
-MODELS = ("gru", "rnn", "lstm", "leaky")
+#: the registry's models that a task's (B, T, n_in) inputs can drive (kpflow.models.registry)
+MODELS = names(sequence=True, free_inputs=True)
 
 #: NTK_S has collapsed when its top eigenvalue after training is below this fraction of the
 #: one at initialisation (a saturated network: J_S ≈ 0, its effective rank is noise).
@@ -92,12 +95,7 @@ def _task(config: DemoConfig) -> Any:
 
 
 def _model(config: DemoConfig, n_in: int) -> Any:
-    from kpflow.models import GRU, LSTM, RNN, LeakyRNN
-
-    H = config.hidden
-    if config.model == "leaky":
-        return LeakyRNN(n_in, H, dt=0.2, bias=True)
-    return {"gru": GRU, "rnn": RNN, "lstm": LSTM}[config.model](n_in, H)
+    return build(config.model, n_in, config.hidden)  # the registry's defaults
 
 
 def run_demo(config: DemoConfig, *, like: Any = None, progress: Any = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from kpflow._array import host_rng
 from kpflow.models.base import Model, convert_host
+from kpflow.models.registry import fixed_point_system
 
 __all__ = ["init_params"]
 
@@ -40,7 +41,9 @@ def init_params(
         initialisation.  Default: the model's own initialisation.
     fixed_points : array of shape (K, H), optional
         States h*_1 … h*_K made exact fixed points of the autonomous dynamics (x = 0).
-        For :class:`~kpflow.models.RNN` (tanh) h* = tanh(W h* + b) needs entries in (−1, 1);
+        The models that take them are the registry entries with a fixed-point rule
+        (:func:`kpflow.models.registry.fixed_point_system`): for :class:`~kpflow.models.RNN`
+        (tanh) h* = tanh(W h* + b) needs entries in (−1, 1);
         for :class:`~kpflow.models.LeakyRNN`, W φ(h*) + b = h*.  W_hh gets the
         minimum-Frobenius-norm correction W ← W + (R − W Φ) Φ⁺ that makes them hold, where
         Φ stacks the h*_k (φ(h*_k) for the leaky RNN) as columns and R their targets, so
@@ -92,8 +95,6 @@ def init_params(
 
 
 def _embed_fixed_points(model: Model, host: dict[str, np.ndarray], points: Any, where: str) -> np.ndarray:
-    from kpflow.models import RNN, LeakyRNN
-
     H = host["weight_hh"].shape[1]
     pts = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != H:
@@ -103,21 +104,7 @@ def _embed_fixed_points(model: Model, host: dict[str, np.ndarray], points: Any, 
         msg = f"{where}: expected at most H = {H} fixed points, got {pts.shape[0]}"
         raise ValueError(msg)
     W = host["weight_hh"]
-    if isinstance(model, RNN) and model.nonlinearity == "tanh":
-        if not np.all(np.abs(pts) < 1):
-            biggest = float(np.abs(pts).max())
-            msg = f"{where}: a tanh RNN's fixed points need entries in (-1, 1), got max |h*| = {biggest:g}"
-            raise ValueError(msg)
-        bias = host.get("bias_ih", 0.0) + host.get("bias_hh", 0.0)
-        Phi = pts.T  # W h* = atanh(h*) − b
-        R = np.arctanh(pts).T - np.reshape(bias, (-1, 1))
-    elif isinstance(model, LeakyRNN):
-        rate = np.tanh(pts) if model.nonlinearity == "tanh" else np.maximum(pts, 0.0)
-        Phi = rate.T  # W φ(h*) = h* − b
-        R = pts.T - np.reshape(host.get("bias", 0.0), (-1, 1))
-    else:
-        msg = f"{where}: fixed points can be embedded in a tanh RNN or a LeakyRNN, got {model!r}"
-        raise ValueError(msg)
+    Phi, R = fixed_point_system(model, host, pts, where)  # the model's own fixed-point equation
     s = np.linalg.svd(Phi, compute_uv=False)
     if s.min() <= 1e-10 * max(s.max(), 1e-300):
         msg = (

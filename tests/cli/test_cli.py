@@ -92,7 +92,7 @@ def test_help_documents_every_option():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["spectrum", "--model", "transformer"], "invalid choice: 'transformer'"),
+        (["spectrum", "--model", "resnet"], "invalid choice: 'resnet'"),
         (["spectrum", "--batch", "0"], "expected a positive integer, got 0"),
         (["spectrum", "--hidden", "many"], "expected a positive integer, got 'many'"),
         (["spectrum", "--dt", "2"], "expected a number in (0, 1], got 2.0"),

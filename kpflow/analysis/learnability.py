@@ -26,6 +26,7 @@ from kpflow._array import array_namespace, check_array
 from kpflow.analysis.modes import check_k
 from kpflow.models.base import Model, Trajectory
 from kpflow.models.linear import Linear
+from kpflow.models.registry import check_readout
 from kpflow.ntk import output_ntk
 from kpflow.ntk.kernel import check_trajectory
 from kpflow.operators import Diagonal, compose
@@ -267,9 +268,7 @@ def predicted_loss_decrease(
     if not isinstance(model, Model):
         msg = f"{where}: expected model to be a kpflow Model, got {type(model).__name__}"
         raise TypeError(msg)
-    if not isinstance(readout, Linear):
-        msg = f"{where}: expected readout to be a kpflow.models.Linear, got {type(readout).__name__}"
-        raise TypeError(msg)
+    check_readout(readout, where)
     opt = SGD(lr)  # checks lr > 0
     out = loss_and_gradients(model, readout, params, readout_params, x, targets, mask, h0=h0, method=method)
     xp = array_namespace(x)

@@ -32,12 +32,23 @@ from kpflow.models.attention import SelfAttention
 from kpflow.models.base import Model
 from kpflow.models.gru import GRU
 from kpflow.models.leaky import LeakyRNN
+from kpflow.models.linear import Linear
 from kpflow.models.lstm import LSTM
 from kpflow.models.mlp import MLP
 from kpflow.models.rnn import RNN
 from kpflow.models.transformer import TransformerEncoder
 
-__all__ = ["MODELS", "ModelEntry", "build", "entry", "entry_for", "fixed_point_system", "names"]
+__all__ = [
+    "MODELS",
+    "READOUT",
+    "ModelEntry",
+    "build",
+    "check_readout",
+    "entry",
+    "entry_for",
+    "fixed_point_system",
+    "names",
+]
 
 #: (Φ, R) from (model, host float64 parameters, points (K, H)): W_hh Φ = R makes the points fixed.
 FixedPoints = Callable[[Any, Mapping[str, np.ndarray], np.ndarray, str], tuple[np.ndarray, np.ndarray]]
@@ -218,6 +229,9 @@ _ENTRIES = (
     ),
 )
 
+#: The readout that training and the analyses put after a model: y = C z_feat + c.
+READOUT = Linear
+
 #: name → :class:`ModelEntry`, in the order help texts list them.
 MODELS: Mapping[str, ModelEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
 
@@ -335,3 +349,27 @@ def fixed_point_system(
         msg = f"{where}: fixed points can be embedded in a {' or a '.join(able)}, got {model!r}"
         raise ValueError(msg)
     return e.fixed_points(model, host, points, where)
+
+
+def check_readout(readout: Any, where: str) -> None:
+    """Raise unless ``readout`` is the readout training and the analyses take (:data:`READOUT`).
+
+    Raises
+    ------
+    TypeError
+        Naming ``where``, the expected class and the one that came.
+
+    Examples
+    --------
+    >>> from kpflow.models import RNN, Linear
+    >>> from kpflow.models.registry import check_readout
+    >>> check_readout(Linear(3, 1), "f")
+    >>> check_readout(RNN(3, 1), "f")
+    Traceback (most recent call last):
+    ...
+    TypeError: f: expected readout to be a kpflow.models.Linear, got RNN
+    """
+    if not isinstance(readout, READOUT):
+        got = type(readout).__name__
+        msg = f"{where}: expected readout to be a kpflow.models.{READOUT.__name__}, got {got}"
+        raise TypeError(msg)

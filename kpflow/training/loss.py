@@ -26,6 +26,7 @@ from typing import Any
 from kpflow._array import array_namespace, check_array, device_of, prod
 from kpflow.models.base import Model
 from kpflow.models.linear import Linear
+from kpflow.models.registry import check_readout
 
 __all__ = ["LossAndGradients", "loss_and_gradients", "masked_mse"]
 
@@ -104,6 +105,7 @@ def _check_sites(shape: tuple[int, ...], targets: Any, mask: Any, where: str) ->
 
 
 def _check_data(model: Model, readout: Linear, x: Any, targets: Any, mask: Any, where: str) -> None:
+    check_readout(readout, where)
     xp = array_namespace(x, where=where)
     meta = {"xp": xp, "dtype": x.dtype, "device": device_of(x)}
     # the shapes are checked against the model's sites once its states are known (_check_sites)

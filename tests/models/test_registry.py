@@ -88,3 +88,19 @@ def test_fixed_points_follow_the_entry_of_the_model_class():
         registry.fixed_point_system(GRU(1, 3), {}, points)
     with pytest.raises(ValueError, match="tanh RNN, got nonlinearity='relu'"):
         init_params(RNN(1, 3, nonlinearity="relu"), 0, fixed_points=points)
+
+
+def test_a_readout_other_than_linear_is_refused_by_training_and_analysis():
+    from kpflow.analysis import predicted_loss_decrease
+    from kpflow.models import RNN
+    from kpflow.training import loss_and_gradients
+
+    model = RNN(1, 3)
+    x, y = np.ones((2, 4, 1)), np.zeros((2, 4, 3))
+    wrong = RNN(3, 3)  # has n_in == 3 like a Linear(3, ·): only the type check catches it
+    for call in (
+        lambda: loss_and_gradients(model, wrong, model.init(0), wrong.init(1), x, y),
+        lambda: predicted_loss_decrease(model, wrong, model.init(0), wrong.init(1), x, y, lr=1e-3),
+    ):
+        with pytest.raises(TypeError, match=r"expected readout to be a kpflow.models.Linear, got RNN"):
+            call()

@@ -18,7 +18,7 @@ from kpflow.models.base import (
 )
 from kpflow.models.feedforward import FeedForward
 from kpflow.models.gru import GRU
-from kpflow.models.hooks import Recurrent
+from kpflow.models.hooks import Recurrent, StepDerivatives
 from kpflow.models.implicit import Implicit, SolverNotConvergedError
 from kpflow.models.leaky import LeakyRNN
 from kpflow.models.linear import Linear
@@ -44,6 +44,7 @@ __all__ = [
     "SelfAttention",
     "Site",
     "SolverNotConvergedError",
+    "StepDerivatives",
     "StepKernel",
     "Trajectory",
     "TransformerEncoder",

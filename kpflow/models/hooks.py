@@ -36,10 +36,18 @@ from typing import Any
 
 from kpflow._array import array_namespace
 from kpflow.models._hook_autodiff import _hook_D, _hook_DT, _hook_step_jvp, _hook_step_vjp, _params  # noqa: F401
+from kpflow.models._hook_rule import StepDerivatives, check_rule, rule_sites, rule_step_jvp, rule_step_vjp
 from kpflow.models.base import RecurrentModel, RecurrentTrajectory, StepKernel, check_size
 from kpflow.models.sites import LinearSite, Site
 
-__all__ = ["GuardedParams", "Recurrent", "RecurrentHookTrajectory", "WeightOutsideHookError"]
+__all__ = [
+    "GuardedParams",
+    "Recurrent",
+    "RecurrentHookTrajectory",
+    "StepDerivatives",
+    "WeightOutsideHookError",
+    "hook_site_groups",
+]
 
 
 class WeightOutsideHookError(TypeError):
@@ -229,22 +237,31 @@ class Recurrent(RecurrentModel):
         shape (..., n_hidden), x of shape (..., n_in).  ``params`` only names the
         parameters (reading a value raises :class:`WeightOutsideHookError`); every use goes
         through the hook: ``site(name, a)`` = ``a @ params[name].T`` (weight (out, in)),
-        ``site(name)`` = ``params[name]`` (bias (out,)).  A weight may be used at several
-        calls; the order of calls must not depend on the values of the arrays.
+        ``site(name)`` = ``params[name]`` (bias (out,)).  ``rows=(lo, hi)`` restricts a
+        call to rows lo:hi of the parameter (``a @ params[name][lo:hi].T``, the bias
+        ``params[name][lo:hi]``): one gate of a stacked gated weight.  A weight may be used
+        at several calls; the order of calls (names and rows) must not depend on the values
+        of the arrays.
     n_in, n_hidden : int
         Input size and state size H.
     param_shapes : dict of str to tuple
         Every parameter's shape: (out, in) for a weight, (out,) for a bias.
-    derivatives : None
-        Reserved for user-supplied derivatives on backends without autodiff; only None is
-        accepted now (the derivatives need torch or jax arrays).
+    derivatives : StepDerivatives, optional
+        An analytic rule: the step Jacobian's actions J v, Jᵀ w and each hook call's D as
+        per-unit diagonal coefficients (:class:`~kpflow.models.StepDerivatives`).  With it
+        the cell needs no autodiff and runs on every backend (numpy, array_api_strict);
+        without it D_w and the step Jacobian come from autodiff (torch or jax arrays).
 
     Notes
     -----
-    Each parameter is one :class:`~kpflow.models.sites.LinearSite` named after it, with
-    k_w = out and one row of A_w per (hook call, batch, time).  The parameter kernel is
-    exact, cross terms between the uses of one weight included; see
-    :mod:`kpflow.models.hooks` for the costs.
+    The sites (:func:`hook_site_groups`): a parameter whose calls name disjoint row ranges
+    gets one site per range, named ``"name[lo:hi]"``; otherwise one site named after it.
+    Each site has k_w = its rows' count and one row of A_w per (hook call, batch, time);
+    the parameter kernel is exact, cross terms between the uses of one weight included.  A
+    site of one call whose D is diagonal (an elementwise or gated cell) carries per-unit D,
+    so K's exact trace, spectrum and effective-rank rules apply; see
+    :mod:`kpflow.models.hooks` for the costs.  Each site's ``rows`` attribute lists the
+    parameter rows it covers (``[(name, (lo, hi))]``), which ``J.to_params`` reads.
 
     Examples
     --------
@@ -262,7 +279,24 @@ class Recurrent(RecurrentModel):
     >>> kpflow.global_ntk(traj).todense().shape
     torch.Size([4, 5, 3, 4, 5, 3])
 
-    On numpy there is no autodiff for D_w and the step Jacobian:
+    A GRU's stacked weights (gates r, z, n) called a gate at a time with ``rows=``: one
+    site per gate and weight, each with per-unit D:
+
+    >>> def gru(params, h, x, site):
+    ...     H = h.shape[-1]
+    ...     gate = lambda g: dict(rows=(g * H, (g + 1) * H))
+    ...     pre = [site("weight_ih", x, **gate(g)) + site("bias_ih", **gate(g)) for g in range(3)]
+    ...     hid = [site("weight_hh", h, **gate(g)) + site("bias_hh", **gate(g)) for g in range(3)]
+    ...     r, z = torch.sigmoid(pre[0] + hid[0]), torch.sigmoid(pre[1] + hid[1])
+    ...     n = torch.tanh(pre[2] + r * hid[2])
+    ...     return (1 - z) * n + z * h
+    >>> shapes = kpflow.models.GRU(2, 3).param_shapes()
+    >>> cell = Recurrent(gru, n_in=2, n_hidden=3, param_shapes=shapes)
+    >>> traj = cell.run(cell.init(0, like=params["W"]), torch.ones(4, 5, 2, dtype=torch.float64))
+    >>> [s.name for s in traj.sites][:3], {type(s).__name__ for s in traj.sites}
+    (['bias_hh[0:3]', 'bias_hh[3:6]', 'bias_hh[6:9]'], {'Site'})
+
+    On numpy there is no autodiff for D_w and the step Jacobian (give ``derivatives=``):
 
     >>> model.run(model.init(0), np.ones((4, 5, 2)))
     Traceback (most recent call last):
@@ -287,16 +321,15 @@ class Recurrent(RecurrentModel):
         self.n_hidden = check_size(n_hidden, "n_hidden", where)
         self.state_size = self.n_hidden
         self._shapes = _check_param_shapes(param_shapes, where)
-        if derivatives is not None:
-            msg = (
-                f"{where}: derivatives= is not supported yet; run the model on torch or jax arrays, "
-                "whose autodiff gives D_w and the step Jacobian"
-            )
-            raise NotImplementedError(msg)
+        self.derivatives = None if derivatives is None else check_rule(derivatives, where)
         self.user_step = step
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
+
+    def site_rows(self) -> dict[str, list]:
+        """Which parameter rows each site covers, known for every hook model (:func:`hook_site_rows`)."""
+        return hook_site_rows(self)
 
     def _call(self, params: dict[str, Any], h: Any, x: Any, hook: _Hook) -> Any:
         guarded = GuardedParams(tuple(self._shapes), hook.where)
@@ -306,13 +339,14 @@ class Recurrent(RecurrentModel):
         return self._call(params, h_prev, x_t, _Hook(params, self._shapes, "Recurrent.step"))
 
     def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> RecurrentHookTrajectory:
-        """Run the cell once and return its trajectory (params, x, h0 on torch or jax).
+        """Run the cell once and return its trajectory.
 
         Raises
         ------
         AutodiffUnavailableError
-            (a ``TypeError``) for numpy, array_api_strict or cupy params: D_w and the step
-            Jacobian are computed by autodiff.  ``unroll`` still runs there.
+            (a ``TypeError``) for numpy, array_api_strict or cupy params without
+            ``derivatives=``: D_w and the step Jacobian are then computed by autodiff
+            (torch, jax).  ``unroll`` still runs there.
         WeightOutsideHookError
             When the step reads a parameter directly instead of through ``site``.
         ValueError, TypeError
@@ -323,11 +357,11 @@ class Recurrent(RecurrentModel):
         where = "Recurrent.run"
         xp = self.check_params(params, where)[0]
         adapter = get_backend(xp.zeros(1))
-        if not adapter.has_autodiff:
+        if self.derivatives is None and not adapter.has_autodiff:
             msg = (
                 f"{where}: a user cell's D_w and step Jacobian are computed by automatic "
                 f"differentiation, which the {adapter.name} backend lacks; run the model on "
-                "torch or jax arrays"
+                "torch or jax arrays, or give Recurrent(..., derivatives=StepDerivatives(...))"
             )
             raise AutodiffUnavailableError(msg)
         return super().run(params, x, h0)  # type: ignore[return-value]
@@ -357,8 +391,8 @@ class RecurrentHookTrajectory(RecurrentTrajectory):
 
     Attributes
     ----------
-    plan : tuple of (str, bool)
-        The hook calls of one step, in order: (parameter name, whether a bias call).
+    plan : tuple of (str, bool, (int, int))
+        The hook calls of one step, in order: (parameter name, whether a bias call, rows).
     site_variables_by_call : list of array
         Call c's site variables at every site, ``(B, T, in)`` (None for a bias call).
     """
@@ -381,9 +415,14 @@ class RecurrentHookTrajectory(RecurrentTrajectory):
         return (self.model, self.backend, self.names, self.plan)
 
     def step_kernel(self) -> StepKernel:
+        rule = self.model.derivatives
+        if rule is not None:
+            return StepKernel(rule_step_jvp, rule_step_vjp, (rule, self.names), self._operands)
         return StepKernel(_hook_step_jvp, _hook_step_vjp, self._static(), self._operands)
 
     def _make_sites(self) -> list[Site]:
+        if self.model.derivatives is not None:
+            return rule_sites(self, hook_site_groups(self.plan, self.model._shapes), _call_text)
         return hook_sites(self)
 
 
@@ -431,6 +470,24 @@ def record_hook_calls(
             )
             raise ValueError(msg)
     return plan, variables
+
+
+def hook_site_rows(model: Any) -> dict[str, list]:
+    """A hook model's :meth:`~kpflow.models.Model.site_rows`: one entry per parameter, all its rows.
+
+    The sites a trajectory builds (:func:`hook_sites`) carry their own ``rows`` (a parameter
+    called a row range at a time has one site per range), which J_S reads first; this answer
+    says that every parameter's rows are known (:meth:`~kpflow.models.Model.with_frozen`).
+
+    Examples
+    --------
+    >>> from kpflow.models.hooks import hook_site_rows
+    >>> class Model:
+    ...     _shapes = {"W": (3, 2), "b": (3,)}
+    >>> hook_site_rows(Model())
+    {'W': [('W', (0, 3))], 'b': [('b', (0, 3))]}
+    """
+    return {name: [(name, (0, shape[0]))] for name, shape in model._shapes.items()}
 
 
 def hook_site_groups(plan: tuple, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, str, tuple, tuple]]:
@@ -500,11 +557,9 @@ def hook_sites(traj: Any) -> list[Site]:
             operands=traj._operands,
             static=static,
             n_sites=m,
+            rows=[(name, (lo, hi))],
         )
-        if len(calls) == 1:
-            site = _as_diagonal(site, traj)  # type: ignore[arg-type]
-        site.rows = [(name, (lo, hi))]  # type: ignore[attr-defined]
-        sites.append(site)
+        sites.append(_as_diagonal(site, traj) if len(calls) == 1 else site)
     return sites
 
 
@@ -523,10 +578,12 @@ def _as_diagonal(site: LinearSite, traj: Any) -> Site:
     if site.width != S:
         return site
     ones = xp.ones((1, m, S), dtype=traj.dtype, device=traj.device)
-    d = xp.reshape(site.apply_D(ones), (m, S))
     U = get_backend(traj.states).random_normal(0, (1, m, S), dtype=traj.dtype, device=traj.device)
-    DU = xp.reshape(site.apply_D(U), (1, m, S))
+    both = xp.reshape(site.apply_D(xp.concat([ones, U], axis=0)), (2, m, S))  # one product, two probes
+    d, DU = both[0, ...], both[1:, ...]
     gap = float(xp.linalg.vector_norm(DU - d * U))
     if gap > 100 * float(xp.finfo(traj.dtype).eps) * float(xp.linalg.vector_norm(DU)):
         return site
-    return Site(site.name, site.variables, state_shape=traj.state_shape, unit_D=d[:, :, None, None])
+    return Site(
+        site.name, site.variables, state_shape=traj.state_shape, unit_D=d[:, :, None, None], rows=site.rows
+    )

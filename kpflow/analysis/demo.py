@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kpflow.models.registry import build, names
+from kpflow.models.registry import build_for_task, names
 
 __all__ = ["DemoConfig", "run_demo", "summary", "write_report"]
 
@@ -94,8 +94,9 @@ def _task(config: DemoConfig) -> Any:
     return ContextIntegration(T_stim=max(T - T // 4, 1), T_resp=max(T // 4, 1))
 
 
-def _model(config: DemoConfig, n_in: int) -> Any:
-    return build(config.model, n_in, config.hidden)  # the registry's defaults
+def _model(config: DemoConfig, task: Any) -> tuple[Any, Any]:
+    """The configured model on ``task``'s inputs and its linear readout (the registry's defaults)."""
+    return build_for_task(config.model, task, config.hidden)
 
 
 def run_demo(config: DemoConfig, *, like: Any = None, progress: Any = None) -> dict[str, Any]:
@@ -143,7 +144,6 @@ def run_demo(config: DemoConfig, *, like: Any = None, progress: Any = None) -> d
 
     from kpflow import linalg
     from kpflow.analysis.spectrum import axis_names, spectrum_report
-    from kpflow.models import Linear
     from kpflow.ntk import global_ntk, propagator
     from kpflow.training import Adam, TrainingDiverged, init_params, train
 
@@ -157,8 +157,7 @@ def run_demo(config: DemoConfig, *, like: Any = None, progress: Any = None) -> d
     batch = task.sample(config.batch, rng, like=like)
     # fresh trials from their own stream: the training draws above are unchanged by it
     held_out = task.sample(config.held_out, np.random.default_rng([config.seed, 1]), like=like)
-    model = _model(config, task.n_in)
-    readout = Linear(config.hidden, task.n_out)
+    model, readout = _model(config, task)
     params = init_params(model, rng, like=like)
     readout_params = readout.init(rng, like=like)
     t0 = time.perf_counter()

@@ -191,7 +191,7 @@ def dimension_sweep(
     >>> s.name, len(s.table["final loss"]), s.table["K error"].tolist()
     ('dimension', 2, [0.0, 0.0])
     """
-    from kpflow.models import Linear
+    from kpflow.models.registry import readout_for
     from kpflow.training import Adam, init_params, loss_and_gradients, train
 
     where = "dimension_sweep"
@@ -206,8 +206,7 @@ def dimension_sweep(
         task = task_for(int(d))
         data = task.sample(batch, rng, like=like)
         model = model_for(task.n_in, task.n_out)
-        lo, hi = model.feature_columns
-        readout = Linear(hi - lo, task.n_out)
+        readout = readout_for(model, task.n_out)
         params, rp = init_params(model, rng, like=like), readout.init(rng, like=like)
         result = train(model, readout, params, rp, data, steps=steps, optimizer=Adam(lr), method="kpflow")
         final = float(loss_and_gradients(model, readout, result.params, result.readout_params, *data).loss)

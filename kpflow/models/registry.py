@@ -43,11 +43,13 @@ __all__ = [
     "READOUT",
     "ModelEntry",
     "build",
+    "build_for_task",
     "check_readout",
     "entry",
     "entry_for",
     "fixed_point_system",
     "names",
+    "readout_for",
 ]
 
 #: (Φ, R) from (model, host float64 parameters, points (K, H)): W_hh Φ = R makes the points fixed.
@@ -290,6 +292,48 @@ def build(name: str, n_in: int, n_hidden: int, **options: Any) -> Model:
     0.5
     """
     return entry(name).build(n_in, n_hidden, **options)
+
+
+def readout_for(model: Any, n_out: int) -> Linear:
+    """The linear readout (:data:`READOUT`) of ``model``'s features onto ``n_out`` outputs.
+
+    Its input width is the width of ``model.feature_columns`` (an LSTM's h, not its c).
+
+    Examples
+    --------
+    >>> from kpflow.models import LSTM
+    >>> from kpflow.models.registry import readout_for
+    >>> r = readout_for(LSTM(2, 5), 3)
+    >>> r.n_in, r.n_out
+    (5, 3)
+    """
+    lo, hi = model.feature_columns
+    return READOUT(hi - lo, n_out)
+
+
+def build_for_task(name: str, task: Any, n_hidden: int, **options: Any) -> tuple[Model, Linear]:
+    """The model ``name`` of width ``n_hidden`` that reads ``task``'s inputs, and its readout.
+
+    Parameters
+    ----------
+    name : str
+        A registry name whose entry takes a free input width (``names(free_inputs=True)``).
+    task : kpflow.tasks.Task
+        Gives ``n_in`` (the model's input width) and ``n_out`` (the readout's outputs).
+    n_hidden : int
+    **options
+        As in :meth:`ModelEntry.build`.
+
+    Examples
+    --------
+    >>> from kpflow.models.registry import build_for_task
+    >>> from kpflow.tasks import FlipFlop
+    >>> model, readout = build_for_task("gru", FlipFlop(n_bits=2, T=5), 8)
+    >>> (model.n_in, model.n_hidden), (readout.n_in, readout.n_out)
+    ((2, 8), (8, 2))
+    """
+    model = build(name, task.n_in, n_hidden, **options)
+    return model, readout_for(model, task.n_out)
 
 
 def entry_for(model: Any) -> ModelEntry | None:

@@ -55,10 +55,12 @@ def test_the_demo_offers_every_entry_a_task_can_drive():
     left_out = set(registry.names()) - set(drivable)
     assert left_out == {"mlp", "attention", "transformer"}
     assert all(not registry.entry(n).sequence or not registry.entry(n).free_inputs for n in left_out)
+    from kpflow.tasks import FlipFlop
+
     for name in drivable:
-        model = demo._model(demo.DemoConfig(model=name, hidden=5), n_in=3)
+        model, readout = demo._model(demo.DemoConfig(model=name, hidden=5), FlipFlop(n_bits=3, T=4))
         assert type(model) is registry.entry(name).cls
-        assert model.n_in == 3 and model.n_hidden == 5
+        assert (model.n_in, model.n_hidden, readout.n_in, readout.n_out) == (3, 5, 5, 3)
     with pytest.raises(ValueError, match=r"DemoConfig: expected model to be one of \('rnn'"):
         demo.DemoConfig(model="mlp")
 

@@ -28,6 +28,7 @@ The same table, with what lives in each layer, is in ``docs/contributing.md``.
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,8 +170,14 @@ def arrows_of(module: str, path: Path) -> list[Arrow]:
     return found
 
 
+@functools.cache
+def _all_arrows() -> tuple[Arrow, ...]:
+    return tuple(arrow for module, path in MODULES.items() for arrow in arrows_of(module, path))
+
+
 def all_arrows() -> list[Arrow]:
-    return [arrow for module, path in MODULES.items() for arrow in arrows_of(module, path)]
+    """Every import arrow of the tree (parsed once per session)."""
+    return list(_all_arrows())
 
 
 def package_of(module: str) -> str:

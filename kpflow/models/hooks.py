@@ -4,28 +4,35 @@ The user writes one step in array-API code, ``step(params, h, x, site) -> h_next
 routes every use of a weight through the hook ``site``:
 
 - ``site(name, a)`` returns ``a @ params[name].T`` (a weight of shape (out, in), as torch);
-- ``site(name)`` returns the bias ``params[name]`` (shape (out,)).
+- ``site(name)`` returns the bias ``params[name]`` (shape (out,));
+- ``rows=(lo, hi)`` restricts either to rows lo:hi of the parameter (one gate of a stacked
+  gated weight such as a GRU's ``weight_ih``).
 
 Each hook call c is a pre-activation u_c = W a_c (a bias call: u_c = b, a_c = [1]).  kpflow
-records the site variables a_c at every site s = (b, t) and gets D_c = ∂h_t/∂u_c by
-differentiating the step with respect to an additive perturbation of that call's output
-(a jvp for D, a vjp for Dᵀ, vmapped over the probes).  A weight used at C calls becomes
-one :class:`~kpflow.models.sites.LinearSite` whose rows are (call, batch, time):
+records the site variables a_c at every site s = (b, t).  The calls of a parameter make its
+sites (:func:`hook_site_groups`): one site per row range when the calls' ranges are
+disjoint (named ``"name[lo:hi]"``), else one site over all its rows whose rows are
+(call, batch, time):
 
     J_W = Σ_c D_c (A_c ⊗ I),   K_W = Σ_{c,c'} D_c (A_c A_c'ᵀ ⊗ I) D_c'ᵀ
 
-so the cross terms between the uses of one weight are exact.  P comes from jvps (P) and
-vjps (Pᵀ) of the step with respect to h.
+so the cross terms between the uses of one weight are exact.  D_c = ∂h_t/∂u_c comes from
+one of two derivative rules:
 
-Costs (per block of k probes): each weight's term of K takes one vmapped vjp and one
-vmapped jvp of the step at all B·T sites (about 2 steps' work per weight, against two thin
-GEMMs for a built-in cell); each P step one jvp (or vjp) of the step.  Nothing of size
-B·T·H·H is stored.  A weight used once whose D_w is diagonal (elementwise cells) is detected
-and stored with its per-unit D, so K's exact trace and spectrum rules apply; other sites
-fall back to the matrix-free algorithms (exact up to their tolerance; both agree with the
-dense NTK).
+- autodiff (torch, jax): the step differentiated with respect to an additive perturbation
+  of call c's output (a jvp for D, a vjp for Dᵀ, vmapped over the probes); P from jvps (P)
+  and vjps (Pᵀ) of the step with respect to h;
+- analytic, ``derivatives=`` (:class:`StepDerivatives`, every backend): the user's J v,
+  Jᵀ w and per-unit diagonal D_c.
 
-Derivatives need torch or jax arrays: on numpy and array_api_strict ``run`` raises
+Costs of the autodiff rule (per block of k probes): each site's term of K takes one
+vmapped vjp and one vmapped jvp of the step at all B·T sites; each P step one jvp (or vjp)
+of the step.  Nothing of size B·T·H·H is stored.  A site of one call whose D_w is
+diagonal (elementwise and gated cells) is detected and stored with its per-unit D, so K's
+exact trace and spectrum rules apply; other sites fall back to the matrix-free algorithms
+(exact up to their tolerance; both agree with the dense NTK).
+
+Without ``derivatives=``, on numpy and array_api_strict ``run`` raises
 :class:`~kpflow.backends.AutodiffUnavailableError`.
 """
 

@@ -290,7 +290,7 @@ def test_constructor_checks_its_arguments():
         Recurrent(None, n_in=1, n_hidden=1, param_shapes={"W": (1, 1)})
     with pytest.raises(ValueError, match=r"param_shapes\['W'\]"):
         Recurrent(tanh_rnn_step, n_in=1, n_hidden=1, param_shapes={"W": (1, 1, 1)})
-    with pytest.raises(NotImplementedError, match="derivatives="):
+    with pytest.raises(TypeError, match="derivatives to be None or a kpflow.models.StepDerivatives"):
         Recurrent(tanh_rnn_step, n_in=1, n_hidden=1, param_shapes={"W": (1, 1)}, derivatives=object())
 
 

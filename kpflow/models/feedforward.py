@@ -4,10 +4,11 @@ z_l = layers[l](params, z_{l−1}, site) for l = 0 … L−1, z_{−1} = x.  Dep
 time, as for the built-in :class:`~kpflow.models.MLP`: the state is the concatenation of the
 layer outputs, shape (B, Σ_l n_l), and P is the block-subdiagonal forward recursion.  The
 hooks are those of :class:`~kpflow.models.Recurrent`: ``site(name, a)`` = ``a @ params[name].T``
-and ``site(name)`` = ``params[name]``; a weight may be used in several layers (shared across
-depth), and each parameter is one site whose rows are (hook call, batch row), so K is exact,
-cross terms included.  D_w and the layer Jacobians come from jvp/vjp of the layers (torch,
-jax).
+and ``site(name)`` = ``params[name]``, with ``rows=(lo, hi)`` for rows lo:hi of a parameter; a
+weight may be used in several layers (shared across depth).  The sites are those of
+:func:`~kpflow.models.hooks.hook_site_groups` (one per parameter, or per disjoint row range),
+each with rows (hook call, batch row), so K is exact, cross terms included.  D_w and the
+layer Jacobians come from jvp/vjp of the layers (torch, jax).
 """
 
 from __future__ import annotations

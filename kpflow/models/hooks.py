@@ -141,7 +141,7 @@ class _Hook:
     ) -> None:
         self.params, self.shapes, self.where = params, shapes, where
         self.eps, self.plan = eps, plan
-        self.calls: list[tuple[str, Any]] = []
+        self.calls: list[tuple[str, Any, tuple[int, int]]] = []
 
     def __call__(self, name: Any, a: Any = None, *, rows: Any = None) -> Any:
         where = self.where
@@ -554,7 +554,7 @@ def hook_sites(traj: Any) -> list[Site]:
                 blocks.append(xp.reshape(a, (m, int(a.shape[-1]))))
         A = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
         static = (*traj._static(), calls, traj.site_shape, hi - lo)
-        site: Site = LinearSite(
+        site = LinearSite(
             label,
             A,
             state_shape=traj.state_shape,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kpflow._array import prod
-from kpflow.operators.base import LinearOperator, SymmetricOperator, common_meta
+from kpflow.operators.base import LinearOperator, SymmetricOperator, common_meta, register_derived
 
 __all__ = [
     "Adjoint",
@@ -250,3 +250,6 @@ def compose(*ops: LinearOperator) -> LinearOperator:
     for op in ops:
         factors.extend(op.factors if isinstance(op, Composition) else (op,))
     return Composition(factors)
+
+
+register_derived(compose=compose, add=add, scale=scale)

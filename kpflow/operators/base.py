@@ -11,22 +11,70 @@ operation (``todense``, ``adjoint``, ``partial_trace``, ``gram``, ...) is a
 :func:`functools.singledispatch` function in :mod:`kpflow.operators.functions`
 so that structured operators and downstream libraries can add exact rules
 without editing this file.
+
+This is the lowest module of :mod:`kpflow.operators`: it imports neither
+:mod:`kpflow.operators.algebra` nor :mod:`kpflow.operators.functions`.  Those modules
+subclass :class:`LinearOperator`, so they come after it, and they hand the methods here
+their implementations by :func:`register_derived` when they are imported (importing
+anything from ``kpflow.operators`` imports the whole package first).
 """
 
 from __future__ import annotations
 
 import abc
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 from kpflow._array import array_namespace, check_array, device_of, namespace_name, prod
 
-__all__ = ["DEFAULT_MAX_DENSE_SIZE", "LinearOperator", "SymmetricOperator", "is_operator"]
+__all__ = [
+    "DEFAULT_MAX_DENSE_SIZE",
+    "LinearOperator",
+    "SymmetricOperator",
+    "is_operator",
+    "register_derived",
+]
 
 #: The most entries a dense matrix may have unless a larger ``max_size`` is passed:
 #: :func:`~kpflow.operators.todense`, ``numpy.asarray(op)`` and the dense references of
 #: :mod:`kpflow.ntk.dense` (4,000,000 entries: 32 MB in float64, a 2000 × 2000 matrix).
 DEFAULT_MAX_DENSE_SIZE = 4_000_000
+
+#: The derived operations the methods of :class:`LinearOperator` call, by name, as the
+#: modules defining them registered them (:func:`register_derived`).
+_DERIVED: dict[str, Callable[..., Any]] = {}
+
+
+def register_derived(**functions: Callable[..., Any]) -> None:
+    """Give the methods of :class:`LinearOperator` the functions they call, by name.
+
+    :mod:`kpflow.operators.functions` registers ``adjoint``, ``todense``, ``reshape``,
+    ``partial_trace``, ``gram``, ``dense_rule`` and ``check_dense_size``, and
+    :mod:`kpflow.operators.algebra` ``compose``, ``add`` and ``scale``, when they are
+    imported; so ``A.T`` is ``kpflow.operators.adjoint(A)``, ``A @ B`` is
+    ``kpflow.operators.compose(A, B)``, and so on, without this module importing the
+    modules that subclass its class.
+
+    Examples
+    --------
+    >>> import kpflow.operators as ops
+    >>> from kpflow.operators.base import _DERIVED
+    >>> _DERIVED["compose"] is ops.compose, _DERIVED["adjoint"] is ops.adjoint
+    (True, True)
+    """
+    _DERIVED.update(functions)
+
+
+def _derived(name: str) -> Callable[..., Any]:
+    try:
+        return _DERIVED[name]
+    except KeyError:
+        msg = (
+            f"kpflow.operators: the derived operation {name!r} is not registered; it is registered "
+            "when kpflow.operators is imported (import kpflow.operators, not only its base module)"
+        )
+        raise RuntimeError(msg) from None
 
 
 class LinearOperator(abc.ABC):
@@ -145,9 +193,7 @@ class LinearOperator(abc.ABC):
     @property
     def T(self) -> LinearOperator:
         """The adjoint operator ``Aᵀ`` (structure is kept where a rule exists)."""
-        from kpflow.operators.functions import adjoint
-
-        return adjoint(self)
+        return _derived("adjoint")(self)
 
     def todense(self, *, max_size: int | None = DEFAULT_MAX_DENSE_SIZE) -> Any:
         """The matrix of ``A`` as an array of shape ``(*shape_out, *shape_in)`` (see :func:`todense`).
@@ -155,9 +201,7 @@ class LinearOperator(abc.ABC):
         ``max_size``: the most entries allowed (default :data:`DEFAULT_MAX_DENSE_SIZE`,
         4,000,000; ``None``: no limit); a larger matrix raises ``ValueError`` with the hint.
         """
-        from kpflow.operators.functions import todense
-
-        return todense(self, max_size=max_size)
+        return _derived("todense")(self, max_size=max_size)
 
     # -- numpy interoperability --------------------------------------------------------------
     # An operator is not an array: numpy's binary operators and ufuncs defer to the operator
@@ -183,8 +227,6 @@ class LinearOperator(abc.ABC):
         """
         import numpy as np  # numpy is the caller
 
-        from kpflow.operators.functions import _dense_rule, check_dense_size
-
         where = f"numpy.asarray({type(self).__name__})"
         if copy is False:
             msg = (
@@ -192,73 +234,55 @@ class LinearOperator(abc.ABC):
                 "densifying it; use copy=None or copy=True"
             )
             raise ValueError(msg)
-        check_dense_size(self, DEFAULT_MAX_DENSE_SIZE, where)
-        host = _on_host(_dense_rule(self))
+        _derived("check_dense_size")(self, DEFAULT_MAX_DENSE_SIZE, where)
+        host = _on_host(_derived("dense_rule")(self))
         return np.array(host, dtype=dtype, copy=True) if copy else np.asarray(host, dtype=dtype)
 
     def reshape(self, shape_in: Any, shape_out: Any) -> LinearOperator:
         """The same map seen on other tensor shapes of the same sizes."""
-        from kpflow.operators.functions import reshape
-
-        return reshape(self, shape_in, shape_out)
+        return _derived("reshape")(self, shape_in, shape_out)
 
     def partial_trace(self, axes: Any, *, mean: bool = False) -> LinearOperator:
         """Trace out ``axes`` of a square operator (``shape_in == shape_out``)."""
-        from kpflow.operators.functions import partial_trace
-
-        return partial_trace(self, axes, mean=mean)
+        return _derived("partial_trace")(self, axes, mean=mean)
 
     def gram(self) -> LinearOperator:
         """The Gram operator ``A Aᵀ`` on ``shape_out``."""
-        from kpflow.operators.functions import gram
-
-        return gram(self)
+        return _derived("gram")(self)
 
     # -- algebra ----------------------------------------------------------------------------
     def __matmul__(self, other: Any) -> Any:
-        from kpflow.operators.algebra import compose
-
         if isinstance(other, LinearOperator):
-            return compose(self, other)
+            return _derived("compose")(self, other)
         return self.matvec(other)
 
     def __add__(self, other: Any) -> LinearOperator:
-        from kpflow.operators.algebra import add
-
         if not isinstance(other, LinearOperator):
             return NotImplemented
-        return add(self, other)
+        return _derived("add")(self, other)
 
     def __sub__(self, other: Any) -> LinearOperator:
-        from kpflow.operators.algebra import add, scale
-
         if not isinstance(other, LinearOperator):
             return NotImplemented
-        return add(self, scale(-1.0, other))
+        return _derived("add")(self, _derived("scale")(-1.0, other))
 
     def __neg__(self) -> LinearOperator:
-        from kpflow.operators.algebra import scale
-
-        return scale(-1.0, self)
+        return _derived("scale")(-1.0, self)
 
     def __mul__(self, c: Any) -> LinearOperator:
-        from kpflow.operators.algebra import scale
-
         if not isinstance(c, numbers.Real):
             return NotImplemented
-        return scale(float(c), self)
+        return _derived("scale")(float(c), self)
 
     __rmul__ = __mul__
 
     def __truediv__(self, c: Any) -> LinearOperator:
-        from kpflow.operators.algebra import scale
-
         if not isinstance(c, numbers.Real):
             return NotImplemented
         if c == 0:
             msg = f"{type(self).__name__}.__truediv__: cannot divide an operator by zero"
             raise ZeroDivisionError(msg)
-        return scale(1.0 / float(c), self)
+        return _derived("scale")(1.0 / float(c), self)
 
     def __repr__(self) -> str:
         return (

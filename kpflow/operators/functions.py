@@ -14,7 +14,7 @@ from typing import Any, Protocol, cast
 
 from kpflow._array import as_shape, prod
 from kpflow.operators.algebra import Adjoint, Composition, Gram, Reshaped, Scaled, Sum, add, scale
-from kpflow.operators.base import DEFAULT_MAX_DENSE_SIZE, LinearOperator, SymmetricOperator
+from kpflow.operators.base import DEFAULT_MAX_DENSE_SIZE, LinearOperator, SymmetricOperator, register_derived
 from kpflow.operators.basic import Dense, Diagonal, Identity, Projector
 
 __all__ = [
@@ -533,3 +533,14 @@ def _(op: Scaled, traced: tuple[int, ...]) -> LinearOperator:
 @_partial_trace.register
 def _(op: Sum, traced: tuple[int, ...]) -> LinearOperator:
     return add(*(_partial_trace(t, traced) for t in op.terms))
+
+
+register_derived(
+    adjoint=adjoint,
+    todense=todense,
+    reshape=reshape,
+    partial_trace=partial_trace,
+    gram=gram,
+    dense_rule=_dense_rule,
+    check_dense_size=check_dense_size,
+)

@@ -12,10 +12,19 @@ from kpflow.models.base import (
     StepKernel,
     check_size,
     flat_sites,
-    site_variables,
     step_major,
 )
-from kpflow.models.ops import linear, matmul_last, sigmoid, torch_cell_param_shapes
+from kpflow.models.ops import TORCH_CELL_ORDER, linear, matmul_last, sigmoid
+from kpflow.models.sites_table import (
+    H_PREV,
+    X_T,
+    Dim,
+    SiteDecl,
+    Term,
+    declared_shapes,
+    site_variables_of,
+    with_site_table,
+)
 
 __all__ = ["GRU", "GRUTrajectory"]
 
@@ -43,17 +52,10 @@ class GRU(RecurrentModel):
     Parameters (PyTorch's names, the gates stacked r, z, n): ``weight_ih`` (3H, n_in),
     ``weight_hh`` (3H, H), ``bias_ih`` (3H,), ``bias_hh`` (3H,).
 
-    Four weight sites, each with a diagonal D (``unit_D`` of shape (m, H, 1, 1)); with
-    h_n as above (bias included) and σ′ = σ(1 − σ):
+    Four weight sites (:meth:`site_table`), each with a diagonal D (``unit_D`` of shape
+    (m, H, 1, 1)); with h_n as above (bias included) and σ′ = σ(1 − σ):
 
-    ========  ==========================  =====================================
-    site      site variables a(s)          D (per unit)
-    ========  ==========================  =====================================
-    ``r``     [x_t; h_{t−1}; 1; 1]         d_r = (1 − z)(1 − n²) h_n r(1 − r)
-    ``z``     [x_t; h_{t−1}; 1; 1]         d_z = (h_{t−1} − n) z(1 − z)
-    ``in``    [x_t; 1]                     d_in = (1 − z)(1 − n²)
-    ``hn``    [h_{t−1}; 1]                 d_hn = r d_in
-    ========  ==========================  =====================================
+    {site_table}
 
     so K = D_r(Ĝ⊗I)D_r + D_z(Ĝ⊗I)D_z + D_in((G_x+1)⊗I)D_in + D_hn((G_h+1)⊗I)D_hn with
     Ĝ = G_x + G_h + 2 (without bias, the ones columns are dropped).  The state Jacobian
@@ -76,8 +78,12 @@ class GRU(RecurrentModel):
         self.state_size = self.n_hidden
         self.bias = bool(bias)
 
+    def site_table(self) -> tuple[SiteDecl, ...]:
+        """The four weight sites r, z, in, hn (see the class docstring)."""
+        return gru_site_table(self.n_in, self.n_hidden, self.bias)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return torch_cell_param_shapes(3, self.n_in, self.n_hidden, self.bias)
+        return declared_shapes(self.site_table(), TORCH_CELL_ORDER)
 
     def gates(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> tuple[Any, Any, Any, Any]:
         """The gates (r, z, n) and h_n = W_hn h_{t−1} + b_hn, each of shape ``(..., H)``.
@@ -147,20 +153,19 @@ class GRUTrajectory(RecurrentTrajectory):
         )
 
     def _make_sites(self) -> list[Site]:
-        nb = 1 if self.model.bias else 0
-        x, h = flat_sites(self.x), flat_sites(self.prev_states)
-        A_xh = site_variables([x, h], 2 * nb)
-        A_x = site_variables([x], nb)
-        A_h = site_variables([h], nb)
-        shape = self.state_shape
+        table = self.model.site_table()
+        x = flat_sites(self.x)
+        A = site_variables_of(table, {X_T: x, H_PREV: flat_sites(self.prev_states)}, like=x)
+        D = {"r": self.d_r, "z": self.d_z, "in": self.d_in, "hn": self.d_hn}
         return [
-            Site(name, A, state_shape=shape, unit_D=flat_sites(d)[:, :, None, None])
-            for name, A, d in (
-                ("r", A_xh, self.d_r),
-                ("z", A_xh, self.d_z),
-                ("in", A_x, self.d_in),
-                ("hn", A_h, self.d_hn),
+            Site(
+                decl.name,
+                A[decl.name],
+                state_shape=self.state_shape,
+                unit_D=flat_sites(D[decl.name])[:, :, None, None],
+                rows=decl.rows(),
             )
+            for decl in table
         ]
 
 
@@ -190,3 +195,37 @@ def _gru_vjp(xp: Any, H: int, operands: tuple, W: Any, t: Any) -> Any:
     U = W[..., None, :] * d_gates[:, t, ...]  # (..., 3, H): W broadcast over the gates
     U = xp.reshape(U, (*U.shape[:-2], 3 * H))
     return z[:, t, ...] * W + matmul_last(xp, U, W_hh)
+
+
+def gru_site_table(n_in: Any, H: Any, bias: bool) -> tuple[SiteDecl, ...]:
+    """The GRU's site table for sizes ``n_in`` and ``H`` (ints, or :class:`Dim` for the docs).
+
+    Gate g (r = 0, z = 1, n = 2) owns rows g·H:(g + 1)·H of every parameter.
+
+    Examples
+    --------
+    >>> from kpflow.models.gru import gru_site_table
+    >>> [(decl.name, decl.p) for decl in gru_site_table(2, 3, bias=True)]
+    [('r', 7), ('z', 7), ('in', 3), ('hn', 4)]
+    """
+
+    def rows(g: int) -> tuple[Any, Any]:
+        return (g * H, (g + 1) * H)
+
+    def site(name: str, g: int, inputs: tuple[tuple[str, str, Any], ...], formula: str) -> SiteDecl:
+        terms = [Term(weight, rows(g), var, width) for weight, var, width in inputs]
+        biases = ["bias" + weight[len("weight") :] for weight, _, _ in inputs]
+        if bias:
+            terms += [Term(b, rows(g), "1") for b in biases]
+        return SiteDecl(name, tuple(terms), "unit", formula)
+
+    ih, hh = ("weight_ih", X_T, n_in), ("weight_hh", H_PREV, H)
+    return (
+        site("r", 0, (ih, hh), "d_r = (1 − z)(1 − n²) h_n r(1 − r)"),
+        site("z", 1, (ih, hh), "d_z = (h_{t−1} − n) z(1 − z)"),
+        site("in", 2, (ih,), "d_in = (1 − z)(1 − n²)"),
+        site("hn", 2, (hh,), "d_hn = r d_in"),
+    )
+
+
+GRU.__doc__ = with_site_table(GRU.__doc__, gru_site_table(Dim("n_in"), Dim("H"), True))

@@ -15,10 +15,21 @@ from kpflow.models.base import (
     StepKernel,
     check_size,
     flat_sites,
-    site_variables,
     step_major,
 )
 from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear, matmul_last
+from kpflow.models.sites_table import (
+    X_T,
+    Dim,
+    SiteDecl,
+    Term,
+    declared_shapes,
+    site_variables_of,
+    with_site_table,
+)
+
+#: The leaky RNN's first site variable: the rate φ(h_{t−1}).
+RATE = "φ(h_{t−1})"
 
 __all__ = ["LeakyRNN", "LeakyRNNTrajectory"]
 
@@ -40,10 +51,13 @@ class LeakyRNN(RecurrentModel):
     Notes
     -----
     Parameters (PyTorch-style names): ``weight_hh`` is W (H, H), ``weight_ih`` is U
-    (H, n_in), ``bias`` is b (H,) (one bias, so +1 in G, not +2).  One weight site,
-    a(s) = [φ(h_{t−1}); x_t; 1], with the constant D = dt·I, so K = dt² (G ⊗ I_H) exactly
-    and the spectrum of K is dt² eig(AᵀA), each eigenvalue H times.  The state Jacobian is
-    J_t = (1 − dt) I + dt W diag(φ′(h_{t−1})).
+    (H, n_in), ``bias`` is b (H,) (one bias, so +1 in G, not +2).  One weight site
+    (:meth:`site_table`), with the constant D = dt·I:
+
+    {site_table}
+
+    so K = dt² (G ⊗ I_H) exactly and the spectrum of K is dt² eig(AᵀA), each eigenvalue H
+    times.  The state Jacobian is J_t = (1 − dt) I + dt W diag(φ′(h_{t−1})).
 
     Examples
     --------
@@ -68,12 +82,12 @@ class LeakyRNN(RecurrentModel):
         self.nonlinearity = check_nonlinearity(nonlinearity, "LeakyRNN")
         self.bias = bool(bias)
 
+    def site_table(self) -> tuple[SiteDecl, ...]:
+        """The one weight site ``hidden`` (see the class docstring)."""
+        return leaky_site_table(self.n_in, self.n_hidden, self.bias)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        H, n = self.n_hidden, self.n_in
-        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (H, n), "weight_hh": (H, H)}
-        if self.bias:
-            shapes["bias"] = (H,)
-        return shapes
+        return declared_shapes(self.site_table(), ("weight_ih", "weight_hh", "bias"))
 
     def step(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
         xp = array_namespace(h_prev, x_t)
@@ -123,8 +137,19 @@ class LeakyRNNTrajectory(RecurrentTrajectory):
 
     def _make_sites(self) -> list[Site]:
         model = self.model
-        A = site_variables([flat_sites(self.rate), flat_sites(self.x)], 1 if model.bias else 0)
-        return [Site("hidden", A, state_shape=self.state_shape, scale=model.dt, width=model.n_hidden)]
+        (decl,) = model.site_table()
+        x = flat_sites(self.x)
+        A = site_variables_of((decl,), {RATE: flat_sites(self.rate), X_T: x}, like=x)
+        return [
+            Site(
+                decl.name,
+                A[decl.name],
+                state_shape=self.state_shape,
+                scale=model.dt,
+                width=model.n_hidden,
+                rows=decl.rows(),
+            )
+        ]
 
 
 def _leaky_jvp(xp: Any, dt: float, operands: tuple, V: Any, t: Any) -> Any:
@@ -137,3 +162,22 @@ def _leaky_vjp(xp: Any, dt: float, operands: tuple, W: Any, t: Any) -> Any:
     """J_tᵀ W = (1 − dt) W + dt φ′ ⊙ (W_hhᵀ W)."""
     d, W_hh, _ = operands
     return (1.0 - dt) * W + dt * (d[:, t, ...] * matmul_last(xp, W, W_hh))
+
+
+def leaky_site_table(n_in: Any, H: Any, bias: bool) -> tuple[SiteDecl, ...]:
+    """The leaky RNN's site table for sizes ``n_in`` and ``H`` (ints, or :class:`Dim` for the docs).
+
+    Examples
+    --------
+    >>> from kpflow.models.leaky import leaky_site_table
+    >>> leaky_site_table(2, 3, bias=True)[0].p
+    6
+    """
+    full = (0 * H, H)
+    terms = [Term("weight_hh", full, RATE, H), Term("weight_ih", full, X_T, n_in)]
+    if bias:
+        terms.append(Term("bias", full, "1"))
+    return (SiteDecl("hidden", tuple(terms), "scaled", "dt·I"),)
+
+
+LeakyRNN.__doc__ = with_site_table(LeakyRNN.__doc__, leaky_site_table(Dim("n_in"), Dim("H"), True))

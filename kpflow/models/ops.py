@@ -11,13 +11,13 @@ from typing import Any
 from kpflow._array import prod
 
 __all__ = [
+    "TORCH_CELL_ORDER",
     "activation",
     "activation_derivative",
     "check_nonlinearity",
     "linear",
     "matmul_last",
     "sigmoid",
-    "torch_cell_param_shapes",
 ]
 
 NONLINEARITIES = ("tanh", "relu")
@@ -137,17 +137,6 @@ def sigmoid(xp: Any, u: Any) -> Any:
     return 0.5 + 0.5 * xp.tanh(0.5 * u)
 
 
-def torch_cell_param_shapes(n_gates: int, n_in: int, n_hidden: int, bias: bool) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of a one-layer ``torch.nn`` RNN (1 gate), GRU (3) or LSTM (4).
-
-    Examples
-    --------
-    >>> from kpflow.models.ops import torch_cell_param_shapes
-    >>> torch_cell_param_shapes(3, 2, 5, bias=False)
-    {'weight_ih': (15, 2), 'weight_hh': (15, 5)}
-    """
-    rows = n_gates * n_hidden
-    shapes: dict[str, tuple[int, ...]] = {"weight_ih": (rows, n_in), "weight_hh": (rows, n_hidden)}
-    if bias:
-        shapes.update({"bias_ih": (rows,), "bias_hh": (rows,)})
-    return shapes
+#: The order of a torch cell's parameters (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``): the order of
+#: ``param_shapes`` and so of the random draws of ``init``.
+TORCH_CELL_ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

@@ -12,16 +12,25 @@ from kpflow.models.base import (
     StepKernel,
     check_size,
     flat_sites,
-    site_variables,
     step_major,
 )
 from kpflow.models.ops import (
+    TORCH_CELL_ORDER,
     activation,
     activation_derivative,
     check_nonlinearity,
     linear,
     matmul_last,
-    torch_cell_param_shapes,
+)
+from kpflow.models.sites_table import (
+    H_PREV,
+    X_T,
+    Dim,
+    SiteDecl,
+    Term,
+    declared_shapes,
+    site_variables_of,
+    with_site_table,
 )
 
 __all__ = ["RNN", "RNNTrajectory"]
@@ -43,8 +52,10 @@ class RNN(RecurrentModel):
     Notes
     -----
     Parameters: ``weight_ih`` (H, n_in), ``weight_hh`` (H, H), ``bias_ih`` (H,),
-    ``bias_hh`` (H,).  One weight site: a(s) = [h_{t−1}; x_t; 1; 1] and
-    D(s) = diag(φ′) taken at the step's output, so K = D (G ⊗ I_H) D.
+    ``bias_hh`` (H,).  One weight site, D(s) = diag(φ′) taken at the step's output, so
+    K = D (G ⊗ I_H) D (:meth:`site_table`; without bias the ones columns are dropped):
+
+    {site_table}
 
     Examples
     --------
@@ -64,8 +75,12 @@ class RNN(RecurrentModel):
         self.nonlinearity = check_nonlinearity(nonlinearity, "RNN")
         self.bias = bool(bias)
 
+    def site_table(self) -> tuple[SiteDecl, ...]:
+        """The one weight site ``hidden`` (see the class docstring)."""
+        return rnn_site_table(self.n_in, self.n_hidden, self.bias)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return torch_cell_param_shapes(1, self.n_in, self.n_hidden, self.bias)
+        return declared_shapes(self.site_table(), TORCH_CELL_ORDER)
 
     def preactivation(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
         """u = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh on any leading axes."""
@@ -118,10 +133,11 @@ class RNNTrajectory(RecurrentTrajectory):
         return StepKernel(_rnn_jvp, _rnn_vjp, (), (self.d, self.params["weight_hh"], self._W_hh_T))
 
     def _make_sites(self) -> list[Site]:
-        model = self.model
-        A = site_variables([flat_sites(self.prev_states), flat_sites(self.x)], 2 if model.bias else 0)
-        d = flat_sites(self.d)
-        return [Site("hidden", A, state_shape=self.state_shape, unit_D=d[:, :, None, None])]
+        x = flat_sites(self.x)
+        (decl,) = self.model.site_table()
+        A = site_variables_of((decl,), {H_PREV: flat_sites(self.prev_states), X_T: x}, like=x)
+        D = flat_sites(self.d)[:, :, None, None]
+        return [Site(decl.name, A[decl.name], state_shape=self.state_shape, unit_D=D, rows=decl.rows())]
 
 
 def _rnn_jvp(xp: Any, operands: tuple, V: Any, t: Any) -> Any:
@@ -134,3 +150,22 @@ def _rnn_vjp(xp: Any, operands: tuple, W: Any, t: Any) -> Any:
     """J_tᵀ W = W_hhᵀ (d_t ⊙ W)."""
     d, W_hh, _ = operands
     return matmul_last(xp, W * d[:, t, ...], W_hh)
+
+
+def rnn_site_table(n_in: Any, H: Any, bias: bool) -> tuple[SiteDecl, ...]:
+    """The RNN's site table for sizes ``n_in`` and ``H`` (ints, or :class:`Dim` for the docs).
+
+    Examples
+    --------
+    >>> from kpflow.models.rnn import rnn_site_table
+    >>> rnn_site_table(2, 3, bias=False)[0].rows()
+    [('weight_hh', (0, 3)), ('weight_ih', (0, 3))]
+    """
+    full = (0 * H, H)
+    terms = [Term("weight_hh", full, H_PREV, H), Term("weight_ih", full, X_T, n_in)]
+    if bias:
+        terms += [Term("bias_ih", full, "1"), Term("bias_hh", full, "1")]
+    return (SiteDecl("hidden", tuple(terms), "unit", "diag φ′(u_t)"),)
+
+
+RNN.__doc__ = with_site_table(RNN.__doc__, rnn_site_table(Dim("n_in"), Dim("H"), True))

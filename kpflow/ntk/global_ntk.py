@@ -13,6 +13,7 @@ from kpflow.models.base import Site, Trajectory, owned_copy, site_variables
 from kpflow.models.linear import Linear
 from kpflow.ntk.jacobian import OutputJacobian, ParameterMap, StateJacobian, _jacobian_of
 from kpflow.ntk.kernel import KroneckerCoreKernel, check_trajectory, parameter_kernel
+from kpflow.ntk.parts import part_columns
 from kpflow.ntk.propagator import Propagator, propagator
 from kpflow.operators.base import LinearOperator, SymmetricOperator
 
@@ -130,28 +131,6 @@ class StateBlockNTK(SymmetricOperator):
         return xp.reshape(Y, (k, *self.shape_out))
 
 
-_PARTS = ("all", "h", "c")
-
-
-def _part_columns(traj: Trajectory, part: Any, where: str) -> tuple[int, int] | None:
-    """The per-site state columns of ``part`` (None for the whole state)."""
-    from kpflow.models.lstm import LSTMTrajectory
-
-    if part not in _PARTS:
-        msg = f"{where}: expected part to be one of {_PARTS}, got {part!r}"
-        raise ValueError(msg)
-    if isinstance(traj, LSTMTrajectory):
-        H = traj.model.n_hidden
-        return None if part == "all" else ((0, H) if part == "h" else (H, 2 * H))
-    if part == "c":
-        msg = (
-            f"{where}: part='c' needs an LSTM trajectory (state [h; c]); "
-            f"{type(traj.model).__name__} has no cell state (use part='all' or 'h')"
-        )
-        raise ValueError(msg)
-    return None
-
-
 def global_ntk(traj: Trajectory, *, method: str = "kronecker", part: str = "all") -> LinearOperator:
     """The global empirical NTK of the states, NTK_S = P K Pᵀ, on ``state_shape``.
 
@@ -185,7 +164,7 @@ def global_ntk(traj: Trajectory, *, method: str = "kronecker", part: str = "all"
     (5, 2, 4, 3)
     """
     check_trajectory(traj, "global_ntk")
-    columns = _part_columns(traj, part, "global_ntk")
+    columns = part_columns(traj, part, "global_ntk")
     full = GlobalNTK(propagator(traj), parameter_kernel(traj, method=method))
     return full if columns is None else StateBlockNTK(full, traj, columns)
 

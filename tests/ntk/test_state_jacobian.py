@@ -364,7 +364,7 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="StateJacobian.matvec: expected x of shape"):
         J.matvec(np.ones(11))
     F = ParameterMap(traj.sites, like=traj.states)  # no named layout given
-    with pytest.raises(TypeError, match=r"site_parameters\.register"):
+    with pytest.raises(TypeError, match=r"give its class a site_rows\(\) method"):
         F.to_params(np.ones(10))
 
 

@@ -20,6 +20,7 @@ from kpflow.models.feedforward import FeedForward
 from kpflow.models.gru import GRU
 from kpflow.models.hooks import Recurrent, StepDerivatives
 from kpflow.models.implicit import Implicit, SolverNotConvergedError
+from kpflow.models.layout import Layout
 from kpflow.models.leaky import LeakyRNN
 from kpflow.models.linear import Linear
 from kpflow.models.lstm import LSTM
@@ -34,6 +35,7 @@ __all__ = [
     "RNN",
     "FeedForward",
     "Implicit",
+    "Layout",
     "LeakyRNN",
     "Linear",
     "Model",

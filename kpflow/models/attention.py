@@ -28,9 +28,19 @@ from typing import Any
 import numpy as np
 
 from kpflow._array import array_namespace, device_of
-from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, flat_sites, site_variables
+from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, flat_sites
+from kpflow.models.layout import Layout
 from kpflow.models.ops import linear
 from kpflow.models.sites import LinearSite
+from kpflow.models.sites_table import (
+    NO_SITE,
+    Dim,
+    SiteDecl,
+    Term,
+    declared_shapes,
+    site_variables_of,
+    with_site_table,
+)
 
 __all__ = ["AttentionTrajectory", "SelfAttention"]
 
@@ -61,11 +71,13 @@ class SelfAttention(Model):
     W_Q, W_K, W_V; ``in_proj_bias`` (3d,); ``out_proj.weight`` (d, d); ``out_proj.bias``
     (d,).  ``x`` has shape (B, N, d); the trajectory's state is the layer output y, of
     shape (B, N, d), and the sites are the (batch, token) pairs (``site_shape = (B, N)``).
-    Four weight sites: ``in_proj.q``, ``in_proj.k`` (without the key bias, whose kernel
-    is exactly zero), ``in_proj.v`` (general D, :class:`~kpflow.models.sites.LinearSite`)
-    and ``out_proj`` (D = I).  :func:`kpflow.ntk.site_parameters` names their rows (the key
-    bias, which no site carries, under ``NO_SITE``), so :meth:`with_frozen` and
-    ``to_params`` work in torch's names.
+    Four weight sites (:meth:`site_table`): ``in_proj.q``, ``in_proj.k`` (without the key
+    bias, whose kernel is exactly zero), ``in_proj.v`` (general D,
+    :class:`~kpflow.models.sites.LinearSite`) and ``out_proj`` (D = I); the key bias, which
+    no site carries, is declared under ``NO_SITE``, so :meth:`with_frozen` and ``to_params``
+    work in torch's names.  x is the layer's input and o the heads' outputs side by side:
+
+    {site_table}
 
     Examples
     --------
@@ -99,15 +111,12 @@ class SelfAttention(Model):
         self.n_in = self.d_model
         self.state_size = self.d_model
 
+    def site_table(self) -> tuple[SiteDecl, ...]:
+        """The sites ``in_proj.q``, ``in_proj.k``, ``in_proj.v``, ``out_proj`` (see the class docstring)."""
+        return attention_site_table(self.d_model, self.bias)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        d = self.d_model
-        shapes: dict[str, tuple[int, ...]] = {"in_proj_weight": (3 * d, d)}
-        if self.bias:
-            shapes["in_proj_bias"] = (3 * d,)
-        shapes["out_proj.weight"] = (d, d)
-        if self.bias:
-            shapes["out_proj.bias"] = (d,)
-        return shapes
+        return declared_shapes(self.site_table())
 
     def init(
         self, rng: Any = None, *, like: Any = None, dtype: Any = None, device: Any = None
@@ -184,6 +193,17 @@ class SelfAttention(Model):
     def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
         # y does not read y: f(z; θ) is the layer itself
         return self.unroll(params, x, h0)
+
+    def layout(self, state_shape: tuple[int, ...]) -> Layout:
+        """``(batch, token, feature)``, one block (a single layer: L = 0, P = I)."""
+        return Layout(
+            state_shape,
+            ("batch", "token", "feature"),
+            "single",
+            site_axes=2,
+            parts=self.state_parts,
+            features=self.feature_columns,
+        )
 
     def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> AttentionTrajectory:
         return AttentionTrajectory(self, params, x, h0, states)
@@ -271,80 +291,95 @@ class AttentionTrajectory(Trajectory):
         super().__init__(model, params, x, h0, states)
         self.cache = model.forward(params, x)
 
-    @property
-    def axis_names(self) -> tuple[str, ...]:
-        """Names of the axes of ``state_shape``: ``("batch", "token", "feature")``."""
-        return ("batch", "token", "feature")
-
-    @property
-    def site_shape(self) -> tuple[int, ...]:
-        return (int(self.states.shape[0]), int(self.states.shape[1]))
-
-    @property
-    def n_steps(self) -> int:
-        return 1
-
-    def block(self, V: Any, t: int) -> Any:
-        return V
-
-    def join(self, blocks: list[Any]) -> Any:
-        return blocks[0]
-
-    def step_jvp(self, t: int, v: Any) -> Any:
-        msg = f"AttentionTrajectory: one block (a feed-forward layer), so no step t={t} >= 1"
-        raise IndexError(msg)
-
-    def step_vjp(self, t: int, w: Any) -> Any:
-        msg = f"AttentionTrajectory: one block (a feed-forward layer), so no step t={t} >= 1"
-        raise IndexError(msg)
-
     def _make_sites(self) -> list[Site]:
         model, c = self.model, self.cache
         B, N = c["shape"]
         H, dk, d = model.n_heads, model.d_k, model.d_model
         shape = self.state_shape
-        x_sites = flat_sites(self.x)
-        A_x1 = site_variables([x_sites], 1 if model.bias else 0)
+        table = model.site_table()
+        x = flat_sites(self.x)
+        A = site_variables_of(table, {"x": x, "o": flat_sites(c["o_cat"])}, like=x)
+        rows = {decl.name: decl.rows() for decl in table}
         W_O = self.params["out_proj.weight"]
         qk_operands = (c["q"], c["k"], c["v"], c["A"], c["o"], W_O)
         return [
             LinearSite(
                 "in_proj.q",
-                A_x1,
+                A["in_proj.q"],
                 apply=_qk_apply,
                 adjoint=_qk_adjoint,
                 operands=qk_operands,
                 static=(B, N, H, dk, False),
                 state_shape=shape,
                 width=d,
+                rows=rows["in_proj.q"],
             ),
             # The key bias shifts every score of a row equally: softmax ignores it, so its
             # column of ones (its term of K) is left out exactly.
             LinearSite(
                 "in_proj.k",
-                x_sites,
+                A["in_proj.k"],
                 apply=_qk_apply,
                 adjoint=_qk_adjoint,
                 operands=qk_operands,
                 static=(B, N, H, dk, True),
                 state_shape=shape,
                 width=d,
+                rows=rows["in_proj.k"],
             ),
             LinearSite(
                 "in_proj.v",
-                A_x1,
+                A["in_proj.v"],
                 apply=_v_apply,
                 adjoint=_v_adjoint,
                 operands=(c["A"], W_O),
                 static=(B, N, H, dk),
                 state_shape=shape,
                 width=d,
+                rows=rows["in_proj.v"],
             ),
-            Site(
-                "out_proj",
-                site_variables([flat_sites(c["o_cat"])], 1 if model.bias else 0),
-                state_shape=shape,
-                scale=1.0,
-                width=d,
-            ),
+            Site("out_proj", A["out_proj"], state_shape=shape, scale=1.0, width=d, rows=rows["out_proj"]),
         ]
+
+
+def attention_site_table(
+    d: Any, bias: bool, prefix: str = "", x: str = "x", o: str = "o", *, downstream: bool = False
+) -> tuple[SiteDecl, ...]:
+    """Self-attention's site table for width ``d`` (an int, or :class:`Dim` for the docs).
+
+    ``prefix`` goes in front of every site and parameter name (a transformer layer's
+    ``layers.{l}.self_attn.``); ``x`` and ``o`` name the site variables (the layer's input
+    and the heads' outputs side by side).  With ``downstream`` every D_w is followed by the
+    rest of a block, "(…)" (a transformer's residual and LayerNorm), so ``out_proj``'s D is
+    a general linear map too.
+
+    Examples
+    --------
+    >>> from kpflow.models.attention import attention_site_table
+    >>> [(decl.name, decl.p) for decl in attention_site_table(4, True)]
+    [('in_proj.q', 5), ('in_proj.k', 4), ('in_proj.v', 5), ('out_proj', 5), ('', 1)]
+    """
+    W, b, pre = prefix + "in_proj_weight", prefix + "in_proj_bias", prefix
+    O, O_bias = prefix + "out_proj.weight", prefix + "out_proj.bias"
+    q, k, v = (0 * d, d), (d, 2 * d), (2 * d, 3 * d)
+
+    def site(name: str, terms: list[Term], D: str, formula: str) -> SiteDecl:
+        if downstream:
+            D, formula = "linear", "(…)" if formula == "I" else f"(…) ∘ {formula}"
+        return SiteDecl(pre + name, tuple(terms), D, formula)
+
+    def biased(weight: Term, bias_name: str) -> list[Term]:
+        return [weight, Term(bias_name, weight.rows, "1")] if bias else [weight]
+
+    table = [
+        site("in_proj.q", biased(Term(W, q, x, d), b), "linear", "W_O Σ_m A_nm (v_m − o_n) k_mᵀ/√d_k"),
+        site("in_proj.k", [Term(W, k, x, d)], "linear", "A_nm W_O (v_m − o_n) q_nᵀ/√d_k"),
+        site("in_proj.v", biased(Term(W, v, x, d), b), "linear", "Â ⊗ W_O"),
+        site("out_proj", biased(Term(O, q, o, d), O_bias), "scaled", "I"),
+    ]
+    if bias:  # the key bias adds q_n·b_K to every score of row n, which softmax ignores
+        table.append(SiteDecl(NO_SITE, (Term(b, k, "1"),)))
+    return tuple(table)
+
+
+SelfAttention.__doc__ = with_site_table(SelfAttention.__doc__, attention_site_table(Dim("d"), True))

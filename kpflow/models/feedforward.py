@@ -17,8 +17,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kpflow.models.base import Model, Site, Trajectory, check_size
-from kpflow.models.hooks import GuardedParams, _check_param_shapes, _Hook, hook_sites, record_hook_calls
-from kpflow.models.mlp import DepthBlocks
+from kpflow.models.hooks import (
+    GuardedParams,
+    _check_param_shapes,
+    _Hook,
+    hook_site_rows,
+    hook_sites,
+    record_hook_calls,
+)
+from kpflow.models.layout import Layout
 
 __all__ = ["FeedForward", "FeedForwardHookTrajectory"]
 
@@ -91,8 +98,24 @@ class FeedForward(Model):
         """A readout reads the last layer's block of the state."""
         return self.blocks[-1]
 
+    def layout(self, state_shape: tuple[int, ...]) -> Layout:
+        """``(batch, units)``, one block per layer (depth), of the layers' widths."""
+        return Layout(
+            state_shape,
+            ("batch", "units"),
+            "depth",
+            site_axes=1,
+            widths=self.widths,
+            parts=self.state_parts,
+            features=self.feature_columns,
+        )
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
+
+    def site_rows(self) -> dict[str, list]:
+        """Which parameter rows each site covers, known for every hook model (:func:`hook_site_rows`)."""
+        return hook_site_rows(self)
 
     def _layer(self, l: int, params: dict[str, Any], z: Any, hook: _Hook) -> Any:
         return self.layers[l](GuardedParams(tuple(self._shapes), hook.where), z, hook)
@@ -165,7 +188,7 @@ class FeedForward(Model):
         return f"FeedForward(n_in={self.n_in}, widths={self.widths}, params={sorted(self._shapes)})"
 
 
-class FeedForwardHookTrajectory(DepthBlocks, Trajectory):
+class FeedForwardHookTrajectory(Trajectory):
     """A run of a :class:`FeedForward` stack: ``state_shape = (B, Σ n_l)``, one block per layer.
 
     Attributes
@@ -183,7 +206,6 @@ class FeedForwardHookTrajectory(DepthBlocks, Trajectory):
     ) -> None:
         super().__init__(model, params, x, h0, states)
         self.backend = backend
-        self.blocks = list(model.blocks)
         self.names = tuple(sorted(params))
         self.plan, self.site_variables_by_call = record_hook_calls(
             model, params, states, x, "FeedForward.run", self.site_shape, "(B,)"

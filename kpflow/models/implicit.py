@@ -62,9 +62,11 @@ from kpflow.models.hooks import (
     _check_param_shapes,
     _Hook,
     _params,
+    hook_site_rows,
     hook_sites,
     record_hook_calls,
 )
+from kpflow.models.layout import Layout
 from kpflow.models.sites import Site
 
 __all__ = ["Implicit", "ImplicitTrajectory", "SolverNotConvergedError"]
@@ -169,6 +171,10 @@ class Implicit(Model):
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
+
+    def site_rows(self) -> dict[str, list]:
+        """Which parameter rows each site covers, known for every hook model (:func:`hook_site_rows`)."""
+        return hook_site_rows(self)
 
     def _residual_call(self, params: dict[str, Any], z: Any, x: Any, hook: _Hook) -> Any:
         """F(z, θ, x), the user's residual, with the hook ``hook``."""
@@ -359,6 +365,17 @@ class Implicit(Model):
             raise AutodiffUnavailableError(msg)
         return super().run(params, x, h0)  # type: ignore[return-value]
 
+    def layout(self, state_shape: tuple[int, ...]) -> Layout:
+        """``(batch, state)``, one block solved at once (∂F/∂z is not triangular: P is a solve)."""
+        return Layout(
+            state_shape,
+            ("batch", "state"),
+            "solved",
+            site_axes=1,
+            parts=self.state_parts,
+            features=self.feature_columns,
+        )
+
     def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> ImplicitTrajectory:
         from kpflow.backends import get_backend
 
@@ -393,7 +410,6 @@ class ImplicitTrajectory(Trajectory):
     """
 
     model: Implicit
-    triangular = False
 
     def __init__(
         self, model: Implicit, params: dict[str, Any], x: Any, h0: Any, states: Any, backend: str
@@ -405,33 +421,6 @@ class ImplicitTrajectory(Trajectory):
             model, params, states, x, "Implicit.run", self.site_shape, "(B,)"
         )
         self._operands = (tuple(params[n] for n in self.names), states, x)
-
-    @property
-    def site_shape(self) -> tuple[int, ...]:
-        return (int(self.states.shape[0]),)
-
-    @property
-    def axis_names(self) -> tuple[str, ...]:
-        """``("batch", "state")``."""
-        return ("batch", "state")
-
-    @property
-    def n_steps(self) -> int:
-        return 1
-
-    def block(self, V: Any, t: int) -> Any:
-        return V
-
-    def join(self, blocks: list[Any]) -> Any:
-        return blocks[0]
-
-    def step_jvp(self, t: int, v: Any) -> Any:
-        msg = "ImplicitTrajectory has one block and no steps; use residual_jvp / state_jvp"
-        raise ValueError(msg)
-
-    def step_vjp(self, t: int, w: Any) -> Any:
-        msg = "ImplicitTrajectory has one block and no steps; use residual_vjp / state_vjp"
-        raise ValueError(msg)
 
     def _static(self) -> tuple:
         return (self.model, self.backend, self.names, self.plan)

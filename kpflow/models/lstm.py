@@ -13,9 +13,18 @@ from kpflow.models.base import (
     Trajectory,
     check_size,
     flat_sites,
-    site_variables,
 )
-from kpflow.models.ops import linear, matmul_last, sigmoid, torch_cell_param_shapes
+from kpflow.models.ops import TORCH_CELL_ORDER, linear, matmul_last, sigmoid
+from kpflow.models.sites_table import (
+    H_PREV,
+    X_T,
+    Dim,
+    SiteDecl,
+    Term,
+    declared_shapes,
+    site_variables_of,
+    with_site_table,
+)
 
 __all__ = ["LSTM", "LSTMTrajectory"]
 
@@ -50,10 +59,13 @@ class LSTM(RecurrentModel):
     pair ``(h0, c0)`` of (B, H) arrays (PyTorch passes them as (1, B, H); drop the layer
     axis).  ``None`` means zeros.
 
-    One weight site (all four gates share it) with site variables
-    a(s) = [x_t; h_{t−1}; 1; 1] and width 4H.  D(s) = ∂[h_t; c_t]/∂u is 2H×4H and
-    couples each unit's four gate pre-activations to its h and c only, so it is stored
-    unit-structured (``unit_D`` of shape (m, H, 2, 4)).  With τ = tanh c_t, c = c_{t−1}:
+    One weight site (all four gates share it, :meth:`site_table`), of width 4H:
+
+    {site_table}
+
+    D(s) = ∂[h_t; c_t]/∂u is 2H×4H and couples each unit's four gate pre-activations to
+    its h and c only, so it is stored unit-structured (``unit_D`` of shape (m, H, 2, 4)).
+    With τ = tanh c_t, c = c_{t−1}:
 
     - ∂c_t/∂u_{i,f,g,o} = [g i(1−i), c f(1−f), i(1−g²), 0]
     - ∂h_t/∂u_{i,f,g} = o(1−τ²) ∂c_t/∂u,   ∂h_t/∂u_o = τ o(1−o)
@@ -80,8 +92,18 @@ class LSTM(RecurrentModel):
         """A readout reads h: columns (0, H) of the per-site state [h; c]."""
         return (0, self.n_hidden)
 
+    @property
+    def state_parts(self) -> dict[str, tuple[int, int]]:
+        """The state [h; c]: ``{"h": (0, H), "c": (H, 2H)}`` (``global_ntk(traj, part="c")``)."""
+        H = self.n_hidden
+        return {"h": (0, H), "c": (H, 2 * H)}
+
+    def site_table(self) -> tuple[SiteDecl, ...]:
+        """The one weight site ``ih+hh`` (see the class docstring)."""
+        return lstm_site_table(self.n_in, self.n_hidden, self.bias)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return torch_cell_param_shapes(4, self.n_in, self.n_hidden, self.bias)
+        return declared_shapes(self.site_table(), TORCH_CELL_ORDER)
 
     def gates(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> tuple[Any, Any, Any, Any]:
         """The gates (i, f, g, o), each ``(..., H)``.
@@ -210,11 +232,6 @@ class LSTMTrajectory(RecurrentTrajectory):
         B, T = self.site_shape
         return self.xp.reshape(self.D[:, :, row, ...], (B, T, 4 * self.model.n_hidden))
 
-    @property
-    def feature_columns(self) -> tuple[int, int]:
-        """A readout reads h: columns (0, H) of the per-site state [h; c]."""
-        return self.model.feature_columns
-
     def step_kernel(self) -> StepKernel:
         return StepKernel(
             _lstm_jvp,
@@ -225,14 +242,14 @@ class LSTMTrajectory(RecurrentTrajectory):
 
     def _make_sites(self) -> list[Site]:
         xp, H = self.xp, self.model.n_hidden
-        A = site_variables(
-            [flat_sites(self.x), flat_sites(self.prev_states[..., :H])], 2 if self.model.bias else 0
-        )
-        m = A.shape[0]
+        (decl,) = self.model.site_table()
+        x = flat_sites(self.x)
+        A = site_variables_of((decl,), {X_T: x, H_PREV: flat_sites(self.prev_states[..., :H])}, like=x)
+        m = x.shape[0]
         # D (B, T, 2, 4, H) is (m, a, g, n) row-major: unit_D (m, n, a, g) is a permuted view
         # of it, so neither unit_D nor the site's gate-major D_operand() copies anything
         unit_D = xp.permute_dims(xp.reshape(self.D, (m, 2, 4, H)), (0, 3, 1, 2))
-        return [Site("ih+hh", A, state_shape=self.state_shape, unit_D=unit_D)]
+        return [Site(decl.name, A[decl.name], state_shape=self.state_shape, unit_D=unit_D, rows=decl.rows())]
 
 
 def _lstm_jvp(xp: Any, H: int, operands: tuple, V: Any, t: Any) -> Any:
@@ -252,3 +269,22 @@ def _lstm_vjp(xp: Any, H: int, operands: tuple, W: Any, t: Any) -> Any:
     back_h = matmul_last(xp, xp.reshape(U, (*U.shape[:-2], 4 * H)), W_hh)  # one GEMM
     back_c = xp.sum(W2 * E[:, t, ...], axis=-2)
     return xp.concat([back_h, back_c], axis=-1)
+
+
+def lstm_site_table(n_in: Any, H: Any, bias: bool) -> tuple[SiteDecl, ...]:
+    """The LSTM's site table for sizes ``n_in`` and ``H`` (ints, or :class:`Dim` for the docs).
+
+    Examples
+    --------
+    >>> from kpflow.models.lstm import lstm_site_table
+    >>> lstm_site_table(2, 3, bias=True)[0].rows()[0]
+    ('weight_ih', (0, 12))
+    """
+    full = (0 * H, 4 * H)
+    terms = [Term("weight_ih", full, X_T, n_in), Term("weight_hh", full, H_PREV, H)]
+    if bias:
+        terms += [Term("bias_ih", full, "1"), Term("bias_hh", full, "1")]
+    return (SiteDecl("ih+hh", tuple(terms), "unit", "∂[h_t; c_t]/∂u per unit (2 × 4)"),)
+
+
+LSTM.__doc__ = with_site_table(LSTM.__doc__, lstm_site_table(Dim("n_in"), Dim("H"), True))

@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 from kpflow._array import array_namespace, host_rng
-from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, site_variables
+from kpflow.models.base import Model, Site, StepKernel, Trajectory, check_size, draw_uniform, flat_sites
+from kpflow.models.layout import Layout
 from kpflow.models.ops import activation, activation_derivative, check_nonlinearity, linear, matmul_last
+from kpflow.models.sites_table import Dim, SiteDecl, Term, declared_shapes, site_variables_of, with_site_table
 
-__all__ = ["MLP", "DepthBlocks", "MLPTrajectory"]
+__all__ = ["MLP", "MLPTrajectory"]
 
 
 class MLP(Model):
@@ -40,8 +42,10 @@ class MLP(Model):
     ``layers.{l}.weight`` (n_{l+1}, n_l) and ``layers.{l}.bias`` (n_{l+1},) (l 0-based;
     n_0 = n_in).  ``x`` has shape (B, n_in).  The trajectory's state has shape
     (B, n_1 + … + n_L); ``traj.blocks[l] = (start, stop)`` gives layer l's columns.  Each
-    layer is one weight site over the B batch sites, a(s) = [z_{l−1}(s); 1] and
-    D = diag(φ′) (the identity for a linear layer), writing only its own block.
+    layer is one weight site over the B batch sites, writing only its own block
+    (:meth:`site_table`; here for widths (n_0, n_1, n_2), the last layer linear):
+
+    {site_table}
 
     Examples
     --------
@@ -88,13 +92,24 @@ class MLP(Model):
         """A readout reads the last layer's block of the state."""
         return self.blocks[-1]
 
+    def layout(self, state_shape: tuple[int, ...]) -> Layout:
+        """``(batch, units)``, one block per layer (depth), of the layers' widths."""
+        return Layout(
+            state_shape,
+            ("batch", "units"),
+            "depth",
+            site_axes=1,
+            widths=self.widths[1:],
+            parts=self.state_parts,
+            features=self.feature_columns,
+        )
+
+    def site_table(self) -> tuple[SiteDecl, ...]:
+        """One weight site per layer, ``layers.{l}`` (see the class docstring)."""
+        return mlp_site_table(self.widths, self.bias, self.linear_output)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {}
-        for l in range(self.n_layers):
-            shapes[f"layers.{l}.weight"] = (self.widths[l + 1], self.widths[l])
-            if self.bias:
-                shapes[f"layers.{l}.bias"] = (self.widths[l + 1],)
-        return shapes
+        return declared_shapes(self.site_table())
 
     def init(
         self, rng: Any = None, *, like: Any = None, dtype: Any = None, device: Any = None
@@ -146,45 +161,7 @@ class MLP(Model):
         return f"MLP(widths={self.widths}, nonlinearity={self.nonlinearity!r}, bias={self.bias})"
 
 
-class DepthBlocks:
-    """The geometry of a feed-forward trajectory: depth as time, one state block per layer.
-
-    The state has shape (B, Σ_l n_l); ``blocks[l] = (start, stop)`` are layer l's columns, the
-    sites are the B batch rows, and a readout reads the model's ``feature_columns``.  Mixed
-    into :class:`MLPTrajectory` and the user-defined stacks' trajectory.
-    """
-
-    blocks: list[tuple[int, int]]
-    states: Any
-    model: Any
-    xp: Any
-
-    @property
-    def axis_names(self) -> tuple[str, ...]:
-        """Names of the axes of ``state_shape``: ``("batch", "units")``."""
-        return ("batch", "units")
-
-    @property
-    def site_shape(self) -> tuple[int, ...]:
-        return (int(self.states.shape[0]),)
-
-    @property
-    def feature_columns(self) -> tuple[int, int]:
-        return self.model.feature_columns
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.blocks)
-
-    def block(self, V: Any, t: int) -> Any:
-        lo, hi = self.blocks[t]
-        return V[:, :, lo:hi]
-
-    def join(self, blocks: list[Any]) -> Any:
-        return blocks[0] if len(blocks) == 1 else self.xp.concat(blocks, axis=-1)
-
-
-class MLPTrajectory(DepthBlocks, Trajectory):
+class MLPTrajectory(Trajectory):
     """A run of :class:`MLP`: ``state_shape = (B, Σ n_l)``, one block per layer.
 
     Attributes
@@ -209,7 +186,6 @@ class MLPTrajectory(DepthBlocks, Trajectory):
     def __init__(self, model: MLP, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
         super().__init__(model, params, x, h0, states)
         xp = self.xp
-        self.blocks = list(model.blocks)
         # Wᵀ of every layer (views, made once)
         self._W_T = [xp.matrix_transpose(params[f"layers.{l}.weight"]) for l in range(model.n_layers)]
         self.d: list[Any] = []
@@ -228,38 +204,75 @@ class MLPTrajectory(DepthBlocks, Trajectory):
         lo, hi = self.blocks[l]
         return self.states[:, lo:hi]
 
-    def step_jvp(self, t: int, v: Any) -> Any:
-        out = matmul_last(self.xp, v, self._W_T[t])
-        return out if self.d[t] is None else self.d[t] * out
-
-    def step_vjp(self, t: int, w: Any) -> Any:
-        if self.d[t] is not None:
-            w = self.d[t] * w
-        return matmul_last(self.xp, w, self.params[f"layers.{t}.weight"])
+    def step_kernel(self) -> StepKernel:
+        """J_t = diag(φ′_t) W_t (W_t for a linear layer) as pure functions of the layer index t."""
+        W = tuple(self.params[f"layers.{l}.weight"] for l in range(self.model.n_layers))
+        return StepKernel(_mlp_jvp, _mlp_vjp, (), (tuple(self.d), tuple(self._W_T), W))
 
     def _make_sites(self) -> list[Site]:
         model = self.model
+        table = model.site_table()
+        x = flat_sites(self.x)
+        inputs = {_layer_input(l): self.layer_states(l - 1) for l in range(1, model.n_layers)}
+        A = site_variables_of(table, {_layer_input(0): x, **inputs}, like=x)
         sites = []
-        for l in range(model.n_layers):
-            inp = self.x if l == 0 else self.layer_states(l - 1)
-            A = site_variables([inp], 1 if model.bias else 0)
-            name = f"layers.{l}"
-            if self.d[l] is None:
-                site = Site(
-                    name,
-                    A,
-                    state_shape=self.state_shape,
-                    scale=1.0,
-                    width=model.widths[l + 1],
-                    columns=self.blocks[l],
-                )
+        for l, decl in enumerate(table):
+            if decl.D == "scaled":  # a linear layer: D = I
+                D: dict[str, Any] = {"scale": 1.0, "width": model.widths[l + 1]}
             else:
-                site = Site(
-                    name,
-                    A,
-                    state_shape=self.state_shape,
-                    unit_D=self.d[l][:, :, None, None],
-                    columns=self.blocks[l],
-                )
+                D = {"unit_D": self.d[l][:, :, None, None]}
+            site = Site(
+                decl.name,
+                A[decl.name],
+                state_shape=self.state_shape,
+                columns=self.blocks[l],
+                rows=decl.rows(),
+                **D,
+            )
             sites.append(site)
         return sites
+
+
+def _layer_input(l: int) -> str:
+    """The name of layer l's site variable: x, then z_0, z_1, …"""
+    return "x" if l == 0 else f"z_{l - 1}"
+
+
+def mlp_site_table(widths: tuple[Any, ...], bias: bool, linear_output: bool) -> tuple[SiteDecl, ...]:
+    """The MLP's site table for ``widths`` (ints, or :class:`Dim` for the docs).
+
+    Examples
+    --------
+    >>> from kpflow.models.mlp import mlp_site_table
+    >>> [(decl.name, decl.D, decl.p) for decl in mlp_site_table((2, 4, 1), True, True)]
+    [('layers.0', 'unit', 3), ('layers.1', 'scaled', 5)]
+    """
+    n_layers = len(widths) - 1
+    table = []
+    for l in range(n_layers):
+        full = (0 * widths[l + 1], widths[l + 1])
+        terms = [Term(f"layers.{l}.weight", full, _layer_input(l), widths[l])]
+        if bias:
+            terms.append(Term(f"layers.{l}.bias", full, "1"))
+        linear_layer = linear_output and l == n_layers - 1
+        D = ("scaled", "I") if linear_layer else ("unit", "diag φ′(u_l)")
+        table.append(SiteDecl(f"layers.{l}", tuple(terms), *D))
+    return tuple(table)
+
+
+MLP.__doc__ = with_site_table(MLP.__doc__, mlp_site_table((Dim("n_0"), Dim("n_1"), Dim("n_2")), True, True))
+
+
+def _mlp_jvp(xp: Any, operands: tuple, V: Any, t: int) -> Any:
+    """J_t V = d_t ⊙ (W_t V) (layer t ≥ 1 of different width than layer t − 1: ``t`` is an int)."""
+    d, W_T, _ = operands
+    out = matmul_last(xp, V, W_T[t])
+    return out if d[t] is None else d[t] * out
+
+
+def _mlp_vjp(xp: Any, operands: tuple, W: Any, t: int) -> Any:
+    """J_tᵀ W = W_tᵀ (d_t ⊙ W)."""
+    d, _, weights = operands
+    if d[t] is not None:
+        W = d[t] * W
+    return matmul_last(xp, W, weights[t])

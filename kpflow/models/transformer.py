@@ -26,10 +26,20 @@ from typing import Any
 
 from kpflow._array import array_namespace, device_of, host_rng
 from kpflow.models.attention import SelfAttention
-from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, flat_sites, site_variables
+from kpflow.models.base import Model, Site, Trajectory, check_size, draw_uniform, flat_sites
+from kpflow.models.layout import Layout
 from kpflow.models.ops import linear
 from kpflow.models.sites import LinearSite
+from kpflow.models.sites_table import Dim, SiteDecl, declared_shapes, site_variables_of, with_site_table
 from kpflow.models.transformer_d import adjoint_stage, apply_stage, site_adjoint, site_apply
+from kpflow.models.transformer_sites import (
+    BLOCK_INPUT,
+    HEADS,
+    HIDDEN,
+    POSITION,
+    block_site_table,
+    transformer_site_table,
+)
 
 __all__ = ["TransformerEncoder", "TransformerTrajectory", "erf", "gelu"]
 
@@ -154,9 +164,12 @@ class TransformerEncoder(Model):
     ``x`` has shape (B, N, d).  The trajectory's state is ``(B, S, N, d)``: block 2l is
     the residual stream after layer l's attention block, 2l + 1 after its feed-forward
     block (and S − 1 after the final norm); ``states[:, -1]`` is the module's output.
-    :func:`kpflow.ntk.site_parameters` names every site's rows (``pos_embedding``'s block
-    C_w is E itself, not a transpose), so :meth:`with_frozen` and ``to_params`` work in
-    these names.
+    Its site table (:meth:`site_table`, :mod:`kpflow.models.transformer_sites`) names every
+    site's rows, so :meth:`with_frozen` and ``to_params`` work in these names; for one layer
+    with ``final_norm`` and a learned ``pos_embedding`` (max_len rows), "(…)" standing for the
+    rest of the block downstream of the site:
+
+    {site_table}
 
     Examples
     --------
@@ -223,33 +236,16 @@ class TransformerEncoder(Model):
         self.n_states = 2 * self.n_layers + (1 if self.final_norm else 0)
 
     # parameters -------------------------------------------------------------------------------
+    def site_table(self) -> tuple[SiteDecl, ...]:
+        """Every weight site, in the order of ``traj.sites`` (see :mod:`kpflow.models.transformer_sites`)."""
+        max_len = self.max_len if self.positional == "learned" else None
+        sizes = (self.d_model, self.d_ff, self.n_layers)
+        return transformer_site_table(*sizes, bias=self.bias, final_norm=self.final_norm, max_len=max_len)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        d, f = self.d_model, self.d_ff
-        shapes: dict[str, tuple[int, ...]] = {}
-        for l in range(self.n_layers):
-            pre = f"layers.{l}."
-            layer = {
-                "self_attn.in_proj_weight": (3 * d, d),
-                "self_attn.in_proj_bias": (3 * d,),
-                "self_attn.out_proj.weight": (d, d),
-                "self_attn.out_proj.bias": (d,),
-                "linear1.weight": (f, d),
-                "linear1.bias": (f,),
-                "linear2.weight": (d, f),
-                "linear2.bias": (d,),
-                "norm1.weight": (d,),
-                "norm1.bias": (d,),
-                "norm2.weight": (d,),
-                "norm2.bias": (d,),
-            }
-            shapes.update({pre + k: s for k, s in layer.items() if self.bias or not k.endswith("bias")})
-        if self.final_norm:
-            shapes["norm.weight"] = (d,)
-            if self.bias:
-                shapes["norm.bias"] = (d,)
-        if self.positional == "learned":
-            shapes["pos_embedding"] = (int(self.max_len), d)  # type: ignore[arg-type]
-        return shapes
+        """The parameters, read off :meth:`site_table`, in the order of torch's ``state_dict``."""
+        order = [f"layers.{l}.{name}" for l in range(self.n_layers) for name in _TORCH_LAYER_ORDER]
+        return declared_shapes(self.site_table(), (*order, "norm.weight", "norm.bias", "pos_embedding"))
 
     def init(
         self, rng: Any = None, *, like: Any = None, dtype: Any = None, device: Any = None
@@ -379,6 +375,21 @@ class TransformerEncoder(Model):
         inputs = [self.embed_input(params, x)] + [states[:, j, ...] for j in range(self.n_states - 1)]
         return xp.stack([self.block(params, j, inp)[0] for j, inp in enumerate(inputs)], axis=1)
 
+    def layout(self, state_shape: tuple[int, ...]) -> Layout:
+        """``(batch, state, token, feature)``, recurrent over the residual-stream states.
+
+        Block j (one entry of the ``state`` axis) reads block j − 1 only, so L is
+        block-subdiagonal and P is a recursion over the S = ``n_states`` blocks.
+        """
+        return Layout(
+            state_shape,
+            ("batch", "state", "token", "feature"),
+            "recurrent",
+            site_axes=3,
+            parts=self.state_parts,
+            features=self.feature_columns,
+        )
+
     def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> TransformerTrajectory:
         return TransformerTrajectory(self, params, x, h0, states)
 
@@ -421,26 +432,7 @@ class TransformerTrajectory(Trajectory):
         super().__init__(model, params, x, h0, states)
         self.caches = model.forward(params, x)[1]
         self._steps = [self._step_stage(j) for j in range(model.n_states)]
-
-    @property
-    def axis_names(self) -> tuple[str, ...]:
-        """``("batch", "state", "token", "feature")``."""
-        return ("batch", "state", "token", "feature")
-
-    @property
-    def site_shape(self) -> tuple[int, ...]:
-        B, S, N = self.states.shape[:3]
-        return (int(B), int(S), int(N))
-
-    @property
-    def n_steps(self) -> int:
-        return self.model.n_states
-
-    def block(self, V: Any, t: int) -> Any:
-        return V[:, :, t, ...]
-
-    def join(self, blocks: list[Any]) -> Any:
-        return self.xp.stack(blocks, axis=2)
+        self._rows: dict[str, Any] | None = None
 
     # stages -----------------------------------------------------------------------------------
     def _ln_ops(self, j: int, gamma_name: str) -> tuple:
@@ -486,9 +478,12 @@ class TransformerTrajectory(Trajectory):
     # sites ------------------------------------------------------------------------------------
     def _site(self, name: str, variables: Any, j: int, width: int, chain: list[tuple[tuple, tuple]]) -> Site:
         B, S, N = self.site_shape
+        if self._rows is None:
+            self._rows = self.model.site_rows() or {}
         return LinearSite(
             name,
             variables,
+            rows=self._rows[name],
             state_shape=self.state_shape,
             width=width,
             apply=site_apply,
@@ -497,68 +492,74 @@ class TransformerTrajectory(Trajectory):
             static=(B, N, S, j, tuple(stage for stage, _ in chain)),
         )
 
-    def _norm_sites(self, j: int, downstream: list[tuple[tuple, tuple]]) -> list[Site]:
+    def _variables(self, j: int) -> dict[str, Any]:
+        """A_w of block j's sites, glued as its site table says (:func:`block_site_table`)."""
+        model, c = self.model, self.caches[j]
+        table = block_site_table(j, model.d_model, model.d_ff, model.n_layers, model.bias)
+        tokens = self.site_shape[0] * self.site_shape[2]
+        ones = self.xp.ones((tokens, 1), dtype=self.dtype, device=self.device)
+        arrays = {}
+        if "input" in c:
+            arrays[BLOCK_INPUT] = flat_sites(c["input"])
+        if "attn" in c:
+            arrays[HEADS] = flat_sites(c["attn"]["o_cat"])
+        if "f" in c:
+            arrays[HIDDEN] = flat_sites(c["f"])
+        return site_variables_of(table, arrays, like=arrays.get(BLOCK_INPUT, ones))
+
+    def _norm_sites(self, j: int, downstream: list[tuple[tuple, tuple]], A: dict[str, Any]) -> list[Site]:
         """γ (site variable 1, D = downstream ∘ diag(x̂)) and β (D = downstream) of block j's norm."""
         name = self._norm_name(j)
         xhat = self.caches[j]["xhat"]
-        ones = self.xp.ones(
-            (self.site_shape[0] * self.site_shape[2], 1), dtype=self.dtype, device=self.device
-        )
         d = self.model.d_model
-        sites = [self._site(name + ".weight", ones, j, d, [(("scale", ()), (xhat,)), *downstream])]
+        gamma = [(("scale", ()), (xhat,)), *downstream]
+        sites = [self._site(name + ".weight", A[name + ".weight"], j, d, gamma)]
         if self.model.bias:
-            sites.append(self._site(name + ".bias", ones, j, d, list(downstream)))
+            sites.append(self._site(name + ".bias", A[name + ".bias"], j, d, list(downstream)))
         return sites
 
     def _attention_sites(self, j: int) -> list[Site]:
         model, c, l = self.model, self.caches[j], j // 2
         a, pre = c["attn"], f"layers.{l}.self_attn."
         B, _, N = self.site_shape
-        H, dk, nb = model.n_heads, model.d_k, 1 if model.bias else 0
+        H, dk = model.n_heads, model.d_k
         post = [] if model.norm_first else [(("ln", ()), self._ln_ops(j, f"layers.{l}.norm1.weight"))]
         W_O = self.params[pre + "out_proj.weight"]
         qk_ops = (a["q"], a["k"], a["v"], a["A"], a["o"], W_O)
-        x_sites = flat_sites(c["input"])
-        x1 = site_variables([x_sites], nb)
+        A = self._variables(j)
         st = (B, N, H, dk)
+        q, k, v, o = (pre + name for name in ("in_proj.q", "in_proj.k", "in_proj.v", "out_proj"))
         sites = [
-            self._site(pre + "in_proj.q", x1, j, model.d_model, [(("attn_q", st), qk_ops), *post]),
+            self._site(q, A[q], j, model.d_model, [(("attn_q", st), qk_ops), *post]),
             # the key bias shifts a whole row of scores, which softmax ignores: no ones column
-            self._site(pre + "in_proj.k", x_sites, j, model.d_model, [(("attn_k", st), qk_ops), *post]),
-            self._site(pre + "in_proj.v", x1, j, model.d_model, [(("attn_v", st), (a["A"], W_O)), *post]),
-            self._site(
-                pre + "out_proj", site_variables([flat_sites(a["o_cat"])], nb), j, model.d_model, list(post)
-            ),
+            self._site(k, A[k], j, model.d_model, [(("attn_k", st), qk_ops), *post]),
+            self._site(v, A[v], j, model.d_model, [(("attn_v", st), (a["A"], W_O)), *post]),
+            self._site(o, A[o], j, model.d_model, list(post)),
         ]
         downstream = [self._inner_stage(j)] if model.norm_first else []
-        return sites + self._norm_sites(j, downstream)
+        return sites + self._norm_sites(j, downstream, A)
 
     def _feedforward_sites(self, j: int) -> list[Site]:
         model, c, l = self.model, self.caches[j], j // 2
-        pre, nb = f"layers.{l}.", 1 if model.bias else 0
+        pre = f"layers.{l}."
         post = [] if model.norm_first else [(("ln", ()), self._ln_ops(j, pre + "norm2.weight"))]
         W2 = self.params[pre + "linear2.weight"]
+        A = self._variables(j)
         sites = [
             self._site(
-                pre + "linear1",
-                site_variables([flat_sites(c["input"])], nb),
-                j,
-                model.d_ff,
-                [(("ff1", ()), (c["dphi"], W2)), *post],
+                pre + "linear1", A[pre + "linear1"], j, model.d_ff, [(("ff1", ()), (c["dphi"], W2)), *post]
             ),
-            self._site(
-                pre + "linear2", site_variables([flat_sites(c["f"])], nb), j, model.d_model, list(post)
-            ),
+            self._site(pre + "linear2", A[pre + "linear2"], j, model.d_model, list(post)),
         ]
         downstream = [self._inner_stage(j)] if model.norm_first else []
-        return sites + self._norm_sites(j, downstream)
+        return sites + self._norm_sites(j, downstream, A)
 
     def _make_sites(self) -> list[Site]:
         model = self.model
         sites: list[Site] = []
         for j in range(model.n_states):
             if j == 2 * model.n_layers:
-                sites += self._norm_sites(j, [])
+                sites += self._norm_sites(j, [], self._variables(j))
             elif j % 2 == 0:
                 sites += self._attention_sites(j)
             else:
@@ -570,5 +571,29 @@ class TransformerTrajectory(Trajectory):
             rows = xp.arange(int(model.max_len), device=self.device)  # type: ignore[arg-type]
             onehot = xp.astype(xp.arange(N, device=self.device)[:, None] == rows[None, :], self.dtype)
             variables = xp.reshape(xp.broadcast_to(onehot[None, ...], (B, N, onehot.shape[1])), (B * N, -1))
-            sites.append(self._site("pos_embedding", variables, 0, model.d_model, [self._steps[0]]))
+            (pos,) = (decl for decl in model.site_table() if decl.name == "pos_embedding")
+            A = site_variables_of((pos,), {POSITION: variables}, like=variables)
+            sites.append(self._site(pos.name, A[pos.name], 0, model.d_model, [self._steps[0]]))
         return sites
+
+
+#: The parameters of a torch ``TransformerEncoderLayer``, in the order of its ``state_dict``.
+_TORCH_LAYER_ORDER = (
+    "self_attn.in_proj_weight",
+    "self_attn.in_proj_bias",
+    "self_attn.out_proj.weight",
+    "self_attn.out_proj.bias",
+    "linear1.weight",
+    "linear1.bias",
+    "linear2.weight",
+    "linear2.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "norm2.weight",
+    "norm2.bias",
+)
+
+TransformerEncoder.__doc__ = with_site_table(
+    TransformerEncoder.__doc__,
+    transformer_site_table(Dim("d"), Dim("d_ff"), 1, bias=True, final_norm=True, max_len=Dim("max_len")),
+)

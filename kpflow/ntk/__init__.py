@@ -9,6 +9,10 @@
 - :func:`dense_global_ntk`, :func:`dense_output_ntk` -> dense autodiff references (torch, jax).
 """
 
+from typing import Any
+
+from kpflow.models.model import register_states_vjp
+
 # Registers the exact Kronecker-core rules with kpflow.linalg (spectrum, trace, norms, partial traces).
 from kpflow.ntk import shortcuts
 from kpflow.ntk.dense import DEFAULT_MAX_DENSE_SIZE, dense_global_ntk, dense_output_ntk
@@ -22,6 +26,17 @@ from kpflow.ntk.jacobian import (
 )
 from kpflow.ntk.kernel import AutodiffKernel, KroneckerCoreKernel, parameter_kernel
 from kpflow.ntk.propagator import ConstraintJacobian, Propagator, propagator
+
+
+def _states_vjp(traj: Any, g: Any) -> dict[str, Any]:
+    """J_Sᵀ g in the parameters' names: the backward of the node ``Model.run`` attaches to z."""
+    J = state_jacobian(traj)
+    return J.to_params(J.rmatvec(g))
+
+
+# The model layer never imports this one: it runs the backward of its states through the
+# function registered here.
+register_states_vjp(_states_vjp)
 
 __all__ = [
     "DEFAULT_MAX_DENSE_SIZE",

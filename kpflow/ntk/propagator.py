@@ -1,37 +1,28 @@
 """The propagator P = (∂F/∂z)⁻¹ = (I − L)⁻¹ and its inverse I − L.
 
-P q is the forward recursion y_0 = q_0, y_t = q_t + J_t y_{t−1}; Pᵀ q is
-backpropagation through time, w_{T−1} = q_{T−1}, w_t = q_t + J_{t+1}ᵀ w_{t+1}.
-Both push a whole block of probes through each step with one batched Jacobian
-action; the B·T·H·H Jacobians are never stored.  A trajectory whose ∂F/∂z is not
-triangular (``traj.triangular`` False, e.g. :class:`kpflow.models.Implicit`) supplies
-the linear solves itself, ``solve(V)`` = P V and ``solve_adjoint(W)`` = Pᵀ W
-(:class:`SolvedTrajectory`), and P applies them.
+P picks its path from the trajectory's layout (``traj.layout.kind``,
+:mod:`kpflow.models.layout`) and nothing else:
+
+- ``recurrent`` and ``depth``: the forward recursion y_0 = q_0, y_t = q_t + J_t y_{t−1};
+  Pᵀ q is backpropagation through time, w_{T−1} = q_{T−1}, w_t = q_t + J_{t+1}ᵀ w_{t+1}.
+  Both push a whole block of probes through each step with one batched Jacobian action;
+  the B·T·H·H Jacobians are never stored.  A recurrent trajectory with a step kernel runs
+  as one compiled scan where the backend compiles per shape (jax);
+- ``single``: L = 0, so P = I;
+- ``solved``: ∂F/∂z is not triangular (:class:`kpflow.models.Implicit`); the trajectory
+  applies P by its linear solves, ``solve(V)`` = P V and ``solve_adjoint(W)`` = Pᵀ W.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from kpflow.models.base import RecurrentTrajectory, Trajectory
+from kpflow.models.base import Trajectory
 from kpflow.ntk.kernel import check_trajectory, compiled, product_operands, scan_of
 from kpflow.operators.base import LinearOperator
 
-__all__ = ["ConstraintJacobian", "Propagator", "SolvedTrajectory", "propagator"]
-
-
-@runtime_checkable
-class SolvedTrajectory(Protocol):
-    """A trajectory with a non-triangular ∂F/∂z that applies P by linear solves.
-
-    ``solve(V)`` = (∂F/∂z)⁻¹ V and ``solve_adjoint(W)`` = (∂F/∂z)⁻ᵀ W, both on blocks of
-    shape ``(k, *state_shape)``.
-    """
-
-    def solve(self, V: Any) -> Any: ...
-
-    def solve_adjoint(self, W: Any) -> Any: ...
+__all__ = ["ConstraintJacobian", "Propagator", "propagator"]
 
 
 class Propagator(LinearOperator):
@@ -40,7 +31,7 @@ class Propagator(LinearOperator):
     Parameters
     ----------
     traj : Trajectory
-        A trajectory whose L is block-subdiagonal (``traj.triangular``).
+        Its layout's kind picks the path (see :mod:`kpflow.ntk.propagator`).
 
     Attributes
     ----------
@@ -69,14 +60,14 @@ class Propagator(LinearOperator):
         """P (or Pᵀ) as one compiled program, or None where the backend does not compile per shape.
 
         On jax every step run on its own is a dispatch of a compiled program; a trajectory with
-        a pure :meth:`~kpflow.models.RecurrentTrajectory.step_kernel` instead runs the whole
+        a pure :meth:`~kpflow.models.Trajectory.step_kernel` instead runs the whole
         recursion as one program, a ``lax.scan`` over the steps (compiled once per block shape,
         shared by every trajectory of the same shapes).  Measured on a GRU, one probe, float32
         (jax CPU): 3.4× faster than one program per step at 204,800 states, 1.6–2× at
         1,638,400; 1.1–1.5× with 16 probes.
         """
         traj = self.traj
-        if not isinstance(traj, RecurrentTrajectory) or type(traj).block is not RecurrentTrajectory.block:
+        if traj.layout.kind != "recurrent":
             return None
         kernel = traj.step_kernel()
         if kernel is None or traj.n_steps < 2:
@@ -91,12 +82,12 @@ class Propagator(LinearOperator):
     def _step(self, adjoint: bool) -> Callable[[Any, Any, int], Any]:
         """(q, y, t) ↦ q + J_t y (or q + J_tᵀ y): one step of the recursion, run eagerly.
 
-        A trajectory with a :meth:`~kpflow.models.RecurrentTrajectory.step_kernel` reads the
+        A trajectory with a :meth:`~kpflow.models.Trajectory.step_kernel` reads the
         kernel's operands through :func:`~kpflow.ntk.kernel.product_operands` (graph-free
         under torch's ``no_grad``).
         """
         traj = self.traj
-        kernel = traj.step_kernel() if isinstance(traj, RecurrentTrajectory) else None
+        kernel = traj.step_kernel()
         if kernel is not None:
             action = kernel.vjp if adjoint else kernel.jvp
             operands = product_operands(traj.xp, kernel.operands)
@@ -108,8 +99,11 @@ class Propagator(LinearOperator):
 
     def _matmat(self, X: Any) -> Any:
         traj = self.traj
-        if not traj.triangular and isinstance(traj, SolvedTrajectory):
-            return traj.solve(X)
+        kind = traj.layout.kind
+        if kind == "solved":
+            return traj.solve(X)  # type: ignore[attr-defined]
+        if kind == "single":
+            return X
         whole = self._whole(adjoint=False)
         if whole is not None:
             return whole(X)
@@ -123,8 +117,11 @@ class Propagator(LinearOperator):
 
     def _rmatmat(self, Y: Any) -> Any:
         traj = self.traj
-        if not traj.triangular and isinstance(traj, SolvedTrajectory):
-            return traj.solve_adjoint(Y)
+        kind = traj.layout.kind
+        if kind == "solved":
+            return traj.solve_adjoint(Y)  # type: ignore[attr-defined]
+        if kind == "single":
+            return Y
         whole = self._whole(adjoint=True)
         if whole is not None:
             return whole(Y)
@@ -229,10 +226,11 @@ def propagator(traj: Trajectory) -> Propagator:
     (2, 4, 3)
     """
     check_trajectory(traj, "propagator")
-    if not traj.triangular and not isinstance(traj, SolvedTrajectory):
+    solves = callable(getattr(traj, "solve", None)) and callable(getattr(traj, "solve_adjoint", None))
+    if traj.layout.kind == "solved" and not solves:
         msg = (
-            f"propagator: the trajectory of {type(traj.model).__name__} has a non-triangular "
-            "∂F/∂z and no solve(V) / solve_adjoint(W) to apply P with"
+            f"propagator: the trajectory of {type(traj.model).__name__} has a 'solved' layout "
+            "(∂F/∂z not triangular) but no solve(V) / solve_adjoint(W) to apply P with"
         )
         raise ValueError(msg)
     return Propagator(traj)

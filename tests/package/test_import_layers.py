@@ -355,9 +355,8 @@ def test_no_import_cycle_between_packages():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 23: cycles models.hooks <-> models._hook_autodiff, operators.base <-> "
-    "algebra/functions and within linalg are being removed (python tests/package/test_import_layers.py "
-    "lists them)",
+    reason="issue 23: the cycles models.hooks <-> models._hook_autodiff and within linalg are being "
+    "removed (python tests/package/test_import_layers.py lists them)",
 )
 def test_no_import_cycle():
     arrows = all_arrows()

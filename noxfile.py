@@ -16,7 +16,7 @@ TORCH_PIN = "torch==2.13.0"
 BACKENDS = ["numpy", "array_api_strict", "torch", "jax"]
 
 
-def _pytest_on(session: nox.Session, backend: str, profile: str) -> None:
+def _pytest_on(session: nox.Session, backend: str, profile: str, *args: str) -> None:
     """Install for ``backend`` and run pytest there (array_api_strict always rides along)."""
     session.install("-e", ".[test]")
     if backend == "torch":
@@ -25,7 +25,7 @@ def _pytest_on(session: nox.Session, backend: str, profile: str) -> None:
         session.install("jax")
     selected = backend if backend == "array_api_strict" else f"{backend},array_api_strict"
     env = {"KPFLOW_TEST_BACKENDS": selected, "KPFLOW_HYPOTHESIS_PROFILE": profile}
-    session.run("python", "-m", "pytest", *session.posargs, env=env)
+    session.run("python", "-m", "pytest", *args, *session.posargs, env=env)
 
 
 @nox.session
@@ -43,6 +43,28 @@ def thorough(session: nox.Session, backend: str) -> None:
     Not run by default (minutes to hours); e.g. ``nox -s "thorough(backend='torch')" -- -k ntk``.
     """
     _pytest_on(session, backend, "thorough")
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def properties(session: nox.Session, backend: str) -> None:
+    """The heavy property tests (marker ``properties``) on the ``properties`` hypothesis profile.
+
+    The profiles (tests/conftest.py):
+
+    - ``ci`` (``nox -s tests``, ``.ci/run``): fixed draws; a property test runs its own
+      ``examples(n)`` count (25 when it names none), but a test marked ``properties`` runs only
+      its first 2 (the simplest) draws on jax, whose per-shape compilation makes each draw cost
+      seconds.  Every model and every size limit is still reached on every backend: models and
+      limits are parametrized, not drawn.
+    - ``properties`` (this session): fresh random draws, ``max(n, 50)`` per test on every
+      backend, jax included; only the tests marked ``properties``.  Minutes per backend (jax:
+      about an hour).  A failure prints the blob that replays it with ``@reproduce_failure``.
+    - ``thorough`` (``nox -s thorough``): the whole suite, ``max(n, 200)`` fresh draws.
+
+    e.g. ``nox -s "properties(backend='jax')" -- -k transformer``.
+    """
+    _pytest_on(session, backend, "properties", "-m", "properties")
 
 
 @nox.session

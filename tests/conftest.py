@@ -26,19 +26,41 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 settings.register_profile("dev", parent=settings.get_profile("ci"), derandomize=False, max_examples=10)
+# Heavy property tests only (`nox -s properties`, `-m properties`): fresh draws, 50 per test and
+# backend, jax included.  A failure prints the blob that replays it with @reproduce_failure.
+settings.register_profile("properties", parent=settings.get_profile("ci"), derandomize=False, max_examples=50)
 # Randomized and long (`nox -s thorough`): fresh draws every run, so it finds what the fixed ci
-# draws miss.  A failure prints the blob that replays it with @reproduce_failure.
+# draws miss.
 settings.register_profile("thorough", parent=settings.get_profile("ci"), derandomize=False, max_examples=200)
 HYPOTHESIS_PROFILE = os.environ.get("KPFLOW_HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(HYPOTHESIS_PROFILE)
 
+#: Profiles on which a heavy property test runs its full count on every backend.
+THOROUGH_PROFILES = ("properties", "thorough")
+
+#: The profiles, in one place:
+#:
+#: ======================  ===========  ==========================================================
+#: profile                 draws        examples per property test
+#: ======================  ===========  ==========================================================
+#: ``ci`` (default)        fixed        25, or the test's ``examples(n)``; a test marked
+#:                                      ``properties`` runs ``SLOW_BACKEND_EXAMPLES`` on jax
+#: ``dev``                 fresh        10, or ``examples(n)``; jax as in ``ci``
+#: ``properties``          fresh        ``max(n, 50)`` on every backend (``nox -s properties``)
+#: ``thorough``            fresh        ``max(n, 200)`` on every backend (``nox -s thorough``)
+#: ======================  ===========  ==========================================================
+#:
+#: Select one with ``KPFLOW_HYPOTHESIS_PROFILE``.
+SLOW_BACKEND_EXAMPLES = {"jax": 2}
+
 
 def examples(n: int) -> int:
-    """``n`` examples for a costly property test; the ``thorough`` profile's count when that is larger.
+    """``n`` examples for a costly property test; the thorough profiles' count when that is larger.
 
-    ``@settings(max_examples=n)`` would otherwise override every profile, ``thorough`` too.
+    ``@settings(max_examples=n)`` would otherwise override every profile, ``properties`` and
+    ``thorough`` too.
     """
-    return max(n, settings.default.max_examples) if HYPOTHESIS_PROFILE == "thorough" else n
+    return max(n, settings.default.max_examples) if HYPOTHESIS_PROFILE in THOROUGH_PROFILES else n
 
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
@@ -189,3 +211,34 @@ def case32(backend_name: str) -> Case:
 def xp(case: Case) -> Any:
     """The array namespace of the current case."""
     return case.xp
+
+
+@pytest.fixture(autouse=True)
+def _slow_backend_budget(request: pytest.FixtureRequest) -> Any:
+    """A property test marked ``properties`` runs ``SLOW_BACKEND_EXAMPLES`` draws on jax in ``ci``.
+
+    jax compiles every primitive afresh for each new shape and each new model variant, so one
+    draw of a dense-NTK comparison costs it seconds where numpy and torch take milliseconds.
+    The logic under test is the same on every backend: numpy, array_api_strict and torch run
+    the full count; jax runs the first, simplest draws, enough to reach its own code path.
+    ``nox -s properties`` (the ``properties`` profile) runs the full count on jax too.
+    """
+    test = getattr(request.function, "__func__", request.function)
+    callspec = getattr(request.node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    backend = params.get("backend_name", params.get("backend"))
+    budget = SLOW_BACKEND_EXAMPLES.get(backend) if isinstance(backend, str) else None
+    if (
+        budget is None
+        or HYPOTHESIS_PROFILE in THOROUGH_PROFILES
+        or request.node.get_closest_marker("properties") is None
+        or not getattr(test, "is_hypothesis_test", False)
+    ):
+        yield
+        return
+    own = test._hypothesis_internal_use_settings
+    test._hypothesis_internal_use_settings = settings(own, max_examples=min(own.max_examples, budget))
+    try:
+        yield
+    finally:
+        test._hypothesis_internal_use_settings = own

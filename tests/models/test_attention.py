@@ -81,6 +81,7 @@ def _torch_mha_jacobian(model: SelfAttention, params: dict, x: np.ndarray) -> tu
 
 
 # -- oracles ---------------------------------------------------------------------------------------
+@pytest.mark.properties
 @needs_torch
 @settings(max_examples=examples(8))
 @given(data=st.data())
@@ -96,6 +97,7 @@ def test_global_ntk_equals_dense_autodiff_ntk(case64, data):
     assert rel_err(case64.to_numpy(got), expected) <= TOL
 
 
+@pytest.mark.properties
 @needs_torch
 @settings(max_examples=examples(8))
 @given(data=st.data())
@@ -147,6 +149,7 @@ def test_key_bias_contributes_exactly_zero(causal):
 
 
 # -- the sites -------------------------------------------------------------------------------------
+@pytest.mark.properties
 @settings(max_examples=examples(6))
 @given(data=st.data())
 def test_linear_sites_satisfy_the_adjoint_identity(case64, data):

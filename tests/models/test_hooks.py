@@ -83,6 +83,7 @@ def _problem(case, cell, B, T, H, n_in, seed, with_h0):
     return model, host, x, h0, traj
 
 
+@pytest.mark.properties
 @needs_autodiff
 @pytest.mark.parametrize("backend", AUTODIFF)
 @pytest.mark.parametrize("cell", sorted(CELLS))
@@ -115,6 +116,7 @@ def test_user_cell_state_jacobian_gram_equals_dense(backend):
     assert rel_err(Jd @ Jd.T, dense) <= TOL
 
 
+@pytest.mark.properties
 @needs_autodiff
 @pytest.mark.parametrize("backend", AUTODIFF)
 @settings(max_examples=examples(4))
@@ -369,6 +371,7 @@ def _shared_depth_layers():
     return [first, second, third]
 
 
+@pytest.mark.properties
 @needs_autodiff
 @pytest.mark.parametrize("backend", AUTODIFF)
 @settings(max_examples=examples(4))

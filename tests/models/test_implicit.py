@@ -128,6 +128,7 @@ def _run(case, kind, B, n, d, seed, **kw):
     return host_params, host_x, model.run(params, case.asarray(host_x))
 
 
+@pytest.mark.properties
 @needs_autodiff
 @pytest.mark.parametrize("backend", AUTODIFF)
 @pytest.mark.parametrize("kind", ["deq", "euler"])
@@ -185,6 +186,7 @@ def test_state_jacobian_and_autodiff_are_the_dense_ift_jacobian_with_its_sign(ki
     assert rel_err(case.to_numpy(grads["x"]).ravel(), Jx_ref.T @ c.ravel()) <= 1e-10
 
 
+@pytest.mark.properties
 @needs_autodiff
 @pytest.mark.parametrize("backend", AUTODIFF)
 @pytest.mark.parametrize("kind", ["deq", "euler"])
@@ -247,6 +249,7 @@ def test_run_without_autodiff_raises(backend):
         _run(case, "deq", 2, 2, 1, 0)
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=examples(10))
 @given(n=st.integers(1, 6), k=st.integers(1, 3), restart=st.integers(1, 6), seed=st.integers(0, 2**16))

@@ -273,6 +273,7 @@ def _reference_ntk(setup: Setup) -> np.ndarray:
     return ntk.dense_global_ntk(traj).numpy()
 
 
+@pytest.mark.properties
 @settings(max_examples=examples(8))
 @given(data=st.data())
 def test_global_ntk_equals_dense_reference_on_random_shapes(case64: Any, data: Any) -> None:

@@ -169,6 +169,7 @@ def _jacobian_gram(f: Any, theta: dict, names: list[str], shape: tuple) -> np.nd
 
 
 # -- oracles ---------------------------------------------------------------------------------------
+@pytest.mark.properties
 @needs_torch
 @settings(max_examples=examples(6))
 @given(data=st.data())
@@ -268,6 +269,7 @@ def test_layer_norm_scale_and_shift_terms_equal_jacrev_of_the_norm_parameters_al
 
 
 # -- the sites and the steps -----------------------------------------------------------------------
+@pytest.mark.properties
 @settings(max_examples=examples(4))
 @given(data=st.data())
 def test_sites_and_steps_satisfy_the_adjoint_identity(case64, data):

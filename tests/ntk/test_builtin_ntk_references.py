@@ -263,6 +263,7 @@ def check_against_reference(case: Case, problem: Problem) -> None:
     case.assert_close(ntk.global_ntk(traj).todense(), N, rtol=tol_N)
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=examples(6))
 @given(data=st.data())

@@ -61,6 +61,7 @@ def test_every_model_is_covered():
     assert sorted(SIZES) == NAMES
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(2), deadline=None)
 @given(seed=st.integers(0, 2**16))

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(REFERENCE is None, reason="needs torch or jax fo
 TOL = 1e-10
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(6))
 @given(data=st.data())
@@ -36,6 +37,7 @@ def test_global_ntk_todense_equals_dense_jacobian_gram(case64, name, data):
     assert rel_err(case64.to_numpy(got).ravel(), expected) <= TOL
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(4))
 @given(data=st.data())
@@ -58,6 +60,7 @@ def test_output_ntk_equals_dense_output_ntk_with_readout_term(case64, name, data
     assert rel_err(case64.to_numpy(partial).ravel(), expected) > 1e-3
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(4))
 @given(data=st.data())

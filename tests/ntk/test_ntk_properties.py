@@ -41,6 +41,7 @@ def _host(x) -> np.ndarray:
     return np.asarray(xp.reshape(x, (-1,)).tolist())
 
 
+@pytest.mark.properties
 @needs_reference
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(5))
@@ -58,6 +59,7 @@ def test_kronecker_kernel_equals_autodiff_kernel(case64, name, data):
     assert rel_err(case64.to_numpy(got).ravel(), expected.ravel()) <= TOL
 
 
+@pytest.mark.properties
 @needs_reference
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(5))
@@ -84,6 +86,7 @@ def test_state_jacobian_L_equals_autodiff_of_update_map(case64, name, data):
     assert rel_err(case64.to_numpy(LtV).reshape(2, -1), expected_t) <= TOL
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(6))
 @given(data=st.data())
@@ -98,6 +101,7 @@ def test_propagator_inverse_is_exact_inverse(case64, name, data):
     assert isinstance(Pinv.inverse(), ntk.Propagator)
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(6))
 @given(data=st.data())
@@ -122,6 +126,7 @@ def test_adjoint_identities_hold_for_K_P_and_NTK(case64, name, data):
     case64.assert_close(N.matmat(V), case64.to_numpy(expected))
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", RECURRENT)
 @settings(max_examples=examples(5))
 @given(data=st.data())

@@ -25,6 +25,7 @@ def _dense_K(case, K):
     return 0.5 * (M + M.T)
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(4))
 @given(data=st.data())
@@ -50,6 +51,7 @@ def test_trace_fro_norm_and_top_eigenpairs_equal_dense(case64, name, data):
     assert float(np.max(case64.to_numpy(res.residual_norms))) <= 1e-9 * scale
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(4))
 @given(data=st.data())

@@ -76,6 +76,7 @@ def _torch_jacobian(built: Any, readout: dict[str, np.ndarray] | None = None) ->
 
 
 # -- J_S against jacrev, column by named column ---------------------------------------------------------
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(5))
 @given(data=st.data())
@@ -102,6 +103,7 @@ def test_state_jacobian_columns_equal_jacrev_of_the_model(case64, name, data):
     assert rel_err(mapped, full) <= TOL
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(5))
 @given(data=st.data())
@@ -129,6 +131,7 @@ def test_gram_is_the_dense_ntk_and_the_parameter_side_shares_its_spectrum(case64
     assert np.all(np.abs(ev_p[r:]) <= 1e-10 * scale) and np.all(np.abs(ev_s[r:]) <= 1e-10 * scale)
 
 
+@pytest.mark.properties
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=examples(5))
 @given(data=st.data())

@@ -126,6 +126,7 @@ def _np_partial_trace(M: np.ndarray, shape: tuple, traced: tuple) -> np.ndarray:
     return np.einsum("".join(out_idx) + "".join(in_idx) + "->" + res, T)
 
 
+@pytest.mark.properties
 @given(
     dims=st.lists(st.integers(1, 3), min_size=1, max_size=3),
     data=st.data(),
@@ -151,6 +152,7 @@ def test_partial_trace_matches_dense_reference(case, dims, data):
     case.assert_close(K.partial_trace(kt).todense(), ref.reshape(K.partial_trace(kt).shape_in * 2), scale=1.0)
 
 
+@pytest.mark.properties
 @given(
     a_in=st.lists(st.integers(1, 3), min_size=0, max_size=2),
     a_out=st.lists(st.integers(1, 3), min_size=0, max_size=2),

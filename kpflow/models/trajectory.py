@@ -208,6 +208,13 @@ class Trajectory(abc.ABC):
             "step_jvp and step_vjp; this is a kpflow bug, please report it"
         )
 
+    def _solved_without(self, method: str) -> NotImplementedError:
+        # L of a solved layout is a whole-state map the trajectory gives itself (with solve)
+        return NotImplementedError(
+            f"{type(self).__name__}: a 'solved' trajectory overrides {method} (L is not a chain of "
+            "steps); this is a kpflow bug, please report it"
+        )
+
     def step_jvp(self, t: int, v: Any) -> Any:
         """J_t v for t ≥ 1: block t−1 tangents ``(k, ...)`` to block t tangents."""
         k = self._cached_kernel()
@@ -227,6 +234,8 @@ class Trajectory(abc.ABC):
         xp, kind = self.xp, self.layout.kind
         if kind == "single":
             return xp.zeros_like(V)
+        if kind == "solved":
+            raise self._solved_without("state_jvp")
         k = self._cached_kernel() if kind == "recurrent" else None
         if k is not None:  # every step at once: J_{t} applied to the shifted block
             zero = xp.zeros_like(V[:, :, :1, ...])
@@ -239,6 +248,8 @@ class Trajectory(abc.ABC):
         xp, kind = self.xp, self.layout.kind
         if kind == "single":
             return xp.zeros_like(W)
+        if kind == "solved":
+            raise self._solved_without("state_vjp")
         k = self._cached_kernel() if kind == "recurrent" else None
         if k is not None:
             U = k.vjp(xp, *k.static, k.operands, W, slice(None))

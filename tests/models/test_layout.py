@@ -192,6 +192,14 @@ def test_no_step_methods_where_the_layout_has_no_steps(case) -> None:
         traj.step_jvp(1, v)
     with pytest.raises(IndexError, match=f"one block \\(a '{kind}' layout\\), so no step t=1"):
         traj.step_vjp(1, v)
+    if kind == "solved":  # L is the trajectory's own whole-state map: never the zero of one block
+        from kpflow.models import Trajectory
+
+        with pytest.raises(NotImplementedError, match="'solved' trajectory overrides state_jvp"):
+            Trajectory.state_jvp(traj, v)
+        with pytest.raises(NotImplementedError, match="'solved' trajectory overrides state_vjp"):
+            Trajectory.state_vjp(traj, v)
+        assert float(torch.linalg.vector_norm(traj.state_jvp(v))) > 0
 
 
 def _dense_propagator(model, params, x, z):

@@ -32,44 +32,40 @@ semidefinite matrix from streaming data", NeurIPS 2017.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, cast
 
 from kpflow.linalg import rules
 from kpflow.linalg._common import (
     DENSE_LIMIT,
-    MIN_BUCKET,
-    UNPADDED_FROM,
     EighResult,
     MatvecCounter,
     SvdResult,
-    adapter_of,
     check_k,
     check_method,
     check_operator,
     check_square,
     check_tol,
-    dtype_eps,
     host_rng,
-    inner_rows,
     kernel,
-    min_bucket,
-    rows_for_budget,
     without_graph,
 )
-from kpflow.linalg._krylov import cholesky_qr2, gram_rows, restarted_lanczos
+
+# the sizing rules and the Krylov routes live in modules of their own; re-exported here
+from kpflow.linalg._eig_krylov import _gram_side as _gram_side
+from kpflow.linalg._eig_krylov import _krylov as _krylov
+from kpflow.linalg._eig_sizes import DEFAULT_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET
+from kpflow.linalg._eig_sizes import SMALL_BLOCK_SIZES as SMALL_BLOCK_SIZES
+from kpflow.linalg._eig_sizes import _check_block as _check_block
+from kpflow.linalg._eig_sizes import _default_block as _default_block
+from kpflow.linalg._eig_sizes import _fits_products as _fits_products
 from kpflow.linalg._scaling import ScaledProducts, check_finite, power_of_four, row_norms
 from kpflow.linalg._spectral_rules import top_eigh_of_matrix
-from kpflow.operators.algebra import Scaled
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.functions import DEFAULT_MAX_DENSE_SIZE, adjoint, check_dense_size, gram, todense
 
 __all__ = ["eigsh", "svds"]
 
 _METHODS = ("auto", "dense", "lanczos", "nystrom")
-
-#: Bytes the Krylov basis of :func:`eigsh` may take when ``memory_budget`` is not given (1 GiB).
-DEFAULT_MEMORY_BUDGET = 2**30
 
 
 @without_graph
@@ -225,239 +221,6 @@ def _checked(A: LinearOperator, r: EighResult, where: str) -> EighResult:
     both = xp.concat([xp.reshape(r.eigenvalues, (-1,)), xp.reshape(r.residual_norms, (-1,))])
     check_finite(xp, both, where, repr(A), "structured rule (rules.exact_eigsh)")
     return r
-
-
-#: Vector lengths from which a CPU product is GEMM-bound: blocks of 2 probes from the first,
-#: 1 probe from the second (block Lanczos with one probe needs the fewest products).
-SMALL_BLOCK_SIZES = (UNPADDED_FROM, 2**20)
-
-
-def _default_block(A: LinearOperator, k: int) -> int:
-    """Probes per product of ``"lanczos"`` when ``block_size`` is not given.
-
-    - jax: 16 where it pads every probe block to at least 16 rows (:func:`min_bucket`:
-      several devices, accelerators, operators under ``2**16`` entries), since smaller
-      blocks would pay for 16 probes per product anyway; otherwise the CPU rules below;
-    - the CPU, ``n >= 2**20``: 1; ``2**16 <= n < 2**20``: 2.  Such products run near GEMM
-      speed with few probes, and fewer probes per step need fewer products.  Measured on
-      NTK_S of a GRU, top 10 (``benchmarks/bench_ntk_spectrum.py``): at 1,638,400 states
-      89, 98 and 130 products with 1, 2 and 4 probes, in 16, 17 and 23 s (numpy; one probe
-      pays 8 products for the multiplicity check); at 204,800 states 81, 90 and 110
-      products in 1.49, 1.53 and 1.47 s, where two probes are no slower;
-    - otherwise (small operators, whose products are dominated by per-call overhead; GPUs,
-      where a block costs little more than one probe): ``min(k, 4)``.
-    """
-    adapter = adapter_of(A)
-    if min_bucket(A) > 1:  # jax where it pads blocks to 16 rows (1 on every other backend)
-        return MIN_BUCKET
-    if adapter.is_accelerator(A.device) or A.size_in < SMALL_BLOCK_SIZES[0]:
-        return min(k, 4)
-    return 1 if A.size_in >= SMALL_BLOCK_SIZES[1] else min(k, 2)
-
-
-def _check_block(block_size: Any, k: int, where: str, *, nystrom: bool = False) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-        msg = f"{where}: expected block_size to be a positive int, got {block_size!r}"
-        raise TypeError(msg)
-    low = k if nystrom else 1
-    if block_size < low:
-        what = f"at least k={k} (the sketch size of method='nystrom')" if nystrom else "at least 1"
-        msg = f"{where}: block_size={block_size} must be {what}"
-        raise ValueError(msg)
-    return int(block_size)
-
-
-def _krylov(
-    A: LinearOperator,
-    k: int,
-    b: int,
-    options: dict[str, Any],
-    *,
-    pairwise: bool,
-    sized_like: LinearOperator | None = None,
-) -> tuple[EighResult, Any, float]:
-    """The restarted block Lanczos on ``A`` with the public options resolved.
-
-    Returns the pairs of ``A / scale`` (flat eigenvectors), their residual vectors (divided
-    by ``scale`` as well) and ``scale`` (see ``restarted_lanczos``).
-    ``sized_like`` is the operator whose vector size bounds the probes per product (default
-    ``A``; the parameter side passes NTK_S, whose state-sized temporaries its products make).
-    """
-    where = "kpflow.linalg.eigsh"
-    n = A.size_in
-    basis = _basis_rows(A, k, b, options["max_basis"], options["memory_budget"], where)
-    cap = options["max_matvecs"]
-    budget = 100 * basis if cap is None else max(b, int(cap))
-    verify = dtype_eps(A) > 1e-10
-    return restarted_lanczos(
-        A,
-        k,
-        block_size=b,
-        max_basis=min(basis, n),
-        tol=max(options["tol"], 100 * dtype_eps(A)),
-        max_matvecs=budget,
-        gen=options["gen"],
-        progress=options["progress"],
-        verify=verify,
-        pairwise=pairwise,
-        max_rows=_chunk_rows(A if sized_like is None else sized_like, options["memory_budget"]),
-        min_rows=min_bucket(A if sized_like is None else sized_like),
-        store_products=verify and _fits_products(A, k, b, min(basis, n), options["memory_budget"]),
-        name=options["name"],
-    )
-
-
-def _fits_products(A: LinearOperator, k: int, b: int, basis: int, memory_budget: Any) -> bool:
-    """Whether ``A V`` fits beside the basis in the memory budget (see ``_basis_rows``).
-
-    Stored products make the float32 verification free (``k`` products fewer per solve);
-    they double the basis memory, so they are kept only when the budget holds both.
-    """
-    return (2 * basis + _work_rows(k, b)) * A.size_in * _itemsize(A) <= _budget_bytes(memory_budget)
-
-
-def _budget_bytes(memory_budget: Any) -> float:
-    """The memory budget in bytes: ``memory_budget``, or :data:`DEFAULT_MEMORY_BUDGET` when None."""
-    return float(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
-
-
-def _work_rows(k: int, b: int) -> int:
-    """Vectors the solver holds besides its basis: the block, its product, the residual block
-    (``3·b``) and the Ritz vectors (``k``)."""
-    return 3 * b + k
-
-
-def _chunk_rows(A: LinearOperator, memory_budget: Any) -> int:
-    """Probes per product under the memory budget (a quarter of it; see ``rows_for_budget``).
-
-    The default budget applies when none is given, so that the solver's wide blocks (the
-    ``k`` vectors of a verification, the ``2k`` of the parameter side's mapping back) are
-    pushed through a large operator in several products instead of one ``k`` times as big.
-    """
-    rows = rows_for_budget(A, _budget_bytes(memory_budget) / 4)
-    # jax pads blocks to min_bucket rows: smaller chunks would cost as much each
-    return max(rows, min_bucket(A))
-
-
-def _basis_rows(A: LinearOperator, k: int, b: int, max_basis: Any, memory_budget: Any, where: str) -> int:
-    """Rows of the Krylov basis: ``max_basis``, or the default capped by the memory budget.
-
-    The basis holds ``max_basis`` vectors of ``A.size_in`` entries; the solver's other arrays
-    (the block, its product, the residual block, the Ritz vectors) are counted as ``3·b + k``
-    more rows.
-    """
-    row_bytes = A.size_in * _itemsize(A)
-    number = isinstance(memory_budget, numbers.Real) and not isinstance(memory_budget, bool)
-    if memory_budget is not None and not (number and memory_budget > 0):
-        msg = f"{where}: expected memory_budget to be a positive number of bytes, got {memory_budget!r}"
-        raise ValueError(msg)
-    budget = _budget_bytes(memory_budget)
-    fit = int(budget // row_bytes) - _work_rows(k, b)
-    smallest = k + 2 * b
-    if max_basis is None:
-        # A small space is spanned whole (at most n products, no restart, as dense would cost).
-        default = A.size_in if A.size_in <= 4 * _default_basis(k, b) else _default_basis(k, b)
-        rows = min(default, max(fit, smallest))
-        if fit < smallest and rows < A.size_in:
-            need = (smallest + _work_rows(k, b)) * row_bytes
-            msg = (
-                f"{where}: memory_budget={budget:.3g} bytes holds {max(fit, 0)} basis vectors of "
-                f"{A.size_in} entries, fewer than the {smallest} that k={k} with block_size={b} "
-                f"needs; raise memory_budget to at least {need} bytes, or lower k or block_size"
-            )
-            raise ValueError(msg)
-        return rows
-    if isinstance(max_basis, bool) or not isinstance(max_basis, numbers.Integral):
-        msg = f"{where}: expected max_basis to be an int, got {max_basis!r}"
-        raise TypeError(msg)
-    if max_basis < smallest:
-        msg = f"{where}: max_basis={max_basis} must be at least k + 2·block_size = {smallest}"
-        raise ValueError(msg)
-    return int(max_basis)
-
-
-def _itemsize(A: LinearOperator) -> int:
-    xp = A.xp
-    return int(xp.finfo(A.dtype).bits) // 8 * (2 if xp.isdtype(A.dtype, "complex floating") else 1)
-
-
-def _gram_side(
-    A: LinearOperator, F: LinearOperator, k: int, b: int, options: dict[str, Any]
-) -> EighResult | None:
-    """Eigenpairs of ``A = F Fᵀ`` from the smaller ``Fᵀ F``: ``u = F v / σ``, residuals on ``A``.
-
-    The Krylov basis lives on ``F.shape_in``; the target per pair is tightened so that the
-    mapped pair meets ``tol`` on ``A`` (see ``restarted_lanczos``).  The returned residual
-    norms are those of ``A`` itself: ``A u − λ u = F r / σ`` with ``r = Fᵀ F v − λ v``.  The
-    ``k`` residual vectors ``r`` lie, up to rounding, in the span of the solver's last block
-    (``block_size`` rows), so ``F`` is applied to an orthonormal basis ``Z`` of their
-    dominant span only (:func:`_residual_span`), and what lies outside it is bounded by
-    ``‖F‖ ‖r − C Z‖``: the norms are upper bounds, exact when nothing is left outside and
-    otherwise above the exact ones by at most 10% of ``tol · λ_1`` (in float32, by a few
-    rounding errors ``ε · λ_1``).  Mapping back costs
-    ``k + rank`` products with ``F`` (``(k + rank) / 2`` with ``A``, rounded up) instead of
-    ``2k``, pushed ``block_size`` rows at a time (as the solver's own products, so that it
-    does not raise the solve's peak memory).  ``None`` (use ``A``'s side) when a returned
-    eigenvalue is numerically zero: its vector is not ``F v / σ``.
-
-    Everything here is of ``A / scale`` (the solver's scale, a power of 4): ``F`` is applied
-    as ``F / √scale``, so that the residuals and their images stay of order 1 in float32.
-    """
-    xp = A.xp
-    small, R, scale = _krylov(gram(adjoint(F)), k, b, options, pairwise=True, sized_like=A)
-    vals = small.eigenvalues
-    top = float(xp.max(xp.abs(vals)))
-    if float(xp.min(vals)) <= 1e3 * dtype_eps(A) * top:
-        return None
-    inv_sigma = 1.0 / xp.sqrt(vals)
-    # ‖F‖ = √λ_max(Fᵀ F) <= √(θ_1 + ‖r_1‖) for the top Ritz pair (θ_1, r_1)
-    sigma_max = math.sqrt(top + float(small.residual_norms[0]))
-    # what may stay outside span Z: 10% of the target tol · λ_1 on A, for the smallest σ
-    tol = max(options["tol"], 100 * dtype_eps(A))
-    sigma_min = math.sqrt(float(xp.min(vals)))
-    Z, C, outside = _residual_span(A, R, 0.1 * tol * top * sigma_min / sigma_max)
-    rows = k + Z.shape[0]
-    # b rows per product, as in the solve (jax: its padded block), so that mapping back
-    # holds no more memory than one of the solver's steps
-    chunk = min(max(b, min_bucket(A)), _chunk_rows(A, options["memory_budget"]))
-    F_scaled = F if scale == 1.0 else Scaled(1.0 / math.sqrt(scale), F)  # exact: a power of 2
-    counter = MatvecCounter(F_scaled, None, rows, "kpflow.linalg.eigsh", max_rows=chunk)
-    FVZ = counter.matmat(xp.concat([small.eigenvectors, Z], axis=0))
-    check_finite(xp, FVZ, "kpflow.linalg.eigsh", options["name"])
-    U = FVZ[:k, :] * inv_sigma[:, None]
-    FR = FVZ[k:, :] if C is None else C @ FVZ[k:, :]  # F r, exactly for r = C Z
-    res = (kernel(A, row_norms)(FR) + sigma_max * outside) * inv_sigma
-    num = small.num_matvecs + (rows + 1) // 2
-    return EighResult(vals * scale, xp.reshape(U, (k, *A.shape_in)), res * scale, num)
-
-
-def _residual_span(A: LinearOperator, R: Any, cut: float) -> tuple[Any, Any, Any]:
-    """``R ≈ C Z`` (k, n): ``Z`` orthonormal rows spanning the singular directions of ``R`` above ``cut``.
-
-    Returns ``(Z, C, outside)`` with ``outside[i] = ‖R_i − C_i Z‖`` (computed, not
-    estimated), or ``(R, None, 0)`` when every direction is kept.  The residual vectors of
-    a Krylov solver are, up to rounding, combinations of its last block: ``Z`` has about
-    ``block_size`` rows for ``k`` residuals.
-    """
-    xp, k = A.xp, R.shape[0]
-    mu, E = xp.linalg.eigh(kernel(A, gram_rows)(R))  # ascending: singular values² of R
-    kept = sum(float(m) > cut * cut for m in mu)
-    if kept >= k:
-        return R, None, xp.zeros((k,), dtype=R.dtype, device=A.device)
-    Z = cholesky_qr2(A, xp.matrix_transpose(E[:, k - max(kept, 1) :]) @ R)
-    return kernel(A, _coefficients)(R, Z)
-
-
-def _coefficients(xp: Any, R: Any, Z: Any) -> tuple[Any, Any, Any]:
-    """``(Z, C, ‖R − C Z‖ per row)`` with ``C = R Zᵀ``."""
-    C = inner_rows(xp, R, Z)
-    return Z, C, row_norms(xp, R - C @ Z)
-
-
-def _default_basis(k: int, b: int) -> int:
-    """``max(5k, k + 10·b)``: 50 rows for ``k = 10`` (with 30, the NTK_S solves of the benchmark
-    took 8% more products for one probe per step)."""
-    return max(5 * k, k + 10 * b)
 
 
 def _dense(A: LinearOperator, k: int) -> EighResult:

@@ -1,0 +1,90 @@
+"""The backend of an operator's arrays: its adapter, graph-free entry points, compiled kernels.
+
+:func:`without_graph` runs a public entry point under the backend's ``no_grad()``;
+:func:`kernel` compiles the dense algebra between products where the backend compiles
+per shape (jax).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from kpflow.operators.base import LinearOperator
+
+__all__ = ["adapter_of", "dtype_eps", "kernel", "like_array", "without_graph"]
+
+
+def like_array(A: LinearOperator) -> Any:
+    """A tiny array carrying ``A``'s namespace, dtype and device."""
+    return A.xp.zeros((1,), dtype=A.dtype, device=A.device)
+
+
+# namespace -> adapter; namespaces are modules, so the cache is tiny and never stale
+_ADAPTERS: dict[Any, Any] = {}
+
+
+def adapter_of(A: LinearOperator) -> Any:
+    """The backend adapter (:class:`kpflow.backends.Backend`) of ``A``'s arrays."""
+    adapter = _ADAPTERS.get(A.xp)
+    if adapter is None:
+        from kpflow.backends import get_backend
+
+        adapter = _ADAPTERS[A.xp] = get_backend(like_array(A))
+    return adapter
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def without_graph(func: _F) -> _F:
+    """Run ``func(A, ...)`` under the adapter's ``no_grad()`` of its operator argument ``A``.
+
+    kpflow's solvers and estimators never record autograd graphs of their iterations:
+    on torch, a result computed from parameters that require grad would otherwise
+    carry the graph of every product and orthogonalisation (memory grows with the
+    iterations, and ``numpy.asarray`` of the result fails).  Differentiable NTK
+    quantities are the operators' own products (``A.matvec(v)``), called directly.
+    Arguments that are not operators are passed through (the function reports them).
+    """
+
+    @functools.wraps(func)
+    def wrapper(A: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(A, LinearOperator):
+            return func(A, *args, **kwargs)
+        with adapter_of(A).no_grad():
+            return func(A, *args, **kwargs)
+
+    # functools.wraps copies __dict__, so a singledispatch function keeps register/dispatch.
+    return cast(_F, wrapper)
+
+
+@functools.lru_cache(maxsize=512)
+def _jitted(adapter: Any, fn: Callable, static: tuple, donate: tuple[int, ...] = ()) -> Callable:
+    return adapter.jit(functools.partial(fn, adapter.namespace(), *static), donate=donate)
+
+
+def kernel(A: LinearOperator, fn: Callable, *static: Any, donate: tuple[int, ...] = ()) -> Callable:
+    """``fn(xp, *static, *arrays)`` bound to ``A``'s namespace, compiled where that pays.
+
+    The dense algebra between products (orthogonalisations, sketches, leave-one-out
+    formulas) is written as such pure functions of arrays.  On backends that compile a
+    kernel for every primitive and shape even eagerly (jax), each function becomes one
+    compiled program (one compilation per input shape instead of one per primitive, and
+    no host round trip between its steps); elsewhere it runs as it is.  ``static`` holds
+    hashable Python values (ints, strings) the function branches on.  ``donate`` names the
+    array arguments (positions among them) whose buffers the compiled program may reuse
+    for its result (:meth:`kpflow.backends.Backend.jit`): the caller must not read them
+    again.  An update of the eigensolver's basis on jax then writes in place: 2.8 ms
+    against 21 ms for a 50 × 200,448 basis.
+    """
+    adapter = adapter_of(A)
+    if not getattr(adapter, "compiles_per_shape", False):
+        return functools.partial(fn, A.xp, *static)
+    return _jitted(adapter, fn, tuple(static), tuple(donate))
+
+
+def dtype_eps(A: LinearOperator) -> float:
+    """Machine epsilon of the operator's dtype."""
+    return float(A.xp.finfo(A.dtype).eps)

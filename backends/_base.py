@@ -47,6 +47,8 @@ class Backend:
     #: Whether the framework compiles a kernel for every new array shape, even eagerly (jax):
     #: callers that can choose their shapes (probe blocks) then keep to a few sizes.
     compiles_per_shape: bool = False
+    #: Whether :meth:`trace` records a reusable graph (torch); False: ``trace`` returns ``f``.
+    traces: bool = False
 
     def owns(self, x: Any) -> bool:
         """Whether array ``x`` belongs to this backend (without importing the framework)."""
@@ -248,6 +250,52 @@ class Backend:
         compiled.
         """
         return f
+
+    def trace(self, f: Callable, *example: Any) -> Callable:
+        """``f`` as a graph of framework operations traced once at the arrays' shapes.
+
+        The result takes arrays of the shapes, dtypes and device of ``example`` (their
+        values are not read) and replays the recorded operations with no Python of ``f``
+        in between, so a small function called many times (a step's Jacobian action) runs
+        without the per-call overhead of autodiff transforms.  Raises where ``f`` cannot be
+        traced (it reads array values in Python); the caller then runs ``f`` itself.  The
+        default (no tracing) returns ``f``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kpflow.backends import get_backend
+        >>> get_backend("numpy").trace(np.sin, np.zeros(2))(np.zeros(2)).tolist()
+        [0.0, 0.0]
+        """
+        return f
+
+    def trace_split(self, f: Callable, *example: Any, tangent: int) -> tuple[Callable, Callable, list]:
+        """:meth:`trace`, split at argument ``tangent``: ``(prep, apply, shapes)``.
+
+        ``f(*a) == apply(a[tangent], *prep(*others))`` with ``others`` the arguments but
+        ``a[tangent]``: ``prep`` computes what does not read the tangent (a step's primal
+        values, the residuals, of the given ``shapes``), so that it can run for every step
+        at once and ``apply`` per step.  The default keeps ``others`` as the residuals.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kpflow.backends import get_backend
+        >>> numpy = get_backend("numpy")
+        >>> prep, apply, shapes = numpy.trace_split(np.multiply, np.ones(2), np.ones(2), tangent=1)
+        >>> apply(np.arange(2.0), *prep(np.full(2, 3.0))).tolist(), shapes
+        ([0.0, 3.0], [(2,)])
+        """
+
+        def prep(*others: Any) -> tuple:
+            return others
+
+        def apply(y: Any, *others: Any) -> Any:
+            return f(*others[:tangent], y, *others[tangent:])
+
+        shapes = [tuple(a.shape) for i, a in enumerate(example) if i != tangent]
+        return prep, apply, shapes
 
     def scan(self, f: Callable, init: Any, xs: tuple, *, reverse: bool = False) -> tuple[Any, Any]:
         """``carry, y_i = f(carry, x_i)``, with ``x_i`` the tuple of the ``i``-th rows of ``xs``.

@@ -39,6 +39,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     has_autodiff = True
+    traces = True
 
     def owns(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor)
@@ -108,6 +109,16 @@ class TorchBackend(Backend):
 
     def jacrev(self, f: Callable, argnums: int | tuple[int, ...] = 0) -> Callable:
         return torch.func.jacrev(f, argnums=argnums)
+
+    def trace(self, f: Callable, *example: Any) -> Callable:
+        from kpflow.backends._torch_trace import trace
+
+        return trace(f, *example)
+
+    def trace_split(self, f: Callable, *example: Any, tangent: int) -> tuple[Callable, Callable, list]:
+        from kpflow.backends._torch_trace import trace_split
+
+        return trace_split(f, *example, tangent=tangent)
 
 
 class _GivenVjp(torch.autograd.Function):

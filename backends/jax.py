@@ -23,6 +23,8 @@ import contextlib
 import contextvars
 import functools
 import math
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,9 +35,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from kpflow.backends._base import Backend
 
 __all__ = [
+    "CACHE_ENV",
     "PROBE_AXIS",
     "JaxBackend",
     "adapter",
+    "compilation_cache_dir",
+    "enable_compilation_cache",
     "from_module",
     "replicate",
     "shard_probes",
@@ -352,6 +357,90 @@ def sharded_matmat(A: Any, X: Any) -> Any:
     if block is X or not isinstance(out, jax.Array):
         return out
     return jax.device_put(out, X.sharding)
+
+
+# -- the persistent compilation cache (turned on by the kpflow command, never by an import) --------
+#: The environment variable naming the folder of the persistent compilation cache that
+#: ``kpflow spectrum --backend jax`` uses; empty or ``off`` turns it off.
+CACHE_ENV = "KPFLOW_JAX_CACHE"
+
+
+def compilation_cache_dir() -> str | None:
+    """The folder of kpflow's persistent jax compilation cache, or None when turned off.
+
+    ``$KPFLOW_JAX_CACHE`` when set (empty or ``off``: None), else ``jax`` in the user
+    cache folder: ``$XDG_CACHE_HOME/kpflow/jax`` (default ``~/.cache/kpflow/jax``) on
+    Linux, ``~/Library/Caches/kpflow/jax`` on macOS, ``%LOCALAPPDATA%\\kpflow\\cache\\jax`` on
+    Windows.
+
+    Examples
+    --------
+    >>> import os
+    >>> from kpflow.backends.jax import CACHE_ENV, compilation_cache_dir
+    >>> os.environ[CACHE_ENV] = "off"
+    >>> compilation_cache_dir() is None
+    True
+    >>> del os.environ[CACHE_ENV]
+    """
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "false", "no") else chosen
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, "kpflow", "cache", "jax")
+    if sys.platform == "darwin":
+        return os.path.join(home, "Library", "Caches", "kpflow", "jax")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    return os.path.join(base, "kpflow", "jax")
+
+
+def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> str | None:
+    """Keep every program jax compiles in a folder, so that the next process loads it instead.
+
+    Sets jax's persistent compilation cache (``jax_compilation_cache_dir``) to ``path``
+    (default :func:`compilation_cache_dir`) and caches every program, however quick to
+    compile (``jax_persistent_cache_min_compile_time_secs = 0``): a fresh process then reads
+    the programs a previous one compiled (keyed by program, shapes, jax version and
+    device) instead of compiling them.  ``kpflow spectrum --backend jax`` calls this;
+    importing kpflow never does.  A cache folder the user already set in jax's config is
+    kept.  Call it before the first compilation of the process: jax opens its cache once.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        The cache folder (created when missing).
+
+    Returns
+    -------
+    str or None
+        The folder in use, or None when turned off (``$KPFLOW_JAX_CACHE`` empty or ``off``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import jax
+    >>> from kpflow.backends.jax import enable_compilation_cache
+    >>> names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+    ...          "jax_persistent_cache_min_entry_size_bytes")
+    >>> saved = {name: getattr(jax.config, name) for name in names}
+    >>> d = tempfile.mkdtemp()
+    >>> enable_compilation_cache(d) == d, jax.config.jax_persistent_cache_min_compile_time_secs
+    (True, 0.0)
+    >>> for name, value in saved.items():  # back as it was, before anything compiles
+    ...     jax.config.update(name, value)
+    """
+    current = getattr(jax.config, "jax_compilation_cache_dir", None)
+    if current:
+        return str(current)
+    folder = compilation_cache_dir() if path is None else os.fspath(path)
+    if folder is None:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return folder
 
 
 # -- Equinox and Flax NNX modules: see kpflow.backends._jax_modules ------------------------------

@@ -133,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show progress on stderr (a tqdm bar with pip install kpflow[progress])",
     )
+    spec.add_argument(
+        "--jax-cache",
+        metavar="DIR",
+        default=None,
+        help=(
+            "with --backend jax: the folder where jax keeps the programs it compiles, so that the "
+            "next run loads them (default: $KPFLOW_JAX_CACHE, else kpflow/jax in the user cache "
+            "folder, e.g. ~/.cache/kpflow/jax; 'off' turns it off)"
+        ),
+    )
     _add_demo_parser(sub)
     return parser
 
@@ -277,6 +287,21 @@ def _default_dtype(backend: str) -> str:
     return "float64"
 
 
+def _jax_cache(folder: str | None) -> None:
+    """Turn on jax's persistent compilation cache (``docs/cli.md``), before anything compiles.
+
+    The first run compiles every program of the spectrum (solvers, estimators, the model's
+    steps) and stores it; later runs of the same shapes load them instead of compiling.
+    """
+    try:
+        from kpflow.backends.jax import enable_compilation_cache
+    except ImportError:
+        return  # _like reports the missing backend
+    off = folder is not None and folder.strip().lower() in ("", "off", "0", "false", "no")
+    if not off:
+        enable_compilation_cache(folder)
+
+
 def _fail(msg: str) -> int:
     print(f"kpflow: error: {msg}", file=sys.stderr)
     return 2
@@ -298,6 +323,8 @@ def run_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     from kpflow.analysis import spectrum_report
     from kpflow.backends import get_backend
 
+    if args.backend == "jax":
+        _jax_cache(getattr(args, "jax_cache", None))
     if args.dtype is None:
         args.dtype = _default_dtype(args.backend)
     like = _like(args.backend, args.dtype)

@@ -1,55 +1,27 @@
-"""A registry of model factories and the shared helpers of the model and NTK tests.
+"""The shared helpers of the model and NTK property tests.
 
-Every model is built through ``MODELS[name](n_in, H)``; adding a model to every
-property test is one line here.  ``build`` draws its parameters, inputs and
+Every model is built through ``MODELS[name](n_in, H)`` (``tests/model_zoo.py``, re-exported
+here); adding a model to every property test is one line there.  ``build`` draws its parameters, inputs and
 initial state on the host (float64) and puts them on the case's backend, so
 the same weights can be rebuilt on a reference autodiff backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
 
-from kpflow.models import GRU, LSTM, MLP, RNN, LeakyRNN, Model, RecurrentModel
-
-MODELS: dict[str, Callable[[int, int], Model]] = {
-    "rnn_tanh": lambda n_in, H: RNN(n_in, H),
-    "rnn_relu": lambda n_in, H: RNN(n_in, H, nonlinearity="relu"),
-    "rnn_nobias": lambda n_in, H: RNN(n_in, H, bias=False),
-    "leaky_tanh_bias": lambda n_in, H: LeakyRNN(n_in, H, dt=0.3, bias=True),
-    "leaky_relu": lambda n_in, H: LeakyRNN(n_in, H, dt=0.7, nonlinearity="relu"),
-    "mlp_tanh": lambda n_in, H: MLP((n_in, H, H + 1, 2)),
-    "mlp_relu_nonlinear_out": lambda n_in, H: MLP((n_in, H, 3), nonlinearity="relu", linear_output=False),
-    "mlp_one_layer": lambda n_in, H: MLP((n_in, H), bias=False),
-    "gru": lambda n_in, H: GRU(n_in, H),
-    "gru_nobias": lambda n_in, H: GRU(n_in, H, bias=False),
-    "lstm": lambda n_in, H: LSTM(n_in, H),
-    "lstm_nobias": lambda n_in, H: LSTM(n_in, H, bias=False),
-}
+from kpflow.models import RecurrentModel
+from tests.model_zoo import MODELS, Built, on_backend
 
 NAMES = sorted(MODELS)
 RECURRENT = [n for n in NAMES if isinstance(MODELS[n](1, 1), RecurrentModel)]
 
 #: an autodiff backend to compute dense references on, preferring torch
 REFERENCE = "torch" if find_spec("torch") is not None else ("jax" if find_spec("jax") is not None else None)
-
-
-@dataclass
-class Built:
-    """A model with host float64 parameters, input and h0, and its trajectory on one backend."""
-
-    name: str
-    model: Model
-    host_params: dict[str, np.ndarray]
-    host_x: np.ndarray
-    host_h0: np.ndarray | None
-    traj: Any
 
 
 def shapes() -> st.SearchStrategy:
@@ -86,12 +58,6 @@ def host_problem(name: str, B: int, T: int, H: int, n_in: int, seed: int, with_h
         x = rng.standard_normal((B, n_in))
         h0 = None
     return model, params, x, h0
-
-
-def on_backend(case: Any, model: Model, params: dict, x: np.ndarray, h0: np.ndarray | None) -> Any:
-    """Run ``model`` on the case's backend with the given host arrays."""
-    p = {k: case.asarray(v) for k, v in params.items()}
-    return model.run(p, case.asarray(x), None if h0 is None else case.asarray(h0))
 
 
 def build(case: Any, name: str, B: int, T: int, H: int, n_in: int, seed: int, with_h0: bool) -> Built:

@@ -20,56 +20,13 @@ from kpflow._array import array_namespace
 from kpflow.models import RNN, Recurrent
 from kpflow.models.hooks import WeightOutsideHookError
 from tests.conftest import BACKENDS, _make_case, check_meta, examples
+from tests.model_zoo import CELLS, tanh_rnn_step
+from tests.model_zoo import hook_tanh_rnn as _tanh_rnn
 from tests.ntk_helpers import draw_shape, rel_err
 
 TOL = 1e-9
 AUTODIFF = [b for b in ("torch", "jax") if b in BACKENDS]
 needs_autodiff = pytest.mark.skipif(not AUTODIFF, reason="needs torch or jax among the selected backends")
-
-
-def _sigmoid(xp, u):
-    return 1.0 / (1.0 + xp.exp(-u))
-
-
-def tanh_rnn_step(params, h, x, site):
-    xp = array_namespace(h, x)
-    return xp.tanh(site("weight_hh", h) + site("weight_ih", x) + site("bias_ih") + site("bias_hh"))
-
-
-def shared_weight_step(params, h, x, site):
-    # W acts on h and on tanh(h), b twice: K_W and K_b carry cross terms between the calls
-    xp = array_namespace(h, x)
-    first = xp.tanh(site("W", h) + site("U", x) + site("b"))
-    return first + 0.5 * xp.tanh(site("W", xp.tanh(h)) + site("b"))
-
-
-def gated_step(params, h, x, site):
-    xp = array_namespace(h, x)
-    r = _sigmoid(xp, site("W_ir", x) + site("W_hr", h) + site("b_r"))
-    z = _sigmoid(xp, site("W_iz", x) + site("W_hz", h) + site("b_z"))
-    n = xp.tanh(site("W_in", x) + site("b_in") + r * (site("W_hn", h) + site("b_hn")))
-    return (1.0 - z) * n + z * h
-
-
-def _tanh_rnn(n_in, H):
-    return Recurrent(tanh_rnn_step, n_in=n_in, n_hidden=H, param_shapes=RNN(n_in, H).param_shapes())
-
-
-def _shared(n_in, H):
-    shapes = {"W": (H, H), "U": (H, n_in), "b": (H,)}
-    return Recurrent(shared_weight_step, n_in=n_in, n_hidden=H, param_shapes=shapes)
-
-
-def _gated(n_in, H):
-    shapes = {}
-    for g in "rzn":
-        shapes[f"W_i{g}"] = (H, n_in)
-        shapes[f"W_h{g}"] = (H, H)
-    shapes.update({"b_r": (H,), "b_z": (H,), "b_in": (H,), "b_hn": (H,)})
-    return Recurrent(gated_step, n_in=n_in, n_hidden=H, param_shapes=shapes)
-
-
-CELLS = {"tanh_rnn": _tanh_rnn, "shared_weight": _shared, "gated": _gated}
 
 
 def _problem(case, cell, B, T, H, n_in, seed, with_h0):

@@ -98,6 +98,8 @@ def test_parameter_side_eigsh_equals_the_dense_and_the_state_side(case64, name, 
 
 
 def test_parameter_side_in_float32_meets_the_documented_tolerance(case):
+    if case.name == "jax" and case.dtype_name == "float64":  # 30 s of compiles for jax
+        pytest.skip("float64 on jax: the same solve as numpy's and torch's; jax's float32 runs here")
     N = ntk.global_ntk(build(case, "gru", 6, 8, 3, 1, 7, True).traj)
     r = eigsh(N, 4, method="lanczos", rng=0, tol=0.0)
     ref = eigsh(Opaque(N), 4, method="lanczos", rng=0, tol=0.0)

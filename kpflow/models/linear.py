@@ -8,6 +8,7 @@ import numpy as np
 
 from kpflow._array import array_namespace, device_of, namespace_name
 from kpflow.models.base import check_size, draw_uniform
+from kpflow.models.sites_table import SiteDecl, Term, declared_shapes
 
 __all__ = ["Linear"]
 
@@ -35,12 +36,26 @@ class Linear:
         self.n_out = check_size(n_out, "n_out", "Linear")
         self.bias = bool(bias)
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """``weight`` (n_out, n_in) and ``bias`` (n_out,)."""
-        shapes: dict[str, tuple[int, ...]] = {"weight": (self.n_out, self.n_in)}
+    def site_table(self, prefix: str = "") -> tuple[SiteDecl, ...]:
+        """The readout's one site ``readout``: C_w = [Cᵀ; c] on the features z (and 1), D = I.
+
+        ``prefix`` goes in front of the parameter names (the output NTK's ``readout.``).
+
+        Examples
+        --------
+        >>> from kpflow.models import Linear
+        >>> Linear(3, 2).site_table("readout.")[0].rows()
+        [('readout.weight', (0, 2)), ('readout.bias', (0, 2))]
+        """
+        full = (0, self.n_out)
+        terms = [Term(prefix + "weight", full, "z", self.n_in)]
         if self.bias:
-            shapes["bias"] = (self.n_out,)
-        return shapes
+            terms.append(Term(prefix + "bias", full, "1"))
+        return (SiteDecl("readout", tuple(terms), "scaled", "I"),)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``weight`` (n_out, n_in) and ``bias`` (n_out,), read off :meth:`site_table`."""
+        return declared_shapes(self.site_table())
 
     def init(
         self, rng: Any = None, *, like: Any = None, dtype: Any = None, device: Any = None

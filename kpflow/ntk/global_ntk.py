@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kpflow.models.base import Site, Trajectory, owned_copy, site_variables
+from kpflow.models.base import Site, Trajectory, owned_copy
 from kpflow.models.linear import Linear
+from kpflow.models.sites_table import site_variables_of
 from kpflow.ntk.jacobian import OutputJacobian, ParameterMap, StateJacobian, _jacobian_of
 from kpflow.ntk.kernel import KroneckerCoreKernel, check_trajectory, parameter_kernel
 from kpflow.ntk.parts import part_columns
@@ -312,7 +313,9 @@ def output_ntk(traj: Trajectory, readout_params: dict[str, Any], *, method: str 
     # Own the readout weight as the trajectory owns its params: an in-place update of the
     # caller's readout must not change this operator.
     C = ReadoutMap(traj, owned_copy(weight))
-    variables = site_variables([traj.features()], 1 if readout.bias else 0)
-    site = Site("readout", variables, state_shape=C.shape_out, scale=1.0, width=readout.n_out)
+    (decl,) = readout.site_table("readout.")
+    features = traj.features()
+    A = site_variables_of((decl,), {"z": features}, like=features)[decl.name]
+    site = Site(decl.name, A, state_shape=C.shape_out, scale=1.0, width=readout.n_out, rows=decl.rows())
     state_ntk = GlobalNTK(propagator(traj), parameter_kernel(traj, method=method))
     return OutputNTK(C, state_ntk, KroneckerCoreKernel([site], like=traj.states))

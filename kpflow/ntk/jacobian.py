@@ -252,9 +252,12 @@ class OutputJacobian(_FlatParameters):
         ro_name = self._blocks.names[-1]
         n_feat = int(readout_map.weight.shape[1])
         full = (0, site.width)
-        ro_rows: SiteRows = [("readout.weight", full)] + ([("readout.bias", full)] if site.p > n_feat else [])
+        # the readout site's own rows (output_ntk declares them: readout.weight, readout.bias)
+        has_bias = site.p > n_feat
+        ro_bias: SiteRows = [("readout.bias", full)] if has_bias else []
+        ro_rows: SiteRows = site.rows or [("readout.weight", full), *ro_bias]
         self._param_shapes = {**J._param_shapes, "readout.weight": (site.width, n_feat)}
-        if site.p > n_feat:
+        if has_bias:
             self._param_shapes["readout.bias"] = (site.width,)
         self._rows = None if J._rows is None else {**J._rows, ro_name: ro_rows}
         self._rows = _checked_rows(self._rows, self._blocks, self._param_shapes, where)

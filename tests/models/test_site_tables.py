@@ -139,3 +139,16 @@ def test_a_frozen_parameter_drops_its_rows_from_the_sites_rows():
     traj = model.run(model.init(0), np.ones((1, 2, 2)))
     assert [s.rows for s in traj.sites][2] == [("bias_ih", (6, 9))]
     assert [s.p for s in traj.sites] == [5, 5, 1, 4]
+
+
+def test_the_readout_site_of_the_output_ntk_carries_the_rows_of_the_readouts_table():
+    model, traj = _traj("gru")
+    readout = kpflow.models.Linear(3, 2)
+    out = kpflow.output_ntk(traj, readout.init(1))
+    (decl,) = readout.site_table("readout.")
+    assert out.readout_kernel.sites[0].rows == decl.rows()
+    assert readout.param_shapes() == {"weight": (2, 3), "bias": (2,)}
+    J = out.J
+    theta = {**traj.params, **{f"readout.{k}": v for k, v in readout.init(1).items()}}
+    back = J.to_params(J.from_params(theta))
+    assert all(np.array_equal(back[k], theta[k]) for k in theta)

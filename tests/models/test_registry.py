@@ -106,3 +106,24 @@ def test_a_readout_other_than_linear_is_refused_by_training_and_analysis():
     ):
         with pytest.raises(TypeError, match=r"expected readout to be a kpflow.models.Linear, got RNN"):
             call()
+
+
+def test_every_exported_built_in_model_class_has_a_registry_entry():
+    import inspect
+
+    import kpflow.models
+    from kpflow.models import FeedForward, Implicit, Linear, Recurrent
+
+    # the hook models take the user's function, and Linear is the readout (registry.READOUT)
+    not_built_in = {FeedForward, Implicit, Recurrent, Linear}
+    exported = {
+        obj
+        for name in kpflow.models.__all__
+        if inspect.isclass(obj := getattr(kpflow.models, name))
+        and issubclass(obj, Model)
+        and not inspect.isabstract(obj)
+        and obj not in not_built_in
+    }
+    registered = {e.cls for e in registry.MODELS.values()}
+    assert registry.READOUT is Linear
+    assert exported == registered, sorted(c.__name__ for c in exported ^ registered)

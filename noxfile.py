@@ -55,8 +55,9 @@ def properties(session: nox.Session, backend: str) -> None:
     - ``ci`` (``nox -s tests``, ``.ci/run``): fixed draws; a property test runs its own
       ``examples(n)`` count (25 when it names none), but a test marked ``properties`` runs only
       its first 2 (the simplest) draws on jax, whose per-shape compilation makes each draw cost
-      seconds.  Every model and every size limit is still reached on every backend: models and
-      limits are parametrized, not drawn.
+      seconds, and on jax one variant per model class (``SLOW_BACKEND_MODELS``).  Every model
+      and every size limit is still reached on every backend: models and limits are
+      parametrized, not drawn.
     - ``properties`` (this session): fresh random draws, ``max(n, 50)`` per test on every
       backend, jax included; only the tests marked ``properties``.  Minutes per backend (jax:
       about an hour).  A failure prints the blob that replays it with ``@reproduce_failure``.

@@ -44,7 +44,8 @@ THOROUGH_PROFILES = ("properties", "thorough")
 #: profile                 draws        examples per property test
 #: ======================  ===========  ==========================================================
 #: ``ci`` (default)        fixed        25, or the test's ``examples(n)``; a test marked
-#:                                      ``properties`` runs ``SLOW_BACKEND_EXAMPLES`` on jax
+#:                                      ``properties`` runs ``SLOW_BACKEND_EXAMPLES`` on jax,
+#:                                      for the models of ``SLOW_BACKEND_MODELS`` there
 #: ``dev``                 fresh        10, or ``examples(n)``; jax as in ``ci``
 #: ``properties``          fresh        ``max(n, 50)`` on every backend (``nox -s properties``)
 #: ``thorough``            fresh        ``max(n, 200)`` on every backend (``nox -s thorough``)
@@ -52,6 +53,11 @@ THOROUGH_PROFILES = ("properties", "thorough")
 #:
 #: Select one with ``KPFLOW_HYPOTHESIS_PROFILE``.
 SLOW_BACKEND_EXAMPLES = {"jax": 2}
+#: On a slow backend, a ``properties`` test parametrized by ``name`` over the property tests'
+#: registry (``tests.model_zoo.MODELS``) runs one variant per model class in ``ci``/``dev``: every
+#: model is still reached there; the other variants (bias, nonlinearity, depth) differ in
+#: backend-free code, which numpy, array_api_strict and torch run for every variant.
+SLOW_BACKEND_MODELS = {"jax": ("gru", "leaky_tanh_bias", "lstm", "mlp_tanh", "rnn_tanh")}
 
 
 def examples(n: int) -> int:
@@ -242,3 +248,25 @@ def _slow_backend_budget(request: pytest.FixtureRequest) -> Any:
         yield
     finally:
         test._hypothesis_internal_use_settings = own
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect, in ``ci``/``dev``, the model variants a slow backend skips (``SLOW_BACKEND_MODELS``)."""
+    if HYPOTHESIS_PROFILE in THOROUGH_PROFILES:
+        return
+    from tests.model_zoo import MODELS
+
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and item.get_closest_marker("properties") is not None:
+            backend = callspec.params.get("backend_name", callspec.params.get("backend"))
+            allowed = SLOW_BACKEND_MODELS.get(backend) if isinstance(backend, str) else None
+            name = callspec.params.get("name")
+            if allowed is not None and name in MODELS and name not in allowed:
+                drop.append(item)
+                continue
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

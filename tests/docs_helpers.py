@@ -1,6 +1,7 @@
 """Run the examples of a docs page (or of the README) as doctests.
 
-Used in-process by ``tests/package/test_docs_pages.py`` and ``tests/package/test_readme.py``.  Run as a script,
+Used in-process by ``tests/package/test_docs_pages.py`` and ``tests/package/test_readme.py``.
+Run as a script,
 
     python tests/docs_helpers.py docs/theory.md
 

@@ -220,3 +220,30 @@ def test_rows_no_call_uses_are_refused():
     params = model.init(0, like=torch.zeros(1, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"rows \[\(3, 6\)\] of it reach no call"):
         model.run(params, torch.ones(B, T, N_IN, dtype=torch.float64))
+
+
+@needs_torch
+def test_rows_work_in_an_implicit_model():
+    import torch
+
+    case = _make_case("torch", "float64")
+
+    def residual(params, z, x, site):  # W's halves in two terms of the fixed-point map
+        first = 0.4 * torch.tanh(site("W", z, rows=(0, H)) + site("U", x))
+        return z - first - 0.3 * torch.sigmoid(site("W", z, rows=(H, 2 * H)))
+
+    from kpflow.models import Implicit
+
+    model = Implicit(residual, n_in=N_IN, n_state=H, param_shapes={"W": (2 * H, H), "U": (H, N_IN)})
+    rng = np.random.default_rng(7)
+    params = {k: case.asarray(v) for k, v in model.init(rng).items()}
+    traj = model.run(params, case.asarray(rng.standard_normal((4, N_IN))))
+    assert [(s.name, s.rows) for s in traj.sites] == [
+        ("U", [("U", (0, H))]),
+        ("W[0:3]", [("W", (0, H))]),
+        ("W[3:6]", [("W", (H, 2 * H))]),
+    ]
+    dense = kpflow.dense_global_ntk(traj)  # P by GMRES: agreement to the solver's tolerance
+    assert rel_err(kpflow.global_ntk(traj).todense().numpy().ravel(), dense.numpy().ravel()) <= 1e-10
+    J = kpflow.state_jacobian(traj)
+    assert all(np.array_equal(J.to_params(J.from_params(params))[k], params[k]) for k in params)

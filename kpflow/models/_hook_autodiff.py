@@ -28,7 +28,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from kpflow._array import device_of, prod
+from kpflow._array import array_namespace, device_of, prod
+from kpflow.models._hook_call import _Hook
 
 __all__: list[str] = []
 
@@ -56,19 +57,13 @@ def _params(names: tuple[str, ...], values: tuple) -> dict[str, Any]:
     return dict(zip(names, values, strict=True))
 
 
-def _hook_class() -> Any:
-    from kpflow.models.hooks import _Hook
-
-    return _Hook
-
-
 # -- dispatch: traced once per shape on torch, as it is elsewhere ----------------------------------
 def _run(adapter: Any, action: Callable, static: tuple, arrays: tuple) -> Any:
     """``action(adapter, *static, *arrays)``, from a graph traced once per shape where the backend traces."""
     if not adapter.traces:
         return action(adapter, *static, *arrays)
     key = (action, static, tuple((a.shape, a.dtype, a.device) for a in arrays))
-    entry = _TRACED.get(key)
+    entry: Any = _TRACED.get(key)
     if entry is None:
         _remember(key, _SEEN)
         return action(adapter, *static, *arrays)
@@ -113,10 +108,10 @@ def _vjp(adapter: Any, f: Callable, primal: Any, W: Any) -> Any:
 # -- the step Jacobian J_t (P and Pᵀ) ---------------------------------------------------------------
 def _step(model: Any, names: tuple, plan: tuple, values: tuple, xt: Any, where: str) -> Callable[[Any], Any]:
     """h ↦ the user's step at input ``xt``, every hook call checked against ``plan``."""
-    hook, params = _hook_class(), _params(names, values)
+    params = _params(names, values)
 
     def f(h: Any) -> Any:
-        return model._call(params, h, xt, hook(params, model._shapes, where, plan=plan))
+        return model._call(params, h, xt, _Hook(params, model._shapes, where, plan=plan))
 
     return f
 
@@ -151,8 +146,8 @@ def _hook_step_vjp(
 #: plus the parameters (a step that forms an (H, H) temporary per sample runs unsplit)
 RESIDUAL_FACTOR = 16
 _UNSPLIT = "unsplit"
-#: (action, static, id(operands)) -> (operands, probe block's (shape, dtype), apply, residuals of
-#: every step) of a product under way, recognised by the identity of its operands (held here)
+#: (action, id(operands)) -> (operands, probe block's (shape, dtype), apply, residuals by step,
+#: last step) of a product under way, recognised by the identity of its operands (held here)
 _CURRENT: OrderedDict[tuple, tuple] = OrderedDict()
 MAX_CURRENT = 4
 
@@ -170,8 +165,7 @@ def _run_step(
     while autograd records (a graph through them would be freed by the first backward).
     """
     values, prev, x = operands
-    last_step = int(prev.shape[1]) + last if last < 0 else last
-    slot = (action, static, id(operands))
+    slot = (action, id(operands))  # (the operands are one trajectory's: they fix ``static``)
     current = _CURRENT.get(slot)
     if (
         current is not None
@@ -180,10 +174,11 @@ def _run_step(
         and isinstance(t, int)
         and not adapter.records_graph((Y, prev, x, *values))
     ):  # the product under way: only the tangent part runs
-        out = current[2](Y, *(r[t, ...] for r in current[3]))
-        if t == last_step:
+        out = current[2](Y, *current[3][t])
+        if t == current[4]:
             del _CURRENT[slot]
         return out
+    last_step = int(prev.shape[1]) + last if last < 0 else last
     arrays = (prev[:, t, ...], x[:, t, ...], Y, *values)
     if not adapter.traces or not isinstance(t, int) or adapter.records_graph(arrays):
         return _run(adapter, action, static, arrays)
@@ -198,13 +193,23 @@ def _run_step(
         return action(adapter, *static, *arrays)
     prep, apply = entry
     residuals = adapter.vmap(prep, in_axes=(1, 1, *(None for _ in values)))(prev, x, *values)
-    out = apply(Y, *(r[t, ...] for r in residuals))
+    # every step's slice of every residual at once (views; one call per residual)
+    steps = list(zip(*(xp_unstack(r) for r in residuals), strict=True))
+    out = apply(Y, *steps[t])
     if t != last_step:
-        _CURRENT[slot] = (operands, (Y.shape, Y.dtype), apply, residuals)
+        _CURRENT[slot] = (operands, (Y.shape, Y.dtype), apply, steps, last_step)
         _CURRENT.move_to_end(slot)
         while len(_CURRENT) > MAX_CURRENT:
             _CURRENT.popitem(last=False)
     return out
+
+
+def xp_unstack(r: Any) -> tuple:
+    """The slices ``r[t]`` along the leading axis, as views."""
+    xp = array_namespace(r)
+    if hasattr(xp, "unstack"):
+        return tuple(xp.unstack(r, axis=0))
+    return tuple(r[t, ...] for t in range(int(r.shape[0])))
 
 
 def _split(adapter: Any, action: Callable, static: tuple, arrays: tuple, key: tuple, *, first: bool) -> Any:
@@ -232,13 +237,12 @@ def _perturbed_step(
     model: Any, names: tuple, plan: tuple, operands: tuple, calls: tuple, where: str
 ) -> Callable[[Any], Any]:
     """eps (n_calls, B, T, out) ↦ the step at every site with eps[i] added to call calls[i]."""
-    hook = _hook_class()
     values, prev, x = operands
     params = _params(names, values)
 
     def f(eps: Any) -> Any:
         perturb = {c: eps[i, ...] for i, c in enumerate(calls)}
-        return model._call(params, prev, x, hook(params, model._shapes, where, eps=perturb, plan=plan))
+        return model._call(params, prev, x, _Hook(params, model._shapes, where, eps=perturb, plan=plan))
 
     return f
 

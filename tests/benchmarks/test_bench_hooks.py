@@ -1,4 +1,4 @@
-"""benchmarks/bench_hooks.py --quick runs on torch and jax, both routes giving the same NTK_S (no timing checked)."""
+"""bench_hooks.py --quick runs on torch and jax, both routes giving the same NTK_S (no timing checked)."""
 
 from __future__ import annotations
 

@@ -355,8 +355,8 @@ def test_no_import_cycle_between_packages():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 23: the cycles models.hooks <-> models._hook_autodiff and within linalg are being "
-    "removed (python tests/package/test_import_layers.py lists them)",
+    reason="issue 23: the cycle within kpflow.linalg (eig, rules, _spectral_rules, trace, norms) is "
+    "being removed (python tests/package/test_import_layers.py lists it)",
 )
 def test_no_import_cycle():
     arrows = all_arrows()

@@ -120,6 +120,21 @@ def gmres(
 def _cycle(xp: Any, A: Callable[[Any], Any], r: Any, beta: Any, target: Any, steps: int) -> Any:
     """One GMRES cycle from residual r (k, n) with norms beta: the correction to x.
 
+    On backends that compile per shape (jax), the fixed-shape cycle (:func:`_fixed_cycle`);
+    elsewhere the basis grows a row per step (:func:`_growing_cycle`).  Both compute the same
+    numbers (the fixed one adds exact zeros).
+    """
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(r)
+    if getattr(adapter, "compiles_per_shape", False):
+        return _fixed_cycle(adapter, A, r, beta, target, steps)
+    return _growing_cycle(xp, A, r, beta, target, steps)
+
+
+def _growing_cycle(xp: Any, A: Callable[[Any], Any], r: Any, beta: Any, target: Any, steps: int) -> Any:
+    """One GMRES cycle from residual r (k, n) with norms beta: the correction to x.
+
     A right-hand side that has converged (or broken down) stops growing its space: its
     later Hessenberg columns become e_j with right-hand side 0, so its later coefficients
     are exactly 0 and the batched triangular solve stays nonsingular.
@@ -166,3 +181,98 @@ def _cycle(xp: Any, A: Callable[[Any], Any], r: Any, beta: Any, target: Any, ste
             acc = acc - R[l][i] * y[l]
         y[i] = acc / R[i][i]
     return sum((y[i][:, None] * V[i] for i in range(m)), xp.zeros_like(r))
+
+
+# -- the fixed-shape cycle (backends that compile per shape) -------------------------------------
+def _fixed_cycle(adapter: Any, A: Callable[[Any], Any], r: Any, beta: Any, target: Any, steps: int) -> Any:
+    """:func:`_growing_cycle` with every array at its full size, so that jax compiles each kernel once.
+
+    The basis ``V`` (k, steps+1, n) holds zero rows beyond the ones in use, the rotated
+    Hessenberg matrix ``R`` (k, steps, steps) is the identity in the columns not yet
+    computed, the rotations not yet made are the identity (``cs = 1``, ``sn = 0``), and
+    the step index is an array: one compiled program per step kind and shape instead of
+    one per primitive and basis size (about 190 per solve of a 50-step cycle).  Zero rows
+    add exact zeros to the projections and identity rotations change nothing, so the
+    numbers are those of the growing cycle.
+    """
+    from kpflow.linalg._backend import _jitted
+
+    xp = adapter.namespace()
+    start = _jitted(adapter, _fixed_start, (steps,))
+    step = _jitted(adapter, _fixed_step, (steps,))
+    finish = _jitted(adapter, _fixed_finish, (steps,))
+    state, v = start(r, beta, target)
+    used = 0
+    for j in range(steps):
+        state, v, more = step(state, A(v), xp.asarray(j, device=device_of(r)))
+        used = j + 1
+        if not bool(more):
+            break
+    return finish(state, xp.asarray(used, device=device_of(r)))
+
+
+def _fixed_start(xp: Any, steps: int, r: Any, beta: Any, target: Any) -> tuple[Any, Any]:
+    k, n = int(r.shape[0]), int(r.shape[1])
+    dev = device_of(r)
+    one = xp.ones_like(beta)
+    v0 = r / xp.where(beta > 0, beta, one)[:, None]
+    first = xp.arange(steps + 1, device=dev) == 0
+    V = xp.where(first[None, :, None], v0[:, None, :], xp.zeros((k, steps + 1, n), dtype=r.dtype, device=dev))
+    eye = xp.eye(steps, dtype=r.dtype, device=dev)
+    R = xp.zeros((k, steps, steps), dtype=r.dtype, device=dev) + eye[None, :, :]
+    cs = xp.ones((k, steps), dtype=r.dtype, device=dev)
+    sn = xp.zeros((k, steps), dtype=r.dtype, device=dev)
+    g = xp.where(first[None, :], beta[:, None], xp.zeros((k, steps + 1), dtype=r.dtype, device=dev))
+    return (V, R, cs, sn, g, beta > target, target), v0
+
+
+def _fixed_step(xp: Any, steps: int, state: tuple, w: Any, j: Any) -> tuple[tuple, Any, Any]:
+    """Arnoldi step ``j`` (an array) with the product ``w = A v_j``: the next row and state."""
+    V, R, cs, sn, g, active, target = state
+    one = xp.ones_like(g[:, 0])
+    zero = xp.zeros_like(one)
+    idx = xp.arange(steps + 1, device=device_of(w))
+    h = xp.zeros((int(w.shape[0]), steps + 1), dtype=w.dtype, device=device_of(w))
+    for _ in range(2):
+        c = xp.sum(V * w[:, None, :], axis=2)  # rows beyond j are zero: c is zero there
+        w = w - xp.sum(c[:, :, None] * V, axis=1)
+        h = h + c
+    hn = xp.linalg.vector_norm(w, axis=1)
+    v = w / xp.where(hn > 0, hn, one)[:, None]
+    V = xp.where((idx == j + 1)[None, :, None], v[:, None, :], V)
+    col = [h[:, i] for i in range(steps)]
+    for i in range(steps - 1):  # rotations j and beyond are still the identity
+        col[i], col[i + 1] = (
+            cs[:, i] * col[i] + sn[:, i] * col[i + 1],
+            -sn[:, i] * col[i] + cs[:, i] * col[i + 1],
+        )
+    at_j = (idx[:steps] == j)[None, :]
+    col_j = xp.sum(xp.where(at_j, xp.stack(col, axis=1), xp.zeros_like(cs)), axis=1)
+    rho = xp.sqrt(col_j**2 + hn**2)
+    ok = active & (rho > 0)
+    safe = xp.where(rho > 0, rho, one)
+    c_j, s_j = xp.where(ok, col_j / safe, one), xp.where(ok, hn / safe, zero)
+    below = (idx[:steps] < j)[None, :]
+    new = xp.where(below & ok[:, None], xp.stack(col, axis=1), xp.zeros_like(cs))
+    new = xp.where(at_j, xp.where(ok, rho, one)[:, None], new)
+    R = xp.where(at_j[:, None, :], new[:, :, None], R)
+    cs = xp.where(at_j, c_j[:, None], cs)
+    sn = xp.where(at_j, s_j[:, None], sn)
+    g_j = xp.sum(xp.where((idx == j)[None, :], g, xp.zeros_like(g)), axis=1)
+    g_next = xp.where(ok, -s_j * g_j, zero)
+    g = xp.where((idx == j)[None, :], xp.where(ok, c_j * g_j, zero)[:, None], g)
+    g = xp.where((idx == j + 1)[None, :], g_next[:, None], g)
+    active = ok & (xp.abs(g_next) > target)
+    return (V, R, cs, sn, g, active, target), v, xp.any(active)
+
+
+def _fixed_finish(xp: Any, steps: int, state: tuple, used: Any) -> Any:
+    """The correction ``Σ_i y_i v_i`` from the back substitution over the ``used`` columns."""
+    V, R, _, _, g, _, _ = state
+    idx = xp.arange(steps, device=device_of(g))
+    rhs = xp.where((idx < used)[None, :], g[:, :steps], xp.zeros_like(g[:, :steps]))
+    y = xp.zeros_like(rhs)
+    for i in range(steps - 1, -1, -1):
+        acc = rhs[:, i] - xp.sum(R[:, i, :] * y, axis=1)  # y is zero at columns <= i
+        y = xp.where((idx == i)[None, :], (acc / R[:, i, i])[:, None], y)
+    return xp.sum(y[:, :, None] * V[:, :steps, :], axis=1)

@@ -12,10 +12,11 @@ Each route is timed ``--repeat`` times after one warm-up call (which also traces
 compiles), in round robin (every round times each route of every backend once, so a change
 of machine load hits all alike); the table gives ms per probe (median and best) and, per
 backend, the ratio hooks / built-in of the medians.  ``--threads`` (default 1) caps the
-CPU threads of torch and XLA: on a shared machine more threads mostly measure the load.
+CPU threads of torch and XLA, and ``--clock cpu`` times this process's CPU time instead of
+the elapsed time: on a shared machine both keep the load out of the ratio.
 
-Measured (2 shared cores under load, 1 thread, default sizes B=16, T=50, H=64, 8 probes,
-float32, medians of 7 rounds): see docs/hooks.md.
+Measured on 2 shared cores under load (1 thread, default sizes B=16, T=50, H=64, 8 probes,
+float32, medians of 7 rounds): see docs/hooks.md ("Cost").
 
 Run: ``python benchmarks/bench_hooks.py`` (``--quick`` for a smoke run of seconds;
 ``--backends torch`` for one backend).
@@ -24,11 +25,12 @@ Run: ``python benchmarks/bench_hooks.py`` (``--quick`` for a smoke run of second
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _timing import timed_round_robin  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 import kpflow
 from kpflow.models import RNN, Recurrent
@@ -93,6 +95,24 @@ def _jax_routes(host: dict[str, Any], x: np.ndarray, V: np.ndarray, n_in: int, H
     return {name: product(ntk) for name, ntk in ntks.items()}
 
 
+def _round_robin(
+    routes: dict[str, Callable[[], Any]], repeat: int, clock: Callable[[], float]
+) -> dict[str, tuple[float, float, Any]]:
+    """(median, best, output) of each route: one untimed call each, then ``repeat`` rounds.
+
+    Every round times each route once, in turn (as benchmarks/_timing.py, with a choice of
+    clock), so a change in machine load hits all routes alike.
+    """
+    outputs = {name: fn() for name, fn in routes.items()}
+    times: dict[str, list[float]] = {name: [] for name in routes}
+    for _ in range(repeat):
+        for name, fn in routes.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return {name: (statistics.median(t), min(t), outputs[name]) for name, t in times.items()}
+
+
 def _limit_threads(n: int, backends: list[str]) -> None:
     """At most ``n`` threads for torch's and XLA's CPU kernels (before jax is imported)."""
     import os
@@ -130,6 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads per framework (0: the frameworks' defaults)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (steadier on a loaded machine)",
+    )
     parser.add_argument("--quick", action="store_true", help="B=4, T=10, H=16, 2 repeats")
     args = parser.parse_args(argv)
     if args.quick:
@@ -152,10 +178,14 @@ def main(argv: list[str] | None = None) -> None:
             routes[(backend, name)] = fn
 
     print(__doc__.splitlines()[0])
-    print(f"{_versions(backends)}; B={B} T={T} H={H}, {B * T * H:,} states, {args.probes} probes, float32")
+    print(
+        f"{_versions(backends)}; B={B} T={T} H={H}, {B * T * H:,} states, {args.probes} probes, "
+        f"float32, {args.clock} clock"
+    )
     keys = list(routes)
     labels = {key: f"{key[0]}:{key[1]}" for key in keys}
-    results = timed_round_robin({labels[k]: routes[k] for k in keys}, args.repeat)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    results = _round_robin({labels[k]: routes[k] for k in keys}, args.repeat, clock)
     print(f"{'backend':<8}{'route':<18}{'median ms/probe':>17}{'best ms/probe':>15}{'rel. diff':>11}")
     for backend, name in keys:
         median, best, out = results[labels[(backend, name)]]

@@ -455,7 +455,27 @@ def hook_sites(traj: Any) -> list[Site]:
             rows=[(name, (lo, hi))],
         )
         sites.append(_as_diagonal(site, traj) if len(calls) == 1 else site)
-    return sites
+    return _share_equal_D(sites, xp)
+
+
+def _share_equal_D(sites: list[Site], xp: Any) -> list[Site]:
+    """Per-unit sites whose D are equal (a tanh RNN's weights and biases) share one ``unit_D`` array.
+
+    The Kronecker core then applies their D once, with their A_w side by side (the same sum,
+    :func:`kpflow.ntk.kernel._terms`); the sites stay one per parameter.
+    """
+    seen: list[Any] = []
+    out: list[Site] = []
+    for s in sites:
+        D = s.unit_D if type(s) is Site else None
+        if D is not None:
+            same = next((o for o in seen if o.shape == D.shape and bool(xp.all(o == D))), None)
+            if same is None:
+                seen.append(D)
+            else:
+                s = Site(s.name, s.variables, state_shape=s.state_shape, unit_D=same, rows=s.rows)
+        out.append(s)
+    return out
 
 
 def _as_diagonal(site: LinearSite, traj: Any) -> Site:

@@ -79,12 +79,38 @@ class KroneckerCoreKernel(SymmetricOperator):
         self.sites = list(sites)
 
     def _matmat(self, X: Any) -> Any:
-        specs = tuple(site.spec for site in self.sites)
-        operands = product_operands(self.xp, tuple((site.variables, site.D_operand()) for site in self.sites))
+        terms = _terms(self.sites)
+        specs = tuple(group[0].spec for group in terms)
+        arrays = tuple((tuple(s.variables for s in group), group[0].D_operand()) for group in terms)
+        operands = tuple(
+            (As[0] if len(As) == 1 else self.xp.concat(As, axis=1), D)
+            for As, D in product_operands(self.xp, arrays)
+        )
         fn = compiled(self.xp, _core_matmat, specs, self.shape_out)
         if fn is None:
             return _core_matmat(self.xp, specs, self.shape_out, operands, X)
         return fn(operands, X)
+
+
+def _terms(sites: list[Site]) -> list[list[Site]]:
+    """K's terms: sites sharing one ``unit_D`` array (the same object) and spec form one term.
+
+    D_w (A_w A_wᵀ ⊗ I) D_wᵀ summed over sites with the same D is D ([A_1 … A_n][A_1 … A_n]ᵀ ⊗ I) Dᵀ:
+    one Dᵀ, one pair of thin GEMMs on the A_w side by side, one D (a hook cell's weights
+    whose D are equal share the array, :func:`kpflow.models.hooks.hook_sites`).
+    """
+    terms: list[list[Site]] = []
+    index: dict[tuple, int] = {}
+    for site in sites:
+        unit_D = getattr(site, "unit_D", None)
+        key = (site.spec, id(unit_D)) if unit_D is not None and type(site.spec) is SiteSpec else None
+        if key is not None and key in index:
+            terms[index[key]].append(site)
+            continue
+        if key is not None:
+            index[key] = len(terms)
+        terms.append([site])
+    return terms
 
 
 def _core_matmat(

@@ -7,8 +7,9 @@ on jax inside compiled programs.  Every route must equal the plain vmapped ``jvp
 whole P and Pᵀ products, D and Dᵀ of every hook parameter, for cells with a weight used
 twice, biases, a gate, a feed-forward stack (depth as the step axis) and an implicit model
 (sites (B,)).  Also: a torch solve keeps no autograd graph, products with grad enabled
-stay differentiable (and match the reference's gradient), and on jax a second product, or a
-new trajectory of the same model and shapes, compiles nothing.
+stay differentiable (and match the reference's gradient), on jax a second product, or a
+new trajectory of the same model and shapes, compiles nothing, and sites whose D are equal
+share it and form one term of K equal to the sum of their terms.
 """
 
 from __future__ import annotations
@@ -241,3 +242,25 @@ def test_jax_products_compile_once_per_model_and_shape():
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == []
+
+
+def tanh_rnn_step(params, h, x, site):
+    xp = array_namespace(h, x)
+    return xp.tanh(site("W", h) + site("U", x) + site("b"))
+
+
+def test_sites_with_equal_D_share_it_and_form_one_exact_term_of_K():
+    pytest.importorskip("torch")
+    from kpflow.ntk.kernel import KroneckerCoreKernel, _terms
+
+    case = _make_case("torch", "float64")
+    model = Recurrent(tanh_rnn_step, n_in=2, n_hidden=3, param_shapes={"W": (3, 3), "U": (3, 2), "b": (3,)})
+    rng = np.random.default_rng(15)
+    params = {k: case.asarray(v) for k, v in model.init(rng).items()}
+    traj = model.run(params, case.asarray(rng.standard_normal((2, 4, 2))))
+    assert [s.name for s in traj.sites] == ["U", "W", "b"]  # one site per parameter, still
+    assert len({id(s.unit_D) for s in traj.sites}) == 1 and len(_terms(traj.sites)) == 1
+    V = _probes(case, traj, 3, 16)
+    K = ntk.parameter_kernel(traj)
+    per_site = sum(KroneckerCoreKernel([s], like=traj.states).matmat(V) for s in traj.sites)
+    assert _rel(K.matmat(V), per_site, case) <= TOL

@@ -45,6 +45,7 @@ Examples
 Array([2., 2., 2., 1.], dtype=array_api_strict.float64)
 """
 
+from kpflow.linalg import _spectral_rules as _spectral_rules  # registers its exact_eigsh rules
 from kpflow.linalg import rules
 from kpflow.linalg._common import DENSE_LIMIT, EighResult, ScalarResult, SvdResult
 from kpflow.linalg.eig import eigsh, svds

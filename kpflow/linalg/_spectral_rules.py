@@ -5,23 +5,18 @@ Re-exported by :mod:`kpflow.linalg.rules`; see that module for how to register a
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from kpflow.linalg._common import DENSE_LIMIT, EighResult, unit_rows, without_graph
+from kpflow.linalg._common import EighResult, unit_rows
 from kpflow.linalg._scaling import check_finite, power_of_four, row_norms
-from kpflow.linalg.rules import DENSE_RULE_LIMIT, has_cheap_dense, is_psd
-from kpflow.operators.algebra import Gram, Reshaped, Scaled
+from kpflow.linalg.rules import DENSE_RULE_LIMIT, exact_eigsh, has_cheap_dense
+from kpflow.operators.algebra import Reshaped, Scaled
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.basic import Dense, Diagonal, Identity
-from kpflow.operators.functions import adjoint, gram, is_symmetric, todense
+from kpflow.operators.functions import is_symmetric, todense
 from kpflow.operators.kronecker import Kronecker
 
-__all__ = ["exact_eigsh", "residuals", "top_eigh_of_matrix"]
-
-#: The Kronecker rule, which falls back on an iterative eigensolver for a large PSD factor,
-#: seeds it with this fixed value, so that it is deterministic.
-_RULE_SEED = 0
+__all__ = ["full_eigh", "kronecker_products", "residuals", "rule_result", "top_eigh_of_matrix"]
 
 
 def _matrix(op: LinearOperator) -> Any:
@@ -58,37 +53,17 @@ def residuals(op: LinearOperator, vals: Any, vecs: Any) -> Any:
     return row_norms(xp, AV - vals[:, None] * vecs)
 
 
-def _result(op: LinearOperator, vals: Any, vecs: Any, extra_matvecs: int = 0) -> EighResult:
+def rule_result(op: LinearOperator, vals: Any, vecs: Any, extra_matvecs: int = 0) -> EighResult:
     k = vecs.shape[0]
     res = residuals(op, vals, vecs)
     return EighResult(vals, op.xp.reshape(vecs, (k, *op.shape_in)), res, k + extra_matvecs)
-
-
-@without_graph
-@functools.singledispatch
-def exact_eigsh(op: LinearOperator, k: int) -> EighResult | None:
-    """Top-``k`` eigenpairs of a symmetric ``A`` from its structure; ``None`` when no rule applies.
-
-    The ``num_matvecs`` of the result counts the ``k`` products used to report
-    residual norms (plus any the rule itself spent).
-
-    Examples
-    --------
-    >>> import array_api_strict as xp
-    >>> import kpflow
-    >>> from kpflow.linalg import rules
-    >>> A = kpflow.kron(kpflow.Diagonal(xp.asarray([1.0, 3.0])), kpflow.Identity((2,), like=xp.zeros(1)))
-    >>> rules.exact_eigsh(A, 3).eigenvalues
-    Array([3., 3., 1.], dtype=array_api_strict.float64)
-    """
-    return None
 
 
 @exact_eigsh.register
 def _(op: Identity, k: int) -> EighResult:
     xp = op.xp
     vals = xp.ones((k,), dtype=op.dtype, device=op.device)
-    return _result(op, vals, unit_rows(op, 0, k, op.size_in))
+    return rule_result(op, vals, unit_rows(op, 0, k, op.size_in))
 
 
 @exact_eigsh.register
@@ -98,7 +73,7 @@ def _(op: Diagonal, k: int) -> EighResult:
     check_finite(xp, d, "kpflow.linalg.eigsh", repr(op), "diagonal")
     idx = xp.argsort(d, descending=True, stable=True)[:k]
     vecs = xp.astype(idx[:, None] == xp.arange(n, device=op.device)[None, :], op.dtype)
-    return _result(op, xp.take(d, idx), vecs)
+    return rule_result(op, xp.take(d, idx), vecs)
 
 
 @exact_eigsh.register
@@ -106,7 +81,7 @@ def _(op: Dense, k: int) -> EighResult | None:
     if op.size_in > DENSE_RULE_LIMIT:
         return None
     vals, vecs = top_eigh_of_matrix(op.xp, op.matrix, k, name=repr(op))
-    return _result(op, vals, vecs)
+    return rule_result(op, vals, vecs)
 
 
 @exact_eigsh.register
@@ -132,16 +107,16 @@ def _(op: Reshaped, k: int) -> EighResult | None:
     return EighResult(inner.eigenvalues, vecs, inner.residual_norms, inner.num_matvecs)
 
 
-def _full_eigh(op: LinearOperator) -> tuple[Any, Any] | None:
+def full_eigh(op: LinearOperator) -> tuple[Any, Any] | None:
     """All eigenpairs (values (n,), rows (n, n)) of a small symmetric factor, or ``None``."""
     xp = op.xp
     if op.shape_in != op.shape_out or op.size_in > DENSE_RULE_LIMIT:
         return None
     if isinstance(op, Kronecker):
-        fa, fb = _full_eigh(op.A), _full_eigh(op.B)
+        fa, fb = full_eigh(op.A), full_eigh(op.B)
         if fa is None or fb is None or op.size_in > DENSE_RULE_LIMIT:
             return None
-        return _products(xp, fa, fb, op.size_in)
+        return kronecker_products(xp, fa, fb, op.size_in)
     if not has_cheap_dense(op):
         return None
     M = _matrix(op)
@@ -155,7 +130,7 @@ def _full_eigh(op: LinearOperator) -> tuple[Any, Any] | None:
     return top_eigh_of_matrix(xp, M, op.size_in, name=repr(op))
 
 
-def _products(xp: Any, fa: tuple[Any, Any], fb: tuple[Any, Any], k: int) -> tuple[Any, Any]:
+def kronecker_products(xp: Any, fa: tuple[Any, Any], fb: tuple[Any, Any], k: int) -> tuple[Any, Any]:
     """Top-``k`` products ``λ_i μ_j`` with eigenvectors ``u_i ⊗ v_j`` (multiplicities kept)."""
     (wa, Va), (wb, Vb) = fa, fb
     na, nb = wa.shape[0], wb.shape[0]
@@ -165,48 +140,3 @@ def _products(xp: Any, fa: tuple[Any, Any], fb: tuple[Any, Any], k: int) -> tupl
     Ua, Ub = xp.take(Va, ia, axis=0), xp.take(Vb, ib, axis=0)
     vecs = xp.reshape(Ua[:, :, None] * Ub[:, None, :], (k, Ua.shape[1] * Ub.shape[1]))
     return xp.take(prods, idx), vecs
-
-
-@exact_eigsh.register
-def _(op: Kronecker, k: int) -> EighResult | None:
-    xp = op.xp
-    fa, fb = _full_eigh(op.A), _full_eigh(op.B)
-    extra = 0
-    if (fa is None or fb is None) and is_psd(op.A) and is_psd(op.B):
-        # Nonnegative factors: the top-k products come from each factor's top k.
-        from kpflow.linalg.eig import eigsh
-
-        parts = []
-        for f in (op.A, op.B):
-            r = eigsh(f, min(k, f.size_in), rng=_RULE_SEED)
-            extra += r.num_matvecs
-            parts.append((r.eigenvalues, xp.reshape(r.eigenvectors, (r.eigenvalues.shape[0], f.size_in))))
-        fa, fb = parts
-    if fa is None or fb is None:
-        return None
-    if fa[0].shape[0] * fb[0].shape[0] < k:
-        return None
-    vals, vecs = _products(xp, fa, fb, k)
-    return _result(op, vals, vecs, extra)
-
-
-@exact_eigsh.register
-def _(op: Gram, k: int) -> EighResult | None:
-    # G = F Fᵀ on F's output side.  When Fᵀ F is small enough to form densely
-    # (at most DENSE_LIMIT columns of F), diagonalise it exactly and map its
-    # eigenvectors v to u = F v / σ (they share the nonzero spectrum).  A larger small
-    # side is no exact rule: eigsh solves it iteratively with the caller's options.
-    F = op.factor
-    if F.size_in >= F.size_out or k > F.size_in or F.size_in > DENSE_LIMIT:
-        return None
-    from kpflow.linalg.eig import eigsh
-
-    xp = op.xp
-    small = eigsh(gram(adjoint(F)), k, method="dense")
-    vals = small.eigenvalues
-    top = float(xp.max(xp.abs(vals)))
-    if float(xp.min(vals)) <= 1e3 * float(xp.finfo(op.dtype).eps) * top:
-        return None  # zero eigenvalues: their vectors in F's output space are not F v / σ
-    V = xp.reshape(small.eigenvectors, (k, *F.shape_in))
-    U = xp.reshape(F._matmat(V), (k, F.size_out)) / xp.sqrt(vals)[:, None]
-    return _result(op, vals, U, small.num_matvecs + k)

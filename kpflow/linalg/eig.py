@@ -59,9 +59,11 @@ from kpflow.linalg._eig_sizes import _check_block as _check_block
 from kpflow.linalg._eig_sizes import _default_block as _default_block
 from kpflow.linalg._eig_sizes import _fits_products as _fits_products
 from kpflow.linalg._scaling import ScaledProducts, check_finite, power_of_four, row_norms
-from kpflow.linalg._spectral_rules import top_eigh_of_matrix
+from kpflow.linalg._spectral_rules import full_eigh, kronecker_products, rule_result, top_eigh_of_matrix
+from kpflow.operators.algebra import Gram
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.functions import DEFAULT_MAX_DENSE_SIZE, adjoint, check_dense_size, gram, todense
+from kpflow.operators.kronecker import Kronecker
 
 __all__ = ["eigsh", "svds"]
 
@@ -358,3 +360,50 @@ def _ritz_svd(xp: Any, AX: Any) -> tuple[Any, Any, Any]:
     """``AX (k, m) = P diag(s) Y``: ``P`` (k, k) orthogonal, ``s`` descending, ``Y`` orthonormal rows."""
     P, s, Y = xp.linalg.svd(AX, full_matrices=False)
     return P, s, Y
+
+
+# -- exact rules that solve a smaller eigenproblem (they call eigsh, so they live beside it) ---------
+#: The Kronecker rule, which falls back on an iterative eigensolver for a large PSD factor,
+#: seeds it with this fixed value, so that it is deterministic.
+_RULE_SEED = 0
+
+
+@rules.exact_eigsh.register
+def _(op: Kronecker, k: int) -> EighResult | None:
+    xp = op.xp
+    fa, fb = full_eigh(op.A), full_eigh(op.B)
+    extra = 0
+    if (fa is None or fb is None) and rules.is_psd(op.A) and rules.is_psd(op.B):
+        # Nonnegative factors: the top-k products come from each factor's top k.
+        parts = []
+        for f in (op.A, op.B):
+            r = eigsh(f, min(k, f.size_in), rng=_RULE_SEED)
+            extra += r.num_matvecs
+            parts.append((r.eigenvalues, xp.reshape(r.eigenvectors, (r.eigenvalues.shape[0], f.size_in))))
+        fa, fb = parts
+    if fa is None or fb is None:
+        return None
+    if fa[0].shape[0] * fb[0].shape[0] < k:
+        return None
+    vals, vecs = kronecker_products(xp, fa, fb, k)
+    return rule_result(op, vals, vecs, extra)
+
+
+@rules.exact_eigsh.register
+def _(op: Gram, k: int) -> EighResult | None:
+    # G = F Fᵀ on F's output side.  When Fᵀ F is small enough to form densely
+    # (at most DENSE_LIMIT columns of F), diagonalise it exactly and map its
+    # eigenvectors v to u = F v / σ (they share the nonzero spectrum).  A larger small
+    # side is no exact rule: eigsh solves it iteratively with the caller's options.
+    F = op.factor
+    if F.size_in >= F.size_out or k > F.size_in or F.size_in > DENSE_LIMIT:
+        return None
+    xp = op.xp
+    small = eigsh(gram(adjoint(F)), k, method="dense")
+    vals = small.eigenvalues
+    top = float(xp.max(xp.abs(vals)))
+    if float(xp.min(vals)) <= 1e3 * float(xp.finfo(op.dtype).eps) * top:
+        return None  # zero eigenvalues: their vectors in F's output space are not F v / σ
+    V = xp.reshape(small.eigenvectors, (k, *F.shape_in))
+    U = xp.reshape(F._matmat(V), (k, F.size_out)) / xp.sqrt(vals)[:, None]
+    return rule_result(op, vals, U, small.num_matvecs + k)

@@ -123,8 +123,6 @@ def _fro_sq_estimate(
     counter: MatvecCounter, m: int, gen: Any, method: str, symmetric: bool
 ) -> tuple[Any, Any]:
     """Unbiased ``‖A‖²_F`` and its standard error; ``hutch++`` deflates a sketch of A's row space."""
-    from kpflow.linalg.trace import deflate
-
     A = counter.op
     n, like = A.size_in, like_array(A)
     if method == "hutchinson":
@@ -139,7 +137,7 @@ def _fro_sq_estimate(
     Q = kernel(A, orthonormal_rows)(Y)
     Z = counter.matmat(Q)
     g = m - counter.num_matvecs
-    G = kernel(A, deflate)(probes(gen, g, n, like, "rademacher"), Q)
+    G = kernel(A, _deflate)(probes(gen, g, n, like, "rademacher"), Q)
     return kernel(A, _deflated_total)(Z, counter.matmat(G))
 
 

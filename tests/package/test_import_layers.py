@@ -353,11 +353,6 @@ def test_no_import_cycle_between_packages():
     assert not found, "\n".join(["package cycles:", *map(str, found), *lines])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 23: the cycle within kpflow.linalg (eig, rules, _spectral_rules, trace, norms) is "
-    "being removed (python tests/package/test_import_layers.py lists it)",
-)
 def test_no_import_cycle():
     arrows = all_arrows()
     assert not cycles(arrows), "\n" + report(arrows)

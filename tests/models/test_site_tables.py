@@ -142,7 +142,7 @@ def test_a_frozen_parameter_drops_its_rows_from_the_sites_rows():
 
 
 def test_the_readout_site_of_the_output_ntk_carries_the_rows_of_the_readouts_table():
-    model, traj = _traj("gru")
+    _, traj = _traj("gru")
     readout = kpflow.models.Linear(3, 2)
     out = kpflow.output_ntk(traj, readout.init(1))
     (decl,) = readout.site_table("readout.")

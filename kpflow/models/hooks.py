@@ -492,11 +492,14 @@ def _as_diagonal(site: LinearSite, traj: Any) -> Site:
     xp, m, S = traj.xp, traj.m, traj.site_state_size
     if site.width != S:
         return site
+    adapter = get_backend(traj.states)
     ones = xp.ones((1, m, S), dtype=traj.dtype, device=traj.device)
-    U = get_backend(traj.states).random_normal(0, (1, m, S), dtype=traj.dtype, device=traj.device)
+    U = adapter.random_normal(0, (1, m, S), dtype=traj.dtype, device=traj.device)
     both = xp.reshape(site.apply_D(xp.concat([ones, U], axis=0)), (2, m, S))  # one product, two probes
-    d, DU = both[0, ...], both[1:, ...]
-    gap = float(xp.linalg.vector_norm(DU - d * U))
+    d = both[0, ...]  # keeps its autograd history: D_w stays differentiable in the parameters
+    # the test itself reads numbers only (float() of a tensor with a graph warns on torch)
+    plain, DU = adapter.graph_free(both), adapter.graph_free(both[1:, ...])
+    gap = float(xp.linalg.vector_norm(DU - plain[0, ...] * U))
     if gap > 100 * float(xp.finfo(traj.dtype).eps) * float(xp.linalg.vector_norm(DU)):
         return site
     return Site(

@@ -17,6 +17,10 @@
   :func:`propagator_singular_values`: the recurrence's dynamics.
 - :func:`differentiable_effective_rank`: the exact participation ratio of K as a function
   that autodiff (torch, jax) can differentiate.
+- The paper's metrics: :func:`core_alignment` (the self-referential bias as the cosine of
+  the temporal NTK with V Vᵀ), :func:`target_alignment`, :func:`target_modes` (τ_i),
+  :func:`target_mode_rayleigh`, :func:`rank_at_variance`, :func:`temporal_spatial_ranks`,
+  on the temporal NTK :func:`temporal_ntk`.
 - :func:`site_terms` (:class:`SiteTerm`): each weight site's term K_w of K, exactly: trace,
   effective rank, rank, and the rank bound rank(G_w)·k_w.
 - :func:`g_sweep`, :func:`dimension_sweep` (:class:`Sweep`): the NTK at initialisation
@@ -34,6 +38,18 @@ from kpflow.analysis.dynamics import (
 )
 from kpflow.analysis.learnability import Learnability, LossChange, learnability, predicted_loss_decrease
 from kpflow.analysis.modes import Modes, ntk_modes, profiles
+from kpflow.analysis.paper_metrics import (
+    TargetModes,
+    TemporalSpatialRanks,
+    VarianceRank,
+    core_alignment,
+    rank_at_variance,
+    target_alignment,
+    target_mode_rayleigh,
+    target_modes,
+    temporal_ntk,
+    temporal_spatial_ranks,
+)
 from kpflow.analysis.ranks import (
     EffectiveRanks,
     RanksOverTraining,
@@ -55,7 +71,11 @@ __all__ = [
     "SelfReferentialBias",
     "SiteTerm",
     "Sweep",
+    "TargetModes",
+    "TemporalSpatialRanks",
+    "VarianceRank",
     "axis_names",
+    "core_alignment",
     "differentiable_effective_rank",
     "dimension_sweep",
     "effective_ranks",
@@ -71,8 +91,14 @@ __all__ = [
     "predicted_loss_decrease",
     "profiles",
     "propagator_singular_values",
+    "rank_at_variance",
     "run_demo",
     "self_referential_bias",
     "site_terms",
     "spectrum_report",
+    "target_alignment",
+    "target_mode_rayleigh",
+    "target_modes",
+    "temporal_ntk",
+    "temporal_spatial_ranks",
 ]

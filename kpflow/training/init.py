@@ -16,12 +16,15 @@ from kpflow.models.registry import fixed_point_system
 
 __all__ = ["init_params"]
 
+_SCALES = ("gaussian", "torch")
+
 
 def init_params(
     model: Model,
     rng: Any = None,
     *,
     g: float | None = None,
+    scale: str = "gaussian",
     fixed_points: Any = None,
     like: Any = None,
     dtype: Any = None,
@@ -39,6 +42,12 @@ def init_params(
         Redraw ``weight_hh`` with i.i.d. N(0, g²/H) entries (each gate block of the GRU and
         LSTM alike): g < 1 gives decaying, g > 1 chaotic dynamics of a tanh RNN at
         initialisation.  Default: the model's own initialisation.
+    scale : {"gaussian", "torch"}
+        How ``g`` redraws ``weight_hh`` (used only with ``g``).  ``"gaussian"``: N(0, g²/H),
+        so g is the spectral radius scale of random-matrix theory.  ``"torch"``: g times
+        torch's default U(−1/√H, 1/√H) on every gate block, the research code's choice
+        (meeree/kpflow multiplies ``nn.RNN``'s ``weight_hh_l0`` by g); its variance is
+        g²/(3H), so research g = 2 is ``scale="gaussian"`` g = 2/√3 ≈ 1.15.
     fixed_points : array of shape (K, H), optional
         States h*_1 … h*_K made exact fixed points of the autonomous dynamics (x = 0).
         The models that take them are the registry entries with a fixed-point rule
@@ -59,7 +68,7 @@ def init_params(
     Raises
     ------
     ValueError
-        For g ≤ 0, fixed points of the wrong shape or outside (−1, 1) for a tanh RNN, more
+        For g ≤ 0, an unknown ``scale``, fixed points of the wrong shape or outside (−1, 1) for a tanh RNN, more
         points than H or points in degenerate position, or a model without ``weight_hh``.
 
     Examples
@@ -73,6 +82,12 @@ def init_params(
     >>> traj = model.run(params, np.zeros((2, 20, 1)), points)   # start at the points, no input
     >>> bool(np.allclose(traj.states[:, -1], points))
     True
+
+    The research code's initialisation, g × U(−1/√H, 1/√H):
+
+    >>> W = init_params(RNN(1, 400), 0, g=2.0, scale="torch")["weight_hh"]
+    >>> bool(np.abs(W).max() <= 2.0 / np.sqrt(400)), round(float(W.var() * 3 * 400 / 4), 1)
+    (True, 1.0)
     """
     where = "init_params"
     if not isinstance(model, Model):
@@ -83,12 +98,19 @@ def init_params(
     if (g is not None or fixed_points is not None) and "weight_hh" not in host:
         msg = f"{where}: g and fixed_points need a recurrent model with weight_hh, got {model!r}"
         raise ValueError(msg)
+    if scale not in _SCALES:
+        msg = f"{where}: expected scale to be one of {_SCALES}, got {scale!r}"
+        raise ValueError(msg)
     if g is not None:
         if isinstance(g, bool) or not isinstance(g, int | float) or not np.isfinite(g) or g <= 0:
             msg = f"{where}: expected g to be a finite float > 0, got {g!r}"
             raise ValueError(msg)
         shape = host["weight_hh"].shape
-        host["weight_hh"] = gen.standard_normal(shape) * (float(g) / np.sqrt(shape[1]))
+        bound = 1.0 / np.sqrt(shape[1])
+        if scale == "torch":
+            host["weight_hh"] = float(g) * gen.uniform(-bound, bound, shape)
+        else:
+            host["weight_hh"] = gen.standard_normal(shape) * (float(g) * bound)
     if fixed_points is not None:
         host["weight_hh"] = _embed_fixed_points(model, host, fixed_points, where)
     return convert_host(host, like=like, dtype=dtype, device=device)

@@ -1,4 +1,4 @@
-"""Initialisations for training: a recurrent-weight scale g, and chosen fixed points in W_hh.
+"""Initialisations for training: a recurrent-weight scale g (Gaussian or torch-uniform), fixed points.
 
 Both draw on the host from one seeded generator (the model's default initialisation first,
 then the changes), in float64, and convert once to the caller's namespace, dtype and device.
@@ -68,8 +68,9 @@ def init_params(
     Raises
     ------
     ValueError
-        For g ≤ 0, an unknown ``scale``, fixed points of the wrong shape or outside (−1, 1) for a tanh RNN, more
-        points than H or points in degenerate position, or a model without ``weight_hh``.
+        For g ≤ 0, an unknown ``scale``, fixed points of the wrong shape or outside (−1, 1)
+        for a tanh RNN, more points than H or points in degenerate position, or a model
+        without ``weight_hh``.
 
     Examples
     --------

@@ -14,6 +14,10 @@ the same seed gives the same batch on every backend.
 - :class:`ContextIntegration`: context-dependent integration (Mante et al. 2013);
 - :class:`Disk`: inside or outside a disk, a two-class task for the MLP.
 
+The research code's settings (meeree/kpflow) are options of these tasks, gathered by
+``FlipFlop.research()``, ``MemoryTask.research(name, analysis=...)``,
+``MultiMemory.research()`` and ``LowRankForecast.research(D_inp=..., D_targ=...)``.
+
 A :class:`TaskBatch` holds ``inputs`` ``(B, T, n_in)``, ``targets`` ``(B, T, n_out)``
 and ``mask`` ``(B, T)`` of 0/1 in the same dtype (Disk: ``(B, 2)``, ``(B, n_out)``,
 ``(B,)``).

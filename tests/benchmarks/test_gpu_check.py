@@ -22,7 +22,8 @@ HAVE = {name: find_spec(name) is not None for name in ("torch", "jax")}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         capture_output=True,

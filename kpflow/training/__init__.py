@@ -6,7 +6,11 @@
 - :func:`train`: full-batch, minibatch or online (a task's fresh batches) training, with
   checkpoints at chosen steps;
 - :class:`SGD` (with momentum) and :class:`Adam`: pure array-API optimizers on dicts;
-- :func:`init_params`: a recurrent-weight scale g and chosen fixed points embedded in W_hh.
+- :func:`init_params`: a recurrent-weight scale g (Gaussian, or torch's uniform times g as
+  in the research code) and chosen fixed points embedded in W_hh;
+- :func:`save_checkpoint`, :func:`load_checkpoint` (``.npz`` with parameter names) and
+  :func:`load_state_dict` (a torch ``state_dict``): loading never executes code from a file
+  and names every missing, extra, misshapen or non-finite entry.
 
 Examples
 --------
@@ -22,6 +26,7 @@ Examples
 ((3,), [0, 3])
 """
 
+from kpflow.training.checkpoints import CheckpointError, load_checkpoint, load_state_dict, save_checkpoint
 from kpflow.training.init import init_params
 from kpflow.training.loop import Checkpoint, TrainingDiverged, TrainResult, train
 from kpflow.training.loss import LossAndGradients, loss_and_gradients, masked_mse
@@ -31,11 +36,15 @@ __all__ = [
     "SGD",
     "Adam",
     "Checkpoint",
+    "CheckpointError",
     "LossAndGradients",
     "TrainResult",
     "TrainingDiverged",
     "init_params",
+    "load_checkpoint",
+    "load_state_dict",
     "loss_and_gradients",
     "masked_mse",
+    "save_checkpoint",
     "train",
 ]

@@ -72,8 +72,8 @@ def save_checkpoint(path: Any, checkpoint: Checkpoint) -> Path:
     """
     where = "save_checkpoint"
     if not isinstance(checkpoint, Checkpoint):
-        got = type(checkpoint).__name__
-        msg = f"{where}: expected checkpoint to be a kpflow.training.Checkpoint, got {got}"
+        kind = type(checkpoint).__name__
+        msg = f"{where}: expected checkpoint to be a kpflow.training.Checkpoint, got {kind}"
         raise TypeError(msg)
     entries: dict[str, np.ndarray] = {"step": np.asarray(int(checkpoint.step), dtype=np.int64)}
     for group, params in (("params", checkpoint.params), ("readout", checkpoint.readout_params)):
@@ -119,8 +119,8 @@ def _check_entries(
             msg = f"{where}: {label} entry {name!r} has dtype {a.dtype}; expected a real floating array"
             raise CheckpointError(msg)
         if tuple(a.shape) != tuple(shape):
-            got = tuple(a.shape)
-            msg = f"{where}: {label} entry {name!r} has shape {got}; the model expects {tuple(shape)}"
+            found_shape = tuple(a.shape)
+            msg = f"{where}: {label} entry {name!r} has shape {found_shape}; the model expects {tuple(shape)}"
             raise CheckpointError(msg)
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         if bad:

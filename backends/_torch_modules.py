@@ -28,8 +28,10 @@ def _check_recurrent_module(module: Any, where: str) -> str:
         kind = "RNN"
     else:
         msg = (
-            f"{where}: expected module to be a torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM, "
-            f"got {type(module).__name__}"
+            f"{where}: got a {type(module).__name__}; accepted: any torch.nn.Module with states= (the "
+            "submodules whose outputs are the states: names, a glob pattern, a re.Pattern or a callable), "
+            "an nn.Sequential (states default to its children), torch.nn.RNN / GRU / LSTM, "
+            "torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer and TransformerEncoder"
         )
         raise TypeError(msg)
     unsupported = []
@@ -135,7 +137,7 @@ def _with_frozen(model: Any, named: list[tuple[str, Any]], module: Any, where: s
 
 
 def from_module(
-    module: Any, readout: Any = None, *, detach: bool = False, causal: bool = False
+    module: Any, readout: Any = None, *, states: Any = None, detach: bool = False, causal: bool = False
 ) -> tuple[Any, ...]:
     """A kpflow model and parameters that share a ``torch.nn`` recurrent module's weights.
 
@@ -216,6 +218,20 @@ def from_module(
     where = "kpflow.backends.torch.from_module"
     if isinstance(module, torch.nn.Module):
         _check_parametrizations(module, "", where)
+    # -- any feed-forward module: its states named by ``states`` (kpflow.backends._torch_graph)
+    if isinstance(module, torch.nn.Module) and (
+        states is not None or isinstance(module, torch.nn.Sequential)
+    ):
+        if readout is not None or causal:
+            msg = (
+                f"{where}: readout= and causal= apply to the built-in mappings only; with states= "
+                "the module runs as it is (put a readout inside it, and its causal mask in its forward)"
+            )
+            raise ValueError(msg)
+        from kpflow.backends._torch_graph import from_graph
+
+        return from_graph(module, states, detach=detach, where=where)
+    if isinstance(module, torch.nn.Module):
         if isinstance(readout, torch.nn.Linear):  # (any other readout is refused below)
             _check_parametrizations(readout, "readout.", where)
             both = list(module.named_parameters(remove_duplicate=False))

@@ -319,3 +319,25 @@ def output_ntk(traj: Trajectory, readout_params: dict[str, Any], *, method: str 
     site = Site(decl.name, A, state_shape=C.shape_out, scale=1.0, width=readout.n_out, rows=decl.rows())
     state_ntk = GlobalNTK(propagator(traj), parameter_kernel(traj, method=method))
     return OutputNTK(C, state_ntk, KroneckerCoreKernel([site], like=traj.states))
+
+
+def _dense_output_ntk(op: OutputNTK) -> Any:
+    """``todense`` of NTK_out: the Gram of Jᵀ on the unit outputs (:mod:`kpflow.ntk.output_gram`).
+
+    Never NTK_out on every unit output (BPTT, K, the forward recursion): P and half of K are
+    skipped.  Without weight sites (``method="autodiff"``) the generic rule applies.
+    """
+    from kpflow.ntk.output_gram import output_ntk_gram
+    from kpflow.operators import todense
+
+    dense = output_ntk_gram(op)
+    return todense.dispatch(LinearOperator)(op) if dense is None else dense
+
+
+def _register_dense_output_ntk() -> None:
+    from kpflow.operators import todense
+
+    todense.register(OutputNTK, _dense_output_ntk)
+
+
+_register_dense_output_ntk()

@@ -137,7 +137,13 @@ def _with_frozen(model: Any, named: list[tuple[str, Any]], module: Any, where: s
 
 
 def from_module(
-    module: Any, readout: Any = None, *, states: Any = None, detach: bool = False, causal: bool = False
+    module: Any,
+    readout: Any = None,
+    *,
+    states: Any = None,
+    detach: bool = False,
+    causal: bool = False,
+    recurrent: bool = False,
 ) -> tuple[Any, ...]:
     """A kpflow model and parameters that share a ``torch.nn`` recurrent module's weights.
 
@@ -160,6 +166,12 @@ def from_module(
         device.  For the LSTM it reads h (the first H of the kpflow state [h; c]).
     causal : bool
         For the attention modules only: the causal-mask model (token n attends to m ≤ n).
+    recurrent : bool
+        A cell module ``forward(x_t, h) -> h`` (``torch.nn.RNNCell`` / ``GRUCell`` /
+        ``LSTMCell`` are taken as cells without it; ``input_size`` and ``hidden_size``
+        attributes for a user cell): ``model.run(params, x, h0)`` takes x (B, T, n_in) and h0
+        (B, H) (or a tuple state).  ``torch.nn.RNN/GRU/LSTM`` with ``num_layers > 1`` or
+        ``batch_first=False`` are taken too, x and h0 in the module's layout (docs/torch.md).
     detach : bool
         False (default): the params are the module's ``nn.Parameter`` objects themselves,
         so in-place updates (an optimizer step) show through and gradients of anything
@@ -242,6 +254,12 @@ def from_module(
     if causal and not _is_attention_module(module):
         msg = f"{where}: causal=True applies to attention modules only, got {type(module).__name__}"
         raise ValueError(msg)
+    # -- recurrent cells (nn.RNNCell/GRUCell/LSTMCell, a user cell with recurrent=True) and
+    # multi-layer or batch_first=False nn.RNN/GRU/LSTM: kpflow.backends._torch_cells
+    from kpflow.backends._torch_cells import from_recurrent_module, is_recurrent_target
+
+    if is_recurrent_target(module, recurrent):
+        return from_recurrent_module(module, readout, detach=detach, where=where)
     if _is_attention_module(module):
         if readout is not None:
             msg = (

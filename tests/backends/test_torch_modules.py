@@ -191,9 +191,9 @@ def test_the_model_kind_and_settings_follow_the_module():
 @pytest.mark.parametrize(
     ("kwargs", "setting"),
     [
-        ({"num_layers": 2}, "num_layers=2"),
-        ({"batch_first": False}, "batch_first=False"),
+        # num_layers > 1 and batch_first=False are mapped (tests/backends/test_from_cell_modules.py)
         ({"bidirectional": True}, "bidirectional=True"),
+        ({"num_layers": 2, "dropout": 0.5}, "dropout=0.5"),
     ],
 )
 @pytest.mark.parametrize("cls", [torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM])

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from kpflow._array import array_namespace, device_of, namespace_name
+from kpflow._array import array_namespace, device_of, namespace_name, to_host
+from kpflow.models._compiled import Config, compiled
 from kpflow.models.arrays import draw_uniform, owned_copy
 from kpflow.models.layout import Layout
 from kpflow.models.sites_table import SiteDecl, SiteRows, table_rows
@@ -313,6 +314,12 @@ class Model(abc.ABC):
         meta = self.check_params(params, where)
         self._check_inputs(x, h0, meta, where)
         xp = meta[0]
+        compiled = _compiled_forward(self, x)
+        if compiled is not None:
+            # one compiled program (jax): the checks below and the run, read on the host once
+            states, finite = compiled(params, x, h0)
+            _raise_nonfinite(where, [*params, "x", "h0", "states"], [bool(f) for f in to_host(finite)])
+            return self._make_trajectory(params, x, h0, states)
         # Checked before the run: an inf input would otherwise surface as a floating-point
         # warning inside the first matmul, and an inf weight can hide behind a saturating
         # tanh and give finite states with a meaningless NTK.
@@ -328,10 +335,24 @@ class Model(abc.ABC):
         x = owned_copy(x)
         h0 = None if h0 is None else owned_copy(h0)
         states = self._differentiable_unroll(params, x, h0)
-        if not bool(xp.all(xp.isfinite(states))):
-            msg = f"{where}: the states are not finite (inf or nan); check x, h0 and the scale of params"
-            raise NonFiniteStatesError(msg)
+        _raise_nonfinite(where, ["states"], [bool(xp.all(xp.isfinite(states)))])
         return self._make_trajectory(params, x, h0, states)
+
+    def _checked_unroll(self, params: dict[str, Any], x: Any, h0: Any) -> tuple[Any, Any]:
+        """``(states, finite)``: ``unroll`` and whether each of params, x, h0, states is finite.
+
+        Pure: on a backend that compiles per shape (jax) :meth:`run` compiles it as one
+        program (:func:`_compiled_forward`), which a recurrent model runs as one compiled
+        loop over time (:meth:`RecurrentModel._scan_unroll`).
+        """
+        xp = array_namespace(x)
+        states = self._scan_unroll(params, x, h0)
+        checked = [*params.values(), x, x if h0 is None else h0, states]
+        return states, xp.stack([xp.all(xp.isfinite(v)) for v in checked])
+
+    def _scan_unroll(self, params: dict[str, Any], x: Any, h0: Any) -> Any:
+        """``unroll`` written for a compiled run (default: ``unroll`` itself)."""
+        return self.unroll(params, x, h0)
 
     def _differentiable_unroll(self, params: dict[str, Any], x: Any, h0: Any) -> Any:
         """``unroll``, differentiable where the caller's arrays are, without autograd's saved tensors.
@@ -367,6 +388,43 @@ class Model(abc.ABC):
             states = self.unroll(plain, x, h0)
         trained = {k: v for k, v in params.items() if k not in self.frozen}
         return adapter.attach_vjp(states, trained, partial(_states_vjp, self, plain, x, h0, states))
+
+
+def _raise_nonfinite(where: str, names: list[str], finite: list[bool]) -> None:
+    """Raise for the first of ``names`` (params' keys, ``x``, ``h0``, ``states``) not finite."""
+    for name, ok in zip(names, finite, strict=True):
+        if ok:
+            continue
+        if name == "states":
+            msg = f"{where}: the states are not finite (inf or nan); check x, h0 and the scale of params"
+            raise NonFiniteStatesError(msg)
+        label = name if name in ("x", "h0") else f"params[{name!r}]"
+        msg = f"{where}: expected finite values in {label}, got inf or nan"
+        raise ValueError(msg)
+
+
+def _forward(config: Config, params: dict[str, Any], x: Any, h0: Any) -> tuple[Any, Any]:
+    return config.model._checked_unroll(params, x, h0)
+
+
+def _compiled_forward(model: Model, x: Any) -> Callable[..., Any] | None:
+    """``(params, x, h0) -> (states, finite)`` as one compiled program, or None (run eagerly).
+
+    On a backend that compiles per shape (jax), a model whose settings are plain values
+    (every built-in model; :class:`~kpflow.models._compiled.Config`) runs its forward map
+    and the finiteness checks of :meth:`Model.run` as one program, compiled once per model
+    settings and shapes.
+    Elsewhere, and for models holding user code, None.
+    """
+    from kpflow.backends import get_backend
+
+    adapter = get_backend(x)
+    if not getattr(adapter, "compiles_per_shape", False):
+        return None
+    config = Config(model)
+    if config.key is None:
+        return None
+    return compiled(adapter, _forward, config)
 
 
 #: J_Sᵀ g of a trajectory in its parameters' names: ``fn(traj, g) -> dict of str to array``.
@@ -483,6 +541,27 @@ class RecurrentModel(Model):
             h = self.step(params, h, x[:, t, :])
             out.append(h)
         return xp.stack(out, axis=1)
+
+    def _scan_unroll(self, params: dict[str, Any], x: Any, h0: Any) -> Any:
+        """``unroll`` as one loop over time (``Backend.scan``: ``jax.lax.scan``).
+
+        Only where ``unroll`` is this class's own (a subclass that overrides it keeps it).
+        """
+        if type(self).unroll is not RecurrentModel.unroll:
+            return self.unroll(params, x, h0)
+        from kpflow.backends import get_backend
+
+        xp = array_namespace(x)
+        if h0 is None:
+            any_param = next(iter(params.values()))
+            h0 = xp.zeros((x.shape[0], self.state_size), dtype=any_param.dtype, device=device_of(x))
+
+        def one_step(h: Any, x_t: tuple) -> tuple[Any, Any]:
+            h = self.step(params, h, x_t[0])
+            return h, h
+
+        _, out = get_backend(x).scan(one_step, h0, (xp.permute_dims(x, (1, 0, 2)),))
+        return xp.permute_dims(out, (1, 0, 2))
 
     def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
         return self.step(params, self._shift(states, h0), x)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kpflow._array import array_namespace, device_of
+from kpflow.models._compiled import Config, compiled
 from kpflow.models.layout import Layout
 from kpflow.models.sites import Site
 from kpflow.models.sites_table import trained_sites
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from kpflow.models.model import Model, RecurrentModel
 
 __all__ = ["RecurrentTrajectory", "StepKernel", "Trajectory"]
+
+
+def _cached(config: Config, fn: Callable[..., Any], names: tuple[str, ...], *leaves: Any) -> Any:
+    """``fn(model, params, *arrays)`` of :meth:`Trajectory.recomputed`, pure in its arrays."""
+    params = dict(zip(names, leaves[: len(names)], strict=True))
+    return fn(config.model, params, *leaves[len(names) :])
 
 
 class StepKernel(NamedTuple):
@@ -122,11 +129,17 @@ class Trajectory(abc.ABC):
         from kpflow.backends import get_backend
 
         names = tuple(params)
+        adapter = get_backend(self.states)
+        if getattr(adapter, "compiles_per_shape", False):
+            # jax: the caches as one program, compiled once per model settings and shapes
+            config = Config(self.model)
+            if config.key is not None:
+                return compiled(adapter, _cached, config, fn, names)(*params.values(), *arrays)
 
         def call(*leaves: Any) -> Any:
             return fn(self.model, dict(zip(names, leaves[: len(names)], strict=True)), *leaves[len(names) :])
 
-        return get_backend(self.states).recomputed(call, *params.values(), *arrays)
+        return adapter.recomputed(call, *params.values(), *arrays)
 
     # geometry: read from the layout -----------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ __all__ = [
     "host_rng",
     "namespace_name",
     "prod",
+    "same_device",
     "to_host",
 ]
 
@@ -62,6 +63,22 @@ def array_namespace(*arrays: Any, where: str = "kpflow") -> Any:
 def device_of(x: Any) -> Any:
     """The device of array ``x`` (array-api-compat's ``device``)."""
     return array_api_compat.device(x)
+
+
+def same_device(a: Any, b: Any) -> bool:
+    """Whether devices ``a`` and ``b`` agree; ``None`` (a traced jax array's) agrees with any.
+
+    Inside ``jax.jit``, ``jax.vmap`` and ``jax.grad`` an array is a tracer whose device is
+    not known (``device(x)`` is ``None``); jax places it itself, so only two known devices
+    can disagree.
+
+    Examples
+    --------
+    >>> from kpflow._array import same_device
+    >>> same_device("cpu", "cpu"), same_device(None, "cpu"), same_device("cpu", "cuda:0")
+    (True, True, False)
+    """
+    return a is None or b is None or a == b
 
 
 def prod(shape: Sequence[int]) -> int:
@@ -120,7 +137,7 @@ def check_array(
         )
         raise TypeError(msg)
     x_dev = device_of(x)
-    if x_dev != device:
+    if not same_device(x_dev, device):
         msg = f"{where}: {name} lives on device {x_dev} but the operator lives on {device}"
         raise TypeError(msg)
     if shape is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from kpflow._array import array_namespace, device_of, namespace_name, prod
+from kpflow._array import array_namespace, device_of, namespace_name, prod, same_device
 from kpflow.models.sites_table import SiteRows
 
 __all__ = [
@@ -374,7 +374,7 @@ def _check_unit_D(unit_D: Any, variables: Any, where: str) -> None:
             f"got {unit_D.dtype}"
         )
         raise TypeError(msg)
-    if device_of(unit_D) != device_of(variables):
+    if not same_device(device_of(unit_D), device_of(variables)):  # None: a jax tracer
         msg = f"{where}: unit_D lives on {device_of(unit_D)} but variables (A_w) on {device_of(variables)}"
         raise TypeError(msg)
     m = int(variables.shape[0])

@@ -26,7 +26,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from kpflow._array import array_namespace, check_array, device_of, namespace_name, prod
+from kpflow._array import array_namespace, check_array, device_of, namespace_name, prod, same_device
 
 __all__ = [
     "DEFAULT_MAX_DENSE_SIZE",
@@ -235,7 +235,7 @@ class LinearOperator(abc.ABC):
             )
             raise ValueError(msg)
         _derived("check_dense_size")(self, DEFAULT_MAX_DENSE_SIZE, where)
-        host = _on_host(_derived("dense_rule")(self))
+        host = on_host(_derived("dense_rule")(self))
         return np.array(host, dtype=dtype, copy=True) if copy else np.asarray(host, dtype=dtype)
 
     def reshape(self, shape_in: Any, shape_out: Any) -> LinearOperator:
@@ -324,8 +324,20 @@ def is_operator(obj: Any) -> bool:
     return isinstance(obj, LinearOperator)
 
 
-def _on_host(a: Any) -> Any:
-    """``a`` as a numpy array in its own dtype (torch detached, other devices moved explicitly)."""
+def on_host(a: Any) -> Any:
+    """``a`` as a numpy array in its own dtype: an explicit copy where it lives elsewhere.
+
+    torch tensors are detached (and copied from their device), cupy arrays copied with
+    ``.get()``, array-api-strict arrays on another device moved to its CPU device, jax
+    arrays copied by ``numpy.asarray``; numpy arrays come back as they are.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.operators.base import on_host
+    >>> on_host(xp.asarray([1.0, 2.0], device=xp.Device("device1"))).tolist()
+    [1.0, 2.0]
+    """
     import array_api_compat
     import numpy as np
 
@@ -348,6 +360,7 @@ def meta_of_array(a: Any, where: str) -> dict[str, Any]:
 def common_meta(ops: list[LinearOperator], where: str) -> dict[str, Any]:
     """The shared metadata of several operators; mismatches raise ``TypeError`` naming both."""
     first = ops[0]
+    known = next((op.device for op in ops if op.device is not None), None)  # None: built in jax.jit
     for op in ops[1:]:
         if op.xp is not first.xp:
             msg = (
@@ -358,7 +371,7 @@ def common_meta(ops: list[LinearOperator], where: str) -> dict[str, Any]:
         if op.dtype != first.dtype:
             msg = f"{where}: operators of two dtypes were mixed: {first.dtype} and {op.dtype}"
             raise TypeError(msg)
-        if op.device != first.device:
+        if not same_device(op.device, first.device):
             msg = f"{where}: operators on two devices were mixed: {first.device} and {op.device}"
             raise TypeError(msg)
-    return {"xp": first.xp, "dtype": first.dtype, "device": first.device}
+    return {"xp": first.xp, "dtype": first.dtype, "device": known}

@@ -83,8 +83,9 @@ def eigsh(
     max_basis: int | None = None,
     memory_budget: float | None = None,
     progress: Any = None,
+    which: str = "LA",
 ) -> EighResult:
-    """The ``k`` largest (algebraic) eigenpairs of a symmetric operator.
+    """The ``k`` largest (algebraic) eigenpairs of a symmetric operator, or smallest, or largest in magnitude.
 
     Parameters
     ----------
@@ -131,13 +132,30 @@ def eigsh(
     progress : None, bool or callable
         ``True``: tqdm bar (a text line on stderr without tqdm); callable:
         ``progress(done, total)``.
+    which : {"LA", "SA", "LM"}
+        Which ``k`` eigenpairs, scipy's names: ``"LA"`` the largest algebraic (the
+        default), ``"SA"`` the smallest algebraic (the largest of ``-A``, same method and
+        options), ``"LM"`` the largest in magnitude (``"LA"`` for an operator known to be PSD,
+        :func:`~kpflow.linalg.rules.is_psd`, such as K and NTK_S; otherwise the ``k`` of
+        largest ``|λ|`` among the ``k`` largest and the ``k`` smallest, at twice the
+        products, or among all ``n`` pairs when ``2k > n``).  ``"SA"`` with
+        ``method="nystrom"`` is an error (Nyström approximates the top of a PSD operator).
 
     Returns
     -------
     EighResult
         Unpacks like ``numpy.linalg.eigh`` into ``eigenvalues (k,), eigenvectors
-        (k, *shape_in)``, descending, in ``A``'s namespace, dtype and device; the
+        (k, *shape_in)``, in ``A``'s namespace, dtype and device, the pair asked for first:
+        ``"LA"`` descending, ``"SA"`` ascending, ``"LM"`` by descending ``|λ|``; the
         attributes ``residual_norms (k,)`` and ``num_matvecs`` hold the diagnostics.
+        Eigenvector ``i`` is the row ``eigenvectors[i]`` in ``A``'s tensor shape, where numpy's
+        ``eigh`` and scipy's ``eigsh`` return ascending eigenvalues and the columns of an
+        ``(n, k)`` matrix: for ``M`` the matrix of ``A`` (``n × n``) and
+        ``w, V = numpy.linalg.eigh(M)``, ``which="LA"`` gives ``w[::-1][:k]`` and
+        ``V[:, ::-1][:, :k].T.reshape(k, *A.shape_in)``, ``which="SA"`` gives ``w[:k]`` and
+        ``V[:, :k].T.reshape(...)``; scipy's ``w, V = eigsh(to_scipy(A), k, which="LA")`` is
+        ``w[::-1]`` and ``V[:, ::-1].T`` in kpflow's order (the signs of eigenvectors are
+        arbitrary in all three).
 
     Raises
     ------
@@ -185,6 +203,8 @@ def eigsh(
     Array([3.], dtype=array_api_strict.float64)
     >>> float(eigsh(A, 1).residual_norms[0]) < 1e-12
     True
+    >>> eigsh(A, 1, which="SA").eigenvalues
+    Array([1.], dtype=array_api_strict.float64)
     """
     where = "kpflow.linalg.eigsh"
     check_operator(A, where)
@@ -194,6 +214,11 @@ def eigsh(
     gen = host_rng(rng, where)
     n = A.size_in
     k = check_k(k, n, where)
+    if which != "LA":
+        kwargs = {"method": method, "tol": tol, "rng": gen, "block_size": block_size}
+        kwargs |= {"max_matvecs": max_matvecs, "max_basis": max_basis}
+        kwargs |= {"memory_budget": memory_budget, "progress": progress}
+        return _other_end(A, k, _check_which(which, method, where), kwargs)
     if method == "auto":
         exact = rules.exact_eigsh(A, k)
         if exact is not None:
@@ -215,6 +240,47 @@ def eigsh(
     r, _, scale = _krylov(A, k, min(b, n), options, pairwise=False)
     vectors = A.xp.reshape(r.eigenvectors, (k, *A.shape_in))
     return EighResult(r.eigenvalues * scale, vectors, r.residual_norms * scale, r.num_matvecs)
+
+
+_WHICH = ("LA", "SA", "LM")
+
+
+def _check_which(which: Any, method: str, where: str) -> str:
+    if not isinstance(which, str) or which not in _WHICH:
+        msg = f"{where}: expected which to be one of {', '.join(map(repr, _WHICH))}, got {which!r}"
+        raise ValueError(msg)
+    if which == "SA" and method == "nystrom":
+        msg = (
+            f"{where}: which='SA' cannot use method='nystrom', which approximates the largest "
+            "eigenvalues of a PSD operator; use method='auto', 'dense' or 'lanczos'"
+        )
+        raise ValueError(msg)
+    return which
+
+
+def _other_end(A: LinearOperator, k: int, which: str, kwargs: dict[str, Any]) -> EighResult:
+    """``which="SA"``: the top of ``-A``; ``which="LM"``: the largest ``|λ|`` of both ends."""
+    if which == "LM" and (rules.is_psd(A) or kwargs["method"] == "nystrom"):
+        return eigsh(A, k, **kwargs)
+    if which == "SA":
+        r = eigsh(-A, k, **kwargs)
+        return EighResult(-r.eigenvalues, r.eigenvectors, r.residual_norms, r.num_matvecs)
+    xp, n = A.xp, A.size_in
+    if 2 * k > n:  # the two ends overlap: every pair, then the k of largest |λ|
+        parts = [eigsh(A, n, **kwargs)]
+    else:  # the k largest |λ| are among the k largest and the k smallest
+        parts = [eigsh(A, k, **kwargs), _other_end(A, k, "SA", kwargs)]
+    vals = xp.concat([p.eigenvalues for p in parts])
+    # a stable sort: on equal |λ| the largest end comes first (one run's orthonormal vectors)
+    order = xp.argsort(-xp.abs(vals), stable=True)[:k]
+    vecs = xp.concat([xp.reshape(p.eigenvectors, (-1, n)) for p in parts])
+    res = xp.concat([p.residual_norms for p in parts])
+    return EighResult(
+        xp.take(vals, order),
+        xp.reshape(xp.take(vecs, order, axis=0), (k, *A.shape_in)),
+        xp.take(res, order),
+        sum(p.num_matvecs for p in parts),
+    )
 
 
 def _checked(A: LinearOperator, r: EighResult, where: str) -> EighResult:

@@ -1,40 +1,57 @@
-"""A bridge to scipy's solvers for numpy-backed operators."""
+"""A bridge to scipy's solvers for operators of any backend."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kpflow.linalg._common import check_operator
-from kpflow.operators.base import LinearOperator
+from kpflow.linalg._common import adapter_of, check_operator, like_array
+from kpflow.operators.base import LinearOperator, on_host
 
 __all__ = ["to_scipy"]
 
 
 def to_scipy(A: LinearOperator) -> Any:
-    """``A`` as a ``scipy.sparse.linalg.LinearOperator`` on flattened vectors.
+    """``A`` as a ``scipy.sparse.linalg.LinearOperator`` on flattened host vectors.
 
-    Only numpy-backed operators are accepted (scipy works on host numpy
-    arrays; kpflow never moves data between devices behind your back).
-    scipy is imported inside this function; it is not a dependency of
-    kpflow (``pip install scipy``).
+    scipy works on host numpy arrays; ``A`` may live in any namespace and on any device
+    (numpy, array_api_strict, torch, jax, cupy).  Every product copies explicitly, and only
+    the vectors scipy hands over:
+
+    =====================  =========================================================
+    backend                what a product with ``k`` vectors copies
+    =====================  =========================================================
+    numpy                  nothing (views of scipy's arrays, and a C-order copy of
+                           the block when scipy passes a column-major one)
+    torch, jax on the CPU  a copy of the ``k`` vectors in, a copy of the ``k`` results
+                           out (no device transfer)
+    GPUs, other devices    a host-to-device copy of the ``k`` vectors and a
+                           device-to-host copy of the results, per product
+    =====================  =========================================================
+
+    The products run without an autograd graph (torch: under ``torch.no_grad()``), so an
+    operator built from parameters that require grad costs no graph memory in scipy's
+    iterations.  scipy is imported inside this function; it is not a dependency of kpflow
+    (``pip install scipy``).
 
     Parameters
     ----------
     A : LinearOperator
-        With ``A.xp`` the numpy namespace; shapes are flattened row-major, so
-        the scipy operator has shape ``(size_out, size_in)``.
+        Any operator; shapes are flattened row-major, so the scipy operator has shape
+        ``(size_out, size_in)``.
 
     Returns
     -------
     scipy.sparse.linalg.LinearOperator
-        Its ``matvec``, ``rmatvec``, ``matmat`` and ``rmatmat`` call ``A``'s
-        batched actions (``matmat`` on ``(size_in, k)`` blocks, scipy's column
-        convention).
+        Of ``A``'s dtype as a numpy dtype (``torch.float32`` is ``numpy.float32``).  Its
+        ``matvec``, ``rmatvec``, ``matmat`` and ``rmatmat`` call ``A``'s batched actions
+        (``matmat`` on ``(size_in, k)`` blocks, scipy's column convention) and return numpy
+        arrays of that dtype.  scipy's vectors of another dtype raise ``TypeError`` (kpflow
+        never casts silently).
 
     Raises
     ------
     TypeError
-        If ``A`` is not numpy-backed.
+        If ``A`` is not a kpflow operator.
     ImportError
         If scipy is not installed (kpflow does not depend on it): ``pip install scipy``.
 
@@ -46,20 +63,17 @@ def to_scipy(A: LinearOperator) -> Any:
     >>> S = to_scipy(kpflow.Diagonal(np.asarray([1.0, 2.0, 3.0])))
     >>> S.shape, S.matvec(np.ones(3)).tolist()
     ((3, 3), [1.0, 2.0, 3.0])
+
+    An array-api-strict operator on another device works the same way, through explicit
+    copies:
+
+    >>> import array_api_strict as xp
+    >>> D = kpflow.Diagonal(xp.asarray([1.0, 2.0], device=xp.Device("device1")))
+    >>> to_scipy(D).matvec(np.ones(2)).tolist()
+    [1.0, 2.0]
     """
     where = "kpflow.linalg.to_scipy"
     check_operator(A, where)
-    import array_api_compat
-
-    if not array_api_compat.is_numpy_namespace(A.xp):
-        from kpflow._array import namespace_name
-
-        msg = (
-            f"{where}: scipy works on numpy arrays only, but this operator lives in "
-            f"{namespace_name(A.xp)}; build it from numpy arrays, or use kpflow.linalg's "
-            "own solvers, which run on any backend"
-        )
-        raise TypeError(msg)
     import numpy as np
 
     try:
@@ -73,19 +87,29 @@ def to_scipy(A: LinearOperator) -> Any:
         raise ImportError(msg, name="scipy") from err
 
     xp = A.xp
+    adapter = adapter_of(A)
+    dtype = on_host(like_array(A)).dtype  # A's dtype as numpy's
     n_in, n_out = A.size_in, A.size_out
 
-    def _block(X: Any, apply: Any, shape: tuple, size_out: int) -> Any:
-        X = np.asarray(X, dtype=A.dtype)
+    def _block(X: Any, apply: Any, shape: tuple, size_out: int, name: str) -> Any:
+        X = np.asarray(X)
+        if X.dtype != dtype:
+            msg = (
+                f"{where}: scipy passed {name} of dtype {X.dtype} to an operator of dtype {dtype}; "
+                "kpflow never casts silently (build the operator in the dtype the scipy solver uses)"
+            )
+            raise TypeError(msg)
         k = X.shape[1]
-        rows = xp.reshape(xp.asarray(np.ascontiguousarray(X.T)), (k, *shape))
-        return np.asarray(xp.reshape(apply(rows), (k, size_out))).T
+        rows = np.ascontiguousarray(X.T).reshape((k, *shape))
+        with adapter.no_grad():
+            out = apply(adapter.from_host(rows, dtype=A.dtype, device=A.device))
+        return on_host(xp.reshape(out, (k, size_out))).T
 
     def matmat(X: Any) -> Any:
-        return _block(X, A._matmat, A.shape_in, n_out)
+        return _block(X, A._matmat, A.shape_in, n_out, "a block")
 
     def rmatmat(Y: Any) -> Any:
-        return _block(Y, A._rmatmat, A.shape_out, n_in)
+        return _block(Y, A._rmatmat, A.shape_out, n_in, "a block")
 
     def matvec(x: Any) -> Any:
         return matmat(np.reshape(x, (n_in, 1)))[:, 0]
@@ -99,5 +123,5 @@ def to_scipy(A: LinearOperator) -> Any:
         rmatvec=rmatvec,
         matmat=matmat,
         rmatmat=rmatmat,
-        dtype=np.dtype(A.dtype),
+        dtype=dtype,
     )

@@ -66,11 +66,13 @@ class TorchBackend(Backend):
         if not self.records_graph(arrays):
             return fn(*arrays)
         # (torch.utils.checkpoint would do, but its first call costs ~75 MB of resident memory)
+        _refuse_functorch(arrays)
         out = _Recomputed.apply(fn, *arrays)
         return out[0] if len(out) == 1 else out
 
     def attach_vjp(self, value: Any, inputs: dict[str, Any], vjp: Callable[[Any], dict[str, Any]]) -> Any:
         names = tuple(inputs)
+        _refuse_functorch(tuple(inputs.values()))
         return _GivenVjp.apply(vjp, names, value.detach(), *(inputs[n] for n in names))
 
     def custom_vjp(self, fn: Callable, vjp: Callable, *, where: str) -> Callable:
@@ -119,6 +121,23 @@ class TorchBackend(Backend):
         from kpflow.backends._torch_trace import trace_split
 
         return trace_split(f, *example, tangent=tangent)
+
+
+def _refuse_functorch(arrays: tuple) -> None:
+    """A clear error where torch.func cannot go: through a model's run in the parameters."""
+    if not any(
+        isinstance(a, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(a) for a in arrays
+    ):
+        return
+    msg = (
+        "kpflow: a model's run (its states and the operators built on them) cannot be "
+        "differentiated with respect to its parameters inside torch.func transforms (grad, vjp, "
+        "jacrev): its steps are torch.autograd.Function nodes without "
+        "functorch rules. Use torch.autograd instead (parameters with requires_grad=True, then "
+        "loss.backward() or torch.autograd.grad); products of a built operator, op.matvec(v), "
+        "work inside torch.func.vmap, grad and jvp in v"
+    )
+    raise NotImplementedError(msg)
 
 
 class _GivenVjp(torch.autograd.Function):

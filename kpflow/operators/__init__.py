@@ -27,6 +27,7 @@ from kpflow.operators.functions import (
     reshape,
     todense,
 )
+from kpflow.operators.interop import ViaDLPack, via_dlpack
 from kpflow.operators.kronecker import Kronecker, kron
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Scaled",
     "Sum",
     "SymmetricOperator",
+    "ViaDLPack",
     "add",
     "adjoint",
     "compose",
@@ -55,4 +57,5 @@ __all__ = [
     "reshape",
     "scale",
     "todense",
+    "via_dlpack",
 ]

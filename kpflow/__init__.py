@@ -42,7 +42,19 @@ from kpflow.operators import (
     kron,
 )
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    # The one source of the version is pyproject.toml's ``version``, read from the installed
+    # package's metadata (tests/package/test_interop_version.py checks that they agree).
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kpflow")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "Dense",

@@ -25,7 +25,7 @@ function                 what
 :func:`fro_norm`         ``‖A‖_F``
 :func:`alignment`        ``⟨A, B⟩_F / (‖A‖_F ‖B‖_F)``
 :func:`effective_rank`   participation ratio ``tr(M)²/tr(M²)``, globally or along axes
-:func:`to_scipy`         a ``scipy.sparse.linalg.LinearOperator`` (numpy operators only)
+:func:`to_scipy`         a ``scipy.sparse.linalg.LinearOperator`` (any backend, host copies)
 =======================  ===================================================================
 
 Exact structured rules are single-dispatch functions in

@@ -265,7 +265,7 @@ def _patches(conv: Any, x: Any) -> Any:
             x[..., None],
             (conv.kernel_size[0], 1),
             dilation=(conv.dilation[0], 1),
-            padding=(conv.padding[0], 0),
+            padding=(int(conv.padding[0]), 0),
             stride=(conv.stride[0], 1),
         )
     else:
@@ -672,7 +672,7 @@ def _site_DT(
 
 # -- from_module's entry -------------------------------------------------------------------------------
 def from_graph(module: Any, states: Any, *, detach: bool, where: str = WHERE) -> tuple[ModuleGraph, dict]:
-    """``from_module(module, states=...)``: the model and its trained parameters (the module's own tensors)."""
+    """``from_module(module, states=...)``: the model and its trained parameters (the module's tensors)."""
     state_names = select_states(module, states, where)
     named = list(module.named_parameters())  # one name per tensor (tied parameters once)
     trained = {n: p for n, p in named if p.requires_grad}

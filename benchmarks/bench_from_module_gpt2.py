@@ -95,10 +95,10 @@ def main() -> None:
 
     import scipy.sparse.linalg as sla
     import torch
+    from kpflow.backends.torch import from_module
 
     import kpflow
     import kpflow.linalg as kla
-    from kpflow.backends.torch import from_module
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,7 +110,8 @@ def main() -> None:
     model = build(layers, d, heads, seq, vocab, dtype)
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(1))
     print(
-        f"GPT-2-style decoder: {layers} layers, d={d}, {heads} heads, sequence {seq}, batch {batch}, {dtype}, k={k}"
+        f"GPT-2-style decoder: {layers} layers, d={d}, {heads} heads, sequence {seq}, batch {batch}, "
+        f"{dtype}, k={k}"
     )
 
     t0 = time.perf_counter()

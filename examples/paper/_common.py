@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from kpflow.tasks import MemoryTask
+from kpflow.training import init_params
+
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     """The common command line; ``args.size`` is ``"quick"`` or ``"paper"``."""
@@ -96,16 +99,38 @@ def save_figure(fig: Any, out: Path | None, name: str, progress: Progress) -> No
     plt.close(fig)
 
 
-def torch_scale_params(model: Any, seed: int | np.random.Generator, g: float) -> dict[str, np.ndarray]:
+def torch_scale_params(model: Any, seed: int | np.random.Generator, g: float) -> dict[str, Any]:
     """The research code's initialisation: torch's defaults, the recurrent weights times g.
 
-    The built-in recurrent models draw every weight U(±1/√H) as torch does, so the research
-    code's ``weight_hh *= g`` (entries of variance g²/(3H)) is kpflow's ``init`` with
-    ``weight_hh`` scaled; kpflow's ``init_params(model, g=...)`` instead draws N(0, g²/H).
+    :func:`kpflow.training.init_params` with ``scale="torch"`` (g × U(±1/√H) on every
+    recurrent gate, variance g²/(3H)); g = 0 gives ``weight_hh = 0`` with the other weights
+    of the same draw.  kpflow's default ``scale="gaussian"`` draws N(0, g²/H) instead.
     """
-    params = {k: np.asarray(v, dtype=np.float64) for k, v in model.init(seed).items()}
-    params["weight_hh"] = g * params["weight_hh"]
+    if g > 0:
+        return init_params(model, seed, g=float(g), scale="torch")
+    params = init_params(model, seed)
+    params["weight_hh"] = 0.0 * params["weight_hh"]
     return params
+
+
+def memory_pro(period: int, *, analysis: bool = True) -> MemoryTask:
+    """Memory-pro as the research code lays it out: stimulus, memory, response of ``period`` steps.
+
+    ``period = 30`` is :meth:`kpflow.tasks.MemoryTask.research` (T = 90); smaller periods
+    scale it down.  ``analysis``: evenly spaced angles, no noise; else uniform angles and
+    the research code's training noise σ = 0.1·√2.
+    """
+    if period == 30:
+        return MemoryTask.research("memory_pro", analysis=analysis)
+    noise = 0.0 if analysis else MemoryTask.research("memory_pro").noise
+    return MemoryTask(
+        T_fix=0,
+        T_stim=period,
+        T_mem=period,
+        T_resp=period,
+        noise=noise,
+        angles="even" if analysis else "random",
+    )
 
 
 def participation_ratio(M: np.ndarray) -> float:
@@ -117,28 +142,3 @@ def cumulative_variance(values: np.ndarray) -> np.ndarray:
     """Cumulative fraction of the sum of ``values`` (sorted descending, clipped at 0)."""
     v = np.sort(np.clip(np.asarray(values, dtype=np.float64), 0.0, None))[::-1]
     return np.cumsum(v) / max(float(v.sum()), 1e-300)
-
-
-def research_forecast(
-    batch: int, T: int, d_inp: int, d_targ: int, *, n_latent: int = 10, seed: int = 0, rng: Any = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The research code's forecasting task, as the paper describes it (not kpflow's LowRankForecast).
-
-    A latent z (``n_latent``) follows z ← 0.8 z + 0.2 A z; the inputs are sin(W_inp z_t + b_inp)
-    (``d_inp`` channels), the targets sin(W_targ z_{t+1} + b_targ) (``d_targ``).  A, W_inp,
-    W_targ (entries N(0, 1/n_latent)) and the biases (U(−π, π)) are fixed by ``seed``; each
-    trial draws z_0 ~ N(0, I) from ``rng``.  Returns inputs (B, T, d_inp), targets (B, T, d_targ).
-    """
-    maps = np.random.default_rng([seed, 7])
-    A = maps.standard_normal((n_latent, n_latent)) / np.sqrt(n_latent)
-    W_inp = maps.standard_normal((d_inp, n_latent)) / np.sqrt(n_latent) * 2.0
-    W_targ = maps.standard_normal((d_targ, n_latent)) / np.sqrt(n_latent) * 2.0
-    b_inp, b_targ = maps.uniform(-np.pi, np.pi, d_inp), maps.uniform(-np.pi, np.pi, d_targ)
-    gen = np.random.default_rng(rng)
-    z = gen.standard_normal((batch, n_latent))
-    xs, ys = [], []
-    for _ in range(T):
-        xs.append(np.sin(z @ W_inp.T + b_inp))
-        z = 0.8 * z + 0.2 * z @ A.T
-        ys.append(np.sin(z @ W_targ.T + b_targ))
-    return np.stack(xs, axis=1), np.stack(ys, axis=1)

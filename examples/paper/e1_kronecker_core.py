@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Progress, parse_args, pyplot, save_figure, torch_scale_params, write_results
+from _common import Progress, memory_pro, parse_args, pyplot, save_figure, torch_scale_params, write_results
 
 import kpflow
 from kpflow import linalg
 from kpflow.models import RNN, LeakyRNN
-from kpflow.tasks import LowRankForecast, MemoryTask
+from kpflow.tasks import LowRankForecast
 
 SIZES = {
     # memory-pro 30/30/30 (no fixation period), B = 20, T = 90; forecasting T = 30; H = 256
@@ -42,7 +42,7 @@ G_SCALE = 1.0  # torch's default U(±1/√H) recurrent weights (research g = 1)
 def tasks(size: dict, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Inputs (B, T, n_in) of memory-pro and forecasting, without input noise."""
     p = size["period"]
-    mem = MemoryTask(T_fix=0, T_stim=p, T_mem=p, T_resp=p).sample(size["B"], seed)
+    mem = memory_pro(p).sample(size["B"], seed)
     fc = LowRankForecast(n_latent=10, n_obs=10, T=size["T_forecast"]).sample(size["B"], seed)
     return {"memory_pro": mem.inputs, "forecast": fc.inputs}
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     Progress,
     cumulative_variance,
+    memory_pro,
     parse_args,
     pyplot,
     save_figure,
@@ -34,7 +35,6 @@ import kpflow
 from kpflow import linalg
 from kpflow.analysis import rank_at_variance, target_alignment, temporal_ntk
 from kpflow.models import RNN
-from kpflow.tasks import MemoryTask
 
 SIZES = {
     "paper": {"H": 256, "B": 20, "period": 30, "modes": 5, "null_modes": 20},
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     progress = Progress("e2")
     progress(f"sizes {args.size}: {size}")
     p = size["period"]
-    x = MemoryTask(T_fix=0, T_stim=p, T_mem=p, T_resp=p).sample(size["B"], args.seed).inputs
+    x = memory_pro(p).sample(size["B"], args.seed).inputs
     model = RNN(x.shape[-1], size["H"], bias=False)
     traj = model.run(torch_scale_params(model, args.seed, 1.0), x)
     B, T, H = traj.states.shape
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     a_task = float(
         target_alignment(
             traj,
-            MemoryTask(T_fix=0, T_stim=p, T_mem=p, T_resp=p).sample(size["B"], args.seed).targets,
+            memory_pro(p).sample(size["B"], args.seed).targets,
             rng=args.seed,
         )
     )

@@ -23,7 +23,6 @@ from _common import (
     Progress,
     parse_args,
     pyplot,
-    research_forecast,
     save_figure,
     torch_scale_params,
     write_results,
@@ -31,6 +30,7 @@ from _common import (
 
 from kpflow.analysis import temporal_spatial_ranks
 from kpflow.models import RNN
+from kpflow.tasks import LowRankForecast
 
 SIZES = {
     "paper": {
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     spatial = np.zeros_like(temporal)
     t_err, s_err = np.zeros_like(temporal), np.zeros_like(temporal)
     for i, d in enumerate(D):
-        x, _ = research_forecast(size["B"], size["T"], d, 10, seed=args.seed, rng=args.seed + 1)
+        task = LowRankForecast.research(D_inp=d, D_targ=10, T=size["T"], noise=False, seed=args.seed)
+        x = task.sample(size["B"], args.seed + 1).inputs
         model = RNN(d, size["H"])
         for j, g in enumerate(G):
             traj = model.run(torch_scale_params(model, args.seed, g), x)

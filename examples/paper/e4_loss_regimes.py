@@ -21,13 +21,13 @@ from _common import (
     Progress,
     parse_args,
     pyplot,
-    research_forecast,
     save_figure,
     torch_scale_params,
     write_results,
 )
 
 from kpflow.models import RNN, Linear
+from kpflow.tasks import LowRankForecast
 from kpflow.training import SGD, train
 
 SIZES = {
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     final = np.zeros((len(D_INP), len(GS)))
     ratio = np.zeros_like(final)
     for i, d in enumerate(D_INP):
-        x, y = research_forecast(size["B"], size["T"], d, 10, seed=args.seed, rng=args.seed + 1)
+        task = LowRankForecast.research(D_inp=d, D_targ=10, T=size["T"], seed=args.seed)
+        x, y, _ = task.sample(size["B"], args.seed + 1)
         model, readout = RNN(d, size["H"]), Linear(size["H"], 10)
         curves[str(d)] = {}
         for j, g in enumerate(GS):

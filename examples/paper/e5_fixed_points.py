@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Progress, cumulative_variance, parse_args, pyplot, save_figure, write_results
+from _common import Progress, cumulative_variance, memory_pro, parse_args, pyplot, save_figure, write_results
 
 import kpflow
 from kpflow import linalg
 from kpflow.analysis import core_alignment, rank_at_variance, target_mode_rayleigh, target_modes
 from kpflow.models import LeakyRNN, Linear
-from kpflow.tasks import MemoryTask
 from kpflow.training import SGD, init_params, train
 
 SIZES = {
@@ -66,8 +65,11 @@ def main(argv: list[str] | None = None) -> dict:
     progress = Progress("e5")
     progress(f"sizes {args.size}: {size}")
     p, H = size["period"], size["H"]
-    data = MemoryTask(T_fix=0, T_stim=p, T_mem=p, T_resp=p).sample(size["B"], args.seed)
-    x, y = data.inputs, data.targets
+    # trained on the research code's training variant (uniform angles, input noise),
+    # measured on its analysis variant (evenly spaced angles, no noise)
+    data = memory_pro(p, analysis=False).sample(size["B"], args.seed)
+    analysis = memory_pro(p).sample(size["B"], args.seed)
+    x, y = analysis.inputs, analysis.targets
     model, readout = LeakyRNN(3, H, dt=0.7, bias=False), Linear(H, 3)
     steps = np.linspace(0, size["steps"], size["checkpoints"]).astype(int).tolist()
     results: dict = {

@@ -1,18 +1,23 @@
 """e7: the temporal rank of a self-attention network's NTK against the input dimension.
 
-Input projection (d_in → 64, no bias) → one self-attention layer (``torch.nn.MultiheadAttention``,
-d_model 64, 1 head, no bias, no residual) → MLP 64 → 128 → 128 → 1 with GELU, applied to every
-token; x ~ N(0, 1) of shape (B, 50, d_in).  The states are the token-wise activities of every
-layer: the projection, the attention output and each MLP hidden layer, side by side as
-(batch, token, 384).  NTK_S = J_S J_Sᵀ with J_S = ∂states/∂θ, a Gram operator whose factor
-applies J_S and J_Sᵀ by ``torch.func.jvp`` / ``vjp``; its temporal rank is the effective rank
-of its partial trace M over the feature axis, keeping (batch, token), estimated from jvp
-probes (each probe ω gives the F columns of J_S ω: E[(J_S ω)(J_S ω)ᵀ summed over features]
-= M), with a jackknife standard error; one configuration is cross-checked against
-:func:`kpflow.linalg.effective_rank` on the Gram operator J_S J_Sᵀ.
+Input projection (d_in → 64, with bias) → one self-attention layer (torch's
+``nn.MultiheadAttention`` equations, d_model 64, 1 head, no bias, no residual) → MLP
+64 → 128 → 128 → 1 with GELU and no bias, applied to every token; x ~ N(0, 1) of shape
+(B, 50, d_in), B ∈ {5, 10, 15}.  The states are the token-wise activities of the layers: the
+projection, the attention output and each MLP hidden layer, side by side as
+(batch, token, 64 + 64 + 128 + 128).  NTK_S = J_S J_Sᵀ with J_S = ∂states/∂θ.  Its temporal
+rank is the participation ratio of its partial trace M over the features, keeping
+(batch, token).  Each Gaussian probe ω of the parameters gives, by one jvp, the F columns of
+J_S ω, and Σ_f (J_S ω)_f (J_S ω)_fᵀ has expectation M; independent groups of probes give
+unbiased tr(M)² and tr(M²) and a jackknife standard error.  One configuration is also
+measured by :func:`kpflow.linalg.effective_rank` on the Gram operator J_S J_Sᵀ (a
+:class:`kpflow.operators.LinearOperator` whose products are ``torch.func`` jvp / vjp).
 
-Panels: temporal rank against d_in for B ∈ {5, 10, 15}; the top temporal modes; Fourier-
-feature inputs; heads ∈ {1, 2, 4, 8}; sinusoidal positions added after the projection.
+Panels: the temporal rank against d_in for each B, beside the effective rank of the
+inputs pr(X Xᵀ) over (batch, token); the top temporal modes weighted by λ_i / Σλ for
+d_in ∈ {1, 5, 100}; Fourier-feature inputs (d_in = 1, features [x, sin 2π2ᵏx, cos 2π2ᵏx],
+k < n_freqs) against n_freqs; heads ∈ {1, 2, 4, 8}; sinusoidal positions added after the
+projection.
 
 Run ``python e7_attention_rank.py --quick --out out/e7`` (or ``--paper``).
 """
@@ -36,19 +41,25 @@ from kpflow.operators.algebra import Gram
 SIZES = {
     "paper": {
         "N": 50,
-        "d_in": [1, 2, 4, 8, 16, 32, 64, 128],
+        "d_in": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
         "batches": [5, 10, 15],
         "num_matvecs": 400,
-        "extra_d_in": [1, 4, 16, 64],
+        "extra_d_in": [1, 5, 20, 100],
+        "n_freqs": [1, 2, 4, 8, 16, 32, 64, 120],
+        "modes_d_in": [1, 5, 100],
+        "modes_B": 10,
         "probes": 16,
         "groups": 4,
     },
     "quick": {
         "N": 20,
-        "d_in": [1, 2, 4, 8, 16, 32],
+        "d_in": [1, 2, 5, 10, 20, 50],
         "batches": [5, 10, 15],
         "num_matvecs": 64,
-        "extra_d_in": [1, 4, 16],
+        "extra_d_in": [1, 5, 20],
+        "n_freqs": [1, 4, 16],
+        "modes_d_in": [1, 5, 100],
+        "modes_B": 5,
         "probes": 4,
         "groups": 4,
     },
@@ -65,7 +76,7 @@ def build(d_in: int, heads: int, seed: int) -> Any:
     torch.manual_seed(seed)
     net = nn.ModuleDict(
         {
-            "proj": nn.Linear(d_in, D_MODEL, bias=False),
+            "proj": nn.Linear(d_in, D_MODEL),
             "attn": nn.MultiheadAttention(D_MODEL, heads, bias=False, batch_first=True),
             "mlp1": nn.Linear(D_MODEL, HIDDEN),
             "mlp2": nn.Linear(HIDDEN, HIDDEN),
@@ -161,14 +172,21 @@ def _torch_ns() -> Any:
     return xp
 
 
-def inputs(kind: str, B: int, N: int, d_in: int, gen: np.random.Generator) -> np.ndarray:
-    """Gaussian tokens, or Fourier features cos/sin(2π k n / N + φ) with per-trial phases φ."""
-    if kind == "gaussian":
-        return gen.standard_normal((B, N, d_in))
-    k = np.arange(1, d_in // 2 + 2)[: (d_in + 1) // 2]
-    phase = gen.uniform(0, 2 * np.pi, (B, 1, k.size))
-    angle = 2 * np.pi * k[None, None, :] * np.arange(N)[None, :, None] / N + phase
-    return np.concatenate([np.cos(angle), np.sin(angle)], axis=-1)[..., :d_in]
+def inputs(B: int, N: int, d_in: int, gen: np.random.Generator, n_freqs: int = 0) -> np.ndarray:
+    """Gaussian tokens (B, N, d_in); with ``n_freqs``, d_in = 1 and the Fourier features
+    [x, sin 2π2ᵏx, cos 2π2ᵏx] for k < n_freqs (the research code's deterministic ladder)."""
+    x = gen.standard_normal((B, N, d_in))
+    if not n_freqs:
+        return x
+    angle = 2.0 * np.pi * x * 2.0 ** np.arange(n_freqs)
+    return np.concatenate([x, np.sin(angle), np.cos(angle)], axis=-1)
+
+
+def input_rank(x: np.ndarray) -> float:
+    """pr(X Xᵀ) of the inputs over (batch, token), from the small Xᵀ X."""
+    X = x.reshape(-1, x.shape[-1])
+    G = X.T @ X
+    return float(np.trace(G) ** 2 / np.sum(G * G))
 
 
 def sinusoidal(N: int, d: int) -> np.ndarray:
@@ -214,24 +232,18 @@ def split_ratio(Ms: np.ndarray) -> tuple[float, float]:
 
 
 def temporal_rank(
-    d_in: int,
-    B: int,
-    size: dict,
-    seed: int,
-    *,
-    kind: str = "gaussian",
-    heads: int = 1,
-    positions: bool = False,
+    d_in: int, B: int, size: dict, seed: int, *, n_freqs: int = 0, heads: int = 1, positions: bool = False
 ) -> tuple[float, float, Any]:
+    """(rank, standard error, (J_S, mean M̂, inputs)) for one configuration."""
     import torch
 
     gen = np.random.default_rng([seed, d_in, B, heads])
-    x = torch.as_tensor(inputs(kind, B, size["N"], d_in, gen))
+    x = inputs(B, size["N"], d_in, gen, n_freqs)
     pe = torch.as_tensor(sinusoidal(size["N"], D_MODEL)) if positions else None
-    J = StateJacobian(build(d_in, heads, seed), x, pe)
-    Ms = partial_trace_samples(J, size["probes"], size["groups"], seed + d_in + 31 * B)
+    J = StateJacobian(build(x.shape[-1], heads, seed), torch.as_tensor(x), pe)
+    Ms = partial_trace_samples(J, size["probes"], size["groups"], seed + d_in + 31 * B + 7 * n_freqs)
     r, err = split_ratio(Ms)
-    return r, err, (J, Ms.mean(axis=0))
+    return r, err, (J, Ms.mean(axis=0), x)
 
 
 def top_modes(M: np.ndarray, shape: tuple[int, int], k: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -257,25 +269,33 @@ def main(argv: list[str] | None = None) -> dict:
     d_in = size["d_in"]
     ranks: dict[str, list[float]] = {}
     errors: dict[str, list[float]] = {}
+    x_ranks: dict[str, list[float]] = {}
     for B in size["batches"]:
-        rs = [temporal_rank(d, B, size, args.seed)[:2] for d in d_in]
-        ranks[str(B)], errors[str(B)] = [r for r, _ in rs], [e for _, e in rs]
+        rs = [temporal_rank(d, B, size, args.seed) for d in d_in]
+        ranks[str(B)], errors[str(B)] = [r[0] for r in rs], [r[1] for r in rs]
+        x_ranks[str(B)] = [input_rank(r[2][2]) for r in rs]
         progress(f"B = {B}: temporal rank " + ", ".join(f"{r:.2f}" for r in ranks[str(B)]))
     B0, extra = size["batches"][0], size["extra_d_in"]
-    fourier = [temporal_rank(d, B0, size, args.seed, kind="fourier")[:2] for d in extra]
-    progress("fourier inputs: " + ", ".join(f"{r:.2f}" for r, _ in fourier))
+    fourier = [temporal_rank(1, B0, size, args.seed, n_freqs=k)[:2] for k in size["n_freqs"]]
+    progress("Fourier features: " + ", ".join(f"{r:.2f}" for r, _ in fourier))
     with_pos = [temporal_rank(d, B0, size, args.seed, positions=True)[:2] for d in extra]
+    without_pos = [ranks[str(B0)][d_in.index(d)] if d in d_in else math.nan for d in extra]
     progress("sinusoidal positions: " + ", ".join(f"{r:.2f}" for r, _ in with_pos))
     d_heads = extra[len(extra) // 2]
     heads = [temporal_rank(d_heads, B0, size, args.seed, heads=h)[:2] for h in HEADS]
     progress(f"heads {HEADS} at d_in = {d_heads}: " + ", ".join(f"{r:.2f}" for r, _ in heads))
-    d_modes = d_in[len(d_in) // 2]
-    _, _, (J, M) = temporal_rank(d_modes, B0, size, args.seed)
-    eigenvalues, modes = top_modes(M, J.shape_out[:2])
+    modes: dict[str, dict[str, Any]] = {}
+    for d in size["modes_d_in"]:
+        _, _, (J, M, _) = temporal_rank(d, size["modes_B"], size, args.seed)
+        w, v = top_modes(M, J.shape_out[:2], k=4)
+        modes[str(d)] = {"weights": w / np.trace(M), "modes": v}
+    check_d = extra[1]
+    J = temporal_rank(check_d, B0, size, args.seed)[2][0]
     check = kpflow_check(J, size["num_matvecs"], args.seed)
+    split = ranks[str(B0)][d_in.index(check_d)], errors[str(B0)][d_in.index(check_d)]
     progress(
-        f"check at d_in = {d_modes}, B = {B0}: kpflow.linalg.effective_rank {check[0]:.2f} ± {check[1]:.2f}, "
-        f"split estimate {ranks[str(B0)][len(d_in) // 2]:.2f} ± {errors[str(B0)][len(d_in) // 2]:.2f}"
+        f"check at d_in = {check_d}, B = {B0}: kpflow.linalg.effective_rank {check[0]:.2f} ± {check[1]:.2f}, "
+        f"probe-group estimate {split[0]:.2f} ± {split[1]:.2f}"
     )
     results = {
         "size": args.size,
@@ -284,41 +304,53 @@ def main(argv: list[str] | None = None) -> dict:
         "d_in": d_in,
         "temporal_rank": ranks,
         "temporal_rank_error": errors,
-        "extra_d_in": extra,
+        "input_rank": x_ranks,
+        "n_freqs": size["n_freqs"],
         "fourier_temporal_rank": [r for r, _ in fourier],
         "fourier_temporal_rank_error": [e for _, e in fourier],
+        "positions_d_in": extra,
         "positions_temporal_rank": [r for r, _ in with_pos],
         "positions_temporal_rank_error": [e for _, e in with_pos],
+        "no_positions_temporal_rank": without_pos,
         "heads": HEADS,
         "heads_d_in": d_heads,
         "heads_temporal_rank": [r for r, _ in heads],
         "heads_temporal_rank_error": [e for _, e in heads],
-        "modes_d_in": d_modes,
-        "kpflow_effective_rank_check": {"d_in": d_modes, "B": B0, "value": check[0], "error": check[1]},
-        "top_mode_eigenvalues": eigenvalues,
-        "top_modes": modes,
+        "modes_B": size["modes_B"],
+        "weighted_modes": modes,
+        "kpflow_effective_rank_check": {
+            "d_in": check_d,
+            "B": B0,
+            "value": check[0],
+            "error": check[1],
+            "probe_group_value": split[0],
+            "probe_group_error": split[1],
+        },
         "seconds": progress.elapsed,
     }
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for B in size["batches"]:
-        axes[0].errorbar(
-            d_in, ranks[str(B)], yerr=2 * np.nan_to_num(errors[str(B)]), marker="o", label=f"B={B}"
-        )
-    axes[0].errorbar(extra, [r for r, _ in fourier], marker="s", ls="--", label=f"Fourier, B={B0}")
-    axes[0].errorbar(extra, [r for r, _ in with_pos], marker="^", ls=":", label=f"+positions, B={B0}")
-    axes[0].set_xscale("log", base=2)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.5))
+    for c, B in enumerate(size["batches"]):
+        yerr = 2 * np.nan_to_num(errors[str(B)])
+        axes[0].errorbar(d_in, ranks[str(B)], yerr=yerr, marker="o", color=f"C{c}", label=f"NTK, B={B}")
+        axes[0].plot(d_in, x_ranks[str(B)], ls="--", color=f"C{c}", label=f"inputs, B={B}")
+    axes[0].plot(extra, [r for r, _ in with_pos], "k^:", label=f"+positions, B={B0}")
+    axes[0].set_xscale("log")
     axes[0].set_xlabel("d_in")
-    axes[0].set_ylabel("temporal rank of NTK_S")
-    axes[0].legend(fontsize=7)
-    axes[1].plot(HEADS, [r for r, _ in heads], "o-")
-    axes[1].set_xlabel("heads")
-    axes[1].set_title(f"d_in = {d_heads}, B = {B0}")
-    for i in range(modes.shape[0]):
-        axes[2].plot(modes[i, 0], label=f"mode {i + 1}, trial 0")
-    axes[2].set_xlabel("token")
-    axes[2].set_title("top temporal modes")
-    axes[2].legend(fontsize=7)
+    axes[0].set_ylabel("temporal rank")
+    axes[0].legend(fontsize=6)
+    d_show = str(size["modes_d_in"][-1])
+    for i in range(4):
+        m = modes[d_show]
+        axes[1].plot(m["weights"][i] * m["modes"][i].T, color=f"C{i}", lw=0.7)
+    axes[1].set_xlabel("token")
+    axes[1].set_title(f"weighted temporal modes, d_in={d_show}", fontsize=9)
+    axes[2].errorbar(size["n_freqs"], [r for r, _ in fourier], yerr=[2 * e for _, e in fourier], marker="s")
+    axes[2].set_xlabel("n_freqs (d_in = 1)")
+    axes[2].set_title(f"Fourier features, B={B0}", fontsize=9)
+    axes[3].errorbar(HEADS, [r for r, _ in heads], yerr=[2 * e for _, e in heads], marker="o")
+    axes[3].set_xlabel("heads")
+    axes[3].set_title(f"d_in = {d_heads}, B = {B0}", fontsize=9)
     save_figure(fig, args.out, "e7_attention_rank", progress)
     return write_results(args.out, results, progress)
 

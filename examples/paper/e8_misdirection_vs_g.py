@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Progress, parse_args, pyplot, save_figure, torch_scale_params, write_results
+from _common import Progress, memory_pro, parse_args, pyplot, save_figure, torch_scale_params, write_results
 
 from kpflow.analysis import misdirection
 from kpflow.models import GRU
-from kpflow.tasks import MemoryTask
 
 SIZES = {
     # the research script: memory-pro, 50 trials of T = 90, GRU H = 256, 30 probes per estimate
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     progress = Progress("e8")
     progress(f"sizes {args.size}: {size}")
     p = size["period"]
-    x = MemoryTask(T_fix=0, T_stim=p, T_mem=p, T_resp=p).sample(size["B"], args.seed).inputs
+    x = memory_pro(p).sample(size["B"], args.seed).inputs
     model = GRU(x.shape[-1], size["H"])
     values = np.zeros((len(GS), size["seeds"]))
     errors = np.zeros_like(values)

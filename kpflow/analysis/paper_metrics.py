@@ -24,6 +24,8 @@ K is pr(K²), and its "partial trace" sums every block) docs/analysis.md works a
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ import numpy as np
 from kpflow import linalg
 from kpflow._array import array_namespace, check_array, host_rng, to_host
 from kpflow.linalg import ScalarResult
+from kpflow.linalg._backend import without_graph
 from kpflow.models.base import Trajectory
 from kpflow.ntk import global_ntk, parameter_kernel, propagator
 from kpflow.ntk.kernel import check_trajectory
@@ -130,10 +133,16 @@ def core_alignment(
     ----------
     traj : Trajectory
         A recurrent run.
-    method, num_matvecs, rng
-        As in :func:`kpflow.linalg.alignment`, with products counted in products with M
-        (each costs S products with NTK_S).  ``"auto"`` is exact when ``2·B·T <= 1000``
-        (without a budget), else one shared sketch with an error bar.
+    method : {"auto", "exact", "estimate"}
+        ``"exact"``: M formed densely from n = B·T·S unit products with NTK_S (in blocks).
+        ``"estimate"``: probe pairs; for Rademacher x on the sites and independent
+        Rademacher z₁, z₂ on hidden, u_i = (I ⊗ z_iᵀ) NTK_S (x ⊗ z_i) has mean M x, so
+        u_i·G x is unbiased for xᵀ M G x (mean tr(M G) = ⟨M, G⟩) and u₁·u₂ for ‖M x‖² (mean
+        ‖M‖²_F); two products per probe, the ratio's error by the delta method.  ``"auto"``:
+        exact when n is at most the budget (without one: n <= 5000), else the estimate.
+    num_matvecs : int, optional
+        Budget of products with NTK_S (default 200 for the estimate; at least 8).
+    rng : int, numpy.random.Generator or None
 
     Returns
     -------
@@ -154,14 +163,99 @@ def core_alignment(
     """
     where = "core_alignment"
     _check_recurrent(traj, where)
+    if method not in ("auto", "exact", "estimate"):
+        msg = f"{where}: expected method to be 'auto', 'exact' or 'estimate', got {method!r}"
+        raise ValueError(msg)
+    if num_matvecs is not None and (
+        isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int) or num_matvecs < 8
+    ):
+        msg = f"{where}: expected num_matvecs to be an int >= 8 (products with NTK_S), got {num_matvecs!r}"
+        raise ValueError(msg)
+    gen = host_rng(rng, where)
     xp = traj.xp
     V = _activity(traj)
-    B, T = traj.state_shape[:2]
-    G = xp.reshape(V @ xp.matrix_transpose(V), (B, T, B, T))
-    r = linalg.alignment(
-        temporal_ntk(traj), Dense(G, shape_in=(B, T)), method=method, num_matvecs=num_matvecs, rng=rng
+    G = V @ xp.matrix_transpose(V)
+    ntk = global_ntk(traj)
+    n = ntk.size_in
+    exact = method == "exact" or (
+        method == "auto" and n <= (_EXACT_STATES if num_matvecs is None else num_matvecs)
     )
-    return ScalarResult(xp.clip(r.value, 0.0, 1.0), r.error, r.num_matvecs, r.method)
+    if exact:
+        return _core_exact(ntk, G)
+    return _core_estimate(ntk, G, 200 if num_matvecs is None else num_matvecs, gen)
+
+
+_EXACT_STATES = 5000
+_BLOCK_FLOATS = 1 << 22
+
+
+@without_graph
+def _core_exact(ntk: LinearOperator, G: Any) -> ScalarResult:
+    xp = ntk.xp
+    B, T, S = ntk.shape_in
+    m = B * T
+    M = _temporal_ntk_dense(ntk)
+    value = xp.sum(M * G) / (xp.linalg.matrix_norm(M) * xp.linalg.matrix_norm(G))
+    zero = xp.zeros((), dtype=ntk.dtype, device=ntk.device)
+    return ScalarResult(xp.clip(value, 0.0, 1.0), zero, m * S, "exact")
+
+
+def _temporal_ntk_dense(ntk: LinearOperator) -> Any:
+    """The temporal NTK as a dense ``(B·T, B·T)`` matrix, from unit products in blocks."""
+    xp = ntk.xp
+    B, T, S = ntk.shape_in
+    m, n = B * T, ntk.size_in
+    per_block = max(1, _BLOCK_FLOATS // n)
+    eye = xp.eye(S, dtype=ntk.dtype, device=ntk.device)
+    rows = []
+    for start in range(0, m * S, per_block):
+        idx = xp.arange(start, min(m * S, start + per_block), device=ntk.device)
+        k = idx.shape[0]
+        site, unit = idx // S, idx % S
+        E = xp.reshape(
+            xp.astype(site[:, None] == xp.arange(m, device=ntk.device)[None, :], ntk.dtype), (k, m, 1)
+        )
+        E = E * xp.reshape(xp.take(eye, unit, axis=0), (k, 1, S))
+        Y = xp.reshape(ntk.matmat(xp.reshape(E, (k, B, T, S))), (k, m, S))
+        rows.append(xp.sum(Y * xp.reshape(xp.take(eye, unit, axis=0), (k, 1, S)), axis=2))
+    # rows[(s, h)] = NTK[(·, h), (s, h)]; summing over h per site gives column s of M
+    Mt = xp.reshape(xp.concat(rows, axis=0), (m, S, m))
+    return xp.sum(Mt, axis=1)
+
+
+@without_graph
+def _core_estimate(ntk: LinearOperator, G: Any, budget: int, gen: Any) -> ScalarResult:
+    xp = ntk.xp
+    B, T, S = ntk.shape_in
+    m, n = B * T, ntk.size_in
+    probes = max(4, budget // 2)
+    per_block = max(1, min(probes, _BLOCK_FLOATS // (2 * n)))
+    a_all, b_all = [], []
+    done = 0
+    while done < probes:
+        k = min(per_block, probes - done)
+        x = xp.asarray(gen.choice([-1.0, 1.0], size=(k, m)), dtype=ntk.dtype, device=ntk.device)
+        z = xp.asarray(gen.choice([-1.0, 1.0], size=(2, k, S)), dtype=ntk.dtype, device=ntk.device)
+        X = xp.reshape(x, (1, k, m, 1)) * xp.reshape(z, (2, k, 1, S))
+        Y = xp.reshape(ntk.matmat(xp.reshape(X, (2 * k, B, T, S))), (2, k, m, S))
+        u = xp.sum(Y * xp.reshape(z, (2, k, 1, S)), axis=3)  # (2, k, m): two unbiased M x
+        Gx = x @ G  # G symmetric
+        a_all.append(xp.sum((u[0, ...] + u[1, ...]) * Gx, axis=1) / 2)
+        b_all.append(xp.sum(u[0, ...] * u[1, ...], axis=1))
+        done += k
+    a = np.asarray(to_host(xp.concat(a_all)), dtype=np.float64)
+    b = np.asarray(to_host(xp.concat(b_all)), dtype=np.float64)
+    g = float(to_host(xp.linalg.matrix_norm(G)))
+    ma, mb = a.mean(), b.mean()
+    if mb <= 0 or g == 0:
+        value, err = math.nan, math.nan
+    else:
+        value = ma / (math.sqrt(mb) * g)
+        grad = np.array([1.0 / (math.sqrt(mb) * g), -ma / (2.0 * mb**1.5 * g)])
+        cov = np.cov(np.stack([a, b])) / a.size
+        err = math.sqrt(max(float(grad @ cov @ grad), 0.0))
+    as_array = functools.partial(xp.asarray, dtype=ntk.dtype, device=ntk.device)
+    return ScalarResult(xp.clip(as_array(value), 0.0, 1.0), as_array(err), 2 * probes, "estimate")
 
 
 def _targets_by_mode(traj: Trajectory, y: Any, where: str) -> Any:

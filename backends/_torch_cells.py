@@ -15,12 +15,12 @@ Reached from :func:`kpflow.backends.torch.from_module` for
   parameter a bias call (the autodiff rule differentiates what the cell does with it).
 
 The state of an L-layer module at step t is z_t = [h¹_t; …; h^L_t] (width L·H; an LSTM:
-[h¹_t; …; h^L_t; c¹_t; …; c^L_t], width 2L·H).  Layer l reads layer l−1's state of the
-same step, so one step of the stack, z_t = f(z_{t−1}, x_t), runs the layers in order and P
-is the recursion over t of the stack's step Jacobian (lower-block-triangular in the layers
-within a step, taken whole by jvp/vjp of the step).  D_w of a lower layer's weight reaches
-the layers above it within the step, so those sites are not diagonal: K applies them
-matrix-free (exact products); the per-unit rules need a diagonal D.
+[h¹_t; …; h^L_t; c¹_t; …; c^L_t], width 2L·H), each parameter one hook call.  Layer l reads
+layer l−1's state of the same step, so one step of the stack, z_t = f(z_{t−1}, x_t), runs the
+layers in order and P is the recursion over t of the stack's step Jacobian
+(lower-block-triangular in the layers within a step, taken whole by jvp/vjp of the step).
+D_w of a lower layer's weight reaches the layers above it within the step, so those sites are
+not diagonal: K applies them matrix-free (exact products); the per-unit rules need a diagonal D.
 """
 
 from __future__ import annotations
@@ -182,24 +182,23 @@ def _stack_shapes(kind: str, n_in: int, H: int, L: int, bias: bool) -> dict[str,
 
 
 def _layer(kind: str, l: int, H: int, bias: bool, act: str, site: Any, x: Any, h: Any, c: Any) -> tuple:
-    """Layer l's step in torch's equations, each gate's rows through the hook on their own."""
+    """Layer l's step in torch's equations, one hook call per parameter (four sites per layer).
 
-    def gate(g: int) -> tuple[Any, Any]:
-        rows = (g * H, (g + 1) * H)
-        a, b = site(f"weight_ih_l{l}", x, rows=rows), site(f"weight_hh_l{l}", h, rows=rows)
-        if bias:
-            a, b = a + site(f"bias_ih_l{l}", rows=rows), b + site(f"bias_hh_l{l}", rows=rows)
-        return a, b
-
+    A lower layer's sites are not diagonal anyway (their D reaches the layers above), so
+    splitting the gates' rows into more calls would buy no exact rule, only more sites.
+    """
+    gi, gh = site(f"weight_ih_l{l}", x), site(f"weight_hh_l{l}", h)
+    if bias:
+        gi, gh = gi + site(f"bias_ih_l{l}"), gh + site(f"bias_hh_l{l}")
     if kind == "RNN":
-        a, b = gate(0)
-        return (torch.tanh(a + b) if act == "tanh" else torch.relu(a + b)), None
+        return (torch.tanh(gi + gh) if act == "tanh" else torch.relu(gi + gh)), None
     if kind == "GRU":
-        (ir, hr), (iz, hz), (i_n, h_n) = gate(0), gate(1), gate(2)
-        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-        n = torch.tanh(i_n + r * h_n)
+        r = torch.sigmoid(gi[..., :H] + gh[..., :H])
+        z = torch.sigmoid(gi[..., H : 2 * H] + gh[..., H : 2 * H])
+        n = torch.tanh(gi[..., 2 * H :] + r * gh[..., 2 * H :])
         return (1.0 - z) * n + z * h, None
-    i, f, g, o = (a + b for a, b in (gate(q) for q in range(4)))
+    u = gi + gh
+    i, f, g, o = (u[..., q * H : (q + 1) * H] for q in range(4))
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c_new), c_new
 

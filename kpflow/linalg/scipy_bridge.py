@@ -20,12 +20,13 @@ def to_scipy(A: LinearOperator) -> Any:
     =====================  =========================================================
     backend                what a product with ``k`` vectors copies
     =====================  =========================================================
-    numpy                  nothing (views of scipy's arrays, and a C-order copy of
-                           the block when scipy passes a column-major one)
-    torch, jax on the CPU  a copy of the ``k`` vectors in, a copy of the ``k`` results
-                           out (no device transfer)
-    GPUs, other devices    a host-to-device copy of the ``k`` vectors and a
-                           device-to-host copy of the results, per product
+    numpy, torch (CPU)     nothing but a C-order copy of a column-major block of
+                           ``k > 1`` vectors (torch shares numpy's buffers both ways)
+    jax (CPU)              a copy of the ``k`` vectors into a jax array (jax owns its
+                           buffers); the results come back without a copy
+    array_api_strict       a copy to the operator's device and back
+    GPUs (cupy, torch,     a host-to-device copy of the ``k`` vectors and a
+    jax)                   device-to-host copy of the results, per product
     =====================  =========================================================
 
     The products run without an autograd graph (torch: under ``torch.no_grad()``), so an

@@ -240,6 +240,29 @@ def _from_nnx_sequential(module: Any, nnx: Any, MLP: Any) -> tuple[Any, dict[str
     return model, params
 
 
+def _default_example(module: Any, eqx: Any, nnx: Any) -> Any:
+    """A vector input of the module's declared input size, in its parameters' dtype."""
+    first = module
+    if nnx is not None and isinstance(module, nnx.Sequential) and len(module.layers):
+        first = module.layers[0]
+    if eqx is not None and isinstance(module, eqx.nn.Sequential) and len(module.layers):
+        first = module.layers[0]
+    size = next(
+        (getattr(first, a) for a in ("in_size", "in_features", "input_size") if hasattr(first, a)), None
+    )
+    tree = nnx.state(module, nnx.Param) if nnx is not None and isinstance(module, nnx.Module) else module
+    arrays = [a for a in jax.tree_util.tree_leaves(tree) if isinstance(a, jax.Array)]
+    floats = [a for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)]
+    if not isinstance(size, int) or isinstance(size, bool) or not floats:
+        msg = (
+            f"{_WHERE}: cannot tell the input of a {type(module).__name__} (no integer in_size, "
+            "in_features or input_size); pass example=, one example's input (an array or "
+            "jax.ShapeDtypeStruct, no batch axis)"
+        )
+        raise TypeError(msg)
+    return jax.ShapeDtypeStruct((size,), floats[0].dtype)
+
+
 def _readout(readout: Any, n_hidden: int, reference: Any) -> tuple[Any, dict[str, Any]]:
     from kpflow.models.linear import Linear
 
@@ -276,10 +299,36 @@ def _readout(readout: Any, n_hidden: int, reference: Any) -> tuple[Any, dict[str
     return Linear(n_hidden, int(weight.shape[0]), bias=bias is not None), params
 
 
-def from_module(module: Any, readout: Any = None) -> tuple[Any, ...]:
-    """A kpflow model and jax parameters with an Equinox or Flax NNX module's weights.
+def from_module(
+    module: Any,
+    readout: Any = None,
+    *,
+    states: Any = None,
+    recurrent: bool = False,
+    example: Any = None,
+    hidden: Any = None,
+    frozen: Any = None,
+) -> tuple[Any, ...]:
+    """A kpflow model and jax parameters of an Equinox or Flax NNX module.
 
-    Maps, with the same equations (states equal to rounding):
+    **Any module** (``states=``, ``recurrent=True``, or a module not in the table below):
+    the module's forward pass for one example is traced (:func:`jax.make_jaxpr`) and its
+    weight sites are found from the computation: every ``dot_general`` one of whose
+    operands is a parameter leaf (``eqx.nn.Linear``, ``nnx.Linear``, the projections of
+    ``MultiheadAttention``, a user's ``W @ x`` or ``x @ W``), and the row lookup of an
+    ``eqx.nn.Embedding``, is an exact Kronecker weight site (Gram A_wᵀ A_w ⊗ I, a use
+    per token, cross terms between the uses of a shared weight included).  Every other
+    trained leaf (biases, LayerNorm / RMSNorm scales, a leaf used in any other operation,
+    in two layouts, or inside a ``lax.scan``) is taken whole by the autodiff rule (D_θ by
+    jvp / vjp of the forward pass, exact too).  Feed-forward: the states are the outputs of
+    the submodules named by ``states`` (a submodule returning a tuple gives its first
+    array), and P comes from the forward pass cut at the states, so residual streams and
+    skips are exact (:class:`~kpflow.backends._jax_modules_graph.ModuleStack`).
+    Recurrent: the cell is the step (:class:`~kpflow.backends._jax_modules_graph.ModuleCell`).
+    See docs/jax.md, "Any module".
+
+    **Mapped modules** (without those keywords), with the same equations (states equal to
+    rounding):
 
     ==============================================  ==========================================
     module                                          kpflow model
@@ -304,11 +353,39 @@ def from_module(module: Any, readout: Any = None) -> tuple[Any, ...]:
         ``jax.nn.relu``, ``jax.nn.sigmoid``, found by identity); an MLP uses one
         nonlinearity, with a linear last layer or the same nonlinearity there too.
     readout : equinox.nn.Linear or flax.nnx.Linear, optional
-        For a recurrent cell only: reads the hidden state h (in_features = hidden size).
+        For a mapped recurrent cell only: reads the hidden state h (in_features = hidden size).
+    states : str, list of str or callable, optional
+        The submodules whose outputs are the states, by dotted attribute path
+        (``"layers.0"``, ``"blocks.1.attn"``), ``fnmatch`` pattern (``"blocks.*"``), or a
+        callable ``(path, submodule) -> bool``; in forward order whatever the order given.
+        A submodule called k > 1 times gives k states (``"path#0"`` …).  Default: each of
+        ``layers`` for ``eqx.nn.MLP`` / ``eqx.nn.Sequential`` / ``nnx.Sequential`` (their
+        pre-activations), else every top-level submodule the forward pass calls, else the
+        module's output.
+    recurrent : bool
+        The module is a cell: Equinox ``cell(x_t, h) -> h``, Flax ``RNNCellBase``
+        ``cell(carry, x_t) -> (carry, y)``, or a user cell of either signature.
+    example : array or jax.ShapeDtypeStruct, optional
+        One example's input (no batch axis; for a cell, one step's x_t), to trace with.
+        Default: a vector of the module's ``in_size`` / ``in_features`` / ``input_size``
+        in the parameters' dtype.
+    hidden : int or tuple of int, optional
+        A cell's hidden size (a tuple for a tuple state); default its ``hidden_size`` /
+        ``hidden_features`` (an LSTM cell: two of them).
+    frozen : str, list of str or callable, optional
+        Parameters held fixed (left out of K, J_S and NTK_S): names or ``fnmatch``
+        patterns of the returned params, or a callable ``name -> bool``.  Flax variables
+        other than ``nnx.Param`` (``BatchStat``, caches) are never trained and not params.
 
     Returns
     -------
     (model, params) without ``readout``, or (model, params, readout_model, readout_params)
+        Any module: ``params`` is keyed by each leaf's dotted path (``"layers.0.weight"``,
+        Flax's ``"linear.kernel"``), a weight site's leaf as its (out, in) matrix (a Flax
+        kernel transposed), any other leaf flattened; ``model.to_leaves(params)`` gives
+        the module's own arrays back.  ``model.run(params, x)`` takes x of shape (B,
+        *example) (integer token ids included); a cell's ``run(params, x, h0)`` x of shape
+        (B, T, *example) and h0 (B, Σ hidden).  Mapped modules:
         ``params`` has kpflow's (PyTorch's) names and gate orders: ``weight_ih`` (G·H, n_in),
         ``weight_hh`` (G·H, H), ``bias_ih`` and ``bias_hh`` (G·H,) for the cells (G = 1, 3,
         4; gates r, z, n and i, f, g, o), ``layers.{l}.weight`` (n_{l+1}, n_l) and
@@ -319,8 +396,12 @@ def from_module(module: Any, readout: Any = None) -> tuple[Any, ...]:
     Raises
     ------
     TypeError
-        If ``module`` is none of the supported modules, the readout is not a Linear layer,
-        or the readout's dtype differs from the module's.
+        If ``module`` is neither an ``equinox.Module`` nor a ``flax.nnx.Module``, the
+        readout is not a Linear layer, or the readout's dtype differs from the module's;
+        for ``states``, ``frozen`` or ``example`` of the wrong type (the message lists the
+        submodules or parameters).
+    ValueError
+        For ``states`` or ``frozen`` matching nothing, or a state submodule never called.
     ValueError
         For a setting kpflow cannot express exactly, naming it: an activation other than
         jax's tanh / relu (sigmoid for gates), ``SimpleCell(residual=True)``, a Flax
@@ -364,15 +445,48 @@ def from_module(module: Any, readout: Any = None) -> tuple[Any, ...]:
     >>> model, params = from_module(cell)               # doctest: +SKIP
     >>> sorted(params)                                  # doctest: +SKIP
     ['bias_hh', 'bias_ih', 'weight_hh', 'weight_ih']
+
+    Any module, here a residual block, its states chosen by path:
+
+    >>> class Block(eqx.Module):                          # doctest: +SKIP
+    ...     norm: eqx.nn.LayerNorm
+    ...     mlp: eqx.nn.MLP
+    ...     def __call__(self, x):
+    ...         return x + self.mlp(self.norm(x))
+    >>> key = jax.random.key(0)
+    >>> mlp = eqx.nn.MLP(4, 4, 8, 1, activation=jax.nn.gelu, key=key)  # doctest: +SKIP
+    >>> block = Block(eqx.nn.LayerNorm(4), mlp)           # doctest: +SKIP
+    >>> model, params = from_module(block, states=["norm", "mlp"])  # doctest: +SKIP
+    >>> model.run(params, jnp.ones((3, 4))).states.shape  # doctest: +SKIP
+    (3, 8)
     """
     eqx, nnx = sys.modules.get("equinox"), sys.modules.get("flax.nnx")
     _refuse_parametrized(module, "the module")
-    found = _from_equinox(module, eqx) if eqx is not None else None
-    if found is None and nnx is not None:
-        found = _from_nnx(module, nnx)
+    graph = states is not None or recurrent or example is not None or hidden is not None or frozen is not None
+    found = None
+    if not graph:
+        found = _from_equinox(module, eqx) if eqx is not None else None
+        if found is None and nnx is not None:
+            found = _from_nnx(module, nnx)
     if found is None:
-        msg = f"{_WHERE}: expected module to be an {_SUPPORTED}, got {type(module).__name__}"
-        raise TypeError(msg)
+        if readout is not None:
+            msg = (
+                f"{_WHERE}: a readout is supported for the mapped recurrent cells only ({_SUPPORTED}); "
+                "for any other module, make the readout a submodule and a state"
+            )
+            raise ValueError(msg)
+        from kpflow.backends._jax_modules_graph import module_model
+
+        if not any(api is not None and isinstance(module, api.Module) for api in (eqx, nnx)):
+            msg = (
+                f"{_WHERE}: expected module to be an equinox.Module or a flax.nnx.Module (any module, its "
+                f"sites found from its computation; mapped onto kpflow's models: {_SUPPORTED}), "
+                f"got {type(module).__name__}"
+            )
+            raise TypeError(msg)
+        if example is None:
+            example = _default_example(module, eqx, nnx)
+        return module_model(module, example, states=states, recurrent=recurrent, hidden=hidden, frozen=frozen)
     model, params = found
     reference = params["weight_hh"] if "weight_hh" in params else params["layers.0.weight"]
     for name, a in params.items():

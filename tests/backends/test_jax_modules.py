@@ -297,10 +297,17 @@ def test_readouts_map_to_linear():
 def test_unsupported_modules_are_refused_by_name():
     eqx = eqx_module()
     nnx_module()  # the message lists both libraries' modules
-    with pytest.raises(TypeError, match=r"expected module to be an equinox\.nn\.GRUCell.*got Linear"):
-        from_module(eqx.nn.Linear(2, 3, key=jax.random.key(0)))
-    with pytest.raises(TypeError, match=r"flax\.nnx\.OptimizedLSTMCell.*got str"):
+    with pytest.raises(
+        TypeError, match=r"expected module to be an equinox\.Module or a flax\.nnx\.Module.*got str"
+    ):
         from_module("gru")
+    with pytest.raises(
+        TypeError, match=r"mapped onto kpflow's models: equinox\.nn\.GRUCell.*OptimizedLSTMCell"
+    ):
+        from_module("gru")
+    # any other module is traced (tests/backends/test_jax_modules_any.py), its output the state
+    model, _ = from_module(eqx.nn.Linear(2, 3, dtype=F64, key=jax.random.key(0)))
+    assert type(model).__name__ == "ModuleStack" and model.state_size == 3
     with pytest.raises(TypeError, match="expected readout to be an equinox.nn.Linear, a flax.nnx.Linear"):
         from_module(make_eqx("gru"), make_eqx("gru"))
     with pytest.raises(ValueError, match=r"readout's in_features to equal the module's hidden size 3, got 4"):

@@ -1,0 +1,350 @@
+"""from_module on any Equinox / Flax NNX module: sites found from the computation, against jax.jacrev.
+
+Every reference is J Jᵀ with J = jax.jacrev of the states computed by the module's own
+submodules (no kpflow code), over the module's trained leaves, in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="from_module for Equinox / Flax needs jax")
+jnp = pytest.importorskip("jax.numpy")
+eqx = pytest.importorskip("equinox", reason="the Equinox cases need equinox")
+
+from kpflow.backends.jax import from_module  # noqa: E402
+
+import kpflow  # noqa: E402
+
+F64 = jnp.float64
+NTK_TOL = 1e-10
+B, D = 3, 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _x64():
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def randomize(tree, seed: int = 7):
+    """Every float leaf redrawn (zero biases and unit norm scales would test nothing)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    new = [
+        0.6 * jax.random.normal(k, leaf.shape, dtype=leaf.dtype)
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating)
+        else leaf
+        for k, leaf in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def inputs(shape, seed: int = 1):
+    return jax.random.normal(jax.random.key(seed), shape, dtype=F64)
+
+
+def reference_ntk(states_of, trained):
+    """J Jᵀ of ``states_of(trained)`` (B, n) with J = jacrev over the leaves of ``trained``."""
+    out = states_of(trained)
+    jac = jax.jacrev(states_of)(trained)
+    J = jnp.concatenate([j.reshape(out.size, -1) for j in jax.tree_util.tree_leaves(jac)], axis=1)
+    return (J @ J.T).reshape(*out.shape, *out.shape)
+
+
+def eqx_reference(module, states_fn, x, frozen=lambda path: False):
+    """The reference NTK over the module's float leaves but those ``frozen(path)`` names."""
+    trained, static = eqx.partition(module, eqx.is_inexact_array)
+    paths = jax.tree_util.tree_flatten_with_path(trained)[0]
+    keep = [not frozen(jax.tree_util.keystr(p)) for p, _ in paths]
+    leaves, treedef = jax.tree_util.tree_flatten(trained)
+
+    def states_of(chosen):
+        it = iter(chosen)
+        full = [next(it) if k else leaf for k, leaf in zip(keep, leaves, strict=True)]
+        m = eqx.combine(jax.tree_util.tree_unflatten(treedef, full), static)
+        return jax.vmap(lambda v: states_fn(m, v))(x)
+
+    return reference_ntk(states_of, [leaf for k, leaf in zip(keep, leaves, strict=True) if k])
+
+
+def check(model, params, x, reference, h0=None, *, rules=False):
+    traj = model.run(params, x) if h0 is None else model.run(params, x, h0)
+    ntk = kpflow.global_ntk(traj)
+    dense = np.asarray(ntk.todense())
+    assert dense.dtype == np.float64
+    assert rel(dense, reference) <= NTK_TOL
+    if rules:  # K's exact rules on the found sites equal the dense K
+        K = kpflow.parameter_kernel(traj)
+        n = int(np.prod(traj.state_shape))
+        Kd = np.asarray(K.todense()).reshape(n, n)
+        assert abs(float(kpflow.linalg.trace(K, method="exact").value) - np.trace(Kd)) <= 1e-10 * np.trace(Kd)
+        top = np.sort(np.linalg.eigvalsh(Kd))[::-1][:3]
+        got = np.asarray(kpflow.linalg.eigsh(K, 3, method="dense").eigenvalues)
+        assert rel(np.sort(got)[::-1], top) <= 1e-10
+        lam = np.clip(np.linalg.eigvalsh(Kd), 0, None)
+        erank = lam.sum() ** 2 / (lam**2).sum()
+        assert abs(float(kpflow.linalg.effective_rank(K, method="exact").value) - erank) <= 1e-9 * erank
+    return traj
+
+
+# -- Equinox ---------------------------------------------------------------------------------------
+def test_equinox_mlp_states_found_from_the_computation_match_jacrev():
+    mlp = randomize(eqx.nn.MLP(2, 2, 3, 2, activation=jnp.tanh, dtype=F64, key=jax.random.key(0)))
+    model, params = from_module(mlp, states="layers.*")
+    assert model.traced.state_names == ["layers.0", "layers.1", "layers.2"]
+    assert params["layers.0.weight"].shape == (3, 2)  # a weight site: (out, in)
+    weights = {model.traced.names[l] for l in model.traced.plan.weights}
+    assert weights == {"layers.0.weight", "layers.1.weight", "layers.2.weight"}
+
+    def states(m, v):
+        out, z = [], v
+        for l, layer in enumerate(m.layers):
+            z = layer(z)
+            out.append(z)
+            z = jnp.tanh(z) if l < len(m.layers) - 1 else z
+        return jnp.concatenate(out)
+
+    x = inputs((B, 2))
+    traj = check(model, params, x, eqx_reference(mlp, states, x), rules=True)
+    assert rel(traj.states, jax.vmap(lambda v: states(mlp, v))(x)) <= 1e-12
+
+
+class ResBlock(eqx.Module):
+    """A residual block: n = LN(x), h = n + MLP(n) (GELU), out = LN2(h): state 2 reads states 0 and 1."""
+
+    norm: eqx.nn.LayerNorm
+    mlp: eqx.nn.MLP
+    out: eqx.nn.LayerNorm
+
+    def __call__(self, x):
+        n = self.norm(x)
+        return self.out(n + self.mlp(n))
+
+
+def test_equinox_residual_block_with_layernorm_and_gelu_matches_jacrev():
+    k1 = jax.random.key(0)
+    block = ResBlock(
+        eqx.nn.LayerNorm(D, dtype=F64),
+        eqx.nn.MLP(D, D, 5, 1, activation=jax.nn.gelu, dtype=F64, key=k1),
+        eqx.nn.LayerNorm(D, dtype=F64),
+    )
+    block = randomize(block)
+    model, params = from_module(
+        block, states=["out", "norm", "mlp"], example=jnp.zeros(D, F64)
+    )  # any order: forward order kept
+    assert model.traced.state_names == ["norm", "mlp", "out"]
+    generic = {model.traced.names[l] for l in model.traced.plan.generic}
+    assert {"norm.weight", "norm.bias", "out.weight"} <= generic
+
+    def states(m, v):
+        n = m.norm(v)
+        h = m.mlp(n)
+        return jnp.concatenate([n, h, m.out(n + h)])
+
+    x = inputs((B, D))
+    check(model, params, x, eqx_reference(block, states, x))
+
+
+class SelfAttention(eqx.Module):
+    attn: eqx.nn.MultiheadAttention
+    norm: eqx.nn.LayerNorm
+
+    def __call__(self, x):  # x: (tokens, D)
+        return jax.vmap(self.norm)(x + self.attn(x, x, x))
+
+
+def test_equinox_multihead_attention_matches_jacrev():
+    attn = eqx.nn.MultiheadAttention(
+        2, D, use_query_bias=True, use_output_bias=True, dtype=F64, key=jax.random.key(0)
+    )
+    module = randomize(SelfAttention(attn, eqx.nn.LayerNorm(D, dtype=F64)))
+    S = 3
+    model, params = from_module(module, example=jnp.zeros((S, D), F64))
+    assert model.traced.state_names == ["attn", "norm"]
+    uses = {model.traced.names[u.leaf]: u.n_calls for u in model.traced.plan.uses}
+    assert uses["attn.query_proj.weight"] == S  # one hook call per token
+
+    def states(m, v):
+        a = m.attn(v, v, v)
+        return jnp.concatenate([a.reshape(-1), jax.vmap(m.norm)(v + a).reshape(-1)])
+
+    x = inputs((2, S, D))
+    check(model, params, x, eqx_reference(module, states, x))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_equinox_gru_cell_unrolled_matches_jacrev(bias):
+    cell = randomize(eqx.nn.GRUCell(2, 3, use_bias=bias, dtype=F64, key=jax.random.key(0)))
+    model, params = from_module(cell, recurrent=True)
+    x, h0 = inputs((2, 4, 2)), 0.5 * inputs((2, 3), seed=3)
+    trained, static = eqx.partition(cell, eqx.is_inexact_array)
+
+    def states_of(p):
+        c = eqx.combine(p, static)
+        h, out = h0, []
+        for t in range(x.shape[1]):
+            h = jax.vmap(c)(x[:, t], h)
+            out.append(h)
+        return jnp.stack(out, axis=1)
+
+    traj = check(model, params, x, reference_ntk(states_of, trained), h0)
+    assert rel(traj.states, states_of(trained)) <= 1e-12
+
+
+class Tied(eqx.Module):
+    """A frozen input layer and one Linear applied twice (its two calls are two states)."""
+
+    inp: eqx.nn.Linear
+    shared: eqx.nn.Linear
+
+    def __call__(self, x):
+        h = jnp.tanh(self.inp(x))
+        return self.shared(jnp.tanh(self.shared(h)))
+
+
+def test_equinox_tied_and_frozen_leaves_match_jacrev():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    module = randomize(Tied(eqx.nn.Linear(2, D, dtype=F64, key=k1), eqx.nn.Linear(D, D, dtype=F64, key=k2)))
+    model, params = from_module(module, states="shared", frozen="inp.*", example=jnp.zeros(2, F64))
+    assert model.traced.state_names == ["shared#0", "shared#1"]
+    assert model.frozen == {"inp.weight", "inp.bias"}
+
+    def states(m, v):
+        s0 = m.shared(jnp.tanh(m.inp(v)))
+        return jnp.concatenate([s0, m.shared(jnp.tanh(s0))])
+
+    x = inputs((B, 2))
+    reference = eqx_reference(module, states, x, frozen=lambda p: p.startswith(".inp"))
+    check(model, params, x, reference, rules=True)
+
+
+class Tokens(eqx.Module):
+    embed: eqx.nn.Embedding
+    proj: eqx.nn.Linear
+
+    def __call__(self, ids):  # ids: (tokens,) ints
+        return jax.vmap(self.proj)(jnp.tanh(jax.vmap(self.embed)(ids)))
+
+
+def test_equinox_embedding_of_token_ids_is_a_weight_site_and_matches_jacrev():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    module = randomize(
+        Tokens(eqx.nn.Embedding(5, D, dtype=F64, key=k1), eqx.nn.Linear(D, 2, dtype=F64, key=k2))
+    )
+    ids = jnp.asarray([[0, 4, 2], [1, 1, 3]], dtype=jnp.int32)
+    model, params = from_module(module, example=ids[0])
+    assert {model.traced.names[l] for l in model.traced.plan.weights} == {"embed.weight", "proj.weight"}
+    assert params["embed.weight"].shape == (D, 5)  # one-hot site variables: (out = D, in = vocab)
+
+    def states(m, v):
+        e = jax.vmap(m.embed)(v)
+        return jnp.concatenate([e.reshape(-1), jax.vmap(m.proj)(jnp.tanh(e)).reshape(-1)])
+
+    check(model, params, ids, eqx_reference(module, states, ids))
+
+
+# -- Flax NNX ----------------------------------------------------------------------------------------
+def nnx_module():
+    return pytest.importorskip("flax.nnx", reason="the Flax NNX cases need flax")
+
+
+def nnx_reference(module, states_fn, x):
+    nnx = nnx_module()
+    graphdef, trained, rest = nnx.split(module, nnx.Param, ...)
+
+    def states_of(p):
+        m = nnx.merge(graphdef, p, rest)
+        return jax.vmap(lambda v: states_fn(m, v))(x)
+
+    return reference_ntk(states_of, trained)
+
+
+def nnx_randomized(module):
+    nnx = nnx_module()
+    graphdef, trained, rest = nnx.split(module, nnx.Param, ...)
+    return nnx.merge(graphdef, randomize(trained), rest)
+
+
+def test_flax_mlp_matches_jacrev():
+    nnx = nnx_module()
+    rngs = nnx.Rngs(0)
+    seq = nnx.Sequential(
+        nnx.Linear(2, D, param_dtype=F64, rngs=rngs), nnx.tanh, nnx.Linear(D, 2, param_dtype=F64, rngs=rngs)
+    )
+    seq = nnx_randomized(seq)
+    model, params = from_module(seq, states="layers.*")
+    assert model.traced.state_names == ["layers.0", "layers.2"]
+    assert params["layers.0.kernel"].shape == (D, 2)  # the (in, out) kernel as (out, in)
+
+    def states(m, v):
+        h = m.layers[0](v)
+        return jnp.concatenate([h, m.layers[2](jnp.tanh(h))])
+
+    x = inputs((B, 2))
+    check(model, params, x, nnx_reference(seq, states, x), rules=True)
+    leaves = model.to_leaves(params)
+    assert rel(leaves[model.traced.names.index("layers.0.kernel")], seq.layers[0].kernel[...]) == 0
+
+
+def attention64(query, key, value, **kwargs):
+    """Dot-product attention in the inputs' dtype (Flax's default computes its softmax in float32,
+    so the module's own Jacobian would only be float32-accurate)."""
+    logits = jnp.einsum("...qhd,...khd->...hqk", query / jnp.sqrt(query.shape[-1]), key)
+    return jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(logits, axis=-1), value)
+
+
+def test_flax_attention_block_matches_jacrev():
+    nnx = nnx_module()
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.attn = nnx.MultiHeadAttention(
+                2, D, decode=False, attention_fn=attention64, param_dtype=F64, dtype=F64, rngs=rngs
+            )
+            self.norm = nnx.RMSNorm(D, param_dtype=F64, dtype=F64, rngs=rngs)
+
+        def __call__(self, x):
+            return self.norm(x + self.attn(x))
+
+    block = nnx_randomized(Block(nnx.Rngs(0)))
+    S = 3
+    model, params = from_module(block, example=jnp.zeros((S, D), F64))
+    assert model.traced.state_names == ["attn", "norm"]
+
+    def states(m, v):
+        a = m.attn(v)
+        return jnp.concatenate([a.reshape(-1), m.norm(v + a).reshape(-1)])
+
+    x = inputs((2, S, D))
+    check(model, params, x, nnx_reference(block, states, x))
+
+
+# -- errors list what is accepted ----------------------------------------------------------------------
+def test_bad_states_frozen_and_modules_are_refused_with_what_is_accepted():
+    mlp = eqx.nn.MLP(2, 1, 3, 1, dtype=F64, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"matches no submodule; the submodules are \['layers.0', "):
+        from_module(mlp, states="blocks.*")
+    with pytest.raises(TypeError, match=r"expected states to be a submodule path.*got 3"):
+        from_module(mlp, states=3)
+    with pytest.raises(
+        ValueError, match=r"frozen names \['w'\], which match no parameter; the parameters are"
+    ):
+        from_module(mlp, states="layers.*", frozen=["w"])
+    with pytest.raises(
+        TypeError, match=r"expected module to be an equinox\.Module or a flax\.nnx\.Module.*got str"
+    ):
+        from_module("gru", states="x")
+    with pytest.raises(TypeError, match="pass example="):
+        from_module(eqx.nn.LayerNorm(3), states="x")
+    model, params = from_module(mlp, states="layers.*")
+    with pytest.raises(ValueError, match=r"expected x of shape \(B, \*\(2,\)\) and dtype float64"):
+        model.run(params, jnp.ones((3, 4), F64))

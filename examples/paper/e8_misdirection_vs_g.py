@@ -5,7 +5,8 @@ with P Pᵀ (:func:`kpflow.analysis.misdirection`): 1 when K acts as c·I on the
 as K turns the propagator's modes.  A GRU (H = 256) runs on memory-pro (30/30/30, no input
 noise) with the research code's initialisation, torch's U(±1/√H) with ``weight_hh`` times
 g, for 10 log-spaced g in [1e-5, 5].  The error bars combine the spread over initialisation
-seeds and the estimator's own standard error.
+seeds (``--quick``: 2; ``--paper``: one network per g, as the research script) and the
+estimator's own standard error.
 
 Run ``python e8_misdirection_vs_g.py --quick --out out/e8`` (or ``--paper``).
 """
@@ -24,8 +25,8 @@ from kpflow.analysis import misdirection
 from kpflow.models import GRU
 
 SIZES = {
-    # the research script: memory-pro, 50 trials of T = 90, GRU H = 256, 30 probes per estimate
-    "paper": {"H": 256, "B": 50, "period": 30, "seeds": 3, "num_matvecs": 60},
+    # the research script: memory-pro, 50 trials of T = 90, GRU H = 256, one network per g, 30 probes
+    "paper": {"H": 256, "B": 50, "period": 30, "seeds": 1, "num_matvecs": 60},
     "quick": {"H": 32, "B": 4, "period": 8, "seeds": 2, "num_matvecs": 40},
 }
 GS = np.geomspace(1e-5, 5.0, 10)

@@ -56,8 +56,36 @@ _REQUIREMENT = re.compile(r'^([A-Za-z0-9_.\-]+)\s*(?:\[([^\]]*)\])?[^;]*;\s*extr
 
 
 def python_blocks(text: str) -> list[str]:
-    """The contents of the page's ```python blocks, in order."""
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    """The contents of the page's ```python blocks and executed ```{code-cell} python cells, in order."""
+    return re.findall(r"```(?:python|\{code-cell\} (?:python|ipython3))\n(.*?)```", text, flags=re.S)
+
+
+def toctree_targets(page: Path, docs: Path) -> list[Path]:
+    """The source files a docs page's ```{toctree} blocks name (``:glob:`` patterns expanded).
+
+    An entry is relative to the page's folder, or to ``docs`` when it starts with ``/``; a
+    name without a suffix is looked up as ``.md``, then ``.rst``.  Entries that name no
+    existing file are returned as the path they name (a test can then report them).
+    """
+    text = page.read_text(encoding="utf-8")
+    targets: list[Path] = []
+    for block in re.findall(r"```\{toctree\}[^\n]*\n(.*?)```", text, flags=re.S):
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        glob = ":glob:" in lines
+        for entry in (line for line in lines if not line.startswith(":")):
+            entry = entry.split("<")[-1].rstrip(">").strip() if entry.endswith(">") else entry
+            base = docs if entry.startswith("/") else page.parent
+            name = entry.lstrip("/")
+            if glob and any(c in name for c in "*?["):
+                targets.extend(sorted(p for p in base.glob(name + ("" if Path(name).suffix else ".*"))))
+                continue
+            path = base / name
+            if not path.suffix:
+                path = next(
+                    (path.with_suffix(s) for s in (".md", ".rst") if path.with_suffix(s).exists()), path
+                )
+            targets.append(path.resolve())
+    return targets
 
 
 def needed_extras(text: str) -> set[str]:

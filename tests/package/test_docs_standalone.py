@@ -27,7 +27,11 @@ from tests.docs_helpers import (
 )
 
 HELPERS = Path(__file__).resolve().parents[1] / "docs_helpers.py"
-PAGES = [p for p in sorted((ROOT / "docs").rglob("*.md")) if python_blocks(p.read_text(encoding="utf-8"))]
+PAGES = [
+    p
+    for p in sorted((ROOT / "docs").rglob("*.md"))
+    if "_build" not in p.parts and python_blocks(p.read_text(encoding="utf-8"))
+]
 PAGES.append(ROOT / "README.md")
 
 

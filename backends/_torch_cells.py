@@ -66,7 +66,36 @@ def _kind(module: Any) -> str:
 
 
 def from_recurrent_module(module: Any, readout: Any, *, detach: bool, where: str) -> tuple[Any, ...]:
-    """``from_module`` for a cell, a multi-layer or time-major RNN, or a user cell (see the module)."""
+    """``from_module`` for a cell, a multi-layer or time-major RNN, or a user cell (see the module).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A torch cell or RNN, or a user cell module ``forward(x_t, h) -> h`` with
+        ``input_size`` and ``hidden_size`` attributes.
+    readout : torch.nn.Linear or None
+        Reads the features (the last layer's h; h of a tuple state).
+    detach : bool
+        As :func:`kpflow.backends.torch.from_module`.
+    where : str
+        The public call named in errors.
+
+    Returns
+    -------
+    (model, params) or (model, params, readout_model, readout_params)
+        ``params`` are the module's tensors under the model's names (torch's module names for
+        a layer stack and a user cell; ``weight_ih`` ... for one layer and the torch cells).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kpflow.backends._torch_cells import from_recurrent_module
+    >>> lstm = torch.nn.LSTM(2, 3, num_layers=2, dtype=torch.float64)
+    >>> model, params = from_recurrent_module(lstm, None, detach=True, where="example")
+    >>> traj = model.run(params, torch.ones(4, 5, 2, dtype=torch.float64))   # (T, B, n_in)
+    >>> traj.state_shape, traj.feature_columns, sorted(model.state_parts)
+    ((5, 4, 12), (3, 6), ['c', 'h'])
+    """
     from kpflow.backends._torch_modules import _same_meta, _with_frozen
 
     nn = torch.nn
@@ -100,6 +129,9 @@ class _TorchInputs:
 
     _time_major = False
     _layers = 0
+    # the built-in models and the layer stack never mix batch rows (kpflow/ntk/output_gram.py);
+    # a user cell may, and sets it False
+    _batch_rows_independent = True
 
     def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
         if self._time_major and getattr(x, "ndim", 0) == 3:
@@ -362,6 +394,7 @@ class _UserCell(_TorchInputs, _recurrent_base()):  # type: ignore[misc]
 
     layer_size = 0
     parts = 1
+    _batch_rows_independent = False
 
     def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
         if isinstance(h0, tuple | list):

@@ -36,11 +36,14 @@ __all__ = ["output_ntk_gram"]
 
 
 def _rows_never_mix(traj: Any) -> bool:
-    """Whether the model is a built-in one whose batch rows are independent (exact types only)."""
+    """Whether the model's batch rows are independent: a built-in model (exact types only), or
+    one that says so with a true ``_batch_rows_independent`` (the torch layer stacks of
+    ``from_module``, whose step is written row by row)."""
     from kpflow.models import GRU, LSTM, MLP, RNN, LeakyRNN, SelfAttention, TransformerEncoder
 
     builtin = (GRU, LSTM, MLP, RNN, LeakyRNN, SelfAttention, TransformerEncoder)
-    return type(traj.model) in builtin and traj.axis_names[0] == "batch"
+    declared = type(traj.model) in builtin or getattr(traj.model, "_batch_rows_independent", False) is True
+    return declared and traj.axis_names[0] == "batch"
 
 
 def output_ntk_gram(N: Any) -> Any | None:

@@ -470,9 +470,7 @@ class ModuleTrajectory(Trajectory):
 
     # the two maps differentiated ------------------------------------------------------------------
     def _values(self) -> dict[str, Any]:
-        from kpflow.ntk.kernel import product_operands
-
-        values = product_operands(self.xp, tuple(self.params[n] for n in self.names))
+        values = _torch_adapter().for_products(tuple(self.params[n] for n in self.names))
         return dict(zip(self.names, values, strict=True))
 
     def _cut(self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any]) -> Any:
@@ -532,6 +530,60 @@ class ModuleTrajectory(Trajectory):
         return _vjp(_torch_adapter(), f, self.states.detach(), W)
 
     # K: the sites ------------------------------------------------------------------------------------
+    def kronecker_matmat(self, X: Any) -> Any:
+        """K X = Σ_w D_w A_w (A_wᵀ (D_wᵀ X)) for ``X`` of shape (k, B, Σ n), every site in one pass.
+
+        Dᵀ X for every site at once is one vmapped vjp of the update map in all the sites'
+        perturbations; the Kronecker middle A_w (A_wᵀ ·) runs per site; D U is one pass
+        with every site's tangent.  Two passes of the module per block of probes, whatever
+        the number of sites (applying each site's D_w on its own takes two per site).
+        :func:`kpflow.parameter_kernel` uses it; the exact rules read the sites as for
+        any Kronecker core.
+        """
+        f, zeros = self._all_sites_fn(self._values())
+        A = _torch_adapter().for_products(tuple(site.variables for site in self.sites))
+        _, pull = torch.func.vjp(f, *zeros)
+
+        def middle(v: Any) -> Any:
+            return tuple(a @ (a.T @ u) for a, u in zip(A, pull(v), strict=True))
+
+        U = torch.func.vmap(middle)(X)
+        # D U as the vjp of the linear map w ↦ Dᵀ w: torch's vmapped forward mode is slow on
+        # broadcast additions (as kpflow.models._hook_autodiff._jvp says)
+        _, push = torch.func.vjp(pull, torch.zeros_like(self.states))
+        return torch.func.vmap(lambda *u: push(u)[0])(*U)
+
+    def _all_sites_fn(self, values: dict[str, Any]) -> tuple[Callable, tuple]:
+        """(eps_1, …, eps_n) ↦ f with every site's perturbation at once, and the zero perturbations."""
+        groups = self._site_widths()
+        module_eps: list[tuple[list[int], list[int]]] = []
+        zeros = []
+        for name, kind, calls, width, A in groups:
+            if kind == "parameter":
+                module_eps.append(([], []))
+            else:
+                sizes = self._call_rows(name, kind, calls)
+                module_eps.append((list(calls), sizes))
+            zeros.append(torch.zeros((int(A.shape[0]), width), dtype=self.dtype, device=self.device))
+
+        def f(*eps: Any) -> Any:
+            per_call: dict[int, Any] = {}
+            delta: dict[str, Any] = {}
+            for (name, kind, _, _, _), (calls, sizes), e in zip(groups, module_eps, eps, strict=True):
+                if kind == "parameter":
+                    delta[name] = torch.reshape(e, self.params[name].shape)
+                else:
+                    per_call.update(zip(calls, torch.split(e, sizes, dim=0), strict=True))
+            return self._cut(values, per_call, delta)
+
+        return f, tuple(zeros)
+
+    def _call_rows(self, name: str, kind: str, calls: Any) -> list[int]:
+        sub = self.model.submodules[name]
+        if kind == "conv":
+            return [_conv_rows(sub, self._calls[c][1]) for c in calls]
+        return [int(self._calls[c][1].numel()) // _in_size(sub, kind) for c in calls]
+
     def _site_widths(self) -> list[tuple[str, str, list[int], int, Any]]:
         """(site name, kind, calls, width, A) per Kronecker module, then per autodiff parameter."""
         model, out = self.model, []
@@ -585,9 +637,7 @@ class ModuleTrajectory(Trajectory):
 
             zero = torch.zeros((1, width), dtype=self.dtype, device=self.device)
             return f, zero
-        sizes = [int(self._calls[c][1].numel()) // _in_size(self.model.submodules[name], kind) for c in calls]
-        if kind == "conv":
-            sizes = [_conv_rows(self.model.submodules[name], self._calls[c][1]) for c in calls]
+        sizes = self._call_rows(name, kind, calls)
 
         def g(eps: Any) -> Any:
             parts = torch.split(eps, sizes, dim=0)

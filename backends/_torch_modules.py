@@ -31,6 +31,7 @@ def _check_recurrent_module(module: Any, where: str) -> str:
             f"{where}: got a {type(module).__name__}; accepted: any torch.nn.Module with states= (the "
             "submodules whose outputs are the states: names, a glob pattern, a re.Pattern or a callable), "
             "an nn.Sequential (states default to its children), torch.nn.RNN / GRU / LSTM, "
+            "torch.nn.RNNCell / GRUCell / LSTMCell or a cell module with recurrent=True, "
             "torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer and TransformerEncoder"
         )
         raise TypeError(msg)
@@ -157,10 +158,25 @@ def from_module(
     exact gelu; torch's parameter names, ``layers.0.`` prefixed for a single layer); any
     setting kpflow cannot express raises a ``ValueError`` naming it (docs/torch.md).
 
+    Any feed-forward module (an ``nn.Sequential``, a residual network, a Hugging Face
+    transformer) maps with ``states=``: the outputs of the named submodules are the states,
+    every ``nn.Linear``, ``nn.Embedding``, ``nn.Conv1d`` / ``Conv2d`` inside is a Kronecker
+    weight site and every other trained parameter a site of one row (autodiff), and
+    ``model.run(params, *inputs)`` takes the module's own forward inputs
+    (:mod:`kpflow.backends._torch_graph`, docs/your_model.md).
+
     Parameters
     ----------
     module : torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM
         One layer, ``batch_first=True``, unidirectional (and ``proj_size=0`` for the LSTM).
+    states : list of str, str, re.Pattern or callable, optional
+        For any other ``torch.nn.Module``: the submodules whose outputs are the states, in
+        forward order, as ``named_modules`` names, a glob (``"h.*"``: ``*`` within one
+        dotted part, ``**`` across), a ``re.Pattern`` matched in full, or a callable
+        ``(name, submodule) -> bool``; a tuple-returning submodule contributes its first
+        tensor.  Default for an ``nn.Sequential``: every top-level child.  The model's
+        state is every state flattened per batch row, (B, Σ_j n_j); the params are the
+        trained parameters under their ``named_parameters`` names (frozen ones left out).
     readout : torch.nn.Linear, optional
         A readout with ``in_features == module.hidden_size``, of the module's dtype and
         device.  For the LSTM it reads h (the first H of the kpflow state [h; c]).
@@ -232,7 +248,7 @@ def from_module(
         _check_parametrizations(module, "", where)
     # -- any feed-forward module: its states named by ``states`` (kpflow.backends._torch_graph)
     if isinstance(module, torch.nn.Module) and (
-        states is not None or isinstance(module, torch.nn.Sequential)
+        states is not None or (isinstance(module, torch.nn.Sequential) and not recurrent)
     ):
         if readout is not None or causal:
             msg = (

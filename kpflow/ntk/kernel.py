@@ -71,14 +71,18 @@ class KroneckerCoreKernel(SymmetricOperator):
     ((1, 3, 2), 1)
     """
 
-    def __init__(self, sites: list[Site], *, like: Any) -> None:
+    def __init__(self, sites: list[Site], *, like: Any, matmat: Callable[[Any], Any] | None = None) -> None:
         from kpflow.operators.base import meta_of_array
 
         shape = sites[0].state_shape
         super().__init__(shape, shape, **meta_of_array(like, "KroneckerCoreKernel"))
         self.sites = list(sites)
+        # the same Σ_w D_w A_w (A_wᵀ (D_wᵀ X)), applied by the trajectory itself (optional)
+        self._own_matmat = matmat
 
     def _matmat(self, X: Any) -> Any:
+        if self._own_matmat is not None:
+            return self._own_matmat(X)
         terms = _terms(self.sites)
         specs = tuple(group[0].spec for group in terms)
         arrays = tuple((tuple(s.variables for s in group), group[0].D_operand()) for group in terms)
@@ -298,7 +302,9 @@ def parameter_kernel(traj: Trajectory, *, method: str = "kronecker") -> LinearOp
     check_trajectory(traj, where)
     K: LinearOperator
     if method == "kronecker":
-        K = KroneckerCoreKernel(traj.sites, like=traj.states)
+        # a trajectory may apply its sites' core in fewer passes (kpflow.backends.torch
+        # from_module(states=...): every site's D_w in one vjp and one jvp of the module)
+        K = KroneckerCoreKernel(traj.sites, like=traj.states, matmat=getattr(traj, "kronecker_matmat", None))
     elif method == "autodiff":
         adapter = autodiff_adapter(traj.states, f'{where}: method="autodiff"')
         K = AutodiffKernel(traj, adapter)

@@ -204,3 +204,16 @@ def test_errors_list_what_is_accepted():
         from_module(mlp(2, 2, 1), states=3)
     with pytest.raises(ValueError, match=r"readout= and causal= apply to the built-in mappings only"):
         from_module(mlp(2, 2, 1), readout=torch.nn.Linear(1, 1))
+
+
+def test_all_sites_in_one_pass_equal_the_per_site_core():
+    from kpflow.ntk.kernel import KroneckerCoreKernel
+
+    torch.manual_seed(6)
+    model, params = from_module(ResidualMLP().double(), states=["inp", "blocks.0", "blocks.1", "out"])
+    traj = model.run(params, torch.randn(3, 3, dtype=DT))
+    K = kpflow.parameter_kernel(traj)
+    assert K._own_matmat is not None  # the one-pass route
+    V = torch.randn(4, *traj.state_shape, dtype=DT)
+    per_site = KroneckerCoreKernel(traj.sites, like=traj.states).matmat(V)  # two passes per site
+    assert torch.allclose(K.matmat(V), per_site, rtol=1e-12, atol=1e-13)

@@ -210,7 +210,9 @@ def test_lstm_projection_is_unsupported():
 
 def test_wrong_module_or_readout_gives_a_clear_error():
     gru = torch.nn.GRU(2, 3, batch_first=True)
-    with pytest.raises(TypeError, match="expected module to be a torch.nn.RNN.*got Linear"):
+    with pytest.raises(
+        TypeError, match="got a Linear; accepted: any torch.nn.Module with states=.*torch.nn.RNN"
+    ):
         from_module(torch.nn.Linear(2, 3))
     with pytest.raises(TypeError, match="expected readout to be a torch.nn.Linear or None, got GRU"):
         from_module(gru, gru)

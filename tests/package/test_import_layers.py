@@ -61,8 +61,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "kpflow.backends.torch",
             "kpflow.backends.jax",
-            "kpflow.backends._torch_modules",
-            "kpflow.backends._jax_modules",
+            # the module mappings (from_module) and the modules they are split into
+            *sorted(
+                f"kpflow.backends.{path.stem}"
+                for pattern in ("_torch_modules*.py", "_torch_graph*.py", "_torch_cells*.py", "_jax_modules*.py")
+                for path in (ROOT / "backends").glob(pattern)
+            ),
         ),
     ),
     ("ntk", ("kpflow.ntk",)),

@@ -285,7 +285,8 @@ def target_alignment(
     columns y_j over ``(batch, time)``: ρ = Σ_j y_jᵀ M y_j / Σ_j y_jᵀ y_j (for p = 1, the
     research code's ``(B, T, 1)`` targets, this is yᵀ M y / yᵀ y).  Since ρ(M, y) <=
     λ_max(M) <= tr M = tr NTK_S, the value lies in ``[0, 1]``: 1 when the targets span
-    M's only mode, 1/(B·T) for M ∝ I.
+    M's only mode, 1/(B·T) for M ∝ I.  The numerator is exact, from p·S products with
+    NTK_S (unit vectors on hidden times each y_j), run in blocks of bounded memory.
 
     Parameters
     ----------
@@ -318,12 +319,30 @@ def target_alignment(
     if float(den) == 0.0:
         msg = f"{where}: y is zero; the Rayleigh quotient yᵀ M y / yᵀ y is undefined"
         raise ValueError(msg)
-    M = temporal_ntk(traj)
-    rho = xp.sum(Y * M.matmat(Y)) / den
-    t = linalg.trace(global_ntk(traj), num_matvecs=num_matvecs, rng=rng)
+    ntk = global_ntk(traj)
+    rho = _temporal_quadratic(ntk, Y) / den
+    t = linalg.trace(ntk, num_matvecs=num_matvecs, rng=rng)
     value = rho / t.value
     error = None if t.error is None else xp.abs(value) * t.error / xp.abs(t.value)
-    return ScalarResult(value, error, M.size_in * Y.shape[0] + t.num_matvecs, t.method)
+    S = ntk.shape_in[2]
+    return ScalarResult(value, error, S * Y.shape[0] + t.num_matvecs, t.method)
+
+
+@without_graph
+def _temporal_quadratic(ntk: LinearOperator, Y: Any) -> Any:
+    """Σ_j y_jᵀ M y_j = Σ_{j,h} (y_j ⊗ e_h)ᵀ NTK_S (y_j ⊗ e_h), in blocks of products."""
+    xp = ntk.xp
+    S = ntk.shape_in[2]
+    p = Y.shape[0]
+    per_block = max(1, _BLOCK_FLOATS // ntk.size_in)
+    eye = xp.eye(S, dtype=ntk.dtype, device=ntk.device)
+    total = xp.zeros((), dtype=ntk.dtype, device=ntk.device)
+    for start in range(0, p * S, per_block):
+        idx = xp.arange(start, min(p * S, start + per_block), device=ntk.device)
+        cols = xp.take(Y, idx // S, axis=0)  # (k, B, T)
+        E = cols[:, :, :, None] * xp.reshape(xp.take(eye, idx % S, axis=0), (idx.shape[0], 1, 1, S))
+        total = total + xp.sum(E * ntk.matmat(E))
+    return total
 
 
 @dataclass(frozen=True)

@@ -521,7 +521,9 @@ def target_mode_rayleigh(
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode < r:
             msg = f"{where}: expected mode to be None or an int in [0, {r}) (the targets' rank), got {mode!r}"
             raise ValueError(msg)
-        target = m.singular_values[mode] * m.modes[mode][:, :, None] * m.directions[mode][None, None, :]
+        target = (
+            m.singular_values[mode] * m.modes[mode, :, :][:, :, None] * m.directions[mode, :][None, None, :]
+        )
     lo, hi = traj.feature_columns
     B, T, S = traj.state_shape
     parts = [target @ C]

@@ -215,3 +215,26 @@ def test_bad_inputs_name_the_argument():
     mtraj = mlp.run(mlp.init(0, like=torch.zeros(1, dtype=F64)), torch.ones((2, 2), dtype=F64))
     with pytest.raises(ValueError, match="core_alignment: expected a recurrent trajectory"):
         analysis.core_alignment(mtraj)
+
+
+@pytest.mark.parametrize("backend", ["strict", "torch32"])
+def test_metrics_keep_the_namespace_and_dtype(backend):
+    if backend == "strict":
+        xp = pytest.importorskip("array_api_strict")
+        like, dtype = xp.zeros(1, dtype=xp.float64), xp.float64
+    else:
+        xp, like, dtype = torch, torch.zeros(1, dtype=torch.float32), torch.float32
+    model = RNN(2, 3)
+    traj = model.run(model.init(0, like=like), xp.ones((2, 4, 2), dtype=dtype))
+    y = xp.asarray(np.random.default_rng(0).standard_normal((2, 4, 2)), dtype=dtype)
+    C = xp.ones((2, 3), dtype=dtype)
+    results = [
+        analysis.core_alignment(traj),
+        analysis.core_alignment(traj, method="estimate", num_matvecs=16, rng=0),
+        analysis.target_alignment(traj, y),
+        analysis.target_mode_rayleigh(traj, y, C, 0),
+        analysis.temporal_spatial_ranks(traj).temporal,
+    ]
+    for r in results:
+        assert r.value.dtype == dtype and 0.0 <= float(r) <= 2.0 * 8
+    assert analysis.target_modes(y, outputs=y).tau.dtype == dtype

@@ -70,12 +70,12 @@ def _is_call(eqn: Any) -> bool:
 
 
 def _embed_rows(eqn: Any, leaf_shape: tuple) -> bool:
-    """A dynamic_slice of one whole row of a 2-D leaf, the column start a literal 0."""
-    if eqn.primitive.name != "dynamic_slice" or len(leaf_shape) != 2:
-        return False
-    start = eqn.invars[2]
-    literal = isinstance(start, Literal) and int(start.val) == 0
-    return literal and tuple(eqn.params["slice_sizes"]) == (1, leaf_shape[1])
+    """A dynamic_slice of one whole row of a 2-D leaf (a full-width slice: its column start clamps to 0)."""
+    return (
+        eqn.primitive.name == "dynamic_slice"
+        and len(leaf_shape) == 2
+        and tuple(eqn.params["slice_sizes"]) == (1, leaf_shape[1])
+    )
 
 
 def _embed_gather(eqn: Any, leaf_shape: tuple) -> int | None:

@@ -480,6 +480,12 @@ class ModuleTrajectory(Trajectory):
         tap = _Tap(self.model, self.offsets, z=z, eps=eps)
         return self.model._flat(self.model.forward(params, self.inputs, tap).states, self.offsets)
 
+    def _forward(self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any]) -> Any:
+        """z(θ + δ) with eps added to site calls' outputs: the forward itself, no state cut."""
+        params = {n: (v + delta[n] if n in delta else v) for n, v in values.items()}
+        tap = _Tap(self.model, self.offsets, eps=eps)
+        return self.model._flat(self.model.forward(params, self.inputs, tap).states, self.offsets)
+
     def _graph(self) -> bool:
         return torch.is_grad_enabled() and self.states.requires_grad
 
@@ -541,6 +547,20 @@ class ModuleTrajectory(Trajectory):
         any Kronecker core.
         """
         f, zeros = self._all_sites_fn(self._values())
+        return self._gram_matmat(f, zeros, X)
+
+    def global_matmat(self, X: Any) -> Any:
+        """NTK_S X = Σ_w (P D_w) A_w (A_wᵀ ((P D_w)ᵀ X)) in two passes of the module.
+
+        P D_w is the derivative of the forward itself (states not cut) in site w's
+        perturbation, so one vmapped vjp gives every (P D_w)ᵀ X and one more pass applies
+        their sum: the same product as P K Pᵀ (four passes), by the chain rule.
+        """
+        f, zeros = self._all_sites_fn(self._values(), cut=False)
+        return self._gram_matmat(f, zeros, X)
+
+    def _gram_matmat(self, f: Callable, zeros: tuple, X: Any) -> Any:
+        """Σ_w J_w A_w (A_wᵀ (J_wᵀ X)) with J_w = ∂f/∂eps_w, vmapped over X's leading axis."""
         A = _torch_adapter().for_products(tuple(site.variables for site in self.sites))
         _, pull = torch.func.vjp(f, *zeros)
 
@@ -548,12 +568,12 @@ class ModuleTrajectory(Trajectory):
             return tuple(a @ (a.T @ u) for a, u in zip(A, pull(v), strict=True))
 
         U = torch.func.vmap(middle)(X)
-        # D U as the vjp of the linear map w ↦ Dᵀ w: torch's vmapped forward mode is slow on
+        # J U as the vjp of the linear map w ↦ Jᵀ w: torch's vmapped forward mode is slow on
         # broadcast additions (as kpflow.models._hook_autodiff._jvp says)
         _, push = torch.func.vjp(pull, torch.zeros_like(self.states))
         return torch.func.vmap(lambda *u: push(u)[0])(*U)
 
-    def _all_sites_fn(self, values: dict[str, Any]) -> tuple[Callable, tuple]:
+    def _all_sites_fn(self, values: dict[str, Any], *, cut: bool = True) -> tuple[Callable, tuple]:
         """(eps_1, …, eps_n) ↦ f with every site's perturbation at once, and the zero perturbations."""
         groups = self._site_widths()
         module_eps: list[tuple[list[int], list[int]]] = []
@@ -574,7 +594,9 @@ class ModuleTrajectory(Trajectory):
                     delta[name] = torch.reshape(e, self.params[name].shape)
                 else:
                     per_call.update(zip(calls, torch.split(e, sizes, dim=0), strict=True))
-            return self._cut(values, per_call, delta)
+            if cut:
+                return self._cut(values, per_call, delta)
+            return self._forward(values, per_call, delta)
 
         return f, tuple(zeros)
 

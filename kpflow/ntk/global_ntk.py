@@ -54,6 +54,11 @@ class GlobalNTK(SymmetricOperator):
         self._J: StateJacobian | None = None
 
     def _matmat(self, X: Any) -> Any:
+        # a trajectory whose K applies all its sites at once may also fuse P K Pᵀ (kpflow.backends
+        # .torch from_module(states=...): two passes of the module instead of four)
+        fused = getattr(self.P.traj, "global_matmat", None)
+        if fused is not None and getattr(self.K, "_own_matmat", None) is not None:
+            return fused(X)
         return self.P._matmat(self.K._matmat(self.P._rmatmat(X)))
 
     @property

@@ -217,3 +217,14 @@ def test_all_sites_in_one_pass_equal_the_per_site_core():
     V = torch.randn(4, *traj.state_shape, dtype=DT)
     per_site = KroneckerCoreKernel(traj.sites, like=traj.states).matmat(V)  # two passes per site
     assert torch.allclose(K.matmat(V), per_site, rtol=1e-12, atol=1e-13)
+
+
+def test_fused_global_product_equals_p_k_pt():
+    torch.manual_seed(7)
+    model, params = from_module(ResidualMLP().double(), states=["inp", "blocks.0", "blocks.1", "out"])
+    traj = model.run(params, torch.randn(3, 3, dtype=DT))
+    N = kpflow.global_ntk(traj)
+    V = torch.randn(3, *traj.state_shape, dtype=DT)
+    P, K = kpflow.propagator(traj), kpflow.parameter_kernel(traj)
+    composed = P.matmat(K.matmat(P.T.matmat(V)))  # four passes: Pᵀ, K (two), P
+    assert torch.allclose(N.matmat(V), composed, rtol=1e-12, atol=1e-13)

@@ -4,7 +4,8 @@ One module, one run: a ``transformers.GPT2Model`` built from a random config (no
 ``attn_implementation="eager"``), the states the output of every block (``h.0`` … ``h.{L−1}``).
 
 - **kpflow**: ``from_module(model, states="h.*")``, ``kpflow.linalg.eigsh(global_ntk(traj), k)``
-  (blocks of probes through P K Pᵀ, every D_w and P by jvp/vjp of the module's forward).
+  (blocks of probes; each NTK_S product is one vmapped vjp and one more pass of the module's
+  forward for every weight site at once, the Kronecker middle A_w A_wᵀ per site).
 - **baseline**: NTK_S v = J (Jᵀ v) with Jᵀ v a ``torch.func.vjp`` and J u a ``torch.func.jvp`` of
   θ ↦ states through the same module (forward hooks read the block outputs), one probe at a
   time, in ``scipy.sparse.linalg.eigsh`` (ARPACK, ``which="LA"``).
@@ -14,7 +15,8 @@ difference of the k eigenvalues.  Defaults: 4 layers, d = 256, 4 heads, sequence
 batch 8, k = 10, float32.  ``--quick``: a smoke run of seconds (2 layers, d = 8, sequence 4,
 batch 1, k = 2, float64).
 
-Run: ``python benchmarks/bench_from_module_gpt2.py`` (``--quick`` for the smoke run).
+Run: ``python benchmarks/bench_from_module_gpt2.py`` (``--quick`` for the smoke run; ``--layers``,
+``--d``, ``--heads``, ``--seq``, ``--batch`` for other sizes).
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=None)
     parser.add_argument("--tol", type=float, default=1e-6, help="eigsh tolerance of both routes")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--d", type=int, default=256, help="model width")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=128, help="sequence length")
+    parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
     import scipy.sparse.linalg as sla
@@ -105,7 +112,8 @@ def main() -> None:
     if args.quick:
         layers, d, heads, seq, batch, k, dtype = 2, 8, 2, 4, 1, args.k or 2, torch.float64
     else:
-        layers, d, heads, seq, batch, k, dtype = 4, 256, 4, 128, 8, args.k or 10, torch.float32
+        layers, d, heads, seq, batch = args.layers, args.d, args.heads, args.seq, args.batch
+        k, dtype = args.k or 10, torch.float32
     vocab = 64
     model = build(layers, d, heads, seq, vocab, dtype)
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(1))

@@ -228,3 +228,22 @@ def test_fused_global_product_equals_p_k_pt():
     P, K = kpflow.propagator(traj), kpflow.parameter_kernel(traj)
     composed = P.matmat(K.matmat(P.T.matmat(V)))  # four passes: Pᵀ, K (two), P
     assert torch.allclose(N.matmat(V), composed, rtol=1e-12, atol=1e-13)
+
+
+class ReadsOutside(torch.nn.Module):
+    """A Linear whose weight the forward also reads directly (a hand-written tied readout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+        self.out = torch.nn.Identity()
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return self.out(h @ self.lin.weight.T)
+
+
+def test_a_weight_read_outside_its_module_is_counted_at_every_use():
+    torch.manual_seed(8)
+    traj = assert_matches(ReadsOutside().double(), (torch.randn(2, 3, dtype=DT),), states=["lin", "out"])
+    assert {s.name for s in traj.sites} == {"lin.weight", "lin.bias"}  # one-row sites, by autodiff

@@ -316,7 +316,7 @@ def from_module(
     weight sites are found from the computation: every ``dot_general`` one of whose
     operands is a parameter leaf (``eqx.nn.Linear``, ``nnx.Linear``, the projections of
     ``MultiheadAttention``, a user's ``W @ x`` or ``x @ W``), and the row lookup of an
-    ``eqx.nn.Embedding``, is an exact Kronecker weight site (Gram A_wᵀ A_w ⊗ I, a use
+    ``eqx.nn.Embedding`` or ``nnx.Embed``, is an exact Kronecker weight site (Gram A_wᵀ A_w ⊗ I, a use
     per token, cross terms between the uses of a shared weight included).  Every other
     trained leaf (biases, LayerNorm / RMSNorm scales, a leaf used in any other operation,
     in two layouts, or inside a ``lax.scan``) is taken whole by the autodiff rule (D_θ by

@@ -87,7 +87,7 @@ def _embed_gather(eqn: Any, leaf_shape: tuple) -> int | None:
     plain = (
         not dn.operand_batching_dims
         and 0 in dn.start_index_map
-        and str(params["mode"]).endswith(("CLIP", "PROMISE_IN_BOUNDS"))
+        and str(params["mode"]).endswith(("CLIP", "PROMISE_IN_BOUNDS", "FILL_OR_DROP"))
     )
     if not (whole_rows and plain):
         return None
@@ -244,12 +244,14 @@ def _apply_use(ctx: Context, i: int, use: WeightUse, eqn: Any, invals: list) -> 
     out_aval = eqn.outvars[0].aval
     if use.orient == ("embed",):  # a row lookup: one-hot site variables
         vocab = int(W.shape[1])
+        fill = eqn.primitive.name == "gather" and str(eqn.params["mode"]).endswith("FILL_OR_DROP")
         if eqn.primitive.name == "gather":
             dn = eqn.params["dimension_numbers"]
             row = invals[1][..., list(dn.start_index_map).index(0)]
         else:
             row = invals[1]
-        row = jnp.reshape(jnp.clip(row, 0, vocab - 1), (-1, 1))
+        row = jnp.reshape(row if fill else jnp.clip(row, 0, vocab - 1), (-1, 1))
+        # FILL_OR_DROP (jnp.take's default): an out-of-range row has no one (a zero row of A)
         a = (jnp.arange(vocab, dtype=row.dtype)[None, :] == row).astype(W.dtype)
         shape_x: tuple = ()
     else:
@@ -266,6 +268,10 @@ def _apply_use(ctx: Context, i: int, use: WeightUse, eqn: Any, invals: list) -> 
     if use.orient == ("embed",):
         if eqn.primitive.name != "gather":
             return jnp.reshape(u, out_aval.shape)
+        if fill:  # the gather's fill value (NaN by default) where the row is out of range
+            value = eqn.params["fill_value"]
+            value = jnp.nan if value is None else value
+            u = jnp.where((row >= 0) & (row < vocab), u, jnp.asarray(value, dtype=u.dtype))
         return _gather_layout(eqn, u)
     shape_w = tuple(eqn.invars[side].aval.shape[d] for d in use.orient[0])
     u = jnp.reshape(u, shape_x + shape_w)

@@ -356,3 +356,28 @@ def test_bad_states_frozen_and_modules_are_refused_with_what_is_accepted():
     model, params = from_module(mlp, states="layers.*")
     with pytest.raises(ValueError, match=r"expected x of shape \(B, \*\(2,\)\) and dtype float64"):
         model.run(params, jnp.ones((3, 4), F64))
+
+
+def test_flax_embed_and_layernorm_of_token_ids_match_jacrev():
+    nnx = nnx_module()
+
+    class Tagger(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(5, 3, param_dtype=F64, dtype=F64, rngs=rngs)
+            self.norm = nnx.LayerNorm(3, param_dtype=F64, dtype=F64, rngs=rngs)
+            self.out = nnx.Linear(3, 2, param_dtype=F64, dtype=F64, rngs=rngs)
+
+        def __call__(self, ids):
+            return self.out(self.norm(self.embed(ids)))
+
+    module = nnx_randomized(Tagger(nnx.Rngs(0)))
+    ids = jnp.asarray([[0, 4, 2], [1, 1, 3]], dtype=jnp.int32)
+    model, params = from_module(module, example=ids[0])
+    assert {model.traced.names[l] for l in model.traced.plan.weights} == {"embed.embedding", "out.kernel"}
+
+    def states(m, v):
+        e = m.embed(v)
+        n = m.norm(e)
+        return jnp.concatenate([e.reshape(-1), n.reshape(-1), m.out(n).reshape(-1)])
+
+    check(model, params, ids, nnx_reference(module, states, ids))

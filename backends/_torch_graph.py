@@ -460,7 +460,7 @@ class ModuleTrajectory(Trajectory):
         covered = {n for m in kronecker for n in model.site_params[m]}
         self.autodiff_params = [n for n in self.names if n not in covered]
         self.kronecker_modules = [m for m in kronecker if any(name == m for _, name in self.plan)]
-        self._cache: tuple | None = None
+        self._groups: list[tuple[str, str, tuple, int]] = []  # (site, kind, calls, width), with sites
 
     def state(self, j: int, Z: Any = None) -> Any:
         """State module j's output (or block j of ``Z`` of shape (..., B, Σ n)) in its own shape."""
@@ -562,7 +562,7 @@ class ModuleTrajectory(Trajectory):
     def _gram_matmat(self, f: Callable, zeros: tuple, X: Any) -> Any:
         """Σ_w J_w A_w (A_wᵀ (J_wᵀ X)) with J_w = ∂f/∂eps_w, vmapped over X's leading axis."""
         A = _torch_adapter().for_products(tuple(site.variables for site in self.sites))
-        _, pull = torch.func.vjp(f, *zeros)
+        pull = torch.func.vjp(f, *zeros)[1]
 
         def middle(v: Any) -> Any:
             return tuple(a @ (a.T @ u) for a, u in zip(A, pull(v), strict=True))
@@ -570,26 +570,28 @@ class ModuleTrajectory(Trajectory):
         U = torch.func.vmap(middle)(X)
         # J U as the vjp of the linear map w ↦ Jᵀ w: torch's vmapped forward mode is slow on
         # broadcast additions (as kpflow.models._hook_autodiff._jvp says)
-        _, push = torch.func.vjp(pull, torch.zeros_like(self.states))
+        push = torch.func.vjp(pull, torch.zeros_like(self.states))[1]
         return torch.func.vmap(lambda *u: push(u)[0])(*U)
 
     def _all_sites_fn(self, values: dict[str, Any], *, cut: bool = True) -> tuple[Callable, tuple]:
         """(eps_1, …, eps_n) ↦ f with every site's perturbation at once, and the zero perturbations."""
-        groups = self._site_widths()
+        sites = self.sites  # (builds the sites and their groups on first use)
+        groups = self._groups
         module_eps: list[tuple[list[int], list[int]]] = []
         zeros = []
-        for name, kind, calls, width, A in groups:
+        for (name, kind, calls, width), site in zip(groups, sites, strict=True):
             if kind == "parameter":
                 module_eps.append(([], []))
             else:
                 sizes = self._call_rows(name, kind, calls)
                 module_eps.append((list(calls), sizes))
-            zeros.append(torch.zeros((int(A.shape[0]), width), dtype=self.dtype, device=self.device))
+            rows = int(site.variables.shape[0])
+            zeros.append(torch.zeros((rows, width), dtype=self.dtype, device=self.device))
 
         def f(*eps: Any) -> Any:
             per_call: dict[int, Any] = {}
             delta: dict[str, Any] = {}
-            for (name, kind, _, _, _), (calls, sizes), e in zip(groups, module_eps, eps, strict=True):
+            for (name, kind, _, _), (calls, sizes), e in zip(groups, module_eps, eps, strict=True):
                 if kind == "parameter":
                     delta[name] = torch.reshape(e, self.params[name].shape)
                 else:
@@ -623,7 +625,9 @@ class ModuleTrajectory(Trajectory):
 
     def _make_sites(self) -> list[Site]:
         sites: list[Site] = []
+        self._groups = []
         for name, kind, calls, width, A in self._site_widths():
+            self._groups.append((name, kind, tuple(calls), width))
             rows = self._rows(name, kind, width)
             site = LinearSite(
                 name,

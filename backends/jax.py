@@ -67,6 +67,13 @@ def _piece(key: Any, i: Any, kind: str, dtype: Any) -> Any:
     return jax.random.rademacher(key, (_PIECE,), dtype=jnp.int8).astype(dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _joined(pieces: tuple, shape: tuple[int, ...]) -> Any:
+    """The pieces of a draw joined, cut and shaped: one program per shape (not three)."""
+    flat = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
+    return jnp.reshape(flat[: math.prod(shape)], shape)
+
+
 class JaxBackend(Backend):
     """jax arrays, with ``jax.jvp``, ``jax.vjp``, ``jax.vmap``, ``jax.jacrev``, ``jax.jit``.
 
@@ -98,6 +105,9 @@ class JaxBackend(Backend):
         return max(1, len(getattr(device, "device_set", ())))
 
     def from_host(self, array: Any, *, dtype: Any, device: Any = None) -> Any:
+        if isinstance(array, np.ndarray):
+            # cast on the host and copy over: no program compiled per shape and dtype
+            return jax.device_put(np.asarray(array, dtype=np.dtype(dtype)), device)
         return jnp.asarray(array, dtype=dtype, device=device)
 
     def _draw(self, kind: str, seed: int, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
@@ -107,8 +117,7 @@ class JaxBackend(Backend):
             key = jax.device_put(key, device)
         size = math.prod(shape)
         pieces = [_piece(key, i, kind, dtype) for i in range(max(1, -(-size // _PIECE)))]
-        flat = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
-        return jnp.reshape(flat[:size], shape)
+        return _joined(tuple(pieces), shape)
 
     def random_normal(self, seed: int, shape: tuple[int, ...], *, dtype: Any, device: Any = None) -> Any:
         return self._draw("normal", seed, tuple(shape), dtype, device)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 from kpflow.operators.base import LinearOperator
 
-__all__ = ["adapter_of", "dtype_eps", "kernel", "like_array", "without_graph"]
+__all__ = ["adapter_of", "array_kernel", "dtype_eps", "kernel", "like_array", "without_graph"]
 
 
 def like_array(A: LinearOperator) -> Any:
@@ -83,6 +83,18 @@ def kernel(A: LinearOperator, fn: Callable, *static: Any, donate: tuple[int, ...
     if not getattr(adapter, "compiles_per_shape", False):
         return functools.partial(fn, A.xp, *static)
     return _jitted(adapter, fn, tuple(static), tuple(donate))
+
+
+def array_kernel(xp: Any, like: Any, fn: Callable, *static: Any) -> Callable:
+    """:func:`kernel` for code that holds an array ``like`` of namespace ``xp`` instead of an operator."""
+    adapter = _ADAPTERS.get(xp)
+    if adapter is None:
+        from kpflow.backends import get_backend
+
+        adapter = _ADAPTERS[xp] = get_backend(like)
+    if not getattr(adapter, "compiles_per_shape", False):
+        return functools.partial(fn, xp, *static)
+    return _jitted(adapter, fn, tuple(static), ())
 
 
 def dtype_eps(A: LinearOperator) -> float:

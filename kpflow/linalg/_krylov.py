@@ -427,7 +427,7 @@ def restarted_lanczos(
                 if _excess(xp, res, vals, target, float(scale_arr), pairwise) <= 1.0 or m >= n:
                     result, R = (
                         EighResult(vals, U, res, products.num_matvecs),
-                        _residuals(xp, AU_or_R, vals, U),
+                        kernel(A, _residuals)(AU_or_R, vals, U),
                     )
                     cluster = _largest_cluster([float(v) for v in vals], width)
                     if m >= n or cluster < s or s + b > max_basis - k:
@@ -500,8 +500,12 @@ def _excess(xp: Any, res: Any, vals: Any, target: float, scale: float, pairwise:
 
 
 def _diag(A: LinearOperator, values: Any) -> Any:
-    xp = A.xp
-    return xp.eye(values.shape[0], dtype=A.dtype, device=A.device) * values[None, :]
+    return kernel(A, _diag_matrix)(values)
+
+
+def _diag_matrix(xp: Any, values: Any) -> Any:
+    """``diag(values)`` (one program on jax, not seven)."""
+    return xp.eye(values.shape[0], dtype=values.dtype, device=device_of(values)) * values[None, :]
 
 
 def _lock(A: LinearOperator, basis: _Basis, U: Any, T_u: Any, R: Any, gen: Any, AU: Any = None) -> Any:

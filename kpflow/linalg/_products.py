@@ -81,6 +81,12 @@ def _pad_rows(xp: Any, size: int, shape: tuple, block: Any) -> Any:
     return xp.reshape(xp.concat([block, fill], axis=0), (size, *shape))
 
 
+def _unpadded(xp: Any, rows: int, size_out: int, out: Any) -> Any:
+    """The first ``rows`` products of a padded block, flat: ``(rows, size_out)``."""
+    flat = xp.reshape(out, (out.shape[0], size_out))
+    return flat if flat.shape[0] == rows else flat[:rows, ...]
+
+
 class MatvecCounter:
     """Apply an operator to flat blocks, counting products and reporting progress.
 
@@ -130,6 +136,8 @@ class MatvecCounter:
         else:
             block = xp.reshape(block, (size, *shape_in))
         block = self._adapter.distribute(block)
+        if self._pad:
+            return kernel(op, _unpadded, rows, size_out)(apply(block))
         out = xp.reshape(apply(block), (size, size_out))
         return out if size == rows else out[:rows, ...]
 

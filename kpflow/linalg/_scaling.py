@@ -23,6 +23,7 @@ import math
 from typing import Any
 
 from kpflow._array import device_of
+from kpflow.linalg._backend import array_kernel
 from kpflow.operators.base import LinearOperator
 
 __all__ = ["ScaledProducts", "check_finite", "nonfinite_error", "power_of_four", "row_norms"]
@@ -60,6 +61,11 @@ def _largest(xp: Any, Y: Any) -> Any:
     return xp.max(xp.abs(Y))
 
 
+def _largest_and_scaled(xp: Any, Y: Any, inv: Any) -> tuple[Any, Any]:
+    """``(max|Y|, Y · inv)``: a checked and scaled product in one pass (one program on jax)."""
+    return xp.max(xp.abs(Y)), Y * inv
+
+
 def nonfinite_error(where: str, name: str, what: str = "products") -> FloatingPointError:
     """The error for an operator whose ``what`` hold NaN or inf (``name``: the operator's repr)."""
     msg = (
@@ -74,7 +80,7 @@ def check_finite(xp: Any, Y: Any, where: str, name: str, what: str = "products")
     """``max|Y|`` (host float); raises :func:`nonfinite_error` when ``Y`` holds NaN or inf."""
     if math.prod(tuple(Y.shape)) == 0:
         return 0.0
-    largest = float(_largest(xp, Y))
+    largest = float(array_kernel(xp, Y, _largest)(Y))
     if not math.isfinite(largest):
         raise nonfinite_error(where, name, what)
     return largest
@@ -113,9 +119,16 @@ class ScaledProducts:
 
     def _scaled(self, Y: Any) -> Any:
         """``Y / s``; the first nonzero product fixes ``s``; NaN or inf raise."""
-        largest = check_finite(self.op.xp, Y, self.where, self.name)
+        xp = self.op.xp
+        if self._fixed and self.scale != 1.0 and math.prod(tuple(Y.shape)) > 0:
+            # s known: the check and the division in one pass
+            top, scaled = array_kernel(xp, Y, _largest_and_scaled)(Y, 1.0 / self.scale)
+            if not math.isfinite(float(top)):
+                raise nonfinite_error(self.where, self.name)
+            return scaled
+        largest = check_finite(xp, Y, self.where, self.name)
         if not self._fixed and largest > 0.0:
-            self.scale = power_of_four(self.op.xp, self.op.dtype, largest)
+            self.scale = power_of_four(xp, self.op.dtype, largest)
             self._fixed = True
         return Y if self.scale == 1.0 else Y * (1.0 / self.scale)
 

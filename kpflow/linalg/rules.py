@@ -50,7 +50,7 @@ import functools
 import math
 from typing import Any
 
-from kpflow.linalg._common import EighResult, without_graph
+from kpflow.linalg._common import EighResult, kernel, without_graph
 from kpflow.operators.algebra import Adjoint, Composition, Gram, Reshaped, Scaled, Sum
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.basic import Dense, Diagonal, Identity, Projector
@@ -232,7 +232,11 @@ def _(op: Identity) -> Any:
 @exact_fro_norm.register(Diagonal)
 @exact_fro_norm.register(Dense)
 def _(op: Any) -> Any:
-    return op.xp.linalg.vector_norm(op.array)
+    return kernel(op, _vector_norm)(op.array)
+
+
+def _vector_norm(xp: Any, a: Any) -> Any:
+    return xp.linalg.vector_norm(a)
 
 
 @exact_fro_norm.register

@@ -25,3 +25,5 @@ def test_tiny_run_prints_three_calls_ratios_and_a_warm_call_that_loads_every_pro
     assert int(first[3]) > 0 and int(first[4]) == 0  # an empty cache: every program compiled
     assert int(warm[3]) == 0 and int(warm[4]) > 0  # the first call's programs, loaded
     assert len(re.findall(r"^RATIO jax (first|warm) / numpy: wall \d+\.\d+x, cpu \d+\.\d+x$", out, re.M)) == 2
+    again = re.search(r"^jax again\s+(.*)$", out, re.M)
+    assert again is not None and int(again[1].split()[3]) == 0  # warm (b): nothing compiled

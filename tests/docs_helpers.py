@@ -88,6 +88,15 @@ def toctree_targets(page: Path, docs: Path) -> list[Path]:
     return targets
 
 
+def executed_by_the_site(text: str) -> bool:
+    """A page the Sphinx build executes (a myst-nb notebook: ``file_format: mystnb`` front matter).
+
+    The docs build runs such a page top to bottom and fails on any error
+    (``nb_execution_raise_on_error``), so the test suite checks only its imports statically.
+    """
+    return re.match(r"---\n(?:.*\n)*?file_format:\s*mystnb\s*\n(?:.*\n)*?---\n", text) is not None
+
+
 def needed_extras(text: str) -> set[str]:
     """The extras named as ``kpflow[...]`` on the page's "**Needs:**" lines before its first example."""
     head = text.split("```", 1)[0]

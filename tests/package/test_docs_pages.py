@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs_helpers import extra_modules, needed_extras, python_blocks, run_examples, toctree_targets
+from tests.docs_helpers import (
+    executed_by_the_site,
+    extra_modules,
+    needed_extras,
+    python_blocks,
+    run_examples,
+    toctree_targets,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.relative_to(DOCS).parts)
@@ -27,6 +34,8 @@ def test_page_examples_run(page):
     if page.stem in NO_EXAMPLE:
         return
     assert python_blocks(text), f"{page.name} has no example"
+    if executed_by_the_site(text):
+        pytest.skip(f"{page.name} is executed by the Sphinx build (nox -s docs), not here")
     missing = missing_needs(text)
     if missing:
         pytest.skip(f"{page.name} needs {missing}, which is not installed")

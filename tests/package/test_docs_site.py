@@ -28,6 +28,15 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
 import kpflow_docs  # noqa: E402
 
+from tests.docs_helpers import (  # noqa: E402
+    OPTIONAL_MODULES,
+    executed_by_the_site,
+    extra_modules,
+    known_extras,
+    needed_extras,
+    python_blocks,
+)
+
 BUILT = os.environ.get("KPFLOW_DOCS_HTML")
 NAMES = kpflow_docs.public_names()
 PAIRS = [(m, n) for m, names in NAMES.items() for n in names]
@@ -138,6 +147,44 @@ def test_docstring_maths_is_not_read_as_markup():
     assert kpflow_docs._plain_markup("log|R_t[i, i]| and ``|x|``") == r"log\|R_t[i, i]\| and ``|x|``"
     assert kpflow_docs._plain_markup("its *site profile* is") == "its *site profile* is"
     assert kpflow_docs._plain_markup(">>> f(*args, **kw)") == ">>> f(*args, **kw)"
+
+
+EXECUTED = [
+    p
+    for p in sorted(DOCS.rglob("*.md"))
+    if "_build" not in p.parts and executed_by_the_site(p.read_text(encoding="utf-8"))
+]
+# kpflow modules that import an optional package when used
+_IMPLIED = {"kpflow.plot": "matplotlib", "kpflow.backends.torch": "torch", "kpflow.backends.jax": "jax"}
+
+
+def test_the_tutorials_are_executed_by_the_site_build():
+    assert {p.stem for p in EXECUTED} >= {
+        "gru_ranks",
+        "training",
+        "torch_module",
+        "transformer",
+        "custom_cell",
+    }
+    conf = (DOCS / "conf.py").read_text(encoding="utf-8")
+    assert "nb_execution_raise_on_error = True" in conf
+
+
+@pytest.mark.parametrize("page", EXECUTED, ids=[p.stem for p in EXECUTED])
+def test_an_executed_page_imports_only_what_its_needs_line_names(page):
+    """The Sphinx build runs these pages with everything installed; their "Needs" line must still
+    name every optional package they import (checked statically here)."""
+    text = page.read_text(encoding="utf-8")
+    extras = needed_extras(text)
+    assert re.search(r"^\*\*Needs:\*\*", text.split("```", 1)[0], flags=re.M), f"{page.name}: no Needs line"
+    assert extras <= known_extras(), f"{page.name} names unknown extras {sorted(extras - known_extras())}"
+    imported = set()
+    for block in python_blocks(text):
+        for module in re.findall(r"^\s*(?:import|from)\s+([\w.]+)", block, flags=re.M):
+            imported.add(module.partition(".")[0])
+            imported.update(v for k, v in _IMPLIED.items() if module == k or module.startswith(k + "."))
+    hidden = OPTIONAL_MODULES - extra_modules(extras)
+    assert not imported & hidden, f"{page.name} imports {sorted(imported & hidden)} without naming them"
 
 
 # ------------------------------------------------------------------------------ the built site

@@ -20,6 +20,7 @@ import kpflow
 from tests.docs_helpers import (
     OPTIONAL_MODULES,
     ROOT,
+    executed_by_the_site,
     extra_modules,
     known_extras,
     needed_extras,
@@ -30,7 +31,9 @@ HELPERS = Path(__file__).resolve().parents[1] / "docs_helpers.py"
 PAGES = [
     p
     for p in sorted((ROOT / "docs").rglob("*.md"))
-    if "_build" not in p.parts and python_blocks(p.read_text(encoding="utf-8"))
+    if "_build" not in p.parts
+    and python_blocks(p.read_text(encoding="utf-8"))
+    and not executed_by_the_site(p.read_text(encoding="utf-8"))  # run by the Sphinx build
 ]
 PAGES.append(ROOT / "README.md")
 

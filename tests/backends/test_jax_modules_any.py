@@ -119,7 +119,7 @@ def test_equinox_mlp_states_found_from_the_computation_match_jacrev():
         return jnp.concatenate(out)
 
     x = inputs((B, 2))
-    traj = check(model, params, x, eqx_reference(mlp, states, x), rules=True)
+    traj = check(model, params, x, eqx_reference(mlp, states, x))
     assert rel(traj.states, jax.vmap(lambda v: states(mlp, v))(x)) <= 1e-12
 
 

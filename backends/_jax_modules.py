@@ -1,8 +1,10 @@
 """``from_module`` for Equinox and Flax NNX modules (re-exported by :mod:`kpflow.backends.jax`).
 
 Maps recurrent cells and MLPs onto kpflow's models with torch's parameter names and gate
-orders.  Neither equinox nor flax is imported here: modules are recognised through
-``sys.modules``, so importing kpflow's jax adapter never imports them.
+orders; any other module (or any module with ``states=`` / ``recurrent=True``) is traced
+and its weight sites found from its computation (:mod:`kpflow.backends._jax_modules_graph`).
+Neither equinox nor flax is imported here: modules are recognised through ``sys.modules``,
+so importing kpflow's jax adapter never imports them.
 """
 
 from __future__ import annotations

@@ -17,9 +17,6 @@ tf = pytest.importorskip("transformers", reason="the Hugging Face tests need tra
 
 from tests.backends.test_from_module_graph import assert_matches  # noqa: E402
 
-#: each test densifies NTK_S through every site's jvp/vjp of the whole model: ~10-30 s each
-pytestmark = pytest.mark.slow
-
 V, B, N, D = 7, 1, 3, 4
 tf.logging.set_verbosity_error()
 

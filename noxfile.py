@@ -94,7 +94,7 @@ def docs(session: nox.Session) -> None:
     """
     session.install("-e", ".[docs,plot,test,jax]", TORCH_PIN)
     html = "docs/_build/html"
-    env = {"MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    env = {"JAX_PLATFORMS": "cpu", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", html, env=env)
     tests = ["tests/package/test_docs_site.py"]
     if "--no-examples" not in session.posargs:

@@ -15,6 +15,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE / "_ext"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The executed tutorials' kernels inherit this process's environment: draw their figures inline
+# (as Jupyter does) even when the caller set another matplotlib backend, e.g. MPLBACKEND=Agg.
+os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
 import kpflow_docs  # noqa: E402
 

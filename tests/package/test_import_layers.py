@@ -64,7 +64,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             # the module mappings (from_module) and the modules they are split into
             *sorted(
                 f"kpflow.backends.{path.stem}"
-                for pattern in ("_torch_modules*.py", "_torch_graph*.py", "_torch_cells*.py", "_jax_modules*.py")
+                for pattern in (
+                    "_torch_modules*.py",
+                    "_torch_graph*.py",
+                    "_torch_cells*.py",
+                    "_jax_modules*.py",
+                )
                 for path in (ROOT / "backends").glob(pattern)
             ),
         ),

@@ -96,8 +96,6 @@ def from_recurrent_module(module: Any, readout: Any, *, detach: bool, where: str
     >>> traj.state_shape, traj.feature_columns, sorted(model.state_parts)
     ((5, 4, 12), (3, 6), ['c', 'h'])
     """
-    from kpflow.backends._torch_modules import _same_meta, _with_frozen
-
     nn = torch.nn
     if not isinstance(module, nn.Module):
         msg = f"{where}: expected module to be a torch.nn.Module, got {type(module).__name__}"
@@ -113,10 +111,35 @@ def from_recurrent_module(module: Any, readout: Any, *, detach: bool, where: str
         model, features, tensors = _from_user_cell(module, where)
     params = {name: (t.detach() if detach else t) for name, t in tensors.items()}
     _same_meta(params, next(iter(params.values())), "the weight", where)
-    model = _with_frozen(model, list(tensors.items()), module, where)
+    model = _with_frozen(model, tensors, module, where)
     if readout is None:
         return model, params
     return (model, params, *_readout(readout, features, params, detach, where))
+
+
+# (the checks below mirror kpflow.backends._torch_modules, which imports this module)
+def _same_meta(tensors: dict[str, Any], reference: Any, what: str, where: str) -> None:
+    for name, tensor in tensors.items():
+        if tensor.dtype != reference.dtype or tensor.device != reference.device:
+            msg = (
+                f"{where}: {what} {name!r} is {tensor.dtype} on {tensor.device}, but the recurrent "
+                f"module's weights are {reference.dtype} on {reference.device}; convert both alike "
+                "(e.g. module.double(), readout.double())"
+            )
+            raise TypeError(msg)
+
+
+def _with_frozen(model: Any, tensors: dict[str, Any], module: Any, where: str) -> Any:
+    """``model`` with the parameters whose tensors have ``requires_grad=False`` frozen (``with_frozen``)."""
+    frozen = [name for name, t in tensors.items() if not t.requires_grad]
+    if len(frozen) == len(tensors):
+        msg = (
+            f"{where}: every parameter of the {type(module).__name__} has requires_grad=False, so gradient "
+            "descent moves none and the NTK is zero; set requires_grad=True on the parameters you train "
+            "(detach=True keeps kpflow from recording an autograd graph)"
+        )
+        raise ValueError(msg)
+    return model.with_frozen(frozen) if frozen else model
 
 
 # -- built-in cells ------------------------------------------------------------------------------
@@ -408,8 +431,6 @@ class _UserCell(_TorchInputs, _recurrent_base()):  # type: ignore[misc]
 
 # -- the readout -----------------------------------------------------------------------------------
 def _readout(readout: Any, features: tuple[int, int], params: dict, detach: bool, where: str) -> tuple:
-    from kpflow.backends._torch_modules import _frozen, _same_meta
-
     from kpflow.models import Linear
 
     if not isinstance(readout, torch.nn.Linear):
@@ -419,7 +440,7 @@ def _readout(readout: Any, features: tuple[int, int], params: dict, detach: bool
     if readout.in_features != width:
         msg = f"{where}: expected readout.in_features to equal the module's hidden_size={width}, got "
         raise ValueError(msg + str(readout.in_features))
-    frozen = _frozen(list(readout.named_parameters()))
+    frozen = [name for name, p in readout.named_parameters() if not p.requires_grad]
     if frozen:
         msg = (
             f"{where}: the readout's {frozen} requires_grad=False, but kpflow's output NTK trains the "

@@ -175,7 +175,24 @@ def load_checkpoint(
 
     Examples
     --------
-    See :func:`save_checkpoint`.
+    A checkpoint read back in float32 (numpy's here; ``like=`` picks torch, jax, ...); a
+    file for another model is refused, naming the entry:
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from kpflow.models import GRU, RNN, Linear
+    >>> from kpflow.training import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+    >>> model, readout = RNN(1, 4), Linear(4, 1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "rnn.npz")
+    >>> _ = save_checkpoint(path, Checkpoint(3, model.init(0), readout.init(1)))
+    >>> c = load_checkpoint(path, model, readout, dtype=np.float32)
+    >>> c.step, c.params["weight_hh"].dtype
+    (3, dtype('float32'))
+    >>> try:
+    ...     load_checkpoint(path, GRU(1, 4), readout)
+    ... except CheckpointError as err:
+    ...     print(type(err).__name__)
+    CheckpointError
     """
     where = "load_checkpoint"
     _check_model(model, readout, where)

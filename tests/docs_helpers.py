@@ -34,21 +34,29 @@ OPTIONAL_MODULES = frozenset(
         "array_api_strict",
         "cupy",
         "equinox",
+        "flax",
         "hypothesis",
         "jax",
         "jaxlib",
+        "matfree",
         "matplotlib",
+        "myst_nb",
+        "numpydoc",
+        "optax",
+        "pydata_sphinx_theme",
         "pytest",
         "scipy",
         "sphinx",
+        "sphinx_gallery",
         "torch",
         "tqdm",
+        "transformers",
         "xdist",
     }
 )
 
 # Installed together with an extra's package, and imported by it.
-_COMPANIONS = {"jax": {"jaxlib", "scipy"}}
+_COMPANIONS = {"jax": {"jaxlib", "scipy"}, "transformers": {"tqdm"}, "flax": {"optax"}}
 # Distributions whose top-level module has another name.
 _MODULE_NAMES = {"pytest_xdist": "xdist"}
 
@@ -175,6 +183,17 @@ class _Hiding(importlib.abc.MetaPathFinder):
             return None
         find = getattr(self.finder, "find_spec", None)
         return None if find is None else find(name, path, target)
+
+    def find_distributions(self, *args: Any, **kwargs: Any) -> Any:
+        """Installed metadata (importlib.metadata), of unhidden distributions only."""
+        find = getattr(self.finder, "find_distributions", None)
+        if find is None:
+            return iter(())
+        return (
+            dist
+            for dist in find(*args, **kwargs)
+            if (dist.metadata["Name"] or "").lower().replace("-", "_") not in self.hidden
+        )
 
     def invalidate_caches(self) -> None:
         invalidate = getattr(self.finder, "invalidate_caches", None)

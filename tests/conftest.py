@@ -17,13 +17,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-# The jax tests are bound by XLA's compile time (small arrays, many distinct programs): compile
-# with LLVM's cheap pipeline.  About 20% less CPU per jax test here; the numbers are unchanged
-# (no fast-math either way).  Inherited by the tests' subprocesses; a caller's XLA_FLAGS are kept.
-_FAST_XLA_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_XLA_COMPILE}".strip()
-
 settings.register_profile(
     "ci",
     derandomize=True,

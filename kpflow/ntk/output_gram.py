@@ -27,6 +27,8 @@ send every unit output on its own (B = 1 above).
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from kpflow.models.sites import apply_site_DT
@@ -91,7 +93,12 @@ def output_ntk_gram(N: Any) -> Any | None:
     arrays = tuple((tuple(s.variables for s in group), group[0].D_operand()) for group in terms)
     for group, (As, D) in zip(terms, product_operands(xp, arrays), strict=True):
         A = As[0] if len(As) == 1 else xp.concat(As, axis=1)
-        U = xp.reshape(apply_site_DT(xp, group[0].spec, D, X), (k, B, R, -1))  # (k, B, R, k_w)
+        DtX = apply_site_DT(xp, group[0].spec, D, X)
+        if int(A.shape[0]) != m or math.prod(DtX.shape) % (k * m) != 0:
+            # a site over other positions than the trajectory's m (a transformer's learned
+            # positions, say): densify by products instead
+            return None
+        U = xp.reshape(DtX, (k, B, R, -1))  # (k, B, R, k_w)
         out = out + _contract(xp, A, U, B, R)
     out = out + _readout_term(xp, N, B, R, n_out)
     # (b, q=(r, o)) is unit output (b, r, o)

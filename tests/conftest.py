@@ -17,6 +17,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The jax tests are bound by XLA's compile time (small arrays, many distinct programs): compile
+# them with LLVM's cheap pipeline (about 20% less CPU per jax test, 3-4 minutes of the suite
+# here).  Same operations, no fast-math either way; only rounding may differ in the last
+# digit, so no test may sit exactly at a float32 precision floor.  Inherited by the tests'
+# subprocesses; a caller's own XLA_FLAGS optimisation level is kept.
+_FAST_XLA_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_XLA_COMPILE}".strip()
+
 settings.register_profile(
     "ci",
     derandomize=True,

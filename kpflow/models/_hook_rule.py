@@ -169,8 +169,9 @@ def rule_sites(traj: Any, groups: list, call_text: Callable[..., str]) -> list[S
         A = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
         rows = [(name, (lo, hi))]
         if len(calls) == 1:
+            unit_D = flat[calls[0]][:, :, None, None]
             site: Site = Site(
-                label, A, state_shape=traj.state_shape, unit_D=flat[calls[0]][:, :, None, None], rows=rows
+                label, A, state_shape=traj.state_shape, unit_D=unit_D, rows=rows, batch_major=True
             )
         else:
             spans = tuple((plan[c][2][0] - lo, plan[c][2][1] - lo) for c in calls)
@@ -185,6 +186,7 @@ def rule_sites(traj: Any, groups: list, call_text: Callable[..., str]) -> list[S
                 static=(spans, hi - lo, traj.state_shape),
                 n_sites=m,
                 rows=rows,
+                batch_major=True,  # per call, one row per trajectory site (b, t), batch-major
             )
         sites.append(site)
     return sites

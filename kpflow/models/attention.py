@@ -92,6 +92,9 @@ class SelfAttention(Model):
     (2, 3, 4)
     """
 
+    #: Batch rows never mix (tokens attend within their own row; ``Layout.independent_rows``).
+    independent_rows = True
+
     def __init__(
         self, d_model: int, n_heads: int, *, causal: bool = False, bias: bool = True, residual: bool = True
     ) -> None:
@@ -203,6 +206,7 @@ class SelfAttention(Model):
             site_axes=2,
             parts=self.state_parts,
             features=self.feature_columns,
+            independent_rows=self.independent_rows,
         )
 
     def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> AttentionTrajectory:
@@ -313,6 +317,7 @@ class AttentionTrajectory(Trajectory):
                 state_shape=shape,
                 width=d,
                 rows=rows["in_proj.q"],
+                batch_major=True,
             ),
             # The key bias shifts every score of a row equally: softmax ignores it, so its
             # column of ones (its term of K) is left out exactly.
@@ -326,6 +331,7 @@ class AttentionTrajectory(Trajectory):
                 state_shape=shape,
                 width=d,
                 rows=rows["in_proj.k"],
+                batch_major=True,
             ),
             LinearSite(
                 "in_proj.v",
@@ -337,8 +343,17 @@ class AttentionTrajectory(Trajectory):
                 state_shape=shape,
                 width=d,
                 rows=rows["in_proj.v"],
+                batch_major=True,
             ),
-            Site("out_proj", A["out_proj"], state_shape=shape, scale=1.0, width=d, rows=rows["out_proj"]),
+            Site(
+                "out_proj",
+                A["out_proj"],
+                state_shape=shape,
+                scale=1.0,
+                width=d,
+                rows=rows["out_proj"],
+                batch_major=True,
+            ),
         ]
 
 

@@ -25,7 +25,7 @@ from kpflow.models.hooks import (
     hook_sites,
     record_hook_calls,
 )
-from kpflow.models.layout import Layout
+from kpflow.models.layout import Layout, check_independent_rows
 
 __all__ = ["FeedForward", "FeedForwardHookTrajectory"]
 
@@ -43,6 +43,11 @@ class FeedForward(Model):
         Each layer's output width n_l (as many as ``layers``).
     param_shapes : dict of str to tuple
         (out, in) for a weight, (out,) for a bias.
+    independent_rows : bool, optional
+        Declares that the layers never mix batch rows (row b of a layer's output reads row
+        b of its input only: no batch statistics), see :class:`~kpflow.models.layout.Layout`;
+        the dense output NTK then probes all rows at once.  Default False (rows may mix); a
+        wrong True gives a wrong dense output NTK.
 
     Examples
     --------
@@ -70,6 +75,7 @@ class FeedForward(Model):
         n_in: int,
         widths: Sequence[int],
         param_shapes: dict[str, tuple[int, ...]],
+        independent_rows: bool = False,
     ) -> None:
         where = "FeedForward"
         layers = list(layers) if isinstance(layers, list | tuple) else layers
@@ -87,6 +93,7 @@ class FeedForward(Model):
         self.n_in = check_size(n_in, "n_in", where)
         self.widths = tuple(check_size(w, "every width", where) for w in widths)
         self._shapes = _check_param_shapes(param_shapes, where)
+        self.independent_rows = check_independent_rows(independent_rows, where)
         self.state_size = sum(self.widths)
         offsets = [0]
         for w in self.widths:
@@ -108,6 +115,7 @@ class FeedForward(Model):
             widths=self.widths,
             parts=self.state_parts,
             features=self.feature_columns,
+            independent_rows=self.independent_rows,
         )
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -72,6 +72,9 @@ class GRU(RecurrentModel):
     ((4, 5, 3), [('r', 7, 3), ('z', 7, 3), ('in', 3, 3), ('hn', 4, 3)])
     """
 
+    #: Batch rows never mix (each row's cell runs on its own h and x; ``Layout.independent_rows``).
+    independent_rows = True
+
     def __init__(self, n_in: int, n_hidden: int, *, bias: bool = True) -> None:
         self.n_in = check_size(n_in, "n_in", "GRU")
         self.n_hidden = check_size(n_hidden, "n_hidden", "GRU")
@@ -164,6 +167,7 @@ class GRUTrajectory(RecurrentTrajectory):
                 state_shape=self.state_shape,
                 unit_D=flat_sites(D[decl.name])[:, :, None, None],
                 rows=decl.rows(),
+                batch_major=True,
             )
             for decl in table
         ]

@@ -45,6 +45,7 @@ from kpflow.models._hook_autodiff import _hook_D, _hook_DT, _hook_step_jvp, _hoo
 from kpflow.models._hook_call import _call_text, _check_param_shapes, _Hook
 from kpflow.models._hook_rule import StepDerivatives, check_rule, rule_sites, rule_step_jvp, rule_step_vjp
 from kpflow.models.base import RecurrentModel, RecurrentTrajectory, StepKernel, check_size
+from kpflow.models.layout import check_independent_rows
 from kpflow.models.sites import LinearSite, Site
 
 __all__ = [
@@ -146,6 +147,11 @@ class Recurrent(RecurrentModel):
         per-unit diagonal coefficients (:class:`~kpflow.models.StepDerivatives`).  With it
         the cell needs no autodiff and runs on every backend (numpy, array_api_strict);
         without it D_w and the step Jacobian come from autodiff (torch or jax arrays).
+    independent_rows : bool, optional
+        Declares that the step never mixes batch rows (row b of h_t reads row b of h_{t−1}
+        and x_t only: no batch statistics), see :class:`~kpflow.models.layout.Layout`; the
+        dense output NTK then probes all rows at once.  Default False (rows may mix); a
+        wrong True gives a wrong dense output NTK.
 
     Notes
     -----
@@ -207,6 +213,7 @@ class Recurrent(RecurrentModel):
         n_hidden: int,
         param_shapes: dict[str, tuple[int, ...]],
         derivatives: Any = None,
+        independent_rows: bool = False,
     ) -> None:
         where = "Recurrent"
         if not callable(step):
@@ -218,6 +225,7 @@ class Recurrent(RecurrentModel):
         self._shapes = _check_param_shapes(param_shapes, where)
         self.derivatives = None if derivatives is None else check_rule(derivatives, where)
         self.user_step = step
+        self.independent_rows = check_independent_rows(independent_rows, where)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
@@ -453,6 +461,7 @@ def hook_sites(traj: Any) -> list[Site]:
             static=static,
             n_sites=m,
             rows=[(name, (lo, hi))],
+            batch_major=True,  # per call, one row per trajectory site (b, …), batch-major
         )
         sites.append(_as_diagonal(site, traj) if len(calls) == 1 else site)
     return _share_equal_D(sites, xp)
@@ -473,7 +482,15 @@ def _share_equal_D(sites: list[Site], xp: Any) -> list[Site]:
             if same is None:
                 seen.append(D)
             else:
-                s = Site(s.name, s.variables, state_shape=s.state_shape, unit_D=same, rows=s.rows)
+                shape = s.state_shape
+                s = Site(
+                    s.name,
+                    s.variables,
+                    state_shape=shape,
+                    unit_D=same,
+                    rows=s.rows,
+                    batch_major=s.batch_major,
+                )
         out.append(s)
     return out
 
@@ -503,5 +520,10 @@ def _as_diagonal(site: LinearSite, traj: Any) -> Site:
     if gap > 100 * float(xp.finfo(traj.dtype).eps) * float(xp.linalg.vector_norm(DU)):
         return site
     return Site(
-        site.name, site.variables, state_shape=traj.state_shape, unit_D=d[:, :, None, None], rows=site.rows
+        site.name,
+        site.variables,
+        state_shape=traj.state_shape,
+        unit_D=d[:, :, None, None],
+        rows=site.rows,
+        batch_major=site.batch_major,
     )

@@ -66,7 +66,7 @@ from kpflow.models.hooks import (
     hook_sites,
     record_hook_calls,
 )
-from kpflow.models.layout import Layout
+from kpflow.models.layout import Layout, check_independent_rows
 from kpflow.models.sites import Site
 
 __all__ = ["Implicit", "ImplicitTrajectory", "SolverNotConvergedError"]
@@ -98,6 +98,11 @@ class Implicit(Model):
         max(1e-12, 100·eps of the dtype).
     solve_restart, solve_max_iter : int
         GMRES restart length and cap on its iterations (per solve).
+    independent_rows : bool, optional
+        Declares that the residual never mixes batch rows (row b of F reads rows b of z and
+        x only: no batch statistics), see :class:`~kpflow.models.layout.Layout`; the dense
+        output NTK then probes all rows at once.  Default False (rows may mix); a wrong True
+        gives a wrong dense output NTK.
 
     Examples
     --------
@@ -141,6 +146,7 @@ class Implicit(Model):
         solve_tol: float | None = None,
         solve_restart: int = 50,
         solve_max_iter: int = 1000,
+        independent_rows: bool = False,
     ) -> None:
         where = "Implicit"
         if not callable(residual):
@@ -165,6 +171,7 @@ class Implicit(Model):
         self.solve_max_iter = check_size(solve_max_iter, "solve_max_iter", where)
         self.solver, self.tol, self.solve_tol = solver, float(tol), solve_tol
         self.user_residual = residual
+        self.independent_rows = check_independent_rows(independent_rows, where)
 
     def _init_bound(self) -> float:
         return 1.0 / float(np.sqrt(self.n_state))
@@ -374,6 +381,7 @@ class Implicit(Model):
             site_axes=1,
             parts=self.state_parts,
             features=self.feature_columns,
+            independent_rows=self.independent_rows,
         )
 
     def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> ImplicitTrajectory:

@@ -25,10 +25,29 @@ from typing import Any
 
 from kpflow._array import prod
 
-__all__ = ["KINDS", "Layout"]
+__all__ = ["KINDS", "Layout", "check_independent_rows"]
 
 #: The block kinds of a layout (see the module docstring).
 KINDS = ("recurrent", "depth", "single", "solved")
+
+
+def check_independent_rows(value: Any, where: str) -> bool:
+    """``value`` if it is True or False (a model's ``independent_rows`` declaration), else a TypeError.
+
+    Examples
+    --------
+    >>> from kpflow.models.layout import check_independent_rows
+    >>> check_independent_rows(True, "Recurrent")
+    True
+    >>> check_independent_rows(1, "Recurrent")
+    Traceback (most recent call last):
+    ...
+    TypeError: Recurrent: expected independent_rows to be True or False, got 1
+    """
+    if not isinstance(value, bool):
+        msg = f"{where}: expected independent_rows to be True or False, got {value!r}"
+        raise TypeError(msg)
+    return value
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,14 @@ class Layout:
         default one part, named after the last axis, covering every column.
     features : (start, stop), optional
         The per-site columns a readout reads; default every column.
+    independent_rows : bool, optional
+        The model declares that axis 0 indexes independent samples: no step, no weight
+        site's D_w and no readout reads one row's state into another's, so P, every D_w and
+        the readout are block-diagonal over axis 0 (each row's states depend on its own
+        input only; the G_w = A_w A_wᵀ of K still couple rows).  Default False, the answer
+        for a model that does not say (a user's step may mix rows, as a batch norm does).
+        :func:`~kpflow.ntk.output_gram.output_ntk_gram` probes all rows at once when it is
+        True.
 
     Attributes
     ----------
@@ -77,6 +104,9 @@ class Layout:
     >>> mlp = Layout((2, 7), ("batch", "units"), "depth", site_axes=1, widths=(4, 3))
     >>> mlp.blocks, mlp.block(np, np.zeros((1, 2, 7)), 1).shape
     (((0, 4), (4, 7)), (1, 2, 3))
+    >>> one = Layout((2, 7), ("batch", "units"), "single", site_axes=1, independent_rows=True)
+    >>> lay.independent_rows, one.independent_rows
+    (False, True)
     """
 
     shape: tuple[int, ...]
@@ -86,9 +116,11 @@ class Layout:
     widths: tuple[int, ...] = ()
     parts: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     features: tuple[int, int] | None = None
+    independent_rows: bool = False
 
     def __post_init__(self) -> None:
         where = "Layout"
+        check_independent_rows(self.independent_rows, where)
         shape = tuple(int(n) for n in self.shape)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "axes", tuple(str(a) for a in self.axes))

@@ -69,6 +69,9 @@ class LeakyRNN(RecurrentModel):
     ((4, 5, 3), 0.1)
     """
 
+    #: Batch rows never mix (each row's cell runs on its own h and x; ``Layout.independent_rows``).
+    independent_rows = True
+
     def __init__(
         self, n_in: int, n_hidden: int, *, dt: float, nonlinearity: str = "tanh", bias: bool = False
     ) -> None:
@@ -148,6 +151,7 @@ class LeakyRNNTrajectory(RecurrentTrajectory):
                 scale=model.dt,
                 width=model.n_hidden,
                 rows=decl.rows(),
+                batch_major=True,
             )
         ]
 

@@ -81,6 +81,9 @@ class LSTM(RecurrentModel):
     ((4, 5, 6), [(7, 12, (20, 3, 2, 4))])
     """
 
+    #: Batch rows never mix (each row's cell runs on its own [h; c] and x; ``Layout.independent_rows``).
+    independent_rows = True
+
     def __init__(self, n_in: int, n_hidden: int, *, bias: bool = True) -> None:
         self.n_in = check_size(n_in, "n_in", "LSTM")
         self.n_hidden = check_size(n_hidden, "n_hidden", "LSTM")
@@ -249,7 +252,15 @@ class LSTMTrajectory(RecurrentTrajectory):
         # D (B, T, 2, 4, H) is (m, a, g, n) row-major: unit_D (m, n, a, g) is a permuted view
         # of it, so neither unit_D nor the site's gate-major D_operand() copies anything
         unit_D = xp.permute_dims(xp.reshape(self.D, (m, 2, 4, H)), (0, 3, 1, 2))
-        return [Site(decl.name, A[decl.name], state_shape=self.state_shape, unit_D=unit_D, rows=decl.rows())]
+        site = Site(
+            decl.name,
+            A[decl.name],
+            state_shape=self.state_shape,
+            unit_D=unit_D,
+            rows=decl.rows(),
+            batch_major=True,
+        )
+        return [site]
 
 
 def _lstm_jvp(xp: Any, H: int, operands: tuple, V: Any, t: Any) -> Any:

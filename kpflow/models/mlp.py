@@ -57,6 +57,9 @@ class MLP(Model):
     ((5, 6), [(0, 4), (4, 6)])
     """
 
+    #: Batch rows never mix (each row's layers read its own input only; ``Layout.independent_rows``).
+    independent_rows = True
+
     def __init__(
         self,
         widths: Any,
@@ -102,6 +105,7 @@ class MLP(Model):
             widths=self.widths[1:],
             parts=self.state_parts,
             features=self.feature_columns,
+            independent_rows=self.independent_rows,
         )
 
     def site_table(self) -> tuple[SiteDecl, ...]:
@@ -227,6 +231,7 @@ class MLPTrajectory(Trajectory):
                 state_shape=self.state_shape,
                 columns=self.blocks[l],
                 rows=decl.rows(),
+                batch_major=True,
                 **D,
             )
             sites.append(site)

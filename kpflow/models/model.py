@@ -55,6 +55,11 @@ class Model(abc.ABC):
     #: :meth:`with_frozen`).  Empty for a model as constructed.
     frozen: frozenset[str] = frozenset()
 
+    #: Whether the model's batch rows are independent (its layout's ``independent_rows``:
+    #: no step, D_w or readout mixes two rows).  False unless the model says so: every
+    #: built-in model sets it True, a hook model takes it as an argument.
+    independent_rows: bool = False
+
     def _init_bound(self) -> float:
         """Half-width of the default uniform initialisation (torch's 1/√fan)."""
         return 1.0
@@ -510,8 +515,8 @@ class RecurrentModel(Model):
         --------
         >>> from kpflow.models import LSTM
         >>> lay = LSTM(2, 3).layout((4, 5, 6))
-        >>> lay.kind, lay.n_steps, lay.axes, lay.features
-        ('recurrent', 5, ('batch', 'time', 'hidden'), (0, 3))
+        >>> lay.kind, lay.n_steps, lay.axes, lay.features, lay.independent_rows
+        ('recurrent', 5, ('batch', 'time', 'hidden'), (0, 3), True)
         """
         return Layout(
             state_shape,
@@ -520,6 +525,7 @@ class RecurrentModel(Model):
             site_axes=2,
             parts=self.state_parts,
             features=self.feature_columns,
+            independent_rows=self.independent_rows,
         )
 
     def _shift(self, states: Any, h0: Any) -> Any:

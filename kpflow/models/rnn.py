@@ -68,6 +68,9 @@ class RNN(RecurrentModel):
     ((4, 5, 3), [7])
     """
 
+    #: Batch rows never mix (each row's cell runs on its own h and x; ``Layout.independent_rows``).
+    independent_rows = True
+
     def __init__(self, n_in: int, n_hidden: int, *, nonlinearity: str = "tanh", bias: bool = True) -> None:
         self.n_in = check_size(n_in, "n_in", "RNN")
         self.n_hidden = check_size(n_hidden, "n_hidden", "RNN")
@@ -137,7 +140,10 @@ class RNNTrajectory(RecurrentTrajectory):
         (decl,) = self.model.site_table()
         A = site_variables_of((decl,), {H_PREV: flat_sites(self.prev_states), X_T: x}, like=x)
         D = flat_sites(self.d)[:, :, None, None]
-        return [Site(decl.name, A[decl.name], state_shape=self.state_shape, unit_D=D, rows=decl.rows())]
+        shape = self.state_shape
+        return [
+            Site(decl.name, A[decl.name], state_shape=shape, unit_D=D, rows=decl.rows(), batch_major=True)
+        ]
 
 
 def _rnn_jvp(xp: Any, operands: tuple, V: Any, t: Any) -> Any:

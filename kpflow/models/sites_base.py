@@ -58,10 +58,16 @@ class Site:
         Which named parameter rows make the site's block C_w, in order
         (:data:`~kpflow.models.sites_table.SiteRows`, from the model's site table); None
         when not declared.
+    batch_major : bool, optional
+        Declares which positions the rows of A_w cover: True when each of its m sites lies
+        in one batch row (axis 0 of the state) and the sites run batch-major, site s in row
+        s // (m / B) (the sites of a (B, T) or (B, N) grid, flattened).  False (the
+        default): not declared, e.g. a row shared by the whole batch; the dense output NTK
+        (:func:`~kpflow.ntk.output_gram.output_ntk_gram`) then probes one row at a time.
 
     Attributes
     ----------
-    name, variables, width, unit_D, scale, columns, state_shape, m, rows
+    name, variables, width, unit_D, scale, columns, state_shape, m, rows, batch_major
         As above; ``m`` is the number of sites.
 
     Examples
@@ -78,6 +84,10 @@ class Site:
     #: shortcuts of :mod:`kpflow.ntk.shortcuts` read; False for a :class:`LinearSite`.
     unit_structured: bool = True
 
+    #: Whether the rows of A_w are declared per batch row, batch-major (the ``batch_major``
+    #: argument); False for a site that does not say.
+    batch_major: bool = False
+
     def __init__(
         self,
         name: str,
@@ -89,6 +99,7 @@ class Site:
         width: int | None = None,
         columns: tuple[int, int] | None = None,
         rows: SiteRows | None = None,
+        batch_major: bool = False,
     ) -> None:
         where = f"Site({name!r})"
         if (unit_D is None) == (scale is None):
@@ -97,6 +108,7 @@ class Site:
         _check_variables(variables, tuple(state_shape), where)
         self.name = name
         self.rows = None if rows is None else list(rows)
+        self.batch_major = _check_batch_major(batch_major, where)
         self.variables = variables
         self.state_shape = tuple(state_shape)
         self.m = int(variables.shape[0])
@@ -318,6 +330,13 @@ def embed_columns(blocks: dict[tuple[int, int], Any], size: int, state_shape: tu
         parts.append(zeros(size - at))
     full = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
     return xp.reshape(full, (k, *state_shape))
+
+
+def _check_batch_major(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        msg = f"{where}: expected batch_major to be True or False, got {value!r}"
+        raise TypeError(msg)
+    return value
 
 
 def _check_variables(

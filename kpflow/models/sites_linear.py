@@ -10,7 +10,14 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from kpflow._array import array_namespace, prod
-from kpflow.models.sites_base import Site, SiteSpec, _check_variables, apply_D_block, apply_DT
+from kpflow.models.sites_base import (
+    Site,
+    SiteSpec,
+    _check_batch_major,
+    _check_variables,
+    apply_D_block,
+    apply_DT,
+)
 from kpflow.models.sites_table import SiteRows
 
 __all__ = [
@@ -84,6 +91,10 @@ class LinearSite(Site):
         of ``variables`` are the sites.
     rows : SiteRows, optional
         The named parameter rows of C_w (see :class:`~kpflow.models.sites.Site`).
+    batch_major : bool, optional
+        True when each of the m sites lies in one batch row and the sites run batch-major
+        (see :class:`~kpflow.models.sites.Site`); with ``n_sites``, each use's block of m
+        rows does.  Default False: not declared.
 
     Notes
     -----
@@ -118,6 +129,7 @@ class LinearSite(Site):
         static: tuple = (),
         n_sites: int | None = None,
         rows: SiteRows | None = None,
+        batch_major: bool = False,
     ) -> None:
         where = f"LinearSite({name!r})"
         _check_variables(variables, tuple(state_shape), where, n_sites=n_sites)
@@ -134,6 +146,7 @@ class LinearSite(Site):
             raise TypeError(msg) from err
         self.name = name
         self.rows = None if rows is None else list(rows)
+        self.batch_major = _check_batch_major(batch_major, where)
         self.variables = variables
         self.state_shape = tuple(state_shape)
         self.m = int(variables.shape[0]) if n_sites is None else int(n_sites)

@@ -184,6 +184,10 @@ class TransformerEncoder(Model):
     (2, 4, 3, 4)
     """
 
+    #: Batch rows never mix (tokens attend within their own row, positions add per row;
+    #: ``Layout.independent_rows``).
+    independent_rows = True
+
     def __init__(
         self,
         d_model: int,
@@ -388,6 +392,7 @@ class TransformerEncoder(Model):
             site_axes=3,
             parts=self.state_parts,
             features=self.feature_columns,
+            independent_rows=self.independent_rows,
         )
 
     def _make_trajectory(self, params: dict[str, Any], x: Any, h0: Any, states: Any) -> TransformerTrajectory:
@@ -490,6 +495,8 @@ class TransformerTrajectory(Trajectory):
             adjoint=site_adjoint,
             operands=tuple(ops for _, ops in chain),
             static=(B, N, S, j, tuple(stage for stage, _ in chain)),
+            # one row per token (b, n), batch-major, also for the learned positions' onehot(n)
+            batch_major=True,
         )
 
     def _variables(self, j: int) -> dict[str, Any]:

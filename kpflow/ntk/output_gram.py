@@ -18,34 +18,56 @@ sites          G_w = A_w A_wᵀ, G_w U_w per batch row, then ⟨U, ·⟩    m²�
 pairs          G_w, the Gram of all U_w rows, times G_w, summed     m²·p + (m·k)²·(k_w + 1)
 =============  ===================================================  ============================
 
-For the built-in models, whose P, D_w and readout never mix two batch rows (docs/theory.md:
-P is block-diagonal over the batch), the unit outputs of all B rows at one position are
-sent as one probe (k = m·n_out / B probes instead of m·n_out): its BPTT and Dᵀ land in
-disjoint batch rows, which are read apart.  Other models (hook cells, which may mix rows)
-send every unit output on its own (B = 1 above).
+Where the model declares that its batch rows never mix (``traj.layout.independent_rows``:
+P, every D_w and the readout are block-diagonal over the batch, docs/theory.md) and every
+site declares its rows batch-major (``site.batch_major``: each A_w row in one batch row),
+the unit outputs of all B rows at one position are sent as one probe (k = m·n_out / B
+probes instead of m·n_out): its BPTT and Dᵀ land in disjoint batch rows, which are read
+apart.  Otherwise (a model that does not declare it, such as a hook cell that may mix rows,
+or a site whose rows are not declared per batch row) every unit output is sent on its own
+(B = 1 above).  A site's rows need not be the trajectory's m sites: a transformer's sites
+are its B·N tokens, a weight used at c calls stacks c blocks of rows; each term is
+contracted over its own rows.
 """
 
 from __future__ import annotations
-
-import math
 
 from typing import Any
 
 from kpflow.models.sites import apply_site_DT
 from kpflow.ntk.kernel import KroneckerCoreKernel, _terms, product_operands
 
-__all__ = ["output_ntk_gram"]
+__all__ = ["output_ntk_gram", "probe_rows"]
 
 
-def _rows_never_mix(traj: Any) -> bool:
-    """Whether the model's batch rows are independent: a built-in model (exact types only), or
-    one that says so with a true ``_batch_rows_independent`` (the torch layer stacks of
-    ``from_module``, whose step is written row by row)."""
-    from kpflow.models import GRU, LSTM, MLP, RNN, LeakyRNN, SelfAttention, TransformerEncoder
+def probe_rows(traj: Any, sites: Any) -> int:
+    """How many batch rows one probe covers: B where the rows are declared independent, else 1.
 
-    builtin = (GRU, LSTM, MLP, RNN, LeakyRNN, SelfAttention, TransformerEncoder)
-    declared = type(traj.model) in builtin or getattr(traj.model, "_batch_rows_independent", False) is True
-    return declared and traj.axis_names[0] == "batch"
+    B = ``traj.layout.shape[0]`` when the layout declares ``independent_rows`` and every one of
+    ``sites`` declares ``batch_major`` (see :class:`~kpflow.models.layout.Layout` and
+    :class:`~kpflow.models.sites.Site`); 1 otherwise.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> from kpflow.models import MLP
+    >>> from kpflow.ntk.output_gram import probe_rows
+    >>> traj = MLP((2, 4)).run(MLP((2, 4)).init(0, like=xp.zeros(1)), xp.ones((3, 2)))
+    >>> probe_rows(traj, traj.sites)  # an MLP declares its 3 rows independent
+    3
+    """
+    layout = traj.layout
+    if not layout.independent_rows or not all(site.batch_major for site in sites):
+        return 1
+    B = int(layout.shape[0])
+    for site in sites:
+        if int(site.m) % B != 0:
+            msg = (
+                f"output_ntk_gram: site {site.name!r} declares batch_major, so its m = {site.m} sites "
+                f"should split into the B = {B} batch rows; they do not"
+            )
+            raise ValueError(msg)
+    return B
 
 
 def output_ntk_gram(N: Any) -> Any | None:
@@ -80,7 +102,7 @@ def output_ntk_gram(N: Any) -> Any | None:
     xp, C = N.xp, N.readout_map
     traj = C.traj
     m, n_out = traj.m, int(C.weight.shape[0])
-    B = int(traj.site_shape[0]) if _rows_never_mix(traj) else 1
+    B = probe_rows(traj, K.sites)
     R = m // B  # the sites of one batch row (all of them when B = 1)
     k = R * n_out
     meta = {"dtype": N.dtype, "device": N.device}
@@ -93,17 +115,30 @@ def output_ntk_gram(N: Any) -> Any | None:
     arrays = tuple((tuple(s.variables for s in group), group[0].D_operand()) for group in terms)
     for group, (As, D) in zip(terms, product_operands(xp, arrays), strict=True):
         A = As[0] if len(As) == 1 else xp.concat(As, axis=1)
-        DtX = apply_site_DT(xp, group[0].spec, D, X)
-        if int(A.shape[0]) != m or math.prod(DtX.shape) % (k * m) != 0:
-            # a site over other positions than the trajectory's m (a transformer's learned
-            # positions, say): densify by products instead
-            return None
-        U = xp.reshape(DtX, (k, B, R, -1))  # (k, B, R, k_w)
-        out = out + _contract(xp, A, U, B, R)
+        A, U = _by_batch_row(xp, A, apply_site_DT(xp, group[0].spec, D, X), int(group[0].m), B)
+        out = out + _contract(xp, A, U, B, int(U.shape[2]))
     out = out + _readout_term(xp, N, B, R, n_out)
     # (b, q=(r, o)) is unit output (b, r, o)
     out = xp.reshape(out, (m * n_out, m * n_out))
     return xp.reshape(out, (*N.shape_out, *N.shape_in))
+
+
+def _by_batch_row(xp: Any, A: Any, DtX: Any, m_w: int, B: int) -> tuple[Any, Any]:
+    """A_w ``(n, p)`` and Dᵀ X ``(k, n, k_w)`` over a site's n rows as ``(B·R, p)`` and ``(k, B, R, k_w)``.
+
+    The n = c·m_w rows are c uses of the site's m_w sites (c = 1 but for a weight used at
+    several calls), each use's sites batch-major when B > 1; the rows are regrouped batch
+    row first (b, use, site of row b), the same order for A_w and Dᵀ X, which leaves the
+    contraction Σ U G U unchanged.
+    """
+    k, n, k_w = int(DtX.shape[0]), int(DtX.shape[1]), int(DtX.shape[2])
+    c, R = n // m_w, m_w // B
+    if c == 1 or B == 1:
+        return A, xp.reshape(DtX, (k, B, n // B, k_w))
+    p = int(A.shape[1])
+    A = xp.reshape(xp.permute_dims(xp.reshape(A, (c, B, R, p)), (1, 0, 2, 3)), (B * c * R, p))
+    U = xp.permute_dims(xp.reshape(DtX, (k, c, B, R, k_w)), (0, 2, 1, 3, 4))
+    return A, xp.reshape(U, (k, B, c * R, k_w))
 
 
 def _contract(xp: Any, A: Any, U: Any, B: int, R: int, route: str | None = None) -> Any:

@@ -13,8 +13,20 @@ import pytest
 torch = pytest.importorskip("torch", reason="the references are torch.func.jacrev of torch.nn modules")
 
 import kpflow  # noqa: E402
-from kpflow.models import GRU, LSTM, MLP, Linear, Recurrent  # noqa: E402
-from kpflow.ntk.output_gram import _contract, output_ntk_gram  # noqa: E402
+from kpflow.models import (  # noqa: E402
+    GRU,
+    LSTM,
+    MLP,
+    RNN,
+    FeedForward,
+    Implicit,
+    LeakyRNN,
+    Linear,
+    Recurrent,
+    SelfAttention,
+    TransformerEncoder,
+)
+from kpflow.ntk.output_gram import _contract, output_ntk_gram, probe_rows  # noqa: E402
 from kpflow.ntk.propagator import Propagator  # noqa: E402
 
 F64 = torch.float64
@@ -142,3 +154,137 @@ def test_autodiff_kernel_falls_back_to_products_and_float32_stays_float32():
     fast = kpflow.output_ntk(traj, ro).todense()
     assert fast.dtype == torch.float32
     assert _rel(auto.todense(), fast) <= 1e-5
+
+
+# -- the probe route each model declares --------------------------------------------------------
+# A model declares that its batch rows never mix (``layout.independent_rows``) and each site
+# that its rows lie per batch row (``site.batch_major``); the Gram route then sends the unit
+# outputs of all B rows at one position as one probe (k = m·n_out / B), else every unit output
+# on its own (k = m·n_out).  Each case is checked against the products route
+# (``N @ Identity``, which never reads the declarations) and the probes Pᵀ was applied to are
+# counted: one call, k = m·n_out / B.
+def _probe_rows_ran(monkeypatch, N):
+    """``N.todense()`` with the columns of every Pᵀ call recorded: (dense, [k of each call])."""
+    seen = []
+    rmatmat = Propagator._rmatmat
+
+    def counted(self, X):
+        seen.append(int(X.shape[0]))
+        return rmatmat(self, X)
+
+    monkeypatch.setattr(Propagator, "_rmatmat", counted)
+    dense = N.todense()
+    monkeypatch.setattr(Propagator, "_rmatmat", rmatmat)
+    return dense, seen
+
+
+def _check_route(monkeypatch, traj, B_expected, n_out=2, seed=1):
+    like = traj.states
+    lo, hi = traj.layout.features
+    readout = Linear(hi - lo, n_out).init(seed, like=like)
+    N = kpflow.output_ntk(traj, readout)
+    products = (N @ kpflow.Identity(N.shape_in, like=like)).todense()
+    assert probe_rows(traj, N.state_ntk.K.sites) == B_expected
+    dense, seen = _probe_rows_ran(monkeypatch, N)
+    assert seen == [traj.m * n_out // B_expected], "the Gram route did not run with the declared probes"
+    assert dense.dtype == F64 and tuple(dense.shape) == tuple(products.shape)
+    assert _rel(dense, products) <= 1e-12
+    return dense
+
+
+def _hook_shared_weight(**declared):
+    def step(params, h, x, site):
+        first = torch.tanh(site("W", h) + site("U", x) + site("b"))
+        return first + 0.5 * torch.tanh(site("W", torch.tanh(h)) + site("b"))
+
+    shapes = {"W": (3, 3), "U": (3, 2), "b": (3,)}
+    return Recurrent(step, n_in=2, n_hidden=3, param_shapes=shapes, **declared)
+
+
+def _feedforward(**declared):
+    def hidden(params, z, site):
+        return torch.tanh(site("W0", z) + site("b0"))
+
+    def output(params, z, site):
+        return torch.tanh(site("W1", z))
+
+    shapes = {"W0": (4, 2), "b0": (4,), "W1": (3, 4)}
+    return FeedForward([hidden, output], n_in=2, widths=[4, 3], param_shapes=shapes, **declared)
+
+
+def _implicit(**declared):
+    def residual(params, z, x, site):
+        return z - torch.tanh(site("W", z) + site("U", x) + site("b"))
+
+    shapes = {"W": (3, 3), "U": (3, 2), "b": (3,)}
+    return Implicit(residual, n_in=2, n_state=3, param_shapes=shapes, solve_tol=1e-15, **declared)
+
+
+#: name: (model factory, x shape, the declared rows per probe (B or 1))
+ROUTES = {
+    "rnn": (lambda: RNN(2, 3), (2, 4, 2), 2),
+    "leaky": (lambda: LeakyRNN(2, 3, dt=0.3, bias=True), (2, 4, 2), 2),
+    "gru": (lambda: GRU(2, 3), (3, 4, 2), 3),
+    "lstm": (lambda: LSTM(2, 3), (2, 4, 2), 2),
+    "mlp": (lambda: MLP((2, 4, 3)), (3, 2), 3),
+    "attention": (lambda: SelfAttention(4, 2), (2, 3, 4), 2),
+    # learned positions: a site of one row per token (b, n), site variable onehot(n)
+    "transformer_learned": (lambda: TransformerEncoder(4, 2, 3, 1, max_len=4, final_norm=True), (2, 3, 4), 2),
+    "transformer_sinusoidal": (lambda: TransformerEncoder(4, 1, 3, 1, norm_first=True), (2, 3, 4), 2),
+    "hook_cell": (lambda: _hook_shared_weight(), (2, 3, 2), 1),
+    # a weight used at two calls: its rows are (call, b, t), regrouped per batch row
+    "hook_cell_declared": (lambda: _hook_shared_weight(independent_rows=True), (2, 3, 2), 2),
+    "feedforward": (lambda: _feedforward(), (3, 2), 1),
+    "feedforward_declared": (lambda: _feedforward(independent_rows=True), (3, 2), 3),
+    "implicit_declared": (lambda: _implicit(independent_rows=True), (2, 2), 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_each_model_takes_the_route_its_declaration_says(monkeypatch, name):
+    make, x_shape, B = ROUTES[name]
+    model = make()
+    params = model.init(0, like=torch.zeros(1, dtype=F64))
+    x = torch.asarray(np.random.default_rng(3).standard_normal(x_shape))
+    _check_route(monkeypatch, model.run(params, x), B)
+
+
+def _mixing_layers():
+    """A two-layer feed-forward hook model whose first layer centres over the batch (rows mix)."""
+
+    def hidden(params, z, site):
+        u = site("W0", z) + site("b0")
+        return torch.tanh(u - torch.mean(u, dim=0, keepdim=True))
+
+    def output(params, z, site):
+        return torch.tanh(site("W1", z))
+
+    return hidden, output, {"W0": (4, 2), "b0": (4,), "W1": (3, 4)}
+
+
+def test_a_model_whose_rows_mix_takes_one_row_per_probe_and_equals_jacrev(monkeypatch):
+    hidden, output, shapes = _mixing_layers()
+    model = FeedForward([hidden, output], n_in=2, widths=[4, 3], param_shapes=shapes)
+    params = model.init(0, like=torch.zeros(1, dtype=F64))
+    readout = Linear(3, 2).init(1, like=params["W0"])
+    x = torch.asarray(np.random.default_rng(4).standard_normal((3, 2)))
+    dense = _check_route(monkeypatch, model.run(params, x), 1)
+
+    # independent: torch.func.jacrev of the same forward written out, the readout trained too
+    theta = {**params, **{f"readout.{k}": v for k, v in readout.items()}}
+    names = sorted(theta)
+
+    def f(*values):
+        p = dict(zip(names, values, strict=True))
+        u = x @ p["W0"].T + p["b0"]
+        z = torch.tanh(torch.tanh(u - u.mean(0, keepdim=True)) @ p["W1"].T)
+        return z @ p["readout.weight"].T + p["readout.bias"]
+
+    jac = torch.func.jacrev(f, argnums=tuple(range(len(names))))(*(theta[n] for n in names))
+    J = torch.cat([j.reshape(6, -1) for j in jac], dim=1)
+    assert _rel(dense, (J @ J.T).reshape(3, 2, 3, 2)) <= 1e-12
+
+    # the declaration is what keeps it right: declared independent, the probes mix rows
+    wrong = FeedForward([hidden, output], n_in=2, widths=[4, 3], param_shapes=shapes, independent_rows=True)
+    N = kpflow.output_ntk(wrong.run(params, x), readout)
+    assert _rel(N.todense(), dense) > 1e-3

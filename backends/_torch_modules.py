@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from kpflow.backends._torch_modules_checks import _frozen, _same_meta, _with_frozen
 
 __all__ = ["from_module"]
 
@@ -48,17 +49,6 @@ def _check_recurrent_module(module: Any, where: str) -> str:
         msg = f"{where}: unsupported {type(module).__name__} setting(s): " + "; ".join(unsupported)
         raise ValueError(msg)
     return kind
-
-
-def _same_meta(tensors: dict[str, Any], reference: Any, what: str, where: str) -> None:
-    for name, tensor in tensors.items():
-        if tensor.dtype != reference.dtype or tensor.device != reference.device:
-            msg = (
-                f"{where}: {what} {name!r} is {tensor.dtype} on {tensor.device}, but the recurrent "
-                f"module's weights are {reference.dtype} on {reference.device}; convert both alike "
-                "(e.g. module.double(), readout.double())"
-            )
-            raise TypeError(msg)
 
 
 def _check_parametrizations(module: Any, what: str, where: str) -> None:
@@ -114,27 +104,6 @@ def _check_tied(named: list[tuple[str, Any]], where: str) -> None:
             "e.g. with torch.nn.Parameter(p.detach().clone()), if that is what you train)"
         )
         raise ValueError(msg)
-
-
-def _frozen(named: list[tuple[str, Any]]) -> list[str]:
-    """The names of the parameters with ``requires_grad=False`` (gradient descent leaves them fixed)."""
-    return [name for name, p in named if not p.requires_grad]
-
-
-def _with_frozen(model: Any, named: list[tuple[str, Any]], module: Any, where: str) -> Any:
-    """``model`` with the parameters of ``named`` that have ``requires_grad=False`` frozen.
-
-    K, J_S and NTK_S are then over the trained parameters alone (``Model.with_frozen``).
-    """
-    frozen = _frozen(named)
-    if len(frozen) == len(named):
-        msg = (
-            f"{where}: every parameter of the {type(module).__name__} has requires_grad=False, so gradient "
-            "descent moves none and the NTK is zero; set requires_grad=True on the parameters you train "
-            "(detach=True keeps kpflow from recording an autograd graph)"
-        )
-        raise ValueError(msg)
-    return model.with_frozen(frozen) if frozen else model
 
 
 def from_module(

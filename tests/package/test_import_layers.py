@@ -372,5 +372,43 @@ def test_no_arrow_from_a_lower_layer_to_a_higher_one():
     assert not upward(arrows), "\n" + report(arrows)
 
 
+def concrete_model_imports(module: str, source: str) -> list[str]:
+    """The concrete model or trajectory classes ``source`` imports from ``kpflow.models`` (any depth)."""
+    import importlib
+    import inspect
+
+    from kpflow.models import Model, Trajectory
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = _resolve(module, False, node)
+        if not base.startswith("kpflow.models"):
+            continue
+        for alias in node.names:
+            obj = getattr(importlib.import_module(base), alias.name, None)
+            if inspect.isclass(obj) and issubclass(obj, Model | Trajectory) and not inspect.isabstract(obj):
+                found.append(f"{module}: {base}.{alias.name}")
+    return found
+
+
+def test_ntk_imports_no_concrete_model_class():
+    # what a model is (its rows, its layout) is declared by the model, read by ntk/ as data
+    found = [
+        hit
+        for module, path in MODULES.items()
+        if module.startswith("kpflow.ntk")
+        for hit in concrete_model_imports(module, path.read_text())
+    ]
+    assert not found, found
+    # the check sees a function-local import of a model class
+    local = "def f():\n    from kpflow.models import GRU, Site\n    from kpflow.models.mlp import MLP\n"
+    assert concrete_model_imports("kpflow.ntk.x", local) == [
+        "kpflow.ntk.x: kpflow.models.GRU",
+        "kpflow.ntk.x: kpflow.models.mlp.MLP",
+    ]
+
+
 if __name__ == "__main__":  # python tests/package/test_import_layers.py: print the violations
     print(report(all_arrows()))

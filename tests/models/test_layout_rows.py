@@ -130,8 +130,15 @@ def test_from_module_declares_independent_rows_where_true():
 
     torch.manual_seed(0)
     x = torch.randn(3, 4, 2, dtype=F64)
-    gru, _ = from_module(torch.nn.GRU(2, 3, batch_first=True, dtype=F64), detach=True)
-    assert gru.run(_, x).layout.independent_rows is True
+    for module in (
+        torch.nn.GRU(2, 3, batch_first=True, dtype=F64),  # the built-in GRU
+        torch.nn.LSTM(2, 3, num_layers=2, batch_first=True, dtype=F64),  # a layer stack
+    ):
+        model, params = from_module(module, detach=True)
+        traj = model.run(params, x)
+        assert traj.layout.independent_rows is True
+        assert all(site.batch_major for site in traj.sites)
+        assert _mixing(traj) <= 1e-14
 
     class Cell(torch.nn.Module):  # a user cell: kpflow cannot tell whether it mixes rows
         input_size, hidden_size = 2, 3

@@ -288,3 +288,41 @@ def test_a_model_whose_rows_mix_takes_one_row_per_probe_and_equals_jacrev(monkey
     wrong = FeedForward([hidden, output], n_in=2, widths=[4, 3], param_shapes=shapes, independent_rows=True)
     N = kpflow.output_ntk(wrong.run(params, x), readout)
     assert _rel(N.todense(), dense) > 1e-3
+
+
+class _Cell(torch.nn.Module):
+    """A user cell module: kpflow cannot tell whether it mixes batch rows."""
+
+    input_size, hidden_size = 2, 3
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(5, 3, dtype=F64)
+
+    def forward(self, x, h):
+        return torch.tanh(self.lin(torch.cat([x, h], dim=-1)))
+
+
+#: name: (module factory, from_module options, x shape, the declared rows per probe)
+MAPPED = {
+    "nn.GRU": (lambda: torch.nn.GRU(2, 3, batch_first=True, dtype=F64), {}, (2, 3, 2), 2),
+    "nn.LSTM_2_layers_time_major": (lambda: torch.nn.LSTM(2, 3, num_layers=2, dtype=F64), {}, (3, 2, 2), 2),
+    "user_cell": (_Cell, {"recurrent": True}, (2, 3, 2), 1),
+    "nn.Sequential": (
+        lambda: torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).to(F64),
+        {},
+        (3, 2),
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAPPED))
+def test_from_module_mappings_take_the_route_they_declare(monkeypatch, name):
+    from kpflow.backends.torch import from_module
+
+    make, options, x_shape, B = MAPPED[name]
+    torch.manual_seed(5)
+    model, params = from_module(make(), detach=True, **options)
+    x = torch.asarray(np.random.default_rng(6).standard_normal(x_shape))
+    _check_route(monkeypatch, model.run(params, x), B)

@@ -7,20 +7,13 @@ Reached from :func:`kpflow.backends.torch.from_module` for
   (the same equations and parameter names), so every exact rule applies;
 - ``torch.nn.RNN`` / ``GRU`` / ``LSTM`` with ``batch_first=False`` (x taken as (T, B, n_in),
   as the module takes it) or ``recurrent=True``: the same built-in models for one layer; with
-  ``num_layers = L > 1`` a :class:`~kpflow.models.Recurrent` hook cell whose state stacks every
-  layer's hidden state (below);
+  ``num_layers = L > 1`` a :class:`~kpflow.backends._torch_cells_stack.LayerStack`, whose
+  state stacks every layer's hidden state and whose sites are each layer's built-in per-unit
+  sites (exact rules), P the stacked recursion (:mod:`kpflow.backends._torch_cells_stack`);
 - any other module with ``recurrent=True``: a user cell ``forward(x_t, h) -> h`` run as a
   :class:`~kpflow.models.Recurrent` hook cell, each ``torch.nn.Linear`` it calls an exact
   weight site (its weight a weight call, its bias a bias call), each other trained 1-D
   parameter a bias call (the autodiff rule differentiates what the cell does with it).
-
-The state of an L-layer module at step t is z_t = [h¹_t; …; h^L_t] (width L·H; an LSTM:
-[h¹_t; …; h^L_t; c¹_t; …; c^L_t], width 2L·H), each parameter one hook call.  Layer l reads
-layer l−1's state of the same step, so one step of the stack, z_t = f(z_{t−1}, x_t), runs the
-layers in order and P is the recursion over t of the stack's step Jacobian
-(lower-block-triangular in the layers within a step, taken whole by jvp/vjp of the step).
-D_w of a lower layer's weight reaches the layers above it within the step, so those sites are
-not diagonal: K applies them matrix-free (exact products); the per-unit rules need a diagonal D.
 """
 
 from __future__ import annotations
@@ -29,11 +22,14 @@ import functools
 from typing import Any
 
 import torch
+from kpflow.backends._torch_cells_stack import LayerStack
+from kpflow.backends._torch_modules_checks import _same_meta, _with_frozen
+
+from kpflow.models import Recurrent
 
 __all__ = ["from_recurrent_module", "is_recurrent_target"]
 
 _CELL_TYPES = ("RNNCell", "GRUCell", "LSTMCell")
-_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 
 def is_recurrent_target(module: Any, recurrent: bool) -> bool:
@@ -111,35 +107,10 @@ def from_recurrent_module(module: Any, readout: Any, *, detach: bool, where: str
         model, features, tensors = _from_user_cell(module, where)
     params = {name: (t.detach() if detach else t) for name, t in tensors.items()}
     _same_meta(params, next(iter(params.values())), "the weight", where)
-    model = _with_frozen(model, tensors, module, where)
+    model = _with_frozen(model, list(tensors.items()), module, where)
     if readout is None:
         return model, params
     return (model, params, *_readout(readout, features, params, detach, where))
-
-
-# (the checks below mirror kpflow.backends._torch_modules, which imports this module)
-def _same_meta(tensors: dict[str, Any], reference: Any, what: str, where: str) -> None:
-    for name, tensor in tensors.items():
-        if tensor.dtype != reference.dtype or tensor.device != reference.device:
-            msg = (
-                f"{where}: {what} {name!r} is {tensor.dtype} on {tensor.device}, but the recurrent "
-                f"module's weights are {reference.dtype} on {reference.device}; convert both alike "
-                "(e.g. module.double(), readout.double())"
-            )
-            raise TypeError(msg)
-
-
-def _with_frozen(model: Any, tensors: dict[str, Any], module: Any, where: str) -> Any:
-    """``model`` with the parameters whose tensors have ``requires_grad=False`` frozen (``with_frozen``)."""
-    frozen = [name for name, t in tensors.items() if not t.requires_grad]
-    if len(frozen) == len(tensors):
-        msg = (
-            f"{where}: every parameter of the {type(module).__name__} has requires_grad=False, so gradient "
-            "descent moves none and the NTK is zero; set requires_grad=True on the parameters you train "
-            "(detach=True keeps kpflow from recording an autograd graph)"
-        )
-        raise ValueError(msg)
-    return model.with_frozen(frozen) if frozen else model
 
 
 # -- built-in cells ------------------------------------------------------------------------------
@@ -152,9 +123,6 @@ class _TorchInputs:
 
     _time_major = False
     _layers = 0
-    # the built-in models and the layer stack never mix batch rows (kpflow/ntk/output_gram.py);
-    # a user cell may, and sets it False
-    _batch_rows_independent = True
 
     def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
         if self._time_major and getattr(x, "ndim", 0) == 3:
@@ -215,100 +183,13 @@ def _from_rnn(module: Any, where: str) -> tuple[Any, tuple[int, int], dict[str, 
         features = (0, H)
     else:
         act = "tanh" if kind != "RNN" or module.mode == "RNN_TANH" else "relu"
-        model = _LayerStack(kind, int(module.input_size), H, L, bool(module.bias), act)
+        stack = _in_torch_layout(LayerStack)
+        model = stack(kind, int(module.input_size), H, L, bias=bool(module.bias), nonlinearity=act)
         tensors = {name: getattr(module, name) for name in model.param_shapes()}
         features = ((L - 1) * H, L * H)
     model._time_major = not module.batch_first
     model._layers = L
     return model, features, tensors
-
-
-# -- a stack of layers: z_t = [h¹; …; h^L] (an LSTM: [h¹; …; h^L; c¹; …; c^L]) ------------------
-def _stack_shapes(kind: str, n_in: int, H: int, L: int, bias: bool) -> dict[str, tuple[int, ...]]:
-    G = _GATES[kind]
-    shapes: dict[str, tuple[int, ...]] = {}
-    for l in range(L):
-        shapes[f"weight_ih_l{l}"] = (G * H, n_in if l == 0 else H)
-        shapes[f"weight_hh_l{l}"] = (G * H, H)
-        if bias:
-            shapes[f"bias_ih_l{l}"] = (G * H,)
-            shapes[f"bias_hh_l{l}"] = (G * H,)
-    return shapes
-
-
-def _layer(kind: str, l: int, H: int, bias: bool, act: str, site: Any, x: Any, h: Any, c: Any) -> tuple:
-    """Layer l's step in torch's equations, one hook call per parameter (four sites per layer).
-
-    A lower layer's sites are not diagonal anyway (their D reaches the layers above), so
-    splitting the gates' rows into more calls would buy no exact rule, only more sites.
-    """
-    gi, gh = site(f"weight_ih_l{l}", x), site(f"weight_hh_l{l}", h)
-    if bias:
-        gi, gh = gi + site(f"bias_ih_l{l}"), gh + site(f"bias_hh_l{l}")
-    if kind == "RNN":
-        return (torch.tanh(gi + gh) if act == "tanh" else torch.relu(gi + gh)), None
-    if kind == "GRU":
-        r = torch.sigmoid(gi[..., :H] + gh[..., :H])
-        z = torch.sigmoid(gi[..., H : 2 * H] + gh[..., H : 2 * H])
-        n = torch.tanh(gi[..., 2 * H :] + r * gh[..., 2 * H :])
-        return (1.0 - z) * n + z * h, None
-    u = gi + gh
-    i, f, g, o = (u[..., q * H : (q + 1) * H] for q in range(4))
-    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c_new), c_new
-
-
-def _stack_step(
-    kind: str, L: int, H: int, bias: bool, act: str, params: Any, z: Any, x: Any, site: Any
-) -> Any:
-    """One step of the stack: layer l reads layer l−1's new state (x for l = 0) and its own old one."""
-    hs = [z[..., l * H : (l + 1) * H] for l in range(L)]
-    cs = [z[..., (L + l) * H : (L + l + 1) * H] for l in range(L)] if kind == "LSTM" else [None] * L
-    new_h, new_c, inp = [], [], x
-    for l in range(L):
-        inp, c = _layer(kind, l, H, bias, act, site, inp, hs[l], cs[l])
-        new_h.append(inp)
-        new_c += [] if c is None else [c]
-    return torch.cat(new_h + new_c, dim=-1)
-
-
-def _recurrent_base() -> type:
-    from kpflow.models import Recurrent
-
-    return Recurrent
-
-
-class _LayerStack(_TorchInputs, _recurrent_base()):  # type: ignore[misc]
-    """An L-layer torch RNN / GRU / LSTM as one hook cell on the stacked state (see the module).
-
-    Parameters keep torch's names (``weight_ih_l{l}``, ...); ``feature_columns`` (what a
-    readout reads) are the last layer's h, which is the module's output.
-    """
-
-    def __init__(self, kind: str, n_in: int, H: int, L: int, bias: bool, act: str) -> None:
-        step = functools.partial(_stack_step, kind, L, H, bias, act)
-        width = (2 if kind == "LSTM" else 1) * L * H
-        super().__init__(step, n_in=n_in, n_hidden=width, param_shapes=_stack_shapes(kind, n_in, H, L, bias))
-        self.kind, self.n_layers, self.layer_size = kind, L, H
-
-    def _init_bound(self) -> float:
-        return float(self.layer_size) ** -0.5
-
-    @property
-    def feature_columns(self) -> tuple[int, int]:
-        L, H = self.n_layers, self.layer_size
-        return ((L - 1) * H, L * H)
-
-    @property
-    def state_parts(self) -> dict[str, tuple[int, int]]:
-        LH = self.n_layers * self.layer_size
-        return {"h": (0, LH), "c": (LH, 2 * LH)} if self.kind == "LSTM" else {"h": (0, LH)}
-
-    def __repr__(self) -> str:
-        return (
-            f"torch {self.kind} as a layer stack (n_in={self.n_in}, hidden_size={self.layer_size}, "
-            f"num_layers={self.n_layers})"
-        )
 
 
 # -- a user cell module forward(x_t, h) -> h -----------------------------------------------------
@@ -412,12 +293,11 @@ def _user_step(
     return out if parts == 1 else torch.cat(list(out), dim=-1)
 
 
-class _UserCell(_TorchInputs, _recurrent_base()):  # type: ignore[misc]
+class _UserCell(_TorchInputs, Recurrent):
     """A user cell module as a hook cell; a tuple state (h, c, ...) is stacked [h; c; ...], h read out."""
 
     layer_size = 0
     parts = 1
-    _batch_rows_independent = False
 
     def run(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
         if isinstance(h0, tuple | list):

@@ -2,16 +2,13 @@
 
 Every NTK is checked in float64 against an independent dense reference: torch.func.jacrev of
 the torch module's own forward (nn.GRU / nn.LSTM / nn.RNN, or the cell module called step by
-step), whose parameters are the module's.  The stacked state of a multi-layer RNN (every
-layer's hidden state) is checked against single-layer torch modules chained by hand, and its
-P against jacrev of the unrolled torch cells with a source added to every step.
+step), whose parameters are the module's.  The multi-layer RNNs' layer stack has its own
+file, tests/backends/test_from_cell_stack.py; here its readout, frozen parameters and refusals.
 """
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch", reason="from_module maps torch.nn modules")
 
@@ -20,7 +17,6 @@ from kpflow.backends.torch import from_module  # noqa: E402
 import kpflow  # noqa: E402
 import kpflow.linalg as kla  # noqa: E402
 from kpflow.models.sites import Site  # noqa: E402
-from tests.conftest import examples  # noqa: E402
 
 F64 = torch.float64
 B, T, N_IN, H = 2, 3, 2, 3
@@ -55,68 +51,7 @@ def _block(N, S, cols):
     return N.reshape(B, T, S, B, T, S)[:, :, lo:hi, :, :, lo:hi].reshape(B * T * (hi - lo), -1)
 
 
-# -- multi-layer and time-major nn.GRU / nn.LSTM ----------------------------------------------------
-@pytest.mark.parametrize("cls", [torch.nn.GRU, torch.nn.LSTM])
-def test_two_layer_time_major_rnn_states_and_ntk_equal_jacrev_of_the_torch_module(cls):
-    torch.manual_seed(0)
-    net = cls(N_IN, H, num_layers=2, batch_first=False, dtype=F64)
-    model, params = from_module(net, detach=True)
-    assert sorted(params) == sorted(n for n, _ in net.named_parameters())
-    x = torch.randn(T, B, N_IN, dtype=F64)  # the module's own layout
-    h0 = torch.randn(2, B, H, dtype=F64)
-    h0_arg = (h0, torch.randn(2, B, H, dtype=F64)) if cls is torch.nn.LSTM else h0
-    traj = model.run(params, x, h0_arg)
-    S = traj.site_state_size
-    assert S == (4 if cls is torch.nn.LSTM else 2) * H and traj.feature_columns == (H, 2 * H)
-    # the states: every layer's h; layer 2's is the module's output
-    with torch.no_grad():
-        out = net(x, h0_arg)[0].transpose(0, 1)
-        assert torch.allclose(traj.states[..., H : 2 * H], out, rtol=0, atol=1e-13)
-
-    # NTK_S on every layer's h, against single-layer torch modules chained (their own forward)
-    layers = [cls(N_IN if l == 0 else H, H, dtype=F64) for l in range(2)]
-    names = {k: k for k in params}
-
-    def chained(p):
-        inp, hs = x, []
-        for l, layer in enumerate(layers):
-            own = {f"{w}_l0": p[f"{w}_l{l}"] for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-            init = (h0_arg[0][l : l + 1], h0_arg[1][l : l + 1]) if cls is torch.nn.LSTM else h0[l : l + 1]
-            inp = torch.func.functional_call(layer, own, (inp, init))[0]
-            hs.append(inp.transpose(0, 1))
-        return torch.cat(hs, dim=-1)  # (B, T, 2H)
-
-    ref = _jacrev_ntk(chained, _trained(net, names))
-    full = kpflow.global_ntk(traj).todense()
-    assert _rel(_block(full, S, (0, 2 * H)), ref) <= 1e-12  # the layers' h come first in the state
-
-
-def test_two_layer_gru_propagator_equals_jacrev_of_the_unrolled_cells_with_a_source():
-    torch.manual_seed(1)
-    net = torch.nn.GRU(N_IN, H, num_layers=2, dtype=F64)
-    model, params = from_module(net, detach=True)
-    x = torch.randn(T, B, N_IN, dtype=F64)
-    traj = model.run(params, x)
-    cells = [torch.nn.GRUCell(N_IN if l == 0 else H, H, dtype=F64) for l in range(2)]
-    for l, cell in enumerate(cells):
-        for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(cell, w).data.copy_(getattr(net, f"{w}_l{l}").data)
-
-    def unrolled(e):  # z_t = f(z_{t-1}, x_t) + e_t on the stack [h1; h2]
-        z, out = torch.zeros(B, 2 * H, dtype=F64), []
-        for t in range(T):
-            h1 = cells[0](x[t], z[:, :H])
-            h2 = cells[1](h1, z[:, H:])
-            z = torch.cat([h1, h2], dim=-1) + e[:, t]
-            out.append(z)
-        return torch.stack(out, dim=1)
-
-    with torch.no_grad():
-        P_ref = torch.func.jacrev(unrolled)(torch.zeros(B, T, 2 * H, dtype=F64)).reshape(B * T * 2 * H, -1)
-    P = kpflow.propagator(traj).todense().reshape(B * T * 2 * H, -1)
-    assert _rel(P, P_ref) <= 1e-12
-
-
+# -- multi-layer nn.GRU: the readout (the layer stack itself: tests/backends/test_from_cell_stack.py) ---
 def test_two_layer_gru_with_a_readout_gives_the_output_ntk_of_readout_after_the_module():
     torch.manual_seed(2)
     net, readout = torch.nn.GRU(N_IN, H, num_layers=2, dtype=F64), torch.nn.Linear(H, 2, dtype=F64)
@@ -260,33 +195,6 @@ def test_user_cell_with_a_tuple_state_equals_jacrev_of_its_forward():
     N = _block(kpflow.global_ntk(traj).todense(), 2 * H, (0, H))
     assert _rel(N, ref) <= 1e-12
     assert kpflow.output_ntk(traj, ro_params).shape_in == (B, T, 1)
-
-
-# -- hypothesis over sizes --------------------------------------------------------------------------
-@settings(max_examples=examples(3))
-@given(
-    b=st.integers(1, 2),
-    t=st.integers(1, 3),
-    h=st.integers(1, 2),
-    layers=st.integers(2, 3),
-    batch_first=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
-def test_multi_layer_gru_ntk_equals_jacrev_over_sizes(b, t, h, layers, batch_first, seed):
-    torch.manual_seed(seed)
-    net = torch.nn.GRU(2, h, num_layers=layers, batch_first=batch_first, dtype=F64)
-    model, params = from_module(net, detach=True)
-    x = torch.randn(*((b, t) if batch_first else (t, b)), 2, dtype=F64)
-    traj = model.run(params, x)
-
-    def f(p):
-        out = torch.func.functional_call(net, p, (x,))[0]
-        return out if batch_first else out.transpose(0, 1)
-
-    ref = _jacrev_ntk(f, _trained(net, {k: k for k in params}))
-    S = layers * h
-    N = kpflow.global_ntk(traj).todense().reshape(b, t, S, b, t, S)[:, :, S - h :, :, :, S - h :]
-    assert _rel(N.reshape(b * t * h, -1), ref) <= 1e-11
 
 
 # -- refusals ------------------------------------------------------------------------------------------

@@ -29,8 +29,6 @@ from kpflow.models import Recurrent
 
 __all__ = ["from_recurrent_module", "is_recurrent_target"]
 
-_CELL_TYPES = ("RNNCell", "GRUCell", "LSTMCell")
-
 
 def is_recurrent_target(module: Any, recurrent: bool) -> bool:
     """Whether ``from_module`` hands ``module`` to :func:`from_recurrent_module`.

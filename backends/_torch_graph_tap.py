@@ -24,6 +24,8 @@ def site_kind(module: Any) -> str | None:
     nn = torch.nn
     if isinstance(module, nn.Linear):
         return "linear"
+    if _is_transposed_linear(module):
+        return "linear_t"
     if isinstance(module, nn.Embedding):
         if module.max_norm is None and not module.scale_grad_by_freq:
             return "embedding"
@@ -33,6 +35,17 @@ def site_kind(module: Any) -> str | None:
             return "conv"
         return None
     return None
+
+
+def _is_transposed_linear(module: Any) -> bool:
+    """A Hugging Face ``Conv1D`` (GPT-2's projections): x @ W + b with W stored (in, out)."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(getattr(module, "nf", None), int)
+        and isinstance(weight, torch.Tensor)
+        and tuple(weight.shape) == (getattr(module, "nx", None), module.nf)
+    )
 
 
 # -- the tap: hooks of one forward pass --------------------------------------------------------------
@@ -128,7 +141,7 @@ def _to_output(module: Any, kind: str, e: Any, out: Any) -> Any:
 
 def _variables(module: Any, kind: str, a: Any, dtype: Any) -> Any:
     """A_w rows of one call: (rows, p) with a ones column for a bias."""
-    if kind == "linear":
+    if kind in ("linear", "linear_t"):
         A = torch.reshape(a, (-1, int(a.shape[-1])))
     elif kind == "embedding":
         ids = torch.reshape(a, (-1,))
@@ -188,6 +201,8 @@ def _offsets(states: list[Any]) -> list[int]:
 def _in_size(module: Any, kind: str) -> int:
     if kind == "linear":
         return int(module.in_features)
+    if kind == "linear_t":
+        return int(module.weight.shape[0])
     return 1  # embedding: one row per id
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from kpflow.backends._torch_graph_products import Linearisation, versions
 from kpflow.backends._torch_graph_tap import _conv_rows, _in_size, _offsets, _Tap, _variables
 
 from kpflow.models.base import Site, Trajectory
@@ -56,6 +57,7 @@ class ModuleTrajectory(Trajectory):
         self.autodiff_params = [n for n in self.names if n not in covered]
         self.kronecker_modules = [m for m in kronecker if any(name == m for _, name in self.plan)]
         self._groups: list[tuple[str, str, tuple, int]] = []  # (site, kind, calls, width), with sites
+        self._saved: dict[bool, tuple[Any, Linearisation]] = {}  # cut -> (versions, linearisation)
 
     def state(self, j: int, Z: Any = None) -> Any:
         """State module j's output (or block j of ``Z`` of shape (..., B, Σ n)) in its own shape."""
@@ -68,10 +70,11 @@ class ModuleTrajectory(Trajectory):
         values = _torch_adapter().for_products(tuple(self.params[n] for n in self.names))
         return dict(zip(self.names, values, strict=True))
 
-    def _cut(self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any]) -> Any:
-        """f(z; θ + δ) with eps added to site calls' outputs, at the trajectory's states."""
+    def _cut(self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any], z: Any = None) -> Any:
+        """f(z; θ + δ) with eps added to site calls' outputs, at the trajectory's states (or ``z``)."""
         params = {n: (v + delta[n] if n in delta else v) for n, v in values.items()}
-        z = self.states if self._graph() else self.states.detach()
+        if z is None:
+            z = self.states if self._graph() else self.states.detach()
         tap = _Tap(self.model, self.offsets, z=z, eps=eps)
         return self.model._flat(self.model.forward(params, self.inputs, tap).states, self.offsets)
 
@@ -141,8 +144,7 @@ class ModuleTrajectory(Trajectory):
         :func:`kpflow.parameter_kernel` uses it; the exact rules read the sites as for
         any Kronecker core.
         """
-        f, zeros = self._all_sites_fn(self._values())
-        return self._gram_matmat(f, zeros, X)
+        return self._product(X, cut=True)
 
     def global_matmat(self, X: Any) -> Any:
         """NTK_S X = Σ_w (P D_w) A_w (A_wᵀ ((P D_w)ᵀ X)) in two passes of the module.
@@ -151,8 +153,27 @@ class ModuleTrajectory(Trajectory):
         perturbation, so one vmapped vjp gives every (P D_w)ᵀ X and one more pass applies
         their sum: the same product as P K Pᵀ (four passes), by the chain rule.
         """
-        f, zeros = self._all_sites_fn(self._values(), cut=False)
-        return self._gram_matmat(f, zeros, X)
+        return self._product(X, cut=False)
+
+    def _product(self, X: Any, *, cut: bool) -> Any:
+        """The fused product, from the saved linearisation unless the product is differentiated."""
+        if torch.is_grad_enabled() and (self.states.requires_grad or X.requires_grad):
+            f, zeros = self._all_sites_fn(self._values(), cut=cut)
+            return self._gram_matmat(f, zeros, X)
+        return self._linearisation(cut).matmat(X)
+
+    def _linearisation(self, cut: bool) -> Linearisation:
+        """The forward linearised in every site's perturbation, rebuilt when an array it read changed."""
+        inputs = [x for x in self.inputs if isinstance(x, torch.Tensor)]
+        key = versions([*self.params.values(), *inputs, self.states])
+        saved = self._saved.get(cut)
+        if saved is not None and key is not None and saved[0] == key:
+            return saved[1]
+        values = {n: p.detach() for n, p in self.params.items()}
+        f, zeros = self._all_sites_fn(values, cut=cut, z=self.states.detach())
+        lin = Linearisation(f, zeros, tuple(site.variables.detach() for site in self.sites))
+        self._saved[cut] = (key, lin)
+        return lin
 
     def _gram_matmat(self, f: Callable, zeros: tuple, X: Any) -> Any:
         """Σ_w J_w A_w (A_wᵀ (J_wᵀ X)) with J_w = ∂f/∂eps_w, vmapped over X's leading axis."""
@@ -168,7 +189,9 @@ class ModuleTrajectory(Trajectory):
         push = torch.func.vjp(pull, torch.zeros_like(self.states))[1]
         return torch.func.vmap(lambda *u: push(u)[0])(*U)
 
-    def _all_sites_fn(self, values: dict[str, Any], *, cut: bool = True) -> tuple[Callable, tuple]:
+    def _all_sites_fn(
+        self, values: dict[str, Any], *, cut: bool = True, z: Any = None
+    ) -> tuple[Callable, tuple]:
         """(eps_1, …, eps_n) ↦ f with every site's perturbation at once, and the zero perturbations."""
         sites = self.sites  # (builds the sites and their groups on first use)
         groups = self._groups
@@ -192,7 +215,7 @@ class ModuleTrajectory(Trajectory):
                 else:
                     per_call.update(zip(calls, torch.split(e, sizes, dim=0), strict=True))
             if cut:
-                return self._cut(values, per_call, delta)
+                return self._cut(values, per_call, delta, z)
             return self._forward(values, per_call, delta)
 
         return f, tuple(zeros)
@@ -211,7 +234,7 @@ class ModuleTrajectory(Trajectory):
             calls = [c for c, name in self.plan if name == m]
             blocks = [_variables(sub, kind, self._calls[c][1], self.dtype) for c in calls]
             A = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
-            width = int(sub.embedding_dim if kind == "embedding" else sub.weight.shape[0])
+            width = int(sub.embedding_dim if kind == "embedding" else sub.weight.shape[kind == "linear_t"])
             out.append((m, kind, calls, width, A))
         for n in self.autodiff_params:
             one = torch.ones((1, 1), dtype=self.dtype, device=self.device)
@@ -245,6 +268,11 @@ class ModuleTrajectory(Trajectory):
         own = self.model.site_params[name]
         if kind == "embedding":
             return [(own[0], (0, int(self.params[own[0]].shape[0])), "rows")]
+        if kind == "linear_t":  # W stored (in, out): its rows are C_w's rows as they are
+            n_in = int(self.model.submodules[name].weight.shape[0])
+            return [
+                (n, (0, n_in), "rows") if n.rsplit(".", 1)[-1] == "weight" else (n, (0, width)) for n in own
+            ]
         return [(n, (0, width)) for n in own]
 
     def _site_fn(self, name: str, kind: str, calls: tuple, width: int) -> tuple[Callable, Any]:

@@ -1,0 +1,124 @@
+"""K and NTK_S products of a mapped module from one saved linearisation of its forward.
+
+A product Σ_w J_w A_w (A_wᵀ (J_wᵀ X)) (J_w = P D_w for NTK_S, D_w for K) needs the forward
+pass linearised in every site's output perturbation eps_w.  :class:`Linearisation` runs
+the forward once, with every eps_w a leaf, and keeps
+
+- the forward's autograd graph: Jᵀ v is one backward pass through it (cotangents at the
+  site outputs only; no weight gradient is formed where a Kronecker site covers the
+  weight), and
+- the graph of that backward in a symbolic cotangent w (``create_graph=True``): the
+  backward is linear in w, so J u is one backward pass of it in w (the tangents
+  injected at the site outputs and carried forward by the saved derivatives), with no
+  forward pass recomputed.
+
+Each product then costs one backward (Jᵀ), the Kronecker middles and one double backward
+(J), where the fused route through ``torch.func`` re-ran the forward and the first
+backward every time.  The middle of a site with r rows, p variables and width b is
+A (Aᵀ U) (2·r·p·b multiply-adds) or G U with the Gram G = A Aᵀ formed once (r²·b),
+whichever is cheaper.
+
+The linearisation is rebuilt when a parameter, an input or the states change in place
+(torch's version counters), and is never used where the product itself is differentiated
+(autograd on and the states or the probes require grad): that route stays on ``torch.func``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["Linearisation", "versions"]
+
+
+def versions(tensors: list[Any]) -> tuple[int, ...] | None:
+    """The in-place version counters of ``tensors`` (None when one has none: an inference tensor)."""
+    try:
+        return tuple(int(t._version) for t in tensors)
+    except RuntimeError:
+        return None
+
+
+class Linearisation:
+    """The forward ``f(eps_1, …, eps_n)`` linearised once at eps = 0, with its two products.
+
+    Parameters
+    ----------
+    f : callable
+        ``(eps_1, …, eps_n) -> (B, S)``, the forward with each site's perturbation added.
+    zeros : tuple of tensors
+        eps_w = 0 for each site, of shape (rows_w, width_w).
+    variables : tuple of tensors
+        A_w of shape (rows_w, p_w) per site (graph-free).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kpflow.backends._torch_graph_products import Linearisation
+    >>> W = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    >>> A = torch.ones((3, 1), dtype=torch.float64)
+    >>> lin = Linearisation(lambda e: torch.tanh(e) @ W, (torch.zeros(3, 1, dtype=torch.float64),), (A,))
+    >>> lin.matmat(torch.ones((1, 3, 2), dtype=torch.float64))[0, 0]
+    tensor([ 9., 18.], dtype=torch.float64)
+    """
+
+    def __init__(self, f: Callable, zeros: tuple, variables: tuple) -> None:
+        with torch.enable_grad():
+            self.eps = tuple(torch.zeros_like(z).requires_grad_(True) for z in zeros)
+            self.out = f(*self.eps)
+            self.live = self.out.requires_grad
+            self.w = torch.zeros_like(self.out).requires_grad_(True)
+            grads = (
+                torch.autograd.grad(self.out, self.eps, self.w, create_graph=True, allow_unused=True)
+                if self.live
+                else (None,) * len(self.eps)
+            )
+        # sites the output depends on, and among them those whose Jᵀ w depends on w
+        self.used = [i for i, g in enumerate(grads) if g is not None]
+        self.linear = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        self.middles = [_middle(A) for A in variables]
+
+    def pull(self, v: Any) -> list[Any]:
+        """Jᵀ v: the cotangent at each site's output, (rows_w, width_w) per site."""
+        out = [torch.zeros_like(e) for e in self.eps]
+        if not self.used:
+            return out
+        got = torch.autograd.grad(self.out, [self.eps[i] for i in self.used], v, retain_graph=True)
+        for i, g in zip(self.used, got, strict=True):
+            out[i] = g
+        return out
+
+    def push(self, U: list[Any]) -> Any:
+        """J U = Σ_w J_w U_w: the tangents carried from the site outputs to the states."""
+        if not self.linear:
+            return torch.zeros_like(self.out).detach()
+        (got,) = torch.autograd.grad(
+            [g for _, g in self.linear],
+            self.w,
+            [U[i] for i, _ in self.linear],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return torch.zeros_like(self.out).detach() if got is None else got
+
+    def matmat(self, X: Any) -> Any:
+        """Σ_w J_w A_w (A_wᵀ (J_wᵀ x)) for each x of ``X`` (k, B, S)."""
+        out = []
+        for x in X:
+            U = [middle(u) for middle, u in zip(self.middles, self.pull(x), strict=True)]
+            out.append(self.push(U))
+        return torch.stack(out).to(X.dtype)
+
+
+def _middle(A: Any) -> Callable[[Any], Any]:
+    """U ↦ A (Aᵀ U), through the Gram A Aᵀ when that is cheaper (r < 2p)."""
+    r, p = int(A.shape[0]), int(A.shape[1])
+    if r == 1 and p == 1:
+        a = A[0, 0]
+        return lambda U: U * (a * a)
+    if r < 2 * p:
+        G = A @ A.T
+        return lambda U: G @ U
+    return lambda U: A @ (A.T @ U)

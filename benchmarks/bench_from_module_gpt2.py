@@ -31,22 +31,10 @@ import numpy as np
 def build(layers: int, d: int, heads: int, seq: int, vocab: int, dtype: Any) -> Any:
     import torch
     import transformers as tf
+    from _hf_configs import gpt2_config
 
-    tf.logging.set_verbosity_error()
     torch.manual_seed(0)
-    config = tf.GPT2Config(
-        vocab_size=vocab,
-        n_positions=seq,
-        n_embd=d,
-        n_layer=layers,
-        n_head=heads,
-        attn_pdrop=0.0,
-        embd_pdrop=0.0,
-        resid_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-    )
+    config = gpt2_config(vocab=vocab, positions=seq, d=d, layers=layers, heads=heads)
     return tf.GPT2Model(config).to(dtype).eval()
 
 

@@ -15,10 +15,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="from_module maps torch.nn modules")
 tf = pytest.importorskip("transformers", reason="the Hugging Face tests need transformers (the test extra)")
 
+from benchmarks._hf_configs import bert_config, gpt2_config, llama_config  # noqa: E402
 from tests.backends.test_from_module_graph import assert_matches  # noqa: E402
 
 V, B, N, D = 7, 1, 3, 4
-tf.logging.set_verbosity_error()
 
 
 def ids():
@@ -27,39 +27,18 @@ def ids():
 
 def test_gpt2_residual_stream_matches_jacrev():
     torch.manual_seed(0)
-    config = tf.GPT2Config(
-        vocab_size=V,
-        n_positions=8,
-        n_embd=D,
-        n_layer=2,
-        n_head=2,
-        attn_pdrop=0.0,
-        embd_pdrop=0.0,
-        resid_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-    )
+    config = gpt2_config(vocab=V, positions=8, d=D, layers=2, heads=2)
     model = tf.GPT2LMHeadModel(config).double().eval()
     traj = assert_matches(model, (ids(),), states=re.compile(r"transformer\.h\.\d+"))
     assert traj.state_shape == (B, 2 * N * D)
     names = {s.name for s in traj.sites}
     assert {"transformer.wpe", "transformer.wte.weight"} <= names  # wte is tied to lm_head
+    assert "transformer.h.0.attn.c_attn" in names  # Hugging Face Conv1D: a Kronecker weight site
 
 
 def test_bert_residual_stream_matches_jacrev():
     torch.manual_seed(1)
-    config = tf.BertConfig(
-        vocab_size=V,
-        hidden_size=D,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=6,
-        max_position_embeddings=8,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        attn_implementation="eager",
-    )
+    config = bert_config(vocab=V, positions=8, d=D, layers=2, heads=2, d_ff=6)
     model = tf.BertModel(config, add_pooling_layer=False).double().eval()
     traj = assert_matches(model, (ids(),), states="encoder.layer.*")
     assert "encoder.layer.0.attention.self.query" in {s.name for s in traj.sites}
@@ -67,19 +46,7 @@ def test_bert_residual_stream_matches_jacrev():
 
 def test_llama_style_decoder_with_rmsnorm_and_rotary_matches_jacrev():
     torch.manual_seed(2)
-    config = tf.LlamaConfig(
-        vocab_size=V,
-        hidden_size=D,
-        intermediate_size=6,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=8,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-    )
+    config = llama_config(vocab=V, positions=8, d=D, layers=2, heads=2, kv_heads=1, d_ff=6)
     model = tf.LlamaForCausalLM(config).double().eval()
     # LlamaRMSNorm normalises in float32 whatever the input dtype: both routes round there alike
     traj = assert_matches(model, (ids(),), states="model.layers.*", rtol=1e-6)

@@ -26,6 +26,10 @@ def site_kind(module: Any) -> str | None:
         return "linear"
     if _is_transposed_linear(module):
         return "linear_t"
+    if isinstance(module, nn.LayerNorm | nn.RMSNorm):
+        if module.elementwise_affine and len(module.normalized_shape) == 1:
+            return "norm"
+        return None
     if isinstance(module, nn.Embedding):
         if module.max_norm is None and not module.scale_grad_by_freq:
             return "embedding"
@@ -54,7 +58,8 @@ class _Tap:
 
     ``z`` (B, Σ n_j): each state call's output is replaced by its block of z (the update
     map f); ``e`` (B, Σ n_j): added to each state call's output (P's perturbation);
-    ``eps``: site-call index -> tensor of shape (rows, width) added to that call's output.
+    ``eps``: site-call index -> tensor of shape (rows, width) added to that call's output
+    (for a norm, a dict: ``"scale"`` multiplies x̂ (γ's perturbation), ``"shift"`` is added (β's)).
     """
 
     def __init__(
@@ -100,7 +105,10 @@ class _Tap:
             e = self.eps.get(c)
             if e is None:
                 return None
-            return (out + _to_output(module, self.graph.site_kinds[name], e, out)).contiguous()
+            kind = self.graph.site_kinds[name]
+            if kind == "norm":
+                return (out + _norm_perturbation(module, args[0], e)).contiguous()
+            return (out + _to_output(module, kind, e, out)).contiguous()
 
         return hook
 
@@ -139,8 +147,28 @@ def _to_output(module: Any, kind: str, e: Any, out: Any) -> Any:
     return torch.reshape(e, out.shape)
 
 
+def normalized(norm: Any, x: Any) -> Any:
+    """x̂ of a LayerNorm / RMSNorm call: its output with γ = 1 and β = 0 (∂y/∂γ, unit by unit)."""
+    F = torch.nn.functional
+    if isinstance(norm, torch.nn.LayerNorm):
+        return F.layer_norm(x, norm.normalized_shape, None, None, norm.eps)
+    return F.rms_norm(x, norm.normalized_shape, None, norm.eps)
+
+
+def _norm_perturbation(norm: Any, x: Any, parts: dict[str, Any]) -> Any:
+    """x̂ ⊙ e_γ + e_β laid out as the norm's output (y = x̂ ⊙ γ + β, so u_γ = γ, u_β = β per row)."""
+    out = 0
+    if "scale" in parts:
+        out = out + normalized(norm, x) * torch.reshape(parts["scale"], x.shape)
+    if "shift" in parts:
+        out = out + torch.reshape(parts["shift"], x.shape)
+    return out
+
+
 def _variables(module: Any, kind: str, a: Any, dtype: Any) -> Any:
     """A_w rows of one call: (rows, p) with a ones column for a bias."""
+    if kind == "norm":  # γ and β are the same at every row: A = [1] per row
+        return torch.ones((int(a.numel()) // _in_size(module, kind), 1), dtype=dtype, device=a.device)
     if kind in ("linear", "linear_t"):
         A = torch.reshape(a, (-1, int(a.shape[-1])))
     elif kind == "embedding":
@@ -203,6 +231,8 @@ def _in_size(module: Any, kind: str) -> int:
         return int(module.in_features)
     if kind == "linear_t":
         return int(module.weight.shape[0])
+    if kind == "norm":
+        return int(module.normalized_shape[0])
     return 1  # embedding: one row per id
 
 

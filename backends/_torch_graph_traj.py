@@ -213,7 +213,7 @@ class ModuleTrajectory(Trajectory):
                 if kind == "parameter":
                     delta[name] = torch.reshape(e, self.params[name].shape)
                 else:
-                    per_call.update(zip(calls, torch.split(e, sizes, dim=0), strict=True))
+                    _add_calls(per_call, kind, calls, torch.split(e, sizes, dim=0))
             if cut:
                 return self._cut(values, per_call, delta, z)
             return self._forward(values, per_call, delta)
@@ -221,7 +221,8 @@ class ModuleTrajectory(Trajectory):
         return f, tuple(zeros)
 
     def _call_rows(self, name: str, kind: str, calls: Any) -> list[int]:
-        sub = self.model.submodules[name]
+        sub = self.model.submodules[_module_of(name, kind)]
+        kind = "norm" if kind in _NORM_PARTS else kind
         if kind == "conv":
             return [_conv_rows(sub, self._calls[c][1]) for c in calls]
         return [int(self._calls[c][1].numel()) // _in_size(sub, kind) for c in calls]
@@ -234,6 +235,11 @@ class ModuleTrajectory(Trajectory):
             calls = [c for c, name in self.plan if name == m]
             blocks = [_variables(sub, kind, self._calls[c][1], self.dtype) for c in calls]
             A = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
+            if kind == "norm":  # γ and β: one site each, A = [1] at every row
+                for n in model.site_params[m]:
+                    part = "norm_scale" if n.rsplit(".", 1)[-1] == "weight" else "norm_shift"
+                    out.append((n, part, calls, _in_size(sub, kind), A))
+                continue
             width = int(sub.embedding_dim if kind == "embedding" else sub.weight.shape[kind == "linear_t"])
             out.append((m, kind, calls, width, A))
         for n in self.autodiff_params:
@@ -265,6 +271,8 @@ class ModuleTrajectory(Trajectory):
     def _rows(self, name: str, kind: str, width: int) -> list:
         if kind == "parameter":
             return [(name, (0, int(self.params[name].shape[0]) if self.params[name].ndim else 1))]
+        if kind in _NORM_PARTS:  # γ (width,) or β (width,): one row of C_w
+            return [(name, (0, width))]
         own = self.model.site_params[name]
         if kind == "embedding":
             return [(own[0], (0, int(self.params[own[0]].shape[0])), "rows")]
@@ -289,11 +297,30 @@ class ModuleTrajectory(Trajectory):
         sizes = self._call_rows(name, kind, calls)
 
         def g(eps: Any) -> Any:
-            parts = torch.split(eps, sizes, dim=0)
-            return self._cut(values, dict(zip(calls, parts, strict=True)), {})
+            per_call: dict[int, Any] = {}
+            _add_calls(per_call, kind, calls, torch.split(eps, sizes, dim=0))
+            return self._cut(values, per_call, {})
 
         zero = torch.zeros((sum(sizes), width), dtype=self.dtype, device=self.device)
         return g, zero
+
+
+#: the two sites of a LayerNorm / RMSNorm: γ (its perturbation multiplies x̂) and β
+_NORM_PARTS = {"norm_scale": "scale", "norm_shift": "shift"}
+
+
+def _module_of(name: str, kind: str) -> str:
+    """The submodule of a site: itself, or a norm part's module (its parameter's prefix)."""
+    return name.rpartition(".")[0] if kind in _NORM_PARTS else name
+
+
+def _add_calls(per_call: dict[int, Any], kind: str, calls: Any, parts: Any) -> None:
+    """Each call's perturbation into ``per_call`` (a norm's γ and β parts share a call)."""
+    if kind in _NORM_PARTS:
+        for c, e in zip(calls, parts, strict=True):
+            per_call.setdefault(c, {})[_NORM_PARTS[kind]] = e
+    else:
+        per_call.update(zip(calls, parts, strict=True))
 
 
 def _as_unit(site: LinearSite, traj: ModuleTrajectory) -> Site:

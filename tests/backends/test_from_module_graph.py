@@ -107,7 +107,10 @@ def test_residual_mlp_with_layernorm_gelu_and_a_skip_matches_jacrev():
     )
     kinds = {s.name: type(s).__name__ for s in traj.sites}
     assert {"blocks.0.1", "blocks.0.3", "inp", "out"} <= set(kinds)  # every Linear is a weight site
-    assert {"blocks.0.0.weight", "blocks.0.0.bias"} <= set(kinds)  # LayerNorm affine: one-row sites
+    # LayerNorm affine: γ and β are sites of one row per token (A = [1]), D through x̂ and downstream
+    assert {"blocks.0.0.weight", "blocks.0.0.bias"} <= set(kinds)
+    gamma = next(s for s in traj.sites if s.name == "blocks.0.0.weight")
+    assert tuple(gamma.variables.shape) == (3, 1) and gamma.width == 4
 
 
 class Tied(torch.nn.Module):
@@ -169,6 +172,32 @@ def test_exact_rules_apply_to_found_sites_and_match_dense():
     top = rules.exact_eigsh(K, 3)  # the Kronecker core's spectrum rule (None if it declined)
     assert top is not None
     assert torch.allclose(top.eigenvalues, evals[:3], rtol=1e-10, atol=1e-12)
+    er = kla.effective_rank(K, method="exact")
+    assert abs(float(er.value) - float(evals.sum() ** 2 / (evals**2).sum())) <= 1e-10
+
+
+@pytest.mark.parametrize("norm", ["LayerNorm", "RMSNorm"])
+def test_norm_affine_whose_output_is_a_state_is_a_per_unit_site_with_exact_rules(norm):
+    torch.manual_seed(9)
+    nn = torch.nn
+    net = nn.Sequential(nn.Linear(3, 4), getattr(nn, norm)(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    with torch.no_grad():  # away from γ = 1, β = 0
+        for p in net[1].parameters():
+            p.normal_()
+    traj = assert_matches(net, (torch.randn(5, 3, dtype=DT),), states=["0", "1", "3"])
+    kinds = {s.name: type(s).__name__ for s in traj.sites}
+    own = ["1.weight", "1.bias"] if norm == "LayerNorm" else ["1.weight"]
+    assert all(kinds.pop(n) == "Site" for n in own)  # D_γ = diag(x̂), D_β = I into state "1"
+    K = kpflow.parameter_kernel(traj)
+    n = traj.states.numel()
+    dense = K.todense().reshape(n, n)
+    ref = kpflow.parameter_kernel(traj, method="autodiff").todense().reshape(n, n)
+    assert torch.allclose(dense, ref, rtol=1e-12, atol=1e-13)
+    evals = torch.linalg.eigvalsh(ref).flip(0)
+    tr = rules.exact_trace(K)  # the Kronecker core's own rules, not probes
+    assert tr is not None and abs(float(tr) - float(torch.trace(ref))) <= 1e-12 * float(torch.trace(ref))
+    top = rules.exact_eigsh(K, 3)
+    assert top is not None and torch.allclose(top.eigenvalues, evals[:3], rtol=1e-10, atol=1e-12)
     er = kla.effective_rank(K, method="exact")
     assert abs(float(er.value) - float(evals.sum() ** 2 / (evals**2).sum())) <= 1e-10
 

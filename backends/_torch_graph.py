@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from kpflow.backends._torch_graph_attention import attention_params
 from kpflow.backends._torch_graph_select import WHERE, select_states
 from kpflow.backends._torch_graph_tap import _offsets, _Tap, _Uses, site_kind
 from kpflow.backends._torch_graph_traj import ModuleTrajectory
@@ -75,15 +76,34 @@ class ModuleGraph(Model):
                 owners.setdefault(id(p), set()).add(mname)
         self.site_kinds: dict[str, str] = {}
         self.site_params: dict[str, list[str]] = {}
+        #: an attention module's sites: part ("mha_in", "mha_out") -> its trained parameters' names
+        self.site_parts: dict[str, dict[str, list[str]]] = {}
+        inner: set[str] = set()  # an attention's out_proj: applied by the attention site
         for mname, sub in module.named_modules():
             kind = site_kind(sub)
-            own = [p for p in sub.parameters(recurse=False) if id(p) in ids]
-            if kind is None or not any(p is getattr(sub, "weight", None) for p in own):
+            if kind is None or mname in inner:
                 continue
+            if kind == "mha":
+                inner.add(f"{mname}.out_proj" if mname else "out_proj")
+                parts = {
+                    part: [(n, p) for n, p in named if id(p) in ids]
+                    for part, named in attention_params(sub).items()
+                }
+                own = [p for named in parts.values() for _, p in named]
+                if not all(named and named[0][0].endswith("weight") for named in parts.values()):
+                    continue  # a frozen projection weight: the autodiff rule
+            else:
+                own = [p for p in sub.parameters(recurse=False) if id(p) in ids]
+                if not any(p is getattr(sub, "weight", None) for p in own):
+                    continue
             if any(len(owners[id(p)]) > 1 for p in own):
                 continue  # shared with another module: the autodiff rule counts every use
             self.site_kinds[mname] = kind
             self.site_params[mname] = [ids[id(p)] for p in own]
+            if kind == "mha":
+                self.site_parts[mname] = {
+                    part: [ids[id(p)] for _, p in named] for part, named in parts.items()
+                }
         self.site_names = list(self.site_kinds)
 
     # Model API ---------------------------------------------------------------------------------
@@ -151,6 +171,7 @@ class ModuleGraph(Model):
         demoted = {
             m for m, names in self.site_params.items() if any(id(params[n]) in uses.outside for n in names)
         }
+        demoted |= tap.unmapped  # attention called other than as self-attention: the autodiff rule
         self.state_size = _offsets(tap.states)[-1]  # the last run's (Model.state_parts reads it)
         if not all(bool(torch.all(torch.isfinite(s.detach()))) for s in tap.states):
             msg = f"{where}: the states are not finite (NaN or inf)"

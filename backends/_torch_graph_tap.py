@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from kpflow.backends._torch_graph_attention import attention_forward, is_mapped_attention
 from kpflow.backends._torch_graph_select import _first, _with_first
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ def site_kind(module: Any) -> str | None:
         return "linear"
     if _is_transposed_linear(module):
         return "linear_t"
+    if is_mapped_attention(module):
+        return "mha"
     if isinstance(module, nn.LayerNorm | nn.RMSNorm):
         if module.elementwise_affine and len(module.normalized_shape) == 1:
             return "norm"
@@ -76,13 +79,21 @@ class _Tap:
         self.sites: list[tuple[str, Any]] = []  # (site module name, A) per call, in order
         self._handles: list[Any] = []
         self._inside: list[str] = []
+        self._patched: list[tuple[Any, Any]] = []  # (attention module, its own instance forward)
+        self._attention_call: dict[str, int] = {}
+        self.unmapped: set[str] = set()  # attention modules called other than as self-attention
 
     def __enter__(self) -> _Tap:
         g = self.graph
         for name in g.site_names:
             sub = g.submodules[name]
             self._handles.append(sub.register_forward_pre_hook(self._pre(name)))
-            self._handles.append(sub.register_forward_hook(self._site_hook(name)))
+            if g.site_kinds[name] == "mha":
+                self._patched.append((sub, sub.__dict__.get("forward")))
+                sub.forward = attention_forward(sub, self._attention_record(name))
+                self._handles.append(sub.register_forward_hook(self._post))
+            else:
+                self._handles.append(sub.register_forward_hook(self._site_hook(name)))
         for name in g.state_names:
             self._handles.append(g.submodules[name].register_forward_hook(self._state_hook(name)))
         return self
@@ -90,6 +101,30 @@ class _Tap:
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:
             h.remove()
+        for sub, own in self._patched:
+            del sub.forward
+            if own is not None:
+                sub.forward = own
+
+    def _post(self, module: Any, args: Any, out: Any) -> None:
+        self._inside.pop()
+
+    def _attention_record(self, name: str) -> Callable:
+        """Records an attention call's site inputs and hands back its perturbations."""
+
+        def record(inputs: dict[str, Any]) -> dict[str, Any]:
+            if "out_proj" in inputs:
+                c = self._attention_call[name]
+                self.sites[c][1].update(inputs)
+            else:  # a call starts
+                c = self._attention_call[name] = len(self.sites)
+                self.sites.append((name, dict(inputs)))
+                if not inputs:
+                    self.unmapped.add(name)
+                    return {}
+            return self.eps.get(c, {})
+
+        return record
 
     def _pre(self, name: str) -> Callable:
         def hook(module: Any, args: Any) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from kpflow.backends._torch_graph_attention import ATTENTION_PARTS
 from kpflow.backends._torch_graph_products import Linearisation, versions
 from kpflow.backends._torch_graph_tap import _conv_rows, _in_size, _offsets, _Tap, _variables
 
@@ -222,6 +223,9 @@ class ModuleTrajectory(Trajectory):
 
     def _call_rows(self, name: str, kind: str, calls: Any) -> list[int]:
         sub = self.model.submodules[_module_of(name, kind)]
+        if kind in ATTENTION_PARTS:
+            key = ATTENTION_PARTS[kind]
+            return [int(self._calls[c][1][key].numel()) // int(sub.embed_dim) for c in calls]
         kind = "norm" if kind in _NORM_PARTS else kind
         if kind == "conv":
             return [_conv_rows(sub, self._calls[c][1]) for c in calls]
@@ -233,6 +237,19 @@ class ModuleTrajectory(Trajectory):
         for m in self.kronecker_modules:
             sub, kind = model.submodules[m], model.site_kinds[m]
             calls = [c for c, name in self.plan if name == m]
+            if kind == "mha":  # the packed input projection and the output projection
+                for part, key in ATTENTION_PARTS.items():
+                    own = model.site_parts[m][part]
+                    rows = [self._calls[c][1][key] for c in calls]
+                    d = int(rows[0].shape[-1])
+                    A = torch.cat([torch.reshape(a, (-1, d)) for a in rows], dim=0)
+                    if len(own) == 2:  # a trained bias: a ones column
+                        A = torch.cat(
+                            [A, torch.ones((int(A.shape[0]), 1), dtype=A.dtype, device=A.device)], 1
+                        )
+                    width = int(self.params[own[0]].shape[0])
+                    out.append((f"{m}.{key}", part, calls, width, A))
+                continue
             blocks = [_variables(sub, kind, self._calls[c][1], self.dtype) for c in calls]
             A = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
             if kind == "norm":  # γ and β: one site each, A = [1] at every row
@@ -273,6 +290,8 @@ class ModuleTrajectory(Trajectory):
             return [(name, (0, int(self.params[name].shape[0]) if self.params[name].ndim else 1))]
         if kind in _NORM_PARTS:  # γ (width,) or β (width,): one row of C_w
             return [(name, (0, width))]
+        if kind in ATTENTION_PARTS:  # W (width, d) and b (width,), as an nn.Linear's
+            return [(n, (0, width)) for n in self.model.site_parts[_module_of(name, kind)][kind]]
         own = self.model.site_params[name]
         if kind == "embedding":
             return [(own[0], (0, int(self.params[own[0]].shape[0])), "rows")]
@@ -307,18 +326,20 @@ class ModuleTrajectory(Trajectory):
 
 #: the two sites of a LayerNorm / RMSNorm: γ (its perturbation multiplies x̂) and β
 _NORM_PARTS = {"norm_scale": "scale", "norm_shift": "shift"}
+#: the sites that share a module call: site kind -> the key of its perturbation in the call's dict
+_PARTS = {**_NORM_PARTS, **ATTENTION_PARTS}
 
 
 def _module_of(name: str, kind: str) -> str:
     """The submodule of a site: itself, or a norm part's module (its parameter's prefix)."""
-    return name.rpartition(".")[0] if kind in _NORM_PARTS else name
+    return name.rpartition(".")[0] if kind in _PARTS else name
 
 
 def _add_calls(per_call: dict[int, Any], kind: str, calls: Any, parts: Any) -> None:
     """Each call's perturbation into ``per_call`` (a norm's γ and β parts share a call)."""
-    if kind in _NORM_PARTS:
+    if kind in _PARTS:
         for c, e in zip(calls, parts, strict=True):
-            per_call.setdefault(c, {})[_NORM_PARTS[kind]] = e
+            per_call.setdefault(c, {})[_PARTS[kind]] = e
     else:
         per_call.update(zip(calls, parts, strict=True))
 

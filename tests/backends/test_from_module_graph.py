@@ -276,3 +276,78 @@ def test_a_weight_read_outside_its_module_is_counted_at_every_use():
     torch.manual_seed(8)
     traj = assert_matches(ReadsOutside().double(), (torch.randn(2, 3, dtype=DT),), states=["lin", "out"])
     assert {s.name for s in traj.sites} == {"lin.weight", "lin.bias"}  # one-row sites, by autodiff
+
+
+class AttentionBlock(torch.nn.Module):
+    """An input projection, nn.MultiheadAttention on a residual stream, a readout."""
+
+    def __init__(self, d=4, heads=2, *, batch_first=True, causal=False, cross=False, weights=True, **kw):
+        super().__init__()
+        nn = torch.nn
+        self.inp = nn.Linear(3, d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=batch_first, **kw)
+        self.out = nn.Linear(d, 2)
+        self.batch_first, self.causal, self.cross, self.weights = batch_first, causal, cross, weights
+
+    def forward(self, x):
+        h = self.inp(x if self.batch_first else x.transpose(0, 1))
+        n = h.shape[1] if self.batch_first else h.shape[0]
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool), 1) if self.causal else None
+        key = torch.tanh(h) if self.cross else h
+        a, _ = self.attn(h, key, key, attn_mask=mask, need_weights=self.weights)
+        return self.out(torch.tanh(h + a))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"batch_first": False, "causal": True}, {"bias": False, "add_bias_kv": True}],
+    ids=["seq_first_causal", "no_bias_bias_kv"],
+)
+def test_multihead_attention_inside_a_module_is_two_kronecker_sites_matching_jacrev(kw):
+    torch.manual_seed(10)
+    net = AttentionBlock(**kw).double().eval()
+    traj = assert_matches(net, (torch.randn(2, 3, 3, dtype=DT),), states=["inp", "attn", "out"])
+    sites = {s.name: s for s in traj.sites}
+    p = 4 if kw.get("bias") is False else 5  # d rows of x and of the heads' output, a ones column
+    assert tuple(sites["attn.in_proj"].variables.shape) == (6, p) and sites["attn.in_proj"].width == 12
+    assert tuple(sites["attn.out_proj"].variables.shape) == (6, p) and sites["attn.out_proj"].width == 4
+    assert not {"attn.in_proj_weight", "attn.out_proj.weight"} & set(sites)  # no autodiff rows
+
+
+def test_attention_sites_give_the_built_in_mappings_kernel_and_exact_rules():
+    torch.manual_seed(11)
+    mha = torch.nn.MultiheadAttention(4, 2, batch_first=True).double()
+    x = torch.randn(2, 3, 4, dtype=DT)
+    built_in, params = from_module(mha, detach=True)  # kpflow.models.SelfAttention
+    K_ref = kpflow.parameter_kernel(built_in.run(params, x))
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = mha
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)  # (torch's fused kernel in the module's own call)
+
+    model, params = from_module(Wrapper(), states=["attn"], detach=True)
+    traj = model.run(params, x)
+    assert {s.name for s in traj.sites} == {"attn.in_proj", "attn.out_proj"}
+    K = kpflow.parameter_kernel(traj)
+    n = traj.states.numel()
+    dense, ref = K.todense().reshape(n, n), K_ref.todense().reshape(n, n)
+    assert torch.allclose(dense, ref, rtol=1e-12, atol=1e-12)
+    evals = torch.linalg.eigvalsh(ref).flip(0)
+    tr = kla.trace(K, method="exact")
+    assert tr.method == "exact" and abs(float(tr.value) - float(torch.trace(ref))) <= 1e-12 * float(evals[0])
+    er = kla.effective_rank(K, method="exact")
+    assert er.method == "exact"
+    assert abs(float(er.value) - float(evals.sum() ** 2 / (evals**2).sum())) <= 1e-10
+    top = kla.eigsh(K, 3, method="dense")
+    assert torch.allclose(top.eigenvalues, evals[:3], rtol=1e-10, atol=1e-12)
+
+
+def test_cross_attention_takes_the_autodiff_rule():
+    torch.manual_seed(12)
+    net = AttentionBlock(cross=True).double().eval()
+    traj = assert_matches(net, (torch.randn(2, 3, 3, dtype=DT),), states=["inp", "attn", "out"])
+    assert {"attn.in_proj_weight", "attn.out_proj.weight"} <= {s.name for s in traj.sites}

@@ -96,8 +96,34 @@ def test_core_alignment_estimate_covers_the_exact_value():
     traj, N, V = _rnn_case(B=3, T=10, H=3, seed=2)
     exact = _cos(_temporal(N).reshape(30, 30), V @ V.T)
     r = analysis.core_alignment(traj, method="estimate", num_matvecs=40, rng=0)
-    assert r.method == "estimate" and float(r.error) > 0.0
+    assert r.method == "estimate" and float(r.error) > 0.0 and r.num_matvecs <= 40
     assert abs(float(r) - exact) <= 4 * float(r.error) + 1e-3
+
+
+def _coverage_band(seeds, level=0.95):
+    """The ±3σ binomial band of an interval's coverage over ``seeds`` independent draws."""
+    half = 3 * np.sqrt(level * (1 - level) / seeds)
+    return level - half, min(1.0, level + half)
+
+
+@pytest.mark.parametrize(("g", "budget", "seeds"), [(2.0, 40, 1000), (1.0, 200, 200)])
+def test_core_alignment_error_bar_covers_the_exact_value_over_seeds(g, budget, seeds):
+    # g = 1: M dominated by a few modes (the regime of trained and paper-size networks), a
+    # value near 1; g = 2: a flatter M, a value near 0.35 (misses on both sides count)
+    from kpflow.training import init_params
+
+    model = RNN(2, 8)
+    x = np.random.default_rng(1).standard_normal((4, 12, 2))
+    traj = model.run(init_params(model, 0, g=g), x)
+    exact = float(analysis.core_alignment(traj, method="exact"))
+    runs = [analysis.core_alignment(traj, method="estimate", num_matvecs=budget, rng=s) for s in range(seeds)]
+    values = np.array([float(r) for r in runs])
+    errors = np.array([float(r.error) for r in runs])
+    coverage = np.mean(np.abs(values - exact) <= 2 * errors)
+    low, high = _coverage_band(seeds)
+    assert low <= coverage <= high, f"±2σ covered the exact value in {coverage:.1%} of {seeds} seeds"
+    # unbiased: the mean of the estimates is within 3 of its standard errors of the exact value
+    assert abs(values.mean() - exact) <= 3 * values.std() / np.sqrt(seeds)
 
 
 @pytest.mark.parametrize("p", [None, 1, 2])

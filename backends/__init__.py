@@ -139,9 +139,9 @@ def random_normal(rng: Any, shape: tuple[int, ...], *, like: Any) -> Any:
 
     The host generator supplies one integer seed per call; the adapter's
     :meth:`~kpflow.backends.Backend.random_normal` draws with it on the array's device
-    (torch: a ``torch.Generator`` there, jax: ``jax.random.key(seed)``, cupy:
-    ``cupy.random.default_rng(seed)``), so no sample is copied from the host.  numpy and
-    array_api_strict draw on the host with ``numpy.random.default_rng(seed)``.
+    (torch: a ``torch.Generator`` there, jax on an accelerator: ``jax.random.key(seed)``,
+    cupy: ``cupy.random.default_rng(seed)``), so no sample is copied from the host.  numpy,
+    array_api_strict and jax on the CPU draw on the host with ``numpy.random.default_rng(seed)``.
 
     A seeded call is reproducible on each backend; numpy and array_api_strict give
     identical numbers, other backends their own (the same in distribution).

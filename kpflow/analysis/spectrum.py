@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from kpflow import linalg
+from kpflow._array import to_host
 from kpflow.models.base import Trajectory
 from kpflow.ntk import global_ntk, parameter_kernel
 
@@ -35,7 +36,8 @@ def axis_names(traj: Trajectory) -> tuple[str, ...]:
 
 
 def _floats(xp: Any, a: Any) -> list[float]:
-    return [float(v) for v in xp.reshape(a, (-1,))]
+    # one copy to the host (iterating a jax array would compile a program to split it)
+    return [float(v) for v in to_host(a).reshape(-1)]
 
 
 def _scalar(result: Any) -> dict[str, Any]:

@@ -62,6 +62,9 @@ def without_graph(func: _F) -> _F:
 
 @functools.lru_cache(maxsize=512)
 def _jitted(adapter: Any, fn: Callable, static: tuple, donate: tuple[int, ...] = ()) -> Callable:
+    dense_kernel = getattr(adapter, "dense_kernel", None)
+    if dense_kernel is not None:  # jax: numpy on the host for small arrays on the CPU
+        return cast(Callable, dense_kernel(fn, static, donate))
     return adapter.jit(functools.partial(fn, adapter.namespace(), *static), donate=donate)
 
 
@@ -72,7 +75,9 @@ def kernel(A: LinearOperator, fn: Callable, *static: Any, donate: tuple[int, ...
     formulas) is written as such pure functions of arrays.  On backends that compile a
     kernel for every primitive and shape even eagerly (jax), each function becomes one
     compiled program (one compilation per input shape instead of one per primitive, and
-    no host round trip between its steps); elsewhere it runs as it is.  ``static`` holds
+    no host round trip between its steps), unless the adapter's ``dense_kernel`` runs it
+    otherwise (jax: in numpy on the host for small arrays on one CPU device, where
+    compiling costs more than running); elsewhere it runs as it is.  ``static`` holds
     hashable Python values (ints, strings) the function branches on.  ``donate`` names the
     array arguments (positions among them) whose buffers the compiled program may reuse
     for its result (:meth:`kpflow.backends.Backend.jit`): the caller must not read them

@@ -20,7 +20,7 @@ from kpflow.linalg._krylov import cholesky_qr2, gram_rows, restarted_lanczos
 from kpflow.linalg._products import MatvecCounter, min_bucket
 from kpflow.linalg._results import EighResult
 from kpflow.linalg._rows import inner_rows
-from kpflow.linalg._scaling import check_finite, row_norms
+from kpflow.linalg._scaling import nonfinite_error, row_norms
 from kpflow.operators.algebra import Scaled
 from kpflow.operators.base import LinearOperator
 from kpflow.operators.functions import adjoint, gram
@@ -90,18 +90,16 @@ def _gram_side(
     Everything here is of ``A / scale`` (the solver's scale, a power of 4): ``F`` is applied
     as ``F / √scale``, so that the residuals and their images stay of order 1 in float32.
     """
-    xp = A.xp
     small, R, scale = _krylov(gram(adjoint(F)), k, b, options, pairwise=True, sized_like=A)
     vals = small.eigenvalues
-    top = float(xp.max(xp.abs(vals)))
-    if float(xp.min(vals)) <= 1e3 * dtype_eps(A) * top:
+    top, low, first = (float(v) for v in kernel(A, _value_range)(vals, small.residual_norms))
+    if low <= 1e3 * dtype_eps(A) * top:
         return None
-    inv_sigma = 1.0 / xp.sqrt(vals)
     # ‖F‖ = √λ_max(Fᵀ F) <= √(θ_1 + ‖r_1‖) for the top Ritz pair (θ_1, r_1)
-    sigma_max = math.sqrt(top + float(small.residual_norms[0]))
+    sigma_max = math.sqrt(top + first)
     # what may stay outside span Z: 10% of the target tol · λ_1 on A, for the smallest σ
     tol = max(options["tol"], 100 * dtype_eps(A))
-    sigma_min = math.sqrt(float(xp.min(vals)))
+    sigma_min = math.sqrt(low)
     Z, C, outside = _residual_span(A, R, 0.1 * tol * top * sigma_min / sigma_max)
     rows = k + Z.shape[0]
     # b rows per product, as in the solve (jax: its padded block), so that mapping back
@@ -109,13 +107,47 @@ def _gram_side(
     chunk = min(max(b, min_bucket(A)), _chunk_rows(A, options["memory_budget"]))
     F_scaled = F if scale == 1.0 else Scaled(1.0 / math.sqrt(scale), F)  # exact: a power of 2
     counter = MatvecCounter(F_scaled, None, rows, "kpflow.linalg.eigsh", max_rows=chunk)
-    FVZ = counter.matmat(xp.concat([small.eigenvectors, Z], axis=0))
-    check_finite(xp, FVZ, "kpflow.linalg.eigsh", options["name"])
-    U = FVZ[:k, :] * inv_sigma[:, None]
-    FR = FVZ[k:, :] if C is None else C @ FVZ[k:, :]  # F r, exactly for r = C Z
-    res = (kernel(A, row_norms)(FR) + sigma_max * outside) * inv_sigma
+    FVZ = counter.matmat(kernel(A, _stacked)(small.eigenvectors, Z))
+    largest, values, U, res = kernel(A, _mapped_back, k, A.shape_in, C is None)(
+        FVZ, vals, C, outside, sigma_max, scale
+    )
+    if not math.isfinite(float(largest)):
+        raise nonfinite_error("kpflow.linalg.eigsh", options["name"])
     num = small.num_matvecs + (rows + 1) // 2
-    return EighResult(vals * scale, xp.reshape(U, (k, *A.shape_in)), res * scale, num)
+    return EighResult(values, U, res, num)
+
+
+def _value_range(xp: Any, vals: Any, res: Any) -> tuple[Any, Any, Any]:
+    """``(max|θ|, min θ, ‖r_1‖)`` of the Ritz values and residual norms (one program on jax)."""
+    return xp.max(xp.abs(vals)), xp.min(vals), res[0]
+
+
+def _stacked(xp: Any, V: Any, Z: Any) -> Any:
+    return xp.concat([V, Z], axis=0)
+
+
+def _mapped_back(
+    xp: Any,
+    k: int,
+    shape: tuple,
+    whole: bool,
+    FVZ: Any,
+    vals: Any,
+    C: Any,
+    outside: Any,
+    sigma_max: Any,
+    scale: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """``(max|F [V; Z]|, λ, U, residual norms)`` on ``A``: ``u = F v / σ``, ``‖F r‖ / σ`` (times ``scale``).
+
+    ``F r`` is ``F Z``'s rows themselves when every residual direction was kept (``whole``),
+    else ``C F Z`` (exactly, for ``r = C Z``).
+    """
+    inv_sigma = 1.0 / xp.sqrt(vals)
+    U = FVZ[:k, :] * inv_sigma[:, None]
+    FR = FVZ[k:, :] if whole else C @ FVZ[k:, :]
+    res = (row_norms(xp, FR) + sigma_max * outside) * inv_sigma
+    return xp.max(xp.abs(FVZ)), vals * scale, xp.reshape(U, (k, *shape)), res * scale
 
 
 def _residual_span(A: LinearOperator, R: Any, cut: float) -> tuple[Any, Any, Any]:
@@ -127,12 +159,25 @@ def _residual_span(A: LinearOperator, R: Any, cut: float) -> tuple[Any, Any, Any
     ``block_size`` rows for ``k`` residuals.
     """
     xp, k = A.xp, R.shape[0]
-    mu, E = xp.linalg.eigh(kernel(A, gram_rows)(R))  # ascending: singular values² of R
-    kept = sum(float(m) > cut * cut for m in mu)
+    mu, E = kernel(A, _gram_eigh)(R)  # ascending: singular values² of R
+    kept = int(kernel(A, _count_above)(mu, cut * cut))
     if kept >= k:
         return R, None, xp.zeros((k,), dtype=R.dtype, device=A.device)
-    Z = cholesky_qr2(A, xp.matrix_transpose(E[:, k - max(kept, 1) :]) @ R)
+    Z = cholesky_qr2(A, kernel(A, _top_directions, max(kept, 1))(E, R))
     return kernel(A, _coefficients)(R, Z)
+
+
+def _gram_eigh(xp: Any, R: Any) -> tuple[Any, Any]:
+    return xp.linalg.eigh(gram_rows(xp, R))
+
+
+def _count_above(xp: Any, mu: Any, floor: Any) -> Any:
+    return xp.sum(xp.astype(mu > floor, xp.int32))
+
+
+def _top_directions(xp: Any, kept: int, E: Any, R: Any) -> Any:
+    """The rows ``Eᵀ R`` of the ``kept`` largest singular directions (``E`` ascending)."""
+    return xp.matrix_transpose(E[:, E.shape[1] - kept :]) @ R
 
 
 def _coefficients(xp: Any, R: Any, Z: Any) -> tuple[Any, Any, Any]:

@@ -48,6 +48,7 @@ from typing import Any
 
 import array_api_extra as xpx
 
+from kpflow.linalg._backend import array_kernel
 from kpflow.linalg._common import (
     EighResult,
     MatvecCounter,
@@ -290,6 +291,10 @@ class _Basis:
         return Y[self.m - s : self.m, :]
 
 
+def _any(xp: Any, x: Any) -> Any:
+    return xp.any(x)
+
+
 def _next_block(A: LinearOperator, V: Any, W: Any, lost: Any, gen: Any) -> Any:
     """Orthonormal rows spanning ``W ⟂ V``; rows lost to cancellation are refilled at random.
 
@@ -299,7 +304,7 @@ def _next_block(A: LinearOperator, V: Any, W: Any, lost: Any, gen: Any) -> Any:
     that rows scaled up from tiny norms cannot bring back components along ``V``.
     """
     xp = A.xp
-    if bool(xp.any(lost)):
+    if bool(kernel(A, _any)(lost)):
         fresh = kernel(A, _project_out)(V, probes(gen, W.shape[0], A.size_in, like_array(A)))
         W = xp.where(lost[:, None], fresh, W)
     Q = cholesky_qr2(A, W)
@@ -395,13 +400,14 @@ def restarted_lanczos(
                 basis.set_rows(m, Q)
                 continue
             theta, Y, est, scale_arr = basis.ritz(k, s, W)
+            theta_k, Y_k = kernel(A, _leading, k)(theta, Y)  # one program, not two slices
             target = tol * max(float(scale_arr), 1e-300)
             width = math.sqrt(tol) * max(float(scale_arr), 1e-300)
-            worst = float(xp.max(est))
-            excess = _excess(xp, est, theta[:k], target, float(scale_arr), pairwise)
+            worst = float(array_kernel(xp, est, _max_of)(est))
+            excess = _excess(xp, est, theta_k, target, float(scale_arr), pairwise)
             if locked is not None:
                 # A multiplicity check: has a value from the fresh block entered the top k?
-                grown = max(float(xp.max(theta[:k] - locked.eigenvalues)), 0.0) > width
+                grown = max(float(xp.max(theta_k - locked.eigenvalues)), 0.0) > width
                 if not grown and (check_steps <= 0 or m >= n):
                     # The check's products count: the result reports every product spent.
                     locked.num_matvecs = products.num_matvecs
@@ -410,20 +416,20 @@ def restarted_lanczos(
                 if grown:
                     locked = None  # a missed copy: converge as usual, then check again
             if locked is None and (excess <= 1.0 or m >= n):
-                vals = theta[:k]
-                U = kernel(A, _combine)(Y[:, :k], basis.rows())
+                vals = theta_k
+                U = kernel(A, _combine)(Y_k, basis.rows())
                 if verify:
                     if store_products:
-                        AU = kernel(A, _combine)(Y[:, :k], basis.products())
+                        AU = kernel(A, _combine)(Y_k, basis.products())
                     else:
                         AU = products.matmat(U)
                     res, T_u, R_u = kernel(A, _verified)(AU, vals, U)
                     AU_or_R = (AU, None)
                 else:
-                    res, R_u = est, kernel(A, _combine)(basis.last_rows(Y[:, :k], s), W)
+                    res, R_u = est, kernel(A, _combine)(basis.last_rows(Y_k, s), W)
                     T_u = _diag(A, vals)
                     AU_or_R = (None, R_u)
-                worst = float(xp.max(res))
+                worst = float(array_kernel(xp, res, _max_of)(res))
                 if _excess(xp, res, vals, target, float(scale_arr), pairwise) <= 1.0 or m >= n:
                     result, R = (
                         EighResult(vals, U, res, products.num_matvecs),
@@ -452,14 +458,14 @@ def restarted_lanczos(
                     continue
             if products.num_matvecs + step > max_matvecs:
                 _warn_not_converged(where, products, worst, target)
-                U = kernel(A, _combine)(Y[:, :k], basis.rows())
+                U = kernel(A, _combine)(Y_k, basis.rows())
                 if store_products:  # the explicit residuals, at no product's cost
-                    AU = kernel(A, _combine)(Y[:, :k], basis.products())
-                    R = _residuals(xp, (AU, None), theta[:k], U)
+                    AU = kernel(A, _combine)(Y_k, basis.products())
+                    R = _residuals(xp, (AU, None), theta_k, U)
                     res = xp.linalg.vector_norm(R, axis=1)
-                    return EighResult(theta[:k], U, res, products.num_matvecs), R, products.scale
-                R = kernel(A, _combine)(basis.last_rows(Y[:, :k], s), W)
-                return EighResult(theta[:k], U, est, products.num_matvecs), R, products.scale
+                    return EighResult(theta_k, U, res, products.num_matvecs), R, products.scale
+                R = kernel(A, _combine)(basis.last_rows(Y_k, s), W)
+                return EighResult(theta_k, U, est, products.num_matvecs), R, products.scale
             if m + step > max_basis:
                 # Thick restart: keep the top Ritz vectors (the converged ones among them).
                 kept = _kept_rows(max_basis, step, k)
@@ -494,9 +500,23 @@ def _residuals(xp: Any, AU_or_R: tuple[Any, Any], vals: Any, U: Any) -> Any:
 def _excess(xp: Any, res: Any, vals: Any, target: float, scale: float, pairwise: bool) -> float:
     """``max(res / target)`` over the pairs: ``<= 1`` when all have converged."""
     if not pairwise:
-        return float(xp.max(res)) / target
-    per_pair = target * xp.sqrt(xp.clip(vals, 0.0, None) / max(scale, 1e-300))
-    return float(xp.max(res / xp.maximum(per_pair, 1e-300 * target)))
+        return float(array_kernel(xp, res, _max_of)(res)) / target
+    # one program (jax) for the five steps, the floats as arguments
+    return float(array_kernel(xp, res, _pairwise_excess)(res, vals, target, max(scale, 1e-300)))
+
+
+def _max_of(xp: Any, x: Any) -> Any:
+    return xp.max(x)
+
+
+def _leading(xp: Any, k: int, theta: Any, Y: Any) -> tuple[Any, Any]:
+    """The top ``k`` Ritz values and their coefficient columns."""
+    return theta[:k], Y[:, :k]
+
+
+def _pairwise_excess(xp: Any, res: Any, vals: Any, target: Any, scale: Any) -> Any:
+    per_pair = target * xp.sqrt(xp.clip(vals, 0.0, None) / scale)
+    return xp.max(res / xp.maximum(per_pair, 1e-300 * target))
 
 
 def _diag(A: LinearOperator, values: Any) -> Any:

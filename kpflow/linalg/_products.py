@@ -75,16 +75,26 @@ def min_bucket(op: LinearOperator) -> int:
     return 1 if one_cpu and size >= UNPADDED_FROM else MIN_BUCKET
 
 
-def _pad_rows(xp: Any, size: int, shape: tuple, block: Any) -> Any:
-    """``block`` (rows, n) with zero rows appended up to ``size``, as (size, *shape)."""
-    fill = xp.zeros((size - block.shape[0], block.shape[1]), dtype=block.dtype, device=device_of(block))
-    return xp.reshape(xp.concat([block, fill], axis=0), (size, *shape))
+def _padded_chunks(xp: Any, plan: tuple, shape: tuple, X: Any) -> tuple[Any, ...]:
+    """The chunks ``X[start:stop]`` of ``plan`` (``(start, stop, size)`` each), zero-padded to
+    ``size`` rows and shaped ``(size, *shape)``."""
+    out = []
+    for start, stop, size in plan:
+        block = X[start:stop, ...]
+        if size > stop - start:
+            fill = xp.zeros((size - (stop - start), X.shape[1]), dtype=X.dtype, device=device_of(X))
+            block = xp.concat([block, fill], axis=0)
+        out.append(xp.reshape(block, (size, *shape)))
+    return tuple(out)
 
 
-def _unpadded(xp: Any, rows: int, size_out: int, out: Any) -> Any:
-    """The first ``rows`` products of a padded block, flat: ``(rows, size_out)``."""
-    flat = xp.reshape(out, (out.shape[0], size_out))
-    return flat if flat.shape[0] == rows else flat[:rows, ...]
+def _joined_rows(xp: Any, plan: tuple, size_out: int, *outs: Any) -> Any:
+    """The products of :func:`_padded_chunks`'s blocks without their padding, joined: ``(k, size_out)``."""
+    flat = [
+        xp.reshape(out, (out.shape[0], size_out))[: stop - start, ...]
+        for out, (start, stop, _) in zip(outs, plan, strict=True)
+    ]
+    return flat[0] if len(flat) == 1 else xp.concat(flat, axis=0)
 
 
 class MatvecCounter:
@@ -125,25 +135,39 @@ class MatvecCounter:
         self._progress = Progress(progress, total, desc)
         self._adapter = adapter_of(op)
         self._pad = bool(getattr(self._adapter, "compiles_per_shape", False))
+        if self._pad and self._min == MIN_BUCKET and max(op.size_in, op.size_out) < UNPADDED_FROM:
+            # a small operator: every block one width, so that its product is one program per
+            # direction (compiling it costs more than the padding of a few blocks)
+            self.chunk = min(self.chunk, MIN_BUCKET)
 
     def _apply(self, block: Any, apply: Any, shape_in: tuple, size_out: int) -> Any:
-        xp, op = self.op.xp, self.op
+        """One chunk's products, unpadded (backends that do not compile per shape)."""
         rows = block.shape[0]
-        size = rows
-        if self._pad and padded_size(rows, self._min) > rows:
-            size = padded_size(rows, self._min)
-            block = kernel(op, _pad_rows, size, shape_in)(block)
-        else:
-            block = xp.reshape(block, (size, *shape_in))
-        block = self._adapter.distribute(block)
-        if self._pad:
-            return kernel(op, _unpadded, rows, size_out)(apply(block))
-        out = xp.reshape(apply(block), (size, size_out))
-        return out if size == rows else out[:rows, ...]
+        block = self._adapter.distribute(self.op.xp.reshape(block, (rows, *shape_in)))
+        return self.op.xp.reshape(apply(block), (rows, size_out))
+
+    def _run_padded(self, X: Any, apply: Any, shape_in: tuple, size_out: int) -> Any:
+        """:meth:`_run` where blocks are padded: one program cuts and pads every chunk of ``X``,
+        one cuts and joins the products (jax: two programs per block size, not one per step)."""
+        op = self.op
+        k = X.shape[0]
+        plan = tuple(
+            (start, min(k, start + self.chunk), padded_size(min(k, start + self.chunk) - start, self._min))
+            for start in range(0, k, self.chunk)
+        )
+        blocks = kernel(op, _padded_chunks, plan, shape_in)(X)
+        outs = []
+        for block, (start, stop, _) in zip(blocks, plan, strict=True):
+            outs.append(apply(self._adapter.distribute(block)))
+            self.num_matvecs += stop - start
+            self._progress.update(stop - start)
+        return kernel(op, _joined_rows, plan, size_out)(*outs)
 
     def _run(self, X: Any, apply: Any, shape_in: tuple, size_out: int) -> Any:
         xp = self.op.xp
         k = X.shape[0]
+        if self._pad and k > 0:
+            return self._run_padded(X, apply, shape_in, size_out)
         outs = []
         for start in range(0, k, self.chunk):
             stop = min(k, start + self.chunk)

@@ -130,7 +130,10 @@ class ScaledProducts:
         if not self._fixed and largest > 0.0:
             self.scale = power_of_four(xp, self.op.dtype, largest)
             self._fixed = True
-        return Y if self.scale == 1.0 else Y * (1.0 / self.scale)
+        if self.scale == 1.0:
+            return Y
+        # the program every later product of this shape runs (jax: no second one for the division)
+        return array_kernel(xp, Y, _largest_and_scaled)(Y, 1.0 / self.scale)[1]
 
     def unscale(self, value: Any, degree: int = 1) -> Any:
         """``value · s**degree``: an estimate of degree ``degree`` in ``A`` (``tr A``: 1,

@@ -285,10 +285,13 @@ def _other_end(A: LinearOperator, k: int, which: str, kwargs: dict[str, Any]) ->
 
 def _checked(A: LinearOperator, r: EighResult, where: str) -> EighResult:
     """``r`` from a structured rule, if its eigenvalues and residual norms are finite."""
-    xp = A.xp
-    both = xp.concat([xp.reshape(r.eigenvalues, (-1,)), xp.reshape(r.residual_norms, (-1,))])
-    check_finite(xp, both, where, repr(A), "structured rule (rules.exact_eigsh)")
+    both = kernel(A, _flat_pair)(r.eigenvalues, r.residual_norms)
+    check_finite(A.xp, both, where, repr(A), "structured rule (rules.exact_eigsh)")
     return r
+
+
+def _flat_pair(xp: Any, a: Any, b: Any) -> Any:
+    return xp.concat([xp.reshape(a, (-1,)), xp.reshape(b, (-1,))])
 
 
 def _dense(A: LinearOperator, k: int) -> EighResult:

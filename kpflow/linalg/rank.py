@@ -359,7 +359,8 @@ def _effective_rank_estimate(
     nk = A.size_in // nt  # the dimension of M
     lowest = 1.0 if rules.is_psd(A) else 0.0
     t1, t2, e1, e2 = (None if v is None else v * (1.0 / counter.scale) for v in (t1, t2, e1, e2))
-    value, error = kernel(A, _ratio_estimate, lowest, float(nk))(t1, t2, e1, e2, f2, ef)
+    # the range as arguments, not static values: one program for every axis and operator size
+    value, error = kernel(A, _ratio_estimate)(lowest, float(nk), t1, t2, e1, e2, f2, ef)
     return ScalarResult(value, error, used, "estimate")
 
 

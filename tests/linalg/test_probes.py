@@ -27,7 +27,34 @@ def test_probe_blocks_have_the_operator_namespace_dtype_and_device(case, kind):
     assert tuple(block.shape) == (5, 30)
 
 
-@pytest.mark.parametrize("name", ["torch", "jax"])
+def test_jax_on_the_cpu_draws_numpys_numbers_on_the_host_and_compiles_nothing():
+    jnp = pytest.importorskip("jax.numpy")
+    from jax import monitoring
+
+    compiled = []
+
+    def on_duration(event, *_, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    like = jnp.zeros((1,), dtype=jnp.float32)
+    monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        blocks = [
+            probes(np.random.default_rng(3), 4, 70_001, like, kind) for kind in ("gaussian", "rademacher")
+        ]
+    finally:
+        monitoring.unregister_event_duration_listener(on_duration)
+    assert compiled == []
+    host = [
+        probes(np.random.default_rng(3), 4, 70_001, np.zeros(1), kind) for kind in ("gaussian", "rademacher")
+    ]
+    for block, ref in zip(blocks, host, strict=True):
+        assert block.dtype == jnp.float32 and block.devices() == like.devices()
+        np.testing.assert_array_equal(np.asarray(block), ref.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["torch"])
 def test_device_backends_draw_without_copying_a_host_sample(name, monkeypatch):
     pytest.importorskip(name)
     adapter = get_backend(name)

@@ -34,8 +34,9 @@ from kpflow.backends._jax_modules_trace import (
     weight_shape,
 )
 
-from kpflow.models.base import Model, Site, Trajectory
-from kpflow.models.hooks import Recurrent, _Hook, hook_site_rows, hook_sites, record_hook_calls
+from kpflow.models._hook_base import HookModel, HookTrajectory
+from kpflow.models.base import Model, Trajectory
+from kpflow.models.hooks import Recurrent, _Hook
 from kpflow.models.layout import Layout
 
 __all__ = ["ModuleCell", "ModuleStack", "module_model"]
@@ -211,7 +212,7 @@ def _check_example(traced: _Traced, x: Any, lead: int, name: str, where: str) ->
 
 
 # -- feed-forward: the states of chosen submodules ------------------------------------------------
-class ModuleStack(Model):
+class ModuleStack(HookModel, Model):
     """A feed-forward module as a kpflow model: z (B, n_state), the chosen submodules' outputs.
 
     Built by :func:`kpflow.backends.jax.from_module`; ``run(params, x)`` takes x of shape
@@ -248,12 +249,6 @@ class ModuleStack(Model):
             features=self.feature_columns,
         )
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return dict(self._shapes)
-
-    def site_rows(self) -> dict[str, list]:
-        return hook_site_rows(self)
-
     def _call(self, params: dict[str, Any], z: Any, x: Any, hook: Any) -> Any:
         """f(z; θ): every state recomputed from the earlier states of z, (B, n_state)."""
         _, states = self.traced.evaluate(params, (x,), (int(x.shape[0]),), z, hook)
@@ -264,7 +259,7 @@ class ModuleStack(Model):
         return jnp.concatenate(states, axis=-1)
 
     def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
-        return self._call(params, states, x, _Hook(params, self._shapes, "ModuleStack.update_map"))
+        return self._update_map(params, states, x, "ModuleStack.update_map")
 
     def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
         if h0 is not None:
@@ -286,22 +281,14 @@ class ModuleStack(Model):
         return f"ModuleStack(states={self.traced.state_names}, params={sorted(self._shapes)})"
 
 
-class ModuleStackTrajectory(Trajectory):
+class ModuleStackTrajectory(HookTrajectory, Trajectory):
     """A run of a :class:`ModuleStack`: hook sites for K, P by the nilpotent series."""
 
     model: ModuleStack
 
     def __init__(self, model: ModuleStack, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
         super().__init__(model, params, x, h0, states)
-        self.backend = "jax"
-        self.names = tuple(sorted(params))
-        self.plan, self.site_variables_by_call = record_hook_calls(
-            model, params, states, x, "ModuleStack.run", self.site_shape, "(B,)"
-        )
-        self._operands = (tuple(params[n] for n in self.names), states, x)
-
-    def _static(self) -> tuple:
-        return (self.model, self.backend, self.names, self.plan)
+        self._record("jax", states, "ModuleStack.run", "(B,)")
 
     def state_jvp(self, V: Any) -> Any:
         """L V = (∂f/∂z) V for V of shape (k, B, n_state)."""
@@ -318,9 +305,6 @@ class ModuleStackTrajectory(Trajectory):
     def solve_adjoint(self, W: Any) -> Any:
         """Pᵀ W = Σ_{i<L} (Lᵀ)ⁱ W."""
         return _series(_stack_vjp, self.model, self.names, self.plan, self._operands, W)
-
-    def _make_sites(self) -> list[Site]:
-        return hook_sites(self)
 
 
 def _stack_f(model: ModuleStack, names: tuple, plan: tuple, operands: tuple) -> Callable:
@@ -354,6 +338,23 @@ _series = jax.jit(_series_impl, static_argnums=(0, 1, 2, 3))
 
 
 # -- recurrent: a cell module as the step ---------------------------------------------------------
+class _TracedStep:
+    """A traced cell as a :class:`~kpflow.models.Recurrent` step ``step(params, h, x, site)``.
+
+    The compiled forward pass computes every weight use itself and registers it with the
+    hook ``site`` (:meth:`_Traced.evaluate`), so it reads the parameter values the hook
+    holds; the guarded ``params`` that keep a user's step on the hooks are not needed.
+    """
+
+    def __init__(self, traced: _Traced) -> None:
+        self.traced = traced
+
+    def __call__(self, params: Any, h: Any, x: Any, site: _Hook) -> Any:
+        lead = tuple(int(n) for n in h.shape[:-1])
+        outs, _ = self.traced.evaluate(site.params, (x, h), lead, None, site)
+        return outs[0]
+
+
 class ModuleCell(Recurrent):
     """A cell module h_t = cell(x_t, h_{t−1}) (Flax: (carry, y) = cell(carry, x_t)) as a hook cell.
 
@@ -362,22 +363,8 @@ class ModuleCell(Recurrent):
     """
 
     def __init__(self, traced: _Traced, n_in: int, hidden: tuple[int, ...]) -> None:
-        super().__init__(self._no_step, n_in=n_in, n_hidden=sum(hidden), param_shapes=traced.shapes)
+        super().__init__(_TracedStep(traced), n_in=n_in, n_hidden=sum(hidden), param_shapes=traced.shapes)
         self.traced, self.hidden = traced, hidden
-
-    @staticmethod
-    def _no_step(params: Any, h: Any, x: Any, site: Any) -> Any:  # pragma: no cover - _call is overridden
-        raise NotImplementedError
-
-    def _call(self, params: dict[str, Any], h: Any, x: Any, hook: Any) -> Any:
-        outs, _ = self.traced.evaluate(params, (x, h), tuple(int(n) for n in h.shape[:-1]), None, hook)
-        return outs[0]
-
-    def step(self, params: dict[str, Any], h_prev: Any, x_t: Any) -> Any:
-        outs, _ = self.traced.evaluate(
-            params, (x_t, h_prev), tuple(int(n) for n in h_prev.shape[:-1]), None, None
-        )
-        return outs[0]
 
     def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
         if not isinstance(x, jax.Array) or x.ndim < 2:

@@ -16,21 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kpflow.models.base import Model, Site, Trajectory, check_size
-from kpflow.models.hooks import (
-    GuardedParams,
-    _check_param_shapes,
-    _Hook,
-    hook_site_rows,
-    hook_sites,
-    record_hook_calls,
-)
+from kpflow.models._hook_base import HookModel, HookTrajectory
+from kpflow.models.base import Model, Trajectory, check_size
+from kpflow.models.hooks import GuardedParams, _check_param_shapes, _Hook
 from kpflow.models.layout import Layout, check_independent_rows
 
 __all__ = ["FeedForward", "FeedForwardHookTrajectory"]
 
 
-class FeedForward(Model):
+class FeedForward(HookModel, Model):
     """A feed-forward stack of user-written layers, z_l = layers[l](params, z_{l−1}, site).
 
     Parameters
@@ -118,13 +112,6 @@ class FeedForward(Model):
             independent_rows=self.independent_rows,
         )
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return dict(self._shapes)
-
-    def site_rows(self) -> dict[str, list]:
-        """Which parameter rows each site covers, known for every hook model (:func:`hook_site_rows`)."""
-        return hook_site_rows(self)
-
     def _layer(self, l: int, params: dict[str, Any], z: Any, hook: _Hook) -> Any:
         return self.layers[l](GuardedParams(tuple(self._shapes), hook.where), z, hook)
 
@@ -148,7 +135,7 @@ class FeedForward(Model):
         return outs[0] if len(outs) == 1 else array_namespace(outs[0]).concat(outs, axis=-1)
 
     def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
-        return self._call(params, states, x, _Hook(params, self._shapes, "FeedForward.update_map"))
+        return self._update_map(params, states, x, "FeedForward.update_map")
 
     def _check_inputs(self, x: Any, h0: Any, meta: tuple, where: str) -> None:
         text = f"(B, n_in={self.n_in}) with B >= 1"
@@ -196,7 +183,7 @@ class FeedForward(Model):
         return f"FeedForward(n_in={self.n_in}, widths={self.widths}, params={sorted(self._shapes)})"
 
 
-class FeedForwardHookTrajectory(Trajectory):
+class FeedForwardHookTrajectory(HookTrajectory, Trajectory):
     """A run of a :class:`FeedForward` stack: ``state_shape = (B, Σ n_l)``, one block per layer.
 
     Attributes
@@ -213,15 +200,7 @@ class FeedForwardHookTrajectory(Trajectory):
         self, model: FeedForward, params: dict[str, Any], x: Any, h0: Any, states: Any, backend: str
     ) -> None:
         super().__init__(model, params, x, h0, states)
-        self.backend = backend
-        self.names = tuple(sorted(params))
-        self.plan, self.site_variables_by_call = record_hook_calls(
-            model, params, states, x, "FeedForward.run", self.site_shape, "(B,)"
-        )
-        self._operands = (tuple(params[n] for n in self.names), states, x)
-
-    def _static(self) -> tuple:
-        return (self.model, self.backend, self.names, self.plan)
+        self._record(backend, states, "FeedForward.run", "(B,)")
 
     def _layer_map(self, t: int, where: str) -> Callable[[Any], Any]:
         """z_{t−1} ↦ layer t's output (the parameters fixed), for jvp/vjp."""
@@ -250,6 +229,3 @@ class FeedForwardHookTrajectory(Trajectory):
         lo, hi = self.blocks[t - 1]
         _, pullback = adapter.vjp(self._layer_map(t, "FeedForward (Pᵀ)"), self.states[:, lo:hi])
         return adapter.vmap(lambda u: pullback(u)[0])(w)
-
-    def _make_sites(self) -> list[Site]:
-        return hook_sites(self)

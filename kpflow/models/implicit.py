@@ -56,25 +56,17 @@ import numpy as np
 
 from kpflow._array import array_namespace, device_of, namespace_name
 from kpflow.linalg._gmres import SolverNotConvergedError, gmres
+from kpflow.models._hook_base import HookModel, HookTrajectory
 from kpflow.models.base import Model, Trajectory, check_size
-from kpflow.models.hooks import (
-    GuardedParams,
-    _check_param_shapes,
-    _Hook,
-    _params,
-    hook_site_rows,
-    hook_sites,
-    record_hook_calls,
-)
+from kpflow.models.hooks import GuardedParams, _check_param_shapes, _Hook, _params
 from kpflow.models.layout import Layout, check_independent_rows
-from kpflow.models.sites import Site
 
 __all__ = ["Implicit", "ImplicitTrajectory", "SolverNotConvergedError"]
 
 SOLVERS = ("fixed_point", "newton")
 
 
-class Implicit(Model):
+class Implicit(HookModel, Model):
     """An implicit model written by the user: states z (B, n_state) solving F(z, θ, x) = 0.
 
     Parameters
@@ -176,13 +168,6 @@ class Implicit(Model):
     def _init_bound(self) -> float:
         return 1.0 / float(np.sqrt(self.n_state))
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return dict(self._shapes)
-
-    def site_rows(self) -> dict[str, list]:
-        """Which parameter rows each site covers, known for every hook model (:func:`hook_site_rows`)."""
-        return hook_site_rows(self)
-
     def _residual_call(self, params: dict[str, Any], z: Any, x: Any, hook: _Hook) -> Any:
         """F(z, θ, x), the user's residual, with the hook ``hook``."""
         return self.user_residual(GuardedParams(tuple(self._shapes), hook.where), z, x, hook)
@@ -202,7 +187,7 @@ class Implicit(Model):
 
     def update_map(self, params: dict[str, Any], states: Any, x: Any, h0: Any = None) -> Any:
         """f(z; θ) = z − F(z, θ, x): the library's form F = z − f of the constraint."""
-        return self._call(params, states, x, _Hook(params, self._shapes, "Implicit.update_map"))
+        return self._update_map(params, states, x, "Implicit.update_map")
 
     def linear_tol(self, like: Any) -> float:
         """The GMRES tolerance for the dtype of array ``like``: ``solve_tol`` or max(1e-12, 100·eps)."""
@@ -396,7 +381,7 @@ class Implicit(Model):
         )
 
 
-class ImplicitTrajectory(Trajectory):
+class ImplicitTrajectory(HookTrajectory, Trajectory):
     """A solve of an :class:`Implicit` model: P by GMRES on jvps, Pᵀ on vjps, hook sites for K.
 
     ``state_shape = (B, n_state)``, ``site_shape = (B,)``, one block (``n_steps = 1``),
@@ -423,15 +408,7 @@ class ImplicitTrajectory(Trajectory):
         self, model: Implicit, params: dict[str, Any], x: Any, h0: Any, states: Any, backend: str
     ) -> None:
         super().__init__(model, params, x, h0, states)
-        self.backend = backend
-        self.names = tuple(sorted(params))
-        self.plan, self.site_variables_by_call = record_hook_calls(
-            model, params, states, x, "Implicit.run", self.site_shape, "(B,)"
-        )
-        self._operands = (tuple(params[n] for n in self.names), states, x)
-
-    def _static(self) -> tuple:
-        return (self.model, self.backend, self.names, self.plan)
+        self._record(backend, states, "Implicit.run", "(B,)")
 
     def residual_jvp(self, V: Any) -> Any:
         """(∂F/∂z) V for ``V`` of shape ``(k, B, n_state)``."""
@@ -472,9 +449,6 @@ class ImplicitTrajectory(Trajectory):
         from kpflow.backends import get_backend
 
         return get_backend(self.backend).for_products(self._operands)
-
-    def _make_sites(self) -> list[Site]:
-        return hook_sites(self)
 
 
 # -- pure derivative actions -----------------------------------------------------------------------

@@ -220,33 +220,38 @@ def _implicit(**declared):
     return Implicit(residual, n_in=2, n_state=3, param_shapes=shapes, solve_tol=1e-15, **declared)
 
 
-#: name: (model factory, x shape, the declared rows per probe (B or 1))
+#: name: (model factory, x shape, the declared rows per probe (B or 1), outputs)
 ROUTES = {
-    "rnn": (lambda: RNN(2, 3), (2, 4, 2), 2),
-    "leaky": (lambda: LeakyRNN(2, 3, dt=0.3, bias=True), (2, 4, 2), 2),
-    "gru": (lambda: GRU(2, 3), (3, 4, 2), 3),
-    "lstm": (lambda: LSTM(2, 3), (2, 4, 2), 2),
-    "mlp": (lambda: MLP((2, 4, 3)), (3, 2), 3),
-    "attention": (lambda: SelfAttention(4, 2), (2, 3, 4), 2),
+    "rnn": (lambda: RNN(2, 3), (2, 4, 2), 2, 2),
+    "leaky": (lambda: LeakyRNN(2, 3, dt=0.3, bias=True), (2, 4, 2), 2, 2),
+    "gru": (lambda: GRU(2, 3), (3, 4, 2), 3, 2),
+    "lstm": (lambda: LSTM(2, 3), (2, 4, 2), 2, 2),
+    "mlp": (lambda: MLP((2, 4, 3)), (3, 2), 3, 2),
+    "attention": (lambda: SelfAttention(4, 2), (2, 3, 4), 2, 2),
     # learned positions: a site of one row per token (b, n), site variable onehot(n)
-    "transformer_learned": (lambda: TransformerEncoder(4, 2, 3, 1, max_len=4, final_norm=True), (2, 3, 4), 2),
-    "transformer_sinusoidal": (lambda: TransformerEncoder(4, 1, 3, 1, norm_first=True), (2, 3, 4), 2),
-    "hook_cell": (lambda: _hook_shared_weight(), (2, 3, 2), 1),
+    "transformer_learned": (
+        lambda: TransformerEncoder(4, 2, 3, 1, max_len=4, final_norm=True),
+        (2, 3, 4),
+        2,
+        1,
+    ),
+    "transformer_sinusoidal": (lambda: TransformerEncoder(4, 1, 3, 1, norm_first=True), (2, 3, 4), 2, 1),
+    "hook_cell": (lambda: _hook_shared_weight(), (2, 3, 2), 1, 1),
     # a weight used at two calls: its rows are (call, b, t), regrouped per batch row
-    "hook_cell_declared": (lambda: _hook_shared_weight(independent_rows=True), (2, 3, 2), 2),
-    "feedforward": (lambda: _feedforward(), (3, 2), 1),
-    "feedforward_declared": (lambda: _feedforward(independent_rows=True), (3, 2), 3),
-    "implicit_declared": (lambda: _implicit(independent_rows=True), (2, 2), 2),
+    "hook_cell_declared": (lambda: _hook_shared_weight(independent_rows=True), (2, 3, 2), 2, 1),
+    "feedforward": (lambda: _feedforward(), (3, 2), 1, 1),
+    "feedforward_declared": (lambda: _feedforward(independent_rows=True), (3, 2), 3, 2),
+    "implicit_declared": (lambda: _implicit(independent_rows=True), (2, 2), 2, 2),
 }
 
 
 @pytest.mark.parametrize("name", sorted(ROUTES))
 def test_each_model_takes_the_route_its_declaration_says(monkeypatch, name):
-    make, x_shape, B = ROUTES[name]
+    make, x_shape, B, n_out = ROUTES[name]
     model = make()
     params = model.init(0, like=torch.zeros(1, dtype=F64))
     x = torch.asarray(np.random.default_rng(3).standard_normal(x_shape))
-    _check_route(monkeypatch, model.run(params, x), B)
+    _check_route(monkeypatch, model.run(params, x), B, n_out)
 
 
 def _mixing_layers():

@@ -122,12 +122,20 @@ def _wrapper(lib: str, api: Any) -> type:
             return (mark(out[0], self.kpflow_index), *out[1:])
         return mark(out, self.kpflow_index)
 
+    def attribute(self: Any, name: str) -> Any:
+        # the module's own code may read the submodule's fields (a tied readout reads
+        # self.embed.weight): the wrapper answers with its inner module's
+        if name == _INNER or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(getattr(self, _INNER), name)
+
     if lib == "eqx":
 
         class EqxState(api.Module):  # type: ignore[name-defined]
             kpflow_inner: Any
             kpflow_index: int = api.field(static=True)
             __call__ = call
+            __getattr__ = attribute
 
         cls = EqxState
     else:
@@ -138,6 +146,7 @@ def _wrapper(lib: str, api: Any) -> type:
                 self.kpflow_index = index
 
             __call__ = call
+            __getattr__ = attribute
 
         cls = NnxState
     _WRAPPERS[lib] = cls

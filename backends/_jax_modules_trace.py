@@ -6,8 +6,10 @@ function of its parameter leaves.  Walking the jaxpr (into ``jit`` sub-programs)
 - a ``dot_general`` with one operand a parameter leaf and no batch dimensions on it is a
   *weight use*: u = a Wᵀ, with W the leaf's free axes (rows, "out") by its contracted
   axes (columns, "in") and a the other operand's contracted axes, one row per position of
-  its free axes (the tokens of a sequence); an ``eqx.nn.Embedding``'s row lookup (a
-  ``dynamic_slice`` of one row of a 2-D leaf) is a weight use with a one-hot a;
+  its free axes (the tokens of a sequence); the leaf may reach the ``dot_general``
+  through ``transpose`` (a user's ``x @ W.T``), whose axes are followed back to the
+  leaf's; an ``eqx.nn.Embedding``'s row lookup (a ``dynamic_slice`` of one row of a 2-D
+  leaf) is a weight use with a one-hot a;
 - a leaf all of whose uses are weight uses of one orientation becomes a weight site of
   kpflow's hook engine (Kronecker core A_wᵀA_w ⊗ I, cross terms between its uses exact);
 - every other leaf (biases, norm scales, a leaf read by any other operation, or used in
@@ -103,8 +105,11 @@ def analyse(closed: Any, n_leaves: int) -> Plan:
     shapes = [tuple(v.aval.shape) for v in closed.jaxpr.invars[:n_leaves]]
 
     def walk(jaxpr: Any, origin: dict, path: tuple) -> None:
+        # origin: variable -> (leaf, axes): the variable is the leaf with its axes permuted,
+        # axis d of the variable being axis axes[d] of the leaf (a transpose of it)
         for eqn in jaxpr.eqns:
-            leaves = [origin.get(v) if not isinstance(v, Literal) else None for v in eqn.invars]
+            found_in = [origin.get(v) if not isinstance(v, Literal) else None for v in eqn.invars]
+            leaves = [None if o is None else o[0] for o in found_in]
             if eqn.primitive is _STATE:
                 aval = eqn.invars[0].aval
                 states.append(((path, id(eqn)), eqn.params["index"], tuple(aval.shape), aval.dtype))
@@ -116,21 +121,30 @@ def analyse(closed: Any, n_leaves: int) -> Plan:
                 inner = eqn.params["jaxpr"].jaxpr
                 walk(
                     inner,
-                    {v: l for v, l in zip(inner.invars, leaves, strict=True) if l is not None},
+                    {v: o for v, o in zip(inner.invars, found_in, strict=True) if o is not None},
                     (*path, id(eqn)),
                 )
                 continue
+            if eqn.primitive.name == "transpose" and found_in[0] is not None:
+                leaf, axes = found_in[0]
+                origin[eqn.outvars[0]] = (leaf, tuple(axes[p] for p in eqn.params["permutation"]))
+                continue  # a view of the leaf: its uses decide
             key = (path, id(eqn))
             found = None
+            identity = all(o is None or o[1] == tuple(range(len(o[1]))) for o in found_in)
             if eqn.primitive.name == "dot_general" and sum(l is not None for l in leaves) == 1:
                 side = 0 if leaves[0] is not None else 1
                 (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
                 c_leaf, c_other = (lc, rc) if side == 0 else (rc, lc)
                 if not lb and not rb:
                     ndim, other = len(eqn.invars[side].aval.shape), eqn.invars[1 - side].aval.shape
-                    free = tuple(d for d in range(ndim) if d not in c_leaf)
+                    axes = found_in[side][1]  # type: ignore[index]
+                    free = tuple(axes[d] for d in range(ndim) if d not in c_leaf)
+                    contracted = tuple(axes[d] for d in c_leaf)
                     calls = math.prod(other[d] for d in range(len(other)) if d not in c_other)
-                    found = WeightUse(key, int(leaves[side] or 0), (free, tuple(c_leaf)), calls, side)
+                    found = WeightUse(key, int(leaves[side] or 0), (free, contracted), calls, side)
+            elif not identity:
+                found = None  # any other use of a transposed leaf: taken whole
             elif (
                 leaves[0] is not None
                 and all(l is None for l in leaves[1:])
@@ -147,9 +161,13 @@ def analyse(closed: Any, n_leaves: int) -> Plan:
                 orients.setdefault(found.leaf, set()).add(found.orient)
         for v in jaxpr.outvars:
             if not isinstance(v, Literal) and v in origin:
-                opaque.add(origin[v])
+                opaque.add(origin[v][0])
 
-    walk(closed.jaxpr, {v: i for i, v in enumerate(closed.jaxpr.invars[:n_leaves])}, ())
+    walk(
+        closed.jaxpr,
+        {v: (i, tuple(range(len(shapes[i])))) for i, v in enumerate(closed.jaxpr.invars[:n_leaves])},
+        (),
+    )
     weights = {l: next(iter(o)) for l, o in orients.items() if len(o) == 1 and l not in opaque}
     generic = tuple(l for l in range(n_leaves) if l not in weights)
     return Plan(tuple(u for u in uses if u.leaf in weights), weights, generic, tuple(states))
@@ -273,7 +291,11 @@ def _apply_use(ctx: Context, i: int, use: WeightUse, eqn: Any, invals: list) -> 
             value = jnp.nan if value is None else value
             u = jnp.where((row >= 0) & (row < vocab), u, jnp.asarray(value, dtype=u.dtype))
         return _gather_layout(eqn, u)
-    shape_w = tuple(eqn.invars[side].aval.shape[d] for d in use.orient[0])
+    # the leaf's operand (the leaf or a transpose of it) has its free axes in dot_general's order
+    (lc, rc), _ = eqn.params["dimension_numbers"]
+    leaf_aval = eqn.invars[side].aval
+    c_leaf = tuple(lc if side == 0 else rc)
+    shape_w = tuple(leaf_aval.shape[d] for d in range(len(leaf_aval.shape)) if d not in c_leaf)
     u = jnp.reshape(u, shape_x + shape_w)
     if side == 0:  # dot_general puts the lhs's free axes first
         nx = len(shape_x)

@@ -62,7 +62,10 @@ class _Tap:
     ``z`` (B, Σ n_j): each state call's output is replaced by its block of z (the update
     map f); ``e`` (B, Σ n_j): added to each state call's output (P's perturbation);
     ``eps``: site-call index -> tensor of shape (rows, width) added to that call's output
-    (for a norm, a dict: ``"scale"`` multiplies x̂ (γ's perturbation), ``"shift"`` is added (β's)).
+    (for a norm, a dict: ``"scale"`` multiplies x̂ (γ's perturbation), ``"shift"`` is added (β's);
+    an attention call's: ``"in_proj"``, ``"out_proj"``).  ``first_order``: only first
+    derivatives in eps at eps = 0 are taken, so x̂ is held constant (its own derivative
+    would be multiplied by eps = 0).
     """
 
     def __init__(
@@ -73,8 +76,10 @@ class _Tap:
         z: Any = None,
         e: Any = None,
         eps: dict | None = None,
+        first_order: bool = False,
     ) -> None:
         self.graph, self.offsets, self.z, self.e, self.eps = graph, offsets, z, e, eps or {}
+        self.first_order = first_order
         self.states: list[Any] = []
         self.sites: list[tuple[str, Any]] = []  # (site module name, A) per call, in order
         self._handles: list[Any] = []
@@ -142,7 +147,8 @@ class _Tap:
                 return None
             kind = self.graph.site_kinds[name]
             if kind == "norm":
-                return (out + _norm_perturbation(module, args[0], e)).contiguous()
+                x = args[0].detach() if self.first_order else args[0]
+                return (out + _norm_perturbation(module, x, e)).contiguous()
             return (out + _to_output(module, kind, e, out)).contiguous()
 
         return hook

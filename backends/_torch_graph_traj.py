@@ -71,18 +71,20 @@ class ModuleTrajectory(Trajectory):
         values = _torch_adapter().for_products(tuple(self.params[n] for n in self.names))
         return dict(zip(self.names, values, strict=True))
 
-    def _cut(self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any], z: Any = None) -> Any:
+    def _cut(
+        self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any], z: Any = None, **tap: Any
+    ) -> Any:
         """f(z; θ + δ) with eps added to site calls' outputs, at the trajectory's states (or ``z``)."""
         params = {n: (v + delta[n] if n in delta else v) for n, v in values.items()}
         if z is None:
             z = self.states if self._graph() else self.states.detach()
-        tap = _Tap(self.model, self.offsets, z=z, eps=eps)
+        tap = _Tap(self.model, self.offsets, z=z, eps=eps, **tap)
         return self.model._flat(self.model.forward(params, self.inputs, tap).states, self.offsets)
 
-    def _forward(self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any]) -> Any:
+    def _forward(self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any], **tap: Any) -> Any:
         """z(θ + δ) with eps added to site calls' outputs: the forward itself, no state cut."""
         params = {n: (v + delta[n] if n in delta else v) for n, v in values.items()}
-        tap = _Tap(self.model, self.offsets, eps=eps)
+        tap = _Tap(self.model, self.offsets, eps=eps, **tap)
         return self.model._flat(self.model.forward(params, self.inputs, tap).states, self.offsets)
 
     def _graph(self) -> bool:
@@ -171,7 +173,7 @@ class ModuleTrajectory(Trajectory):
         if saved is not None and key is not None and saved[0] == key:
             return saved[1]
         values = {n: p.detach() for n, p in self.params.items()}
-        f, zeros = self._all_sites_fn(values, cut=cut, z=self.states.detach())
+        f, zeros = self._all_sites_fn(values, cut=cut, z=self.states.detach(), first_order=True)
         lin = Linearisation(f, zeros, tuple(site.variables.detach() for site in self.sites))
         self._saved[cut] = (key, lin)
         return lin
@@ -191,9 +193,13 @@ class ModuleTrajectory(Trajectory):
         return torch.func.vmap(lambda *u: push(u)[0])(*U)
 
     def _all_sites_fn(
-        self, values: dict[str, Any], *, cut: bool = True, z: Any = None
+        self, values: dict[str, Any], *, cut: bool = True, z: Any = None, first_order: bool = False
     ) -> tuple[Callable, tuple]:
-        """(eps_1, …, eps_n) ↦ f with every site's perturbation at once, and the zero perturbations."""
+        """(eps_1, …, eps_n) ↦ f with every site's perturbation at once, and the zero perturbations.
+
+        ``first_order``: only derivatives in eps at eps = 0 are taken (the saved linearisation),
+        so a perturbation's coefficient (a norm's x̂) can be held constant.
+        """
         sites = self.sites  # (builds the sites and their groups on first use)
         groups = self._groups
         module_eps: list[tuple[list[int], list[int]]] = []
@@ -216,8 +222,8 @@ class ModuleTrajectory(Trajectory):
                 else:
                     _add_calls(per_call, kind, calls, torch.split(e, sizes, dim=0))
             if cut:
-                return self._cut(values, per_call, delta, z)
-            return self._forward(values, per_call, delta)
+                return self._cut(values, per_call, delta, z, first_order=first_order)
+            return self._forward(values, per_call, delta, first_order=first_order)
 
         return f, tuple(zeros)
 

@@ -6,13 +6,17 @@ forward hooks on two kinds of submodules:
 - the **state** modules the user names: their outputs (a tuple's first tensor) are the
   states z_0 … z_{S−1}, each flattened per batch row, so z has shape (B, Σ_j n_j);
 - the **site** modules found inside: every call of an ``nn.Linear``, ``nn.Embedding``,
-  ``nn.Conv1d`` or ``nn.Conv2d`` records its input (the site variables A_w: the input
-  rows, a one-hot of the token ids, the unfolded patches; a ones column for a bias) and
-  adds a perturbation to its output, whose derivative is D_w.  One site per module: a
-  module called several times stacks its calls' rows, so the cross terms are exact.
+  ``nn.Conv1d``, ``nn.Conv2d`` or Hugging Face ``Conv1D`` records its input (the site
+  variables A_w: the input rows, a one-hot of the token ids, the unfolded patches; a ones
+  column for a bias) and adds a perturbation to its output, whose derivative is D_w.  One
+  site per module: a module called several times stacks its calls' rows, so the cross
+  terms are exact.  An ``nn.LayerNorm`` / ``nn.RMSNorm`` gives two sites, γ and β (A = [1]
+  per normalised row; γ's perturbation multiplies x̂), and a self-attention
+  ``nn.MultiheadAttention`` two, its packed input projection and its output projection
+  (:mod:`~kpflow.backends._torch_graph_attention`).
 
-Every other trained parameter (LayerNorm / RMSNorm affine, attention's fused projections,
-a parameter shared between modules of different kinds such as a tied embedding and
+Every other trained parameter (a cross-attention's projections, another norm's scale, a
+parameter shared between modules of different kinds such as a tied embedding and
 readout, a parameter a forward reads outside its module) is a site of one row: u = θ
 itself, A = [1], D = ∂f/∂θ, so nothing is left out and every use of it is counted.
 
@@ -24,7 +28,8 @@ state's output, which is forward substitution through every dependency at once.
 
 The pieces: :mod:`~kpflow.backends._torch_graph_select` (which submodules are states),
 :mod:`~kpflow.backends._torch_graph_tap` (the hooks of one forward pass),
-:mod:`~kpflow.backends._torch_graph_traj` (the trajectory: P, the sites, the products).
+:mod:`~kpflow.backends._torch_graph_traj` (the trajectory: P, the sites, the products),
+:mod:`~kpflow.backends._torch_graph_products` (products from one saved linearisation).
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ def normalized(norm: Any, x: Any) -> Any:
 
 def _norm_perturbation(norm: Any, x: Any, parts: dict[str, Any]) -> Any:
     """x̂ ⊙ e_γ + e_β laid out as the norm's output (y = x̂ ⊙ γ + β, so u_γ = γ, u_β = β per row)."""
-    out = 0
+    out: Any = 0
     if "scale" in parts:
         out = out + normalized(norm, x) * torch.reshape(parts["scale"], x.shape)
     if "shift" in parts:

@@ -129,8 +129,10 @@ def from_module(
 
     Any feed-forward module (an ``nn.Sequential``, a residual network, a Hugging Face
     transformer) maps with ``states=``: the outputs of the named submodules are the states,
-    every ``nn.Linear``, ``nn.Embedding``, ``nn.Conv1d`` / ``Conv2d`` inside is a Kronecker
-    weight site and every other trained parameter a site of one row (autodiff), and
+    every ``nn.Linear``, ``nn.Embedding``, ``nn.Conv1d`` / ``Conv2d`` (and Hugging Face
+    ``Conv1D``), ``nn.LayerNorm`` / ``nn.RMSNorm`` affine and self-attention
+    ``nn.MultiheadAttention`` inside is a Kronecker weight site, every other trained
+    parameter a site of one row (autodiff), and
     ``model.run(params, *inputs)`` takes the module's own forward inputs
     (:mod:`kpflow.backends._torch_graph`, docs/your_model.md).
 

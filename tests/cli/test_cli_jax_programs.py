@@ -83,10 +83,11 @@ def test_jax_spectrum_compiles_few_programs_once_and_matches_numpy(
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     first, second, gaps = json.loads(done.stdout.splitlines()[-1])
-    # the forward run is one program, the GRU's caches one, each estimator's dense algebra a
-    # few, the operators' products one per padded block size; not one per primitive (the
-    # eager forward run alone compiled ~35, the whole spectrum 183 in float32)
-    assert 0 < first["compiled"] <= 140, first["compiled"]
+    # the forward run is one program, the GRU's caches one, each part of the operators'
+    # products one (a small operator's blocks have one width), and the dense algebra between
+    # products none (numpy on the host, on the CPU); not one per primitive or per estimator
+    # shape (31 here; 133 when every kernel was compiled, 183 with the eager forward run)
+    assert 0 < first["compiled"] <= 40, first["compiled"]
     # a second spectrum of the same sizes (new weights, inputs and probes) compiles nothing
     assert second["compiled"] == 0, second["compiled"]
 

@@ -29,6 +29,7 @@ eqx = pytest.importorskip("equinox", reason="the Equinox properties need equinox
 from kpflow.backends.jax import from_module  # noqa: E402
 
 import kpflow  # noqa: E402
+from tests.backends.test_jax_modules_any import _x64, rel  # noqa: E402, F401  (_x64: the autouse fixture)
 from tests.conftest import HYPOTHESIS_PROFILE, THOROUGH_PROFILES, examples  # noqa: E402
 
 pytestmark = pytest.mark.properties
@@ -49,19 +50,6 @@ activation = st.sampled_from(sorted(ACTIVATIONS))
 def shapes(build):
     """The Equinox module ``build(key)`` with its leaves as shapes (every leaf is drawn later)."""
     return eqx.filter_eval_shape(lambda: build(jax.random.key(0)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 def split(module):

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Progress, parse_args, pyplot, save_figure, write_results
 
 from kpflow import linalg
+from kpflow.linalg._statistics import student_factor  # Student's t factor for few groups
 from kpflow.operators import LinearOperator
 from kpflow.operators.algebra import Gram
 
@@ -216,9 +217,13 @@ def split_ratio(Ms: np.ndarray) -> tuple[float, float]:
     """pr(M) = tr(M)² / tr(M²) from independent estimates M̂_g, and its jackknife standard error.
 
     Products of different groups are unbiased for tr(M)² and tr(M²) (a product of one
-    group with itself is not); the error is the leave-one-group-out jackknife.
+    group with itself is not).  The ratio is the leave-one-group-out jackknife's
+    bias-corrected one, clipped to pr's range [1, B·N]; the error the jackknife's, times
+    Student's factor for the G groups (with G = 4, ±2σ from the bare jackknife covered the
+    exact value 90–92% of the time, biased by ~0.2σ; with both corrections 96%, tested in
+    tests/examples/test_e7_estimator.py).
     """
-    G = Ms.shape[0]
+    G, m = Ms.shape[0], Ms.shape[1]
     tr = np.trace(Ms, axis1=1, axis2=2)
     cross = np.einsum("gmn,hmn->gh", Ms, Ms)
 
@@ -228,7 +233,8 @@ def split_ratio(Ms: np.ndarray) -> tuple[float, float]:
 
     full = ratio(np.ones(G, dtype=bool))
     loo = np.array([ratio(np.arange(G) != g) for g in range(G)])
-    return full, float(np.sqrt((G - 1) / G * np.sum((loo - loo.mean()) ** 2)))
+    value = float(np.clip(G * full - (G - 1) * loo.mean(), 1.0, m))
+    return value, float(np.sqrt((G - 1) / G * np.sum((loo - loo.mean()) ** 2))) * student_factor(G)
 
 
 def temporal_rank(

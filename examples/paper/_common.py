@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from kpflow.tasks import MemoryTask
+from kpflow.models import RNN
+from kpflow.tasks import LowRankForecast, MemoryTask
 from kpflow.training import init_params
 
 
@@ -131,6 +132,17 @@ def memory_pro(period: int, *, analysis: bool = True) -> MemoryTask:
         noise=noise,
         angles="even" if analysis else "random",
     )
+
+
+def forecasting(d_inp: int, size: dict[str, Any], seed: int, *, noise: bool = True) -> tuple[RNN, Any]:
+    """A tanh ``RNN(d_inp, H)`` and the research forecasting task (e3, e4), sampled.
+
+    :meth:`kpflow.tasks.LowRankForecast.research` with D_targ = 10 and ``size["T"]`` steps
+    (task seed ``seed``; ``noise``: its observation noise), ``size["B"]`` trials drawn with
+    seed ``seed + 1``; H is ``size["H"]``.
+    """
+    task = LowRankForecast.research(D_inp=d_inp, D_targ=10, T=size["T"], noise=noise, seed=seed)
+    return RNN(d_inp, size["H"]), task.sample(size["B"], seed + 1)
 
 
 def participation_ratio(M: np.ndarray) -> float:

@@ -19,18 +19,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    Progress,
-    parse_args,
-    pyplot,
-    save_figure,
-    torch_scale_params,
-    write_results,
-)
+from _common import Progress, forecasting, parse_args, pyplot, save_figure, torch_scale_params, write_results
 
 from kpflow.analysis import temporal_spatial_ranks
-from kpflow.models import RNN
-from kpflow.tasks import LowRankForecast
 
 SIZES = {
     "paper": {
@@ -62,9 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     spatial = np.zeros_like(temporal)
     t_err, s_err = np.zeros_like(temporal), np.zeros_like(temporal)
     for i, d in enumerate(D):
-        task = LowRankForecast.research(D_inp=d, D_targ=10, T=size["T"], noise=False, seed=args.seed)
-        x = task.sample(size["B"], args.seed + 1).inputs
-        model = RNN(d, size["H"])
+        model, data = forecasting(d, size, args.seed, noise=False)
+        x = data.inputs
         for j, g in enumerate(G):
             traj = model.run(torch_scale_params(model, args.seed, g), x)
             r = temporal_spatial_ranks(

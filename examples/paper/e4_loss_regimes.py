@@ -17,17 +17,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    Progress,
-    parse_args,
-    pyplot,
-    save_figure,
-    torch_scale_params,
-    write_results,
-)
+from _common import Progress, forecasting, parse_args, pyplot, save_figure, torch_scale_params, write_results
 
-from kpflow.models import RNN, Linear
-from kpflow.tasks import LowRankForecast
+from kpflow.models import Linear
 from kpflow.training import SGD, train
 
 SIZES = {
@@ -48,9 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     final = np.zeros((len(D_INP), len(GS)))
     ratio = np.zeros_like(final)
     for i, d in enumerate(D_INP):
-        task = LowRankForecast.research(D_inp=d, D_targ=10, T=size["T"], seed=args.seed)
-        x, y, _ = task.sample(size["B"], args.seed + 1)
-        model, readout = RNN(d, size["H"]), Linear(size["H"], 10)
+        model, (x, y, _) = forecasting(d, size, args.seed)
+        readout = Linear(size["H"], 10)
         curves[str(d)] = {}
         for j, g in enumerate(GS):
             params = torch_scale_params(model, args.seed, g)

@@ -14,16 +14,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = [
-    "e1_kronecker_core",
-    "e2_temporal_modes",
-    "e3_rank_phase_diagram",
-    "e4_loss_regimes",
-    "e5_fixed_points",
-    "e6_teacher_student",
-    "e7_attention_rank",
-    "e8_misdirection_vs_g",
-]
+#: The paper examples, by their naming rule ``e<N>_<name>.py`` (what CI runs, too).
+EXAMPLES = sorted((p.stem for p in HERE.glob("e[0-9]*_*.py")), key=lambda name: int(name[1:].split("_")[0]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,12 +28,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import array_api_compat.numpy
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from kpflow.backends._base import Backend
+from kpflow.backends._jax_host import HOST_KERNEL_ENTRIES, host_or_compiled
 
 __all__ = [
     "CACHE_ENV",
@@ -73,43 +73,6 @@ def _joined(pieces: tuple, shape: tuple[int, ...]) -> Any:
     """The pieces of a draw joined, cut and shaped: one program per shape (not three)."""
     flat = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
     return jnp.reshape(flat[: math.prod(shape)], shape)
-
-
-#: The most entries (all array arguments together) of a dense kernel that numpy runs on the host
-#: (:meth:`JaxBackend.dense_kernel`); larger ones are compiled, where their run time outweighs
-#: the compilation and a copy to and from the host would cost more.
-HOST_KERNEL_ENTRIES = 2**22
-
-#: ``array_api_compat.numpy``, the namespace of the host kernels.
-_HOST_XP: Any = array_api_compat.numpy
-
-
-def _host_device(args: tuple) -> Any:
-    """The CPU device of every jax array in ``args`` when a host kernel may run them, else None."""
-    device = None
-    entries = 0
-    for leaf in jax.tree_util.tree_leaves(args):
-        if not isinstance(leaf, jax.Array):
-            continue
-        if isinstance(leaf, jax.core.Tracer):
-            return None
-        sharding = leaf.sharding
-        if not isinstance(sharding, SingleDeviceSharding):
-            return None
-        (here,) = sharding.device_set
-        if getattr(here, "platform", None) != "cpu" or (device is not None and here != device):
-            return None
-        device = here
-        entries += leaf.size
-    return device if entries <= HOST_KERNEL_ENTRIES else None
-
-
-def _to_host(value: Any) -> Any:
-    return np.asarray(value) if isinstance(value, jax.Array) else value
-
-
-def _to_device(value: Any, device: Any) -> Any:
-    return jax.device_put(value, device) if isinstance(value, (np.ndarray, np.generic)) else value
 
 
 def _on_accelerator(device: Any) -> bool:
@@ -286,6 +249,10 @@ class JaxBackend(Backend):
     def jit(self, f: Callable, *, donate: tuple[int, ...] = ()) -> Callable:
         return jax.jit(f, donate_argnums=donate)
 
+    #: The most entries (all array arguments together) of a kernel that :meth:`dense_kernel`
+    #: runs in numpy on the host; larger ones are compiled.
+    host_kernel_entries = HOST_KERNEL_ENTRIES
+
     def dense_kernel(self, fn: Callable, static: tuple, donate: tuple[int, ...] = ()) -> Callable:
         """``fn(xp, *static, *arrays)``: run by numpy on the host for arrays on one CPU device, else compiled.
 
@@ -295,22 +262,15 @@ class JaxBackend(Backend):
         without a copy, such a program costs far more to trace, lower and compile (0.05 s
         for one elementwise step, 0.5 s for a QR or a triangular solve) than numpy takes to
         run it (LAPACK and BLAS, as XLA's CPU runtime calls): up to
-        :data:`HOST_KERNEL_ENTRIES` entries in all, ``fn`` runs on ``array_api_compat.numpy``
-        and its arrays come back as jax arrays on the same device (same dtypes).  Arrays on
-        an accelerator, on several devices, larger ones, and tracers (``fn`` called inside
-        a user's ``jax.jit``) take the compiled program.
+        :attr:`host_kernel_entries` entries in all (default 2²²), ``fn`` runs on
+        ``array_api_compat.numpy`` and its arrays come back as jax arrays on the same device
+        (same dtypes); nothing is donated there.  Arrays on an accelerator, on several
+        devices, larger ones, and tracers (``fn`` called inside a user's ``jax.jit``) take
+        the compiled program.
         """
-        jitted = jax.jit(functools.partial(fn, jnp, *static), donate_argnums=donate)
-        host = functools.partial(fn, _HOST_XP, *static)
-
-        def run(*args: Any) -> Any:
-            device = _host_device(args)
-            if device is None:
-                return jitted(*args)
-            out = host(*jax.tree_util.tree_map(_to_host, args))
-            return jax.tree_util.tree_map(lambda v: _to_device(v, device), out)
-
-        return run
+        return host_or_compiled(
+            self, jax.jit(functools.partial(fn, jnp, *static), donate_argnums=donate), fn, static
+        )
 
     def scan(self, f: Callable, init: Any, xs: tuple, *, reverse: bool = False) -> tuple[Any, Any]:
         """``jax.lax.scan``: one compiled loop."""

@@ -55,7 +55,7 @@ def test_a_donated_basis_update_is_exact_and_only_jax_gives_the_buffer_away(
         import kpflow.backends.jax as jax_backend
 
         # the compiled kernel (large arrays, accelerators): small ones on the CPU run in numpy
-        monkeypatch.setattr(jax_backend, "HOST_KERNEL_ENTRIES", -1)
+        monkeypatch.setattr(jax_backend.adapter, "host_kernel_entries", -1)
     A = kpflow.Dense(case64.asarray(np.eye(2)))
     V, Q = case64.randn(5, 8, seed=5), case64.randn(2, 8, seed=6)
     expected = case64.to_numpy(V).copy()

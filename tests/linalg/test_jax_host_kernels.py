@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif("jax" not in BACKENDS, reason="jax is not among 
 def _compiled_route(monkeypatch: pytest.MonkeyPatch) -> None:
     import kpflow.backends.jax as jax_backend
 
-    monkeypatch.setattr(jax_backend, "HOST_KERNEL_ENTRIES", -1)
+    monkeypatch.setattr(jax_backend.adapter, "host_kernel_entries", -1)
 
 
 def _compilations() -> tuple[list[str], Any]:

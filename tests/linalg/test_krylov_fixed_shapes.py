@@ -77,7 +77,7 @@ def test_on_jax_a_long_solve_compiles_each_kernel_a_few_times_not_once_per_step(
     from tests.conftest import _make_case
 
     # the compiled kernels (arrays on an accelerator, or larger than the host kernels take)
-    monkeypatch.setattr(jax_backend, "HOST_KERNEL_ENTRIES", -1)
+    monkeypatch.setattr(jax_backend.adapter, "host_kernel_entries", -1)
 
     case = _make_case("jax", "float64")
     # a size no other test uses, so every kernel is traced afresh

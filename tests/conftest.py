@@ -9,6 +9,7 @@ cupy joins when a GPU is visible.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any
@@ -18,13 +19,31 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # The jax tests are bound by XLA's compile time (small arrays, many distinct programs): compile
-# them with LLVM's cheap pipeline (about 20% less CPU per jax test, 3-4 minutes of the suite
-# here).  Same operations, no fast-math either way; only rounding may differ in the last
-# digit, so no test may sit exactly at a float32 precision floor.  Inherited by the tests'
-# subprocesses; a caller's own XLA_FLAGS optimisation level is kept.
-_FAST_XLA_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_XLA_COMPILE}".strip()
+# them with LLVM's cheap pipeline (about 20% less CPU per jax test) and XLA's older elemental
+# emitters instead of its fusion emitters (a further ~35%: test_transformer's jax cases 37 s ->
+# 23.5 s of CPU).  Same operations, no fast-math either way; only rounding may differ in the
+# last digits (tanh, exp: a few ulp), so no test may sit exactly at a precision floor.
+# Inherited by the tests' subprocesses; a caller's own XLA_FLAGS settings are kept.
+_FAST_XLA_COMPILE = {
+    "xla_backend_optimization_level": "0",
+    "xla_llvm_disable_expensive_passes": "true",
+    "xla_cpu_use_fusion_emitters": "false",
+}
+_xla_flags = os.environ.get("XLA_FLAGS", "")
+_xla_flags += "".join(f" --{k}={v}" for k, v in _FAST_XLA_COMPILE.items() if k not in _xla_flags)
+os.environ["XLA_FLAGS"] = _xla_flags.strip()
+
+# One intra-op thread per xdist worker when the workers fill the cores (`-n auto` on 2 cores):
+# torch's OpenMP threads otherwise spin against the other worker's (test_training's GRU on
+# flip-flop took 83 s of CPU with 2 threads, 10 s with 1).  Set before torch and the BLAS load
+# (they read it once); a caller's own setting is kept, and `-n0` keeps every core.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_THREADS = str(max(1, _CORES // _WORKERS))
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, _THREADS)
+if "torch" in sys.modules:  # imported before this file (a plugin): too late for the variable
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 settings.register_profile(
     "ci",

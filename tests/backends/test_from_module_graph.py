@@ -351,3 +351,24 @@ def test_cross_attention_takes_the_autodiff_rule():
     net = AttentionBlock(cross=True).double().eval()
     traj = assert_matches(net, (torch.randn(2, 3, 3, dtype=DT),), states=["inp", "attn", "out"])
     assert {"attn.in_proj_weight", "attn.out_proj.weight"} <= {s.name for s in traj.sites}
+
+
+def test_saved_linearisation_is_rebuilt_when_a_parameter_changes_in_place():
+    torch.manual_seed(13)
+    net = ResidualMLP().double()
+    model, params = from_module(net, states=["inp", "blocks.0", "blocks.1", "out"], detach=True)
+    traj = model.run(params, torch.randn(3, 3, dtype=DT))
+    N = kpflow.global_ntk(traj)
+    V = torch.randn(2, *traj.state_shape, dtype=DT)
+
+    def uncached():  # the torch.func route, which reads the parameters afresh
+        f, zeros = traj._all_sites_fn(traj._values(), cut=False)
+        return traj._gram_matmat(f, zeros, V)
+
+    with torch.no_grad():
+        before = N.matmat(V)
+        assert torch.allclose(before, uncached(), rtol=1e-12, atol=1e-13)
+        net.blocks[0][1].weight.mul_(3.0)  # an in-place update, as an optimizer step makes
+        after = N.matmat(V)
+    assert not torch.allclose(after, before, rtol=1e-6)
+    assert torch.allclose(after, uncached(), rtol=1e-12, atol=1e-13)

@@ -65,7 +65,9 @@ def core_alignment(
         R.  Deflation removes the few dominant modes that make plain probes skewed.
         Measured over 1000 seeds against the exact value (tanh RNNs and a leaky RNN on
         memory-pro, B·T up to 144, 40 and 200 products): the ±2σ interval covered it in
-        92–96% of runs, the estimates' mean within 1.1 of its standard errors.
+        92–96% of runs, the estimates' mean within 1.1 of its standard errors; over 100
+        seeds on a leaky RNN with 15360 states (H = 64, B·T = 240, 200 products), in 95%,
+        with a spread of 0.0014.
         ``"auto"``: exact when n is at most the budget (without one: n <= 5000), else the
         estimate.
     num_matvecs : int, optional

@@ -14,10 +14,6 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
-
 # The jax tests are bound by XLA's compile time (small arrays, many distinct programs): compile
 # them with LLVM's cheap pipeline (about 20% less CPU per jax test) and XLA's older elemental
 # emitters instead of its fusion emitters (a further ~35%: test_transformer's jax cases 37 s ->
@@ -34,16 +30,22 @@ _xla_flags += "".join(f" --{k}={v}" for k, v in _FAST_XLA_COMPILE.items() if k n
 os.environ["XLA_FLAGS"] = _xla_flags.strip()
 
 # One intra-op thread per xdist worker when the workers fill the cores (`-n auto` on 2 cores):
-# torch's OpenMP threads otherwise spin against the other worker's (test_training's GRU on
-# flip-flop took 83 s of CPU with 2 threads, 10 s with 1).  Set before torch and the BLAS load
-# (they read it once); a caller's own setting is kept, and `-n0` keeps every core.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-_THREADS = str(max(1, _CORES // _WORKERS))
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, _THREADS)
-if "torch" in sys.modules:  # imported before this file (a plugin): too late for the variable
-    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# torch's OpenMP threads and OpenBLAS's otherwise spin against the other worker's
+# (test_training's GRU on flip-flop took 83 s of CPU with 2 threads, 10 s with 1).  Set in the
+# workers only (the controller's environment is the workers' starting point), and above the
+# imports: torch and OpenBLAS read it once, when they load.  A caller's own setting is kept;
+# `-n0` keeps every core.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _WORKERS = max(1, int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, _CORES // _WORKERS)))
+    if "torch" in sys.modules:  # imported before this file (by a plugin): too late for the variable
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+import numpy as np  # noqa: E402  (after the variables above)
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci",

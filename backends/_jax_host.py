@@ -34,6 +34,7 @@ def host_or_compiled(adapter: Any, compiled: Callable, fn: Callable, static: tup
         out = host(*jax.tree_util.tree_map(_to_host, args))
         return jax.tree_util.tree_map(lambda v: _to_device(v, device), out)
 
+    run.compiled = compiled  # type: ignore[attr-defined]  # the program off the host route
     return run
 
 

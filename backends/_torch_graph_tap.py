@@ -44,6 +44,43 @@ def site_kind(module: Any) -> str | None:
     return None
 
 
+#: parameter-free elementwise activations of torch.nn and transformers.activations
+_ELEMENTWISE_TORCH = (
+    "CELU", "ELU", "GELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LeakyReLU", "LogSigmoid", "Mish",
+    "ReLU", "ReLU6", "SELU", "SiLU", "Sigmoid", "Softplus", "Softsign", "Tanh", "Tanhshrink",
+)  # fmt: skip
+_ELEMENTWISE_HF = (
+    "AccurateGELUActivation", "FastGELUActivation", "GELUActivation", "GELUTanh", "NewGELUActivation",
+    "PytorchGELUTanh", "QuickGELUActivation", "SiLUActivation",
+)  # fmt: skip
+
+
+def is_elementwise(module: Any) -> bool:
+    """Whether ``module`` is one of the known parameter-free elementwise activations."""
+    cls = type(module)
+    if cls.__module__ == "torch.nn.modules.activation":
+        return cls.__name__ in _ELEMENTWISE_TORCH
+    return cls.__module__ == "transformers.activations" and cls.__name__ in _ELEMENTWISE_HF
+
+
+def _linearised_elementwise(module: Any, args: Any, out: Any) -> Any:
+    """An elementwise activation's output, linearised at its input: y(x₀) + σ'(x₀) (x − x₀).
+
+    Used in the saved linearisation only (first derivatives at eps = 0): the derivative is
+    evaluated once, so each product's backward and double backward multiply by a saved
+    tensor instead of re-deriving the activation's formula (tanh-GELU: a dozen passes).
+    """
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or not x.requires_grad:
+        return None
+    if out.shape != x.shape:
+        return None
+    with torch.enable_grad():
+        x0 = x.detach().requires_grad_(True)
+        (d,) = torch.autograd.grad(module.forward(x0), x0, torch.ones_like(out))
+    return out.detach() + d * (x - x.detach())
+
+
 def _is_transposed_linear(module: Any) -> bool:
     """A Hugging Face ``Conv1D`` (GPT-2's projections): x @ W + b with W stored (in, out)."""
     weight = getattr(module, "weight", None)
@@ -101,6 +138,11 @@ class _Tap:
                 self._handles.append(sub.register_forward_hook(self._site_hook(name)))
         for name in g.state_names:
             self._handles.append(g.submodules[name].register_forward_hook(self._state_hook(name)))
+        if self.first_order:
+            skip = set(g.site_names) | set(g.state_names)
+            for name, sub in g.submodules.items():
+                if name not in skip and is_elementwise(sub):
+                    self._handles.append(sub.register_forward_hook(_linearised_elementwise))
         return self
 
     def __exit__(self, *exc: Any) -> None:

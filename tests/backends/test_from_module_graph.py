@@ -372,3 +372,50 @@ def test_saved_linearisation_is_rebuilt_when_a_parameter_changes_in_place():
         after = N.matmat(V)
     assert not torch.allclose(after, before, rtol=1e-6)
     assert torch.allclose(after, uncached(), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "act",
+    [
+        ("GELU", {"approximate": "tanh"}),
+        ("GELU", {}),
+        ("Tanh", {}),
+        ("SiLU", {}),
+        ("Softplus", {"beta": 2.0}),
+        ("ELU", {}),
+    ],
+)
+def test_elementwise_activations_linearised_once_match_jacrev(act):
+    # the saved linearisation replaces each activation by y(x0) + σ'(x0) (x - x0)
+    from kpflow.backends._torch_graph_tap import is_elementwise
+
+    nn = torch.nn
+    make = getattr(nn, act[0])
+    assert (
+        is_elementwise(make(**act[1]))
+        and not is_elementwise(nn.LayerNorm(3))
+        and not is_elementwise(nn.Softmax(-1))
+    )
+    torch.manual_seed(3)
+    layers = [nn.Linear(3, 5), make(**act[1]), nn.Linear(5, 4), make(**act[1]), nn.Linear(4, 2)]
+    traj = assert_matches(nn.Sequential(*layers).double(), (torch.randn(3, 3, dtype=DT),), states=["2", "4"])
+    lin = traj._linearisation(False)
+    names = {type(n).__name__ for n in _graph_nodes(lin.out.grad_fn)}
+    assert not names & {
+        "TanhBackward0",
+        "GeluBackward0",
+        "SiluBackward0",
+        "SoftplusBackward0",
+        "EluBackward0",
+    }
+
+
+def _graph_nodes(fn):
+    seen, todo = set(), [fn]
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        todo.extend(g for g, _ in f.next_functions)
+    return seen

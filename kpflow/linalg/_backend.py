@@ -13,12 +13,21 @@ from typing import Any, TypeVar, cast
 
 from kpflow.operators.base import LinearOperator
 
-__all__ = ["adapter_of", "array_kernel", "dtype_eps", "kernel", "like_array", "without_graph"]
+__all__ = [
+    "adapter_of",
+    "adapter_of_namespace",
+    "array_kernel",
+    "dtype_eps",
+    "kernel",
+    "like_array",
+    "without_graph",
+    "zeros_like_op",
+]
 
 
 def like_array(A: LinearOperator) -> Any:
     """A tiny array carrying ``A``'s namespace, dtype and device."""
-    return A.xp.zeros((1,), dtype=A.dtype, device=A.device)
+    return zeros_like_op(A, (1,))
 
 
 # namespace -> adapter; namespaces are modules, so the cache is tiny and never stale
@@ -29,10 +38,42 @@ def adapter_of(A: LinearOperator) -> Any:
     """The backend adapter (:class:`kpflow.backends.Backend`) of ``A``'s arrays."""
     adapter = _ADAPTERS.get(A.xp)
     if adapter is None:
-        from kpflow.backends import get_backend
-
-        adapter = _ADAPTERS[A.xp] = get_backend(like_array(A))
+        like = lambda: A.xp.zeros((1,), dtype=A.dtype, device=A.device)  # noqa: E731
+        adapter = _ADAPTERS[A.xp] = adapter_of_namespace(A.xp, like)
     return adapter
+
+
+def adapter_of_namespace(xp: Any, make_like: Callable[[], Any]) -> Any:
+    """The backend adapter of namespace ``xp``: found by the namespace's name, else by an array.
+
+    ``make_like()`` makes a small array of ``xp`` for the lookup by array (a third-party
+    backend's namespace); the lookup by name makes no array, which on jax would be a
+    compiled program.
+    """
+    from kpflow._array import namespace_name
+    from kpflow.backends import get_backend
+
+    try:
+        adapter = get_backend(namespace_name(xp).partition(".")[0])
+    except (ValueError, TypeError, ImportError):
+        adapter = None
+    if adapter is None or adapter.namespace() is not xp:
+        adapter = get_backend(make_like())
+    return adapter
+
+
+def zeros_like_op(A: LinearOperator, shape: tuple[int, ...]) -> Any:
+    """Zeros of ``shape`` with ``A``'s namespace, dtype and device.
+
+    On a backend that compiles a program per shape (jax) the zeros are made on the host and
+    copied over, which compiles nothing; elsewhere it is ``A.xp.zeros``.
+    """
+    adapter = adapter_of(A)
+    if getattr(adapter, "compiles_per_shape", False):
+        import numpy as np
+
+        return adapter.from_host(np.zeros(shape), dtype=A.dtype, device=A.device)
+    return A.xp.zeros(shape, dtype=A.dtype, device=A.device)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -46,6 +46,7 @@ import math
 import warnings
 from typing import Any
 
+from kpflow._array import to_host
 from kpflow.linalg._backend import array_kernel
 from kpflow.linalg._common import (
     EighResult,
@@ -281,7 +282,7 @@ def restarted_lanczos(
                         EighResult(vals, U, res, products.num_matvecs),
                         kernel(A, _residuals)(AU_or_R, vals, U),
                     )
-                    cluster = _largest_cluster([float(v) for v in vals], width)
+                    cluster = _largest_cluster(to_host(vals).tolist(), width)  # one copy, no per-item slices
                     if m >= n or cluster < s or s + b > max_basis - k:
                         return result, R, products.scale
                     # s or more equal values: more copies may lie outside this Krylov space (it

@@ -10,6 +10,7 @@ from typing import Any
 
 import array_api_extra as xpx
 
+from kpflow.linalg._backend import zeros_like_op
 from kpflow.linalg._common import adapter_of, device_of, inner_rows, kernel
 from kpflow.operators.base import LinearOperator
 
@@ -103,16 +104,20 @@ class _Basis:
 
     def __init__(self, A: LinearOperator, max_basis: int, *, store_products: bool = False) -> None:
         xp = A.xp
-        z = {"dtype": A.dtype, "device": A.device}
         self.A = A
         self.xp = xp
-        self.V = xp.zeros((max_basis, A.size_in), **z)
-        self.AV = xp.zeros((max_basis, A.size_in), **z) if store_products else None
-        self.T = xp.zeros((max_basis, max_basis), **z)
+        self.V = zeros_like_op(A, (max_basis, A.size_in))
+        self.AV = zeros_like_op(A, (max_basis, A.size_in)) if store_products else None
+        self.T = zeros_like_op(A, (max_basis, max_basis))
         self.m = 0
         self.fixed = bool(getattr(adapter_of(A), "compiles_per_shape", False))
 
     def _index(self, i: int) -> Any:
+        if self.fixed:  # a host scalar copied over: no program compiled for the conversion
+            import numpy as np
+
+            host = np.asarray(i, dtype=np.int32)
+            return adapter_of(self.A).from_host(host, dtype=self.xp.int32, device=self.A.device)
         return self.xp.asarray(i, dtype=self.xp.int32, device=self.A.device)
 
     def rows(self) -> Any:

@@ -132,8 +132,6 @@ class GRUTrajectory(RecurrentTrajectory):
 
     def __init__(self, model: GRU, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
         super().__init__(model, params, x, h0, states)
-        xp = self.xp
-        H = model.n_hidden
         # (torch, parameters requiring grad: the gates' temporaries are recomputed when
         # something differentiates the caches, instead of being held by the graph)
         z, self.d_in, d_rzn = self.recomputed(_gru_caches, params, self.prev_states, x)
@@ -141,11 +139,10 @@ class GRUTrajectory(RecurrentTrajectory):
         # sites' copies of d_r, d_z, d_hn (flat_sites) are then site-major and contiguous
         self.z, d_rzn = step_major(z), step_major(d_rzn)
         self._d_rzn = d_rzn
-        self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
-        self._d_gates = xp.reshape(d_rzn, (*d_rzn.shape[:-1], 3, H))
-        self.d_r = d_rzn[..., :H]
-        self.d_z = d_rzn[..., H : 2 * H]
-        self.d_hn = d_rzn[..., 2 * H :]
+        # views made once (W_hhᵀ, the gates' (…, 3, H) layout, d_r, d_z, d_hn)
+        self._W_hh_T, self._d_gates, self.d_r, self.d_z, self.d_hn = self.derived(
+            _gru_views, params["weight_hh"], d_rzn
+        )
 
     def step_kernel(self) -> StepKernel:
         return StepKernel(
@@ -157,20 +154,39 @@ class GRUTrajectory(RecurrentTrajectory):
 
     def _make_sites(self) -> list[Site]:
         table = self.model.site_table()
-        x = flat_sites(self.x)
-        A = site_variables_of(table, {X_T: x, H_PREV: flat_sites(self.prev_states)}, like=x)
-        D = {"r": self.d_r, "z": self.d_z, "in": self.d_in, "hn": self.d_hn}
+        D = (self.d_r, self.d_z, self.d_in, self.d_hn)
+        A, unit_D = self.derived(_gru_site_arrays, self.x, self.prev_states, *D)
         return [
             Site(
                 decl.name,
                 A[decl.name],
                 state_shape=self.state_shape,
-                unit_D=flat_sites(D[decl.name])[:, :, None, None],
+                unit_D=unit_D[decl.name],
                 rows=decl.rows(),
                 batch_major=True,
             )
             for decl in table
         ]
+
+
+def _gru_views(model: GRU, xp: Any, weight_hh: Any, d_rzn: Any) -> tuple[Any, ...]:
+    """W_hhᵀ, ``d_rzn`` as (…, 3, H), and its slices d_r, d_z, d_hn."""
+    H = model.n_hidden
+    return (
+        xp.matrix_transpose(weight_hh),
+        xp.reshape(d_rzn, (*d_rzn.shape[:-1], 3, H)),
+        d_rzn[..., :H],
+        d_rzn[..., H : 2 * H],
+        d_rzn[..., 2 * H :],
+    )
+
+
+def _gru_site_arrays(model: GRU, xp: Any, x: Any, h_prev: Any, *d: Any) -> tuple[dict, dict]:
+    """The sites' variables A_w and unit D's ``(m, H, 1, 1)`` from x, z_{t−1} and d_r, d_z, d_in, d_hn."""
+    xs = flat_sites(x)
+    A = site_variables_of(model.site_table(), {X_T: xs, H_PREV: flat_sites(h_prev)}, like=xs)
+    names = ("r", "z", "in", "hn")
+    return A, {name: flat_sites(a)[:, :, None, None] for name, a in zip(names, d, strict=True)}
 
 
 def _gru_caches(model: GRU, params: dict[str, Any], h_prev: Any, x: Any) -> tuple[Any, Any, Any]:

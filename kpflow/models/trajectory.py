@@ -36,6 +36,16 @@ def _cached(config: Config, fn: Callable[..., Any], names: tuple[str, ...], *lea
     return fn(config.model, params, *leaves[len(names) :])
 
 
+def _derived(config: Config, fn: Callable[..., Any], *arrays: Any) -> Any:
+    """``fn(model, xp, *arrays)`` of :meth:`Trajectory.derived`, pure in its arrays."""
+    return fn(config.model, array_namespace(*arrays), *arrays)
+
+
+def _shifted(config: Config, states: Any, h0: Any) -> Any:
+    """The model's ``_shift(states, h0)`` (z_{t−1} at every step), pure in its arrays."""
+    return config.model._shift(states, h0)
+
+
 class StepKernel(NamedTuple):
     """J_t = ∂z_t/∂z_{t−1} of a recurrent trajectory as pure functions of arrays.
 
@@ -117,6 +127,22 @@ class Trajectory(abc.ABC):
         self.layout: Layout = model.layout(tuple(int(n) for n in states.shape))
         self._sites: list[Site] | None = None
         self._kernel: StepKernel | None = None
+
+    def derived(self, fn: Callable[..., Any], *arrays: Any) -> Any:
+        """``fn(model, xp, *arrays)``: arrays derived from the trajectory's (views, reshapes, site data).
+
+        On jax one program, compiled once per model settings and shapes, instead of one per
+        eager operation; elsewhere a plain call (views stay views).  ``fn`` must be a
+        module-level function of its arguments only.
+        """
+        from kpflow.backends import get_backend
+
+        adapter = get_backend(self.states)
+        if getattr(adapter, "compiles_per_shape", False):
+            config = Config(self.model)
+            if config.key is not None:
+                return compiled(adapter, _derived, config, fn)(*arrays)
+        return fn(self.model, self.xp, *arrays)
 
     def recomputed(self, fn: Callable[..., Any], params: dict[str, Any], *arrays: Any) -> Any:
         """``fn(self.model, params, *arrays)`` for derivative caches, without holding its temporaries.
@@ -323,4 +349,12 @@ class RecurrentTrajectory(Trajectory):
     @property
     def prev_states(self) -> Any:
         """z_{t−1} at every step, shape ``(B, T, S)`` (h0, or zeros, at t = 0)."""
+        from kpflow.backends import get_backend
+
+        adapter = get_backend(self.states)
+        if getattr(adapter, "compiles_per_shape", False):
+            # jax: one program instead of an eager slice, zeros and concatenation (each compiled)
+            config = Config(self.model)
+            if config.key is not None:
+                return compiled(adapter, _shifted, config)(self.states, self.h0)
         return self.model._shift(self.states, self.h0)

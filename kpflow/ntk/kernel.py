@@ -144,9 +144,9 @@ _ADAPTERS: dict[Any, Any] = {}
 def _adapter(xp: Any) -> Any:
     adapter = _ADAPTERS.get(xp)
     if adapter is None:
-        from kpflow.backends import get_backend
+        from kpflow.linalg._backend import adapter_of_namespace
 
-        adapter = _ADAPTERS[xp] = get_backend(xp.zeros(1))
+        adapter = _ADAPTERS[xp] = adapter_of_namespace(xp, lambda: xp.zeros(1))
     return adapter
 
 

@@ -134,6 +134,17 @@ class Trajectory(abc.ABC):
         On jax one program, compiled once per model settings and shapes, instead of one per
         eager operation; elsewhere a plain call (views stay views).  ``fn`` must be a
         module-level function of its arguments only.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kpflow.models import RNN
+        >>> def last_step(model, xp, states):
+        ...     return states[:, -1, :]
+        >>> model = RNN(2, 3)
+        >>> traj = model.run(model.init(0), np.ones((4, 5, 2)))
+        >>> traj.derived(last_step, traj.states).shape
+        (4, 3)
         """
         from kpflow.backends import get_backend
 

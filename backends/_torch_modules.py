@@ -139,7 +139,9 @@ def from_module(
     Parameters
     ----------
     module : torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM
-        One layer, ``batch_first=True``, unidirectional (and ``proj_size=0`` for the LSTM).
+        Unidirectional (and ``proj_size=0`` for the LSTM).  One layer with
+        ``batch_first=True`` maps to the built-in model; ``num_layers > 1`` or
+        ``batch_first=False`` map to a layer stack (see ``recurrent`` below).
     states : list of str, str, re.Pattern or callable, optional
         For any other ``torch.nn.Module``: the submodules whose outputs are the states, in
         forward order, as ``named_modules`` names, a glob (``"h.*"``: ``*`` within one
@@ -183,9 +185,8 @@ def from_module(
         If ``module`` is not one of the three cells, ``readout`` is not a
         ``torch.nn.Linear``, or the readout's dtype or device differs from the module's.
     ValueError
-        For an unsupported setting (``num_layers != 1``, ``batch_first=False``,
-        ``bidirectional=True``, ``proj_size > 0``), naming it, or a readout whose
-        ``in_features`` is not the module's ``hidden_size``.
+        For an unsupported setting (``bidirectional=True``, ``proj_size > 0``), naming
+        it, or a readout whose ``in_features`` is not the module's ``hidden_size``.
 
     Notes
     -----

@@ -308,13 +308,14 @@ def _dense(A: LinearOperator, k: int) -> EighResult:
 
 
 def _nystrom(A: LinearOperator, k: int, s: int, gen: Any, progress: Any) -> EighResult:
-    from kpflow.linalg.trace import nystrom_sketch
+    from kpflow.linalg.trace import nystrom_basis, nystrom_sketch
 
     counter = ScaledProducts(MatvecCounter(A, progress, s + k, "kpflow.linalg.eigsh"), "kpflow.linalg.eigsh")
     try:
         # a duck-typed counter: the sketch is of A / scale, the scale fixed by its one product
         sk = nystrom_sketch(cast(Any, counter), s, gen)
-        vals, vecs = kernel(A, _nystrom_pairs, k)(sk["B"], sk["Q"], sk["nu"])
+        Q, B = nystrom_basis(A, sk)
+        vals, vecs = kernel(A, _nystrom_pairs, k)(B, Q, sk["nu"])
         AU = counter.matmat(vecs)
     finally:
         counter.close()

@@ -446,7 +446,7 @@ def _partial_fro_sq_nystrom(counter: Any, traced: tuple[int, ...], budget: int, 
     nk = A.size_in // nt
     s = max(2, min(budget // 2, A.size_in))
     sk = nystrom_sketch(counter, s, gen)
-    F, L, low = kernel(A, _nystrom_partial, shape, traced)(sk["B"], sk["Q"], sk["nu"])
+    F, L, low = kernel(A, _nystrom_partial, shape, traced)(sk["F"], sk["nu"])
     p = (budget - s) // 2
     if p < 2:
         return low, None
@@ -457,12 +457,11 @@ def _partial_fro_sq_nystrom(counter: Any, traced: tuple[int, ...], budget: int, 
     return total(X, counter.matmat(X), F, sk["nu"], z, x, L, low)
 
 
-def _nystrom_partial(xp: Any, shape: tuple, traced: tuple, B: Any, Q: Any, nu: Any) -> tuple[Any, Any, Any]:
+def _nystrom_partial(xp: Any, shape: tuple, traced: tuple, F: Any, nu: Any) -> tuple[Any, Any, Any]:
     """``F`` (s, n) with ``A + νI ≈ Fᵀ F``, ``L = Tr_traced(Fᵀ F) − ν n_traced I`` and ``‖L‖²_F``."""
     keep = tuple(a for a in range(len(shape)) if a not in traced)
     nk = math.prod(shape[a] for a in keep)
     nt = math.prod(shape[a] for a in traced)
-    F = xp.matrix_transpose(B) @ Q
     s = F.shape[0]
     Fk = xp.permute_dims(xp.reshape(F, (s, *shape)), (0, *(1 + a for a in keep), *(1 + a for a in traced)))
     G = xp.reshape(xp.permute_dims(xp.reshape(Fk, (s, nk, nt)), (1, 0, 2)), (nk, s * nt))

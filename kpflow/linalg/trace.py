@@ -476,6 +476,7 @@ def _mean(xp: Any, x: Any) -> Any:
 
 
 def _nystrom_factors(xp: Any, Om: Any, Y: Any) -> tuple[Any, Any, Any, Any]:
+    """``Y_ν = Y + ν Ω``, ``X`` with ``Xᵀ X = (Ωᵀ Y_ν)⁻¹``, the factor ``F = X Y_ν`` and ``ν``."""
     s = Om.shape[0]
     finfo = xp.finfo(Y.dtype)
     eps = float(finfo.eps)
@@ -486,26 +487,39 @@ def _nystrom_factors(xp: Any, Om: Any, Y: Any) -> tuple[Any, Any, Any, Any]:
     floor = xp.maximum(xp.max(h), 0.0) * (eps * s) + float(finfo.smallest_normal)
     h = xp.maximum(h, floor)
     X = xp.matrix_transpose(V) / xp.sqrt(h)[:, None]  # XᵀX = Hν⁻¹
-    Q, R = _range_basis(xp, Yn)
-    return Q, R @ xp.matrix_transpose(X), X, nu
+    return Yn, X, X @ Yn, nu
 
 
 def nystrom_sketch(counter: Counter, s: int, gen: Any) -> dict[str, Any]:
     """A stable (shifted) Nyström sketch of a PSD ``A`` with ``s`` matvecs.
 
-    ``A + νI ≈ Q B Bᵀ Qᵀ`` with ``Y_ν = (A + νI) Ω = Q R`` and
-    ``B = R Xᵀ``, where ``Xᵀ X = (Ωᵀ Y_ν)⁻¹`` comes from an eigendecomposition
-    (robust where a Cholesky factorisation would fail in float32).  The shift ``ν``
+    ``A + νI ≈ Fᵀ F`` with ``Y_ν = (A + νI) Ω`` (rows ``(A + νI) ωᵢ``) and the factor
+    ``F = X Y_ν`` (s, n), where ``Xᵀ X = (Ωᵀ Y_ν)⁻¹`` comes from an eigendecomposition
+    (robust where a Cholesky factorisation would fail in float32).  Every estimator built
+    on the sketch uses ``Y_ν`` only through ``F``, so no QR of ``Y_ν`` is formed: with
+    ``Y_νᵀ = Qᵀ R``, ``F = X Rᵀ Q`` is the same matrix (up to rounding of the same order)
+    as the rotated factor ``Bᵀ Q`` (``B = R Xᵀ``) of the textbook algorithm, and an
+    eigensolver that needs ``Q`` forms it itself (:func:`nystrom_basis`).  The shift ``ν``
     is a 0-d array.
     """
     A = counter.op
     Om = probes(gen, s, A.size_in, like_array(A), "gaussian")
     Y = counter.matmat(Om)
-    Q, B, X, nu = kernel(A, _nystrom_factors)(Om, Y)
-    return {"Q": Q, "B": B, "X": X, "nu": nu, "n": A.size_in, "scale": kernel(A, _row_scale)(Y)}
+    Yn, X, F, nu = kernel(A, _nystrom_factors)(Om, Y)
+    return {"F": F, "Yn": Yn, "X": X, "nu": nu, "n": A.size_in, "scale": kernel(A, _row_scale)(Y)}
 
 
-def _xnystrace_total(xp: Any, n: int, B: Any, X: Any, nu: Any) -> tuple[Any, Any]:
+def nystrom_basis(A: LinearOperator, sk: dict[str, Any]) -> tuple[Any, Any]:
+    """Orthonormal rows ``Q`` (s, n) and the core ``B = R Xᵀ`` (s, s) of a sketch: ``A + νI ≈ Qᵀ B Bᵀ Q``."""
+    return kernel(A, _nystrom_rotated)(sk["Yn"], sk["X"])
+
+
+def _nystrom_rotated(xp: Any, Yn: Any, X: Any) -> tuple[Any, Any]:
+    Q, R = _range_basis(xp, Yn)
+    return Q, R @ xp.matrix_transpose(X)
+
+
+def _xnystrace_total(xp: Any, n: int, F: Any, X: Any, nu: Any) -> tuple[Any, Any]:
     """The XNysTrace estimate and its jackknife error.
 
     Leave-one-out Nyström: ``Â₍ᵢ₎ = Â − zᵢzᵢᵀ`` with ``zᵢ = Y gᵢ/√Gᵢᵢ``, ``G = (ΩᵀY)⁻¹``, so
@@ -516,10 +530,10 @@ def _xnystrace_total(xp: Any, n: int, B: Any, X: Any, nu: Any) -> tuple[Any, Any
     (:func:`_jackknife`) from ``s × s`` algebra.
     """
     G = xp.matrix_transpose(X) @ X
-    BX = B @ X  # = R G
-    M2 = xp.matrix_transpose(BX) @ BX  # G YᵀY G
+    FFt = F @ xp.matrix_transpose(F)  # X YᵀY Xᵀ (s, s)
+    M2 = xp.matrix_transpose(X) @ FFt @ X  # G YᵀY G
     g = xp.linalg.diagonal(G)
-    total = xp.sum(B * B)
+    total = xp.linalg.trace(FFt)  # tr Â = ‖F‖²_F
     ests = total - xp.linalg.diagonal(M2) / g + 1.0 / g
     # In units of d = √diag(G) (a correlation matrix: the 2 × 2 inverses stay in range)
     d = xp.sqrt(g)
@@ -536,7 +550,7 @@ def _xnystrace_total(xp: Any, n: int, B: Any, X: Any, nu: Any) -> tuple[Any, Any
 def _xnystrace(counter: Counter, m: int, gen: Any) -> tuple[Any, Any]:
     sk = nystrom_sketch(counter, m, gen)
     A = counter.op
-    value, error = kernel(A, _xnystrace_total, sk["n"])(sk["B"], sk["X"], sk["nu"])
+    value, error = kernel(A, _xnystrace_total, sk["n"])(sk["F"], sk["X"], sk["nu"])
     return kernel(A, _with_floor, A.size_in, m)(value, error, sk["scale"])
 
 

@@ -98,9 +98,9 @@ def test_xnystrace_leave_one_out_estimates_match_the_naive_definition():
     n, s = 30, 6
     counter = MatvecCounter(numpy_operator(M))
     sk = nystrom_sketch(counter, s, np.random.default_rng(9))
-    B, X = np.asarray(sk["B"]), np.asarray(sk["X"])
+    F, X = np.asarray(sk["F"]), np.asarray(sk["X"])
     g = (X * X).sum(axis=0)
-    ests = (B * B).sum() - ((B @ X) ** 2).sum(axis=0) / g + 1 / g - sk["nu"] * n
+    ests = (F * F).sum() - ((F.T @ X) ** 2).sum(axis=0) / g + 1 / g - sk["nu"] * n
     Om = _host_probes(9, (s, n))
     Mn = M + sk["nu"] * np.eye(n)
     naive = []

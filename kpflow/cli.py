@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--matvecs",
         type=_int_at_least(MIN_MATVECS, f"an integer >= {MIN_MATVECS}"),
         default=300,
-        help=f"NTK_S products per estimate, at least {MIN_MATVECS} (default: 300)",
+        help=(
+            f"NTK_S products for the trace estimate, at least {MIN_MATVECS} (default: 300); a second "
+            "trace estimate and each effective rank take half as many (the effective ranks share "
+            "the two trace estimates as their numerator)"
+        ),
     )
     spec.add_argument(
         "--seed",
@@ -386,6 +390,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  top-{len(entry['eigenvalues'])} eigenvalues: {eig}")
         lines.append(f"  max residual ‖Av − λv‖: {entry['max_residual']:.2g}")
         lines.append(f"  trace:            {_fmt_scalar(entry['trace'])}")
+        shared = entry.get("second_trace_matvecs", 0)
+        if shared:
+            pair = f"the trace × a second estimate ({shared} matvecs)"
+            lines.append(f"  numerator tr² of the effective ranks: {pair}")
         lines.append(f"  effective rank:   {_fmt_scalar(entry['effective_rank'])}")
         for name, value in entry["effective_rank_along"].items():
             lines.append(f"    along {name + ':':<8}{_fmt_scalar(value)}")

@@ -40,6 +40,10 @@ def _floats(xp: Any, a: Any) -> list[float]:
     return [float(v) for v in to_host(a).reshape(-1)]
 
 
+#: The smallest budget of an effective-rank estimate (:func:`kpflow.linalg.effective_rank`).
+_MIN_RANK_BUDGET = 16
+
+
 def _scalar(result: Any) -> dict[str, Any]:
     err = None if result.error is None else float(result.error)
     return {"value": float(result), "error": err, "method": result.method, "matvecs": result.num_matvecs}
@@ -62,7 +66,11 @@ def spectrum_report(
     k : int
         How many top eigenvalues of each operator.
     num_matvecs : int
-        Budget of NTK_S products for each randomized estimate (trace, effective ranks).
+        Budget of NTK_S products: the trace estimate takes ``num_matvecs``; a second,
+        independent trace estimate takes ``num_matvecs // 2``, and the pair is the numerator
+        ``tr(A)²`` of every effective rank (the global one and one per axis: every partial
+        trace has the trace of ``A``), each of which spends ``num_matvecs // 2`` products of
+        its own on ``tr(M²)`` (at least 16).
     rng : int, numpy.random.Generator or None
         Seeds the randomized estimators (SPEC 7).
     progress : None, bool or callable
@@ -73,8 +81,12 @@ def spectrum_report(
     dict
         ``{"state_shape", "axes", "K": {...}, "NTK_S": {...}, "seconds"}``; each operator
         entry holds ``eigenvalues`` (k floats, descending), ``trace`` and
-        ``effective_rank`` (``{"value", "error", "method", "matvecs"}``), and
-        ``effective_rank_along`` (one such entry per axis name).  K's entries are exact.
+        ``effective_rank`` (``{"value", "error", "method", "matvecs"}``; an effective rank's
+        ``matvecs`` are its own, without the shared trace pair), ``effective_rank_along``
+        (one such entry per axis name) and ``second_trace_matvecs`` (the second trace
+        estimate's products; 0 when the trace is exact).  K's entries are exact.  The
+        effective ranks share their numerator, so their errors are correlated with one
+        another and with the trace's; each error bar holds on its own.
 
     Examples
     --------
@@ -98,22 +110,28 @@ def spectrum_report(
     for label, op in (("K", K), ("NTK_S", N)):
         t0 = time.perf_counter()
         eig = linalg.eigsh(op, k, rng=gen, progress=progress)
+        tr = linalg.trace(op, num_matvecs=num_matvecs, rng=gen, progress=progress)
+        # the effective ranks share tr(A) (every partial trace has it): this estimate and a
+        # second, independent one; each ratio spends its own products on tr(M²) alone
+        half = max(num_matvecs // 2, min(num_matvecs, _MIN_RANK_BUDGET))
+        pair = None
+        if tr.method != "exact":
+            pair = (tr, linalg.trace(op, num_matvecs=max(1, num_matvecs // 2), rng=gen, progress=progress))
+        ranks = {
+            keep: _scalar(
+                linalg.effective_rank(op, keep, num_matvecs=half, rng=gen, progress=progress, traces=pair)
+            )
+            for keep in (None, *range(len(names)))
+        }
+
         entry: dict[str, Any] = {
             "eigenvalues": _floats(op.xp, eig.eigenvalues),
             "eigensolver_matvecs": eig.num_matvecs,
             "max_residual": max(_floats(op.xp, eig.residual_norms)),
-            "trace": _scalar(linalg.trace(op, num_matvecs=num_matvecs, rng=gen, progress=progress)),
-            "effective_rank": _scalar(
-                linalg.effective_rank(op, num_matvecs=num_matvecs, rng=gen, progress=progress)
-            ),
-            "effective_rank_along": {
-                name: _scalar(
-                    linalg.effective_rank(
-                        op, keep=(axis,), num_matvecs=num_matvecs, rng=gen, progress=progress
-                    )
-                )
-                for axis, name in enumerate(names)
-            },
+            "trace": _scalar(tr),
+            "second_trace_matvecs": 0 if pair is None else pair[1].num_matvecs,
+            "effective_rank": ranks[None],
+            "effective_rank_along": {name: ranks[axis] for axis, name in enumerate(names)},
         }
         entry["seconds"] = time.perf_counter() - t0
         out[label] = entry

@@ -108,6 +108,7 @@ def effective_rank(
     num_matvecs: int | None = None,
     rng: Any = None,
     progress: Any = None,
+    traces: Any = None,
 ) -> ScalarResult:
     """The participation ratio ``tr(M)² / tr(M²)`` of a symmetric operator or of a partial trace.
 
@@ -142,6 +143,14 @@ def effective_rank(
         Budget of products with ``A`` (default 200; ``"estimate"`` needs 16).
     rng : int, numpy.random.Generator or None
     progress : None, bool or callable
+    traces : pair of ScalarResult, optional
+        Two independent estimates of ``tr M = tr A`` (from :func:`~kpflow.linalg.trace` with
+        independent probes, e.g. two calls with one generator), for the numerator
+        ``t₁ t₂`` of an ``"estimate"``, which then spends its whole budget on ``tr(M²)``
+        with fresh probes.  Every partial trace has the trace of ``A``, so one pair serves
+        the global ratio and the ratio along every axis (as
+        :func:`~kpflow.analysis.spectrum_report` does); ``.num_matvecs`` then counts only
+        the products this call ran.  Ignored where the ratio is exact.
 
     Returns
     -------
@@ -171,6 +180,21 @@ def effective_rank(
     ('batch', 'time', 'hidden')
     >>> float(effective_rank(K, keep="time")) == float(effective_rank(K, keep=1))
     True
+
+    One pair of trace estimates shared by several ratios (of an operator known only by its
+    products, so that no exact rule applies):
+
+    >>> from kpflow.linalg import trace
+    >>> class Scale(kpflow.operators.SymmetricOperator):
+    ...     def _matmat(self, X):
+    ...         return X * np.arange(1.0, 49.0).reshape(4, 12)
+    >>> A = Scale((4, 12), (4, 12), xp=K.xp, dtype=K.dtype, device=K.device)
+    >>> gen = np.random.default_rng(0)
+    >>> pair = (trace(A, num_matvecs=24, rng=gen), trace(A, num_matvecs=24, rng=gen))
+    >>> ranks = [effective_rank(A, keep, method="estimate", num_matvecs=16, rng=gen, traces=pair)
+    ...          for keep in (None, 0, 1)]
+    >>> [r.num_matvecs for r in ranks]
+    [16, 16, 16]
     """
     where = "kpflow.linalg.effective_rank"
     check_operator(A, where)
@@ -179,6 +203,8 @@ def effective_rank(
     gen = host_rng(rng, where)
     if num_matvecs is not None:
         check_budget(num_matvecs, 0, where, method)
+    if traces is not None:
+        traces = _check_traces(A, traces, where)
     _xp, n = A.xp, A.size_in
     keep_axes = tuple(range(len(A.shape_in))) if keep is None else _keep_axes(A, keep, where)
     traced = tuple(a for a in range(len(A.shape_in)) if a not in keep_axes)
@@ -190,7 +216,9 @@ def effective_rank(
     gram = None if traced else gram_small_side(A)
     if gram is not None and _fits(gram.size_in, method, num_matvecs):
         # tr(F Fᵀ)²/‖F Fᵀ‖²_F = tr(Fᵀ F)²/‖Fᵀ F‖²_F, on the smaller side
-        return effective_rank(gram, method=method, num_matvecs=num_matvecs, rng=gen, progress=progress)
+        return effective_rank(
+            gram, method=method, num_matvecs=num_matvecs, rng=gen, progress=progress, traces=traces
+        )
     if method in ("auto", "exact"):
         # exactly: n unit probes of A, or (for A = F Fᵀ with r < n columns) r columns of F
         factor = rules.gram_factor(A) if traced else None
@@ -202,7 +230,33 @@ def effective_rank(
             return _effective_rank_dense(A, M, n, progress)
         method = "estimate"
     budget = check_budget(DEFAULT_BUDGET if num_matvecs is None else num_matvecs, 16, where, method)
-    return _effective_rank_estimate(A, traced, budget, gen, progress)
+    return _effective_rank_estimate(A, traced, budget, gen, progress, traces)
+
+
+def _check_traces(A: LinearOperator, traces: Any, where: str) -> tuple[ScalarResult, ScalarResult]:
+    """``traces`` must be two distinct ScalarResults with values of ``A``'s dtype."""
+    if (
+        not isinstance(traces, (tuple, list))
+        or len(traces) != 2
+        or not all(isinstance(t, ScalarResult) for t in traces)
+    ):
+        msg = (
+            f"{where}: expected traces to be a pair of ScalarResult (two independent estimates of "
+            f"tr A from kpflow.linalg.trace), got {traces!r}"
+        )
+        raise TypeError(msg)
+    if traces[0] is traces[1]:
+        msg = (
+            f"{where}: traces holds the same estimate twice; the numerator t₁ t₂ needs two "
+            "independent estimates (a square of one is biased upward by its variance)"
+        )
+        raise ValueError(msg)
+    for t in traces:
+        dtype = getattr(t.value, "dtype", None)
+        if dtype != A.dtype:
+            msg = f"{where}: expected traces of dtype {A.dtype} (the operator's), got one of dtype {dtype}"
+            raise TypeError(msg)
+    return traces[0], traces[1]
 
 
 def _scaled_products(op: LinearOperator, progress: Any, budget: int) -> ScaledProducts:
@@ -310,11 +364,15 @@ def _dense_ratio(xp: Any, D: Any) -> Any:
 
 
 def _effective_rank_estimate(
-    A: LinearOperator, traced: tuple[int, ...], budget: int, gen: Any, progress: Any
+    A: LinearOperator, traced: tuple[int, ...], budget: int, gen: Any, progress: Any, traces: Any = None
 ) -> ScalarResult:
     t_exact = rules.exact_trace(A)
     used = 0
-    if t_exact is not None:
+    if traces is not None and t_exact is None:
+        t1, t2 = traces[0].value, traces[1].value
+        e1, e2 = traces[0].error, traces[1].error
+        fro_budget = budget
+    elif t_exact is not None:
         t1 = t2 = t_exact
         e1 = e2 = _zero(A)
         fro_budget = budget

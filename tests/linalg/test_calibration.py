@@ -243,3 +243,25 @@ def test_partial_trace_ratio_is_exact_from_the_factor_columns_when_parameters_ar
     )
     assert r32.method == "exact" and r32.value.dtype == np.float32
     assert float(r32) == pytest.approx(float(r64), rel=1e-4)
+
+
+@pytest.mark.parametrize("spectrum", ["flat", "poly", "exp", "gru"])
+def test_effective_ranks_sharing_one_pair_of_trace_estimates_cover_the_truth(matrices, spectrum):
+    # spectrum_report's route: per seed, one trace estimate and a second independent one are
+    # the numerator of the global ratio and of the ratio along every axis; each ratio spends
+    # its own products on tr(M²) only.
+    M = matrices[spectrum]
+    A = _operator(M)
+    keeps = (None, 0, 1, 2)
+    results: dict = {keep: [] for keep in keeps}
+    for s in SEEDS:
+        gen = np.random.default_rng(s)
+        pair = (trace(A, num_matvecs=24, rng=gen), trace(A, num_matvecs=12, rng=gen))
+        for keep in keeps:
+            r = effective_rank(A, keep, method="estimate", num_matvecs=20, rng=gen, traces=pair)
+            assert r.num_matvecs <= 20, r
+            results[keep].append(r)
+    for keep in keeps:
+        truth = _participation_ratio(M if keep is None else _partial(M, keep))
+        cover, rms = _coverage(results[keep], truth)
+        assert cover >= 0.9, (keep, cover, rms)

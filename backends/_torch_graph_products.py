@@ -82,13 +82,12 @@ class Linearisation:
 
     def pull(self, v: Any) -> list[Any]:
         """Jᵀ v: the cotangent at each site's output, (rows_w, width_w) per site."""
-        out = [torch.zeros_like(e) for e in self.eps]
-        if not self.used:
-            return out
-        got = torch.autograd.grad(self.out, [self.eps[i] for i in self.used], v, retain_graph=True)
-        for i, g in zip(self.used, got, strict=True):
-            out[i] = g
-        return out
+        out: list[Any] = [None] * len(self.eps)
+        if self.used:
+            got = torch.autograd.grad(self.out, [self.eps[i] for i in self.used], v, retain_graph=True)
+            for i, g in zip(self.used, got, strict=True):
+                out[i] = g
+        return [torch.zeros_like(e) if g is None else g for e, g in zip(self.eps, out, strict=True)]
 
     def push(self, U: list[Any]) -> Any:
         """J U = Σ_w J_w U_w: the tangents carried from the site outputs to the states."""

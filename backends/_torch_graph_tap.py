@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from kpflow.backends._torch_graph_attention import attention_forward, is_mapped_attention
+from kpflow.backends._torch_graph_linear import linearised_norm
 from kpflow.backends._torch_graph_select import _first, _with_first
 
 if TYPE_CHECKING:
@@ -185,12 +186,17 @@ class _Tap:
             c = len(self.sites)
             self.sites.append((name, args[0]))
             e = self.eps.get(c)
+            kind = self.graph.site_kinds[name]
+            if kind == "norm" and self.first_order:  # x̂ held constant, the norm a saved linear map
+                lin = linearised_norm(module, args[0], out)
+                if e is None:
+                    return lin
+                out = out if lin is None else lin
+                return (out + _norm_perturbation(module, args[0].detach(), e)).contiguous()
             if e is None:
                 return None
-            kind = self.graph.site_kinds[name]
             if kind == "norm":
-                x = args[0].detach() if self.first_order else args[0]
-                return (out + _norm_perturbation(module, x, e)).contiguous()
+                return (out + _norm_perturbation(module, args[0], e)).contiguous()
             return (out + _to_output(module, kind, e, out)).contiguous()
 
         return hook

@@ -220,7 +220,7 @@ class ModuleTrajectory(Trajectory):
                 if kind == "parameter":
                     delta[name] = torch.reshape(e, self.params[name].shape)
                 else:
-                    _add_calls(per_call, kind, calls, torch.split(e, sizes, dim=0))
+                    _add_calls(per_call, kind, calls, _split(e, sizes))
             if cut:
                 return self._cut(values, per_call, delta, z, first_order=first_order)
             return self._forward(values, per_call, delta, first_order=first_order)
@@ -323,7 +323,7 @@ class ModuleTrajectory(Trajectory):
 
         def g(eps: Any) -> Any:
             per_call: dict[int, Any] = {}
-            _add_calls(per_call, kind, calls, torch.split(eps, sizes, dim=0))
+            _add_calls(per_call, kind, calls, _split(eps, sizes))
             return self._cut(values, per_call, {})
 
         zero = torch.zeros((sum(sizes), width), dtype=self.dtype, device=self.device)
@@ -339,6 +339,11 @@ _PARTS = {**_NORM_PARTS, **ATTENTION_PARTS}
 def _module_of(name: str, kind: str) -> str:
     """The submodule of a site: itself, or a norm part's module (its parameter's prefix)."""
     return name.rpartition(".")[0] if kind in _PARTS else name
+
+
+def _split(e: Any, sizes: list[int]) -> tuple:
+    """A site's perturbation split by rows over its calls (itself for one call: no copy in Jᵀ)."""
+    return (e,) if len(sizes) == 1 else torch.split(e, sizes, dim=0)
 
 
 def _add_calls(per_call: dict[int, Any], kind: str, calls: Any, parts: Any) -> None:

@@ -22,7 +22,7 @@ def _pytest_on(session: nox.Session, backend: str, profile: str, *args: str) -> 
     if backend == "torch":
         session.install(TORCH_PIN)
     elif backend == "jax":
-        session.install("jax")
+        session.install("-e", ".[test,jax]")
     selected = backend if backend == "array_api_strict" else f"{backend},array_api_strict"
     env = {"KPFLOW_TEST_BACKENDS": selected, "KPFLOW_HYPOTHESIS_PROFILE": profile}
     session.run("python", "-m", "pytest", *args, *session.posargs, env=env)
@@ -78,7 +78,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def types(session: nox.Session) -> None:
     """mypy on the core and the adapters."""
-    session.install("-e", ".", "mypy", TORCH_PIN, "jax")
+    session.install("-e", ".[jax]", "mypy", TORCH_PIN)
     session.run("mypy", "kpflow", "backends")
 
 

@@ -102,3 +102,34 @@ def test_estimators_give_the_same_numbers_on_the_host_and_compiled_routes(
     compiled = run()
     np.testing.assert_allclose(host[:3], lam[:3], rtol=1e-8)
     np.testing.assert_allclose(host, compiled, rtol=1e-9)
+
+
+def test_host_kernels_run_numpys_blas_on_one_thread_and_restore_it(monkeypatch):
+    # Small dense algebra beside jax's own threads: a BLAS pool there waits on busy cores.
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import jax.numpy as jnp
+    from kpflow.backends._jax_host import host_or_compiled
+    from kpflow.backends.jax import adapter
+
+    def blas_threads() -> list[int]:  # numpy's own BLAS
+        return [
+            lib["num_threads"]
+            for lib in threadpoolctl.threadpool_info()
+            if lib["user_api"] == "blas" and "numpy" in lib["filepath"]
+        ]
+
+    seen: list[list[int]] = []
+
+    def fn(xp: Any, a: Any) -> Any:
+        seen.append(blas_threads())
+        return xp.linalg.eigh(a)[0]
+
+    run = host_or_compiled(adapter, None, fn, ())
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # the suite runs on one
+        before = blas_threads()
+        if not before or before[0] < 2:
+            pytest.skip(f"numpy's BLAS is not a library threadpoolctl can set to 2 threads here: {before}")
+        w = run(jnp.eye(3, dtype=jnp.float32) * 2.0)
+        assert blas_threads() == before
+    assert isinstance(w, jnp.ndarray) and w.dtype == jnp.float32
+    assert seen == [[1] * len(before)]

@@ -128,6 +128,10 @@ class ModuleGraph(Model):
         return tap
 
     def _flat(self, states: list[Any], offsets: list[int] | None = None) -> Any:
+        return torch.cat(self._parts(states, offsets), dim=1)
+
+    def _parts(self, states: list[Any], offsets: list[int] | None = None) -> list[Any]:
+        """Each state as (B, n_j): the column blocks of the flattened states."""
         if offsets is not None and len(states) != len(offsets) - 1:
             msg = (
                 f"{self.where}: this forward called {len(states)} state modules, the recorded run "
@@ -135,7 +139,7 @@ class ModuleGraph(Model):
             )
             raise ValueError(msg)
         B = int(states[0].shape[0])
-        return torch.cat([torch.reshape(s, (B, -1)) for s in states], dim=1)
+        return [torch.reshape(s, (B, -1)) for s in states]
 
     def unroll(self, params: dict[str, Any], x: Any, h0: Any = None) -> Any:
         """z(θ): the module's forward on the inputs ``x`` (a tuple), its states flattened."""

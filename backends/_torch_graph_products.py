@@ -47,7 +47,8 @@ class Linearisation:
     Parameters
     ----------
     f : callable
-        ``(eps_1, …, eps_n) -> (B, S)``, the forward with each site's perturbation added.
+        ``(eps_1, …, eps_n) -> (B, S)``, the forward with each site's perturbation added, or
+        a list of (B, S_j) column blocks whose concatenation is that output.
     zeros : tuple of tensors
         eps_w = 0 for each site, of shape (rows_w, width_w).
     variables : tuple of tensors
@@ -67,46 +68,67 @@ class Linearisation:
     def __init__(self, f: Callable, zeros: tuple, variables: tuple) -> None:
         with torch.enable_grad():
             self.eps = tuple(torch.zeros_like(z).requires_grad_(True) for z in zeros)
-            self.out = f(*self.eps)
-            self.live = self.out.requires_grad
-            self.w = torch.zeros_like(self.out).requires_grad_(True)
+            out = f(*self.eps)
+            self.outs = list(out) if isinstance(out, list | tuple) else [out]
+            self.widths = [int(o.shape[-1]) for o in self.outs]
+            live = [o for o in self.outs if o.requires_grad]
+            self.w = [torch.zeros_like(o).requires_grad_(True) for o in live]
             grads = (
-                torch.autograd.grad(self.out, self.eps, self.w, create_graph=True, allow_unused=True)
-                if self.live
+                torch.autograd.grad(live, self.eps, self.w, create_graph=True, allow_unused=True)
+                if live
                 else (None,) * len(self.eps)
             )
+        self.live = [i for i, o in enumerate(self.outs) if o.requires_grad]
         # sites the output depends on, and among them those whose Jᵀ w depends on w
         self.used = [i for i, g in enumerate(grads) if g is not None]
         self.linear = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
         self.middles = [_middle(A) for A in variables]
 
+    def _cotangents(self, v: Any) -> list[Any]:
+        """``v`` (B, S) as the live output blocks' cotangents."""
+        blocks = torch.split(v, self.widths, dim=-1) if len(self.widths) > 1 else (v,)
+        return [blocks[j] for j in self.live]
+
     def pull(self, v: Any) -> list[Any]:
         """Jᵀ v: the cotangent at each site's output, (rows_w, width_w) per site."""
+        return [torch.zeros_like(e) if g is None else g for e, g in zip(self.eps, self._pull(v), strict=True)]
+
+    def _pull(self, v: Any) -> list[Any]:
+        """Jᵀ v at the used sites, None at the others."""
         out: list[Any] = [None] * len(self.eps)
         if self.used:
-            got = torch.autograd.grad(self.out, [self.eps[i] for i in self.used], v, retain_graph=True)
+            live = [self.outs[j] for j in self.live]
+            got = torch.autograd.grad(
+                live, [self.eps[i] for i in self.used], self._cotangents(v), retain_graph=True
+            )
             for i, g in zip(self.used, got, strict=True):
                 out[i] = g
-        return [torch.zeros_like(e) if g is None else g for e, g in zip(self.eps, out, strict=True)]
+        return out
 
     def push(self, U: list[Any]) -> Any:
         """J U = Σ_w J_w U_w: the tangents carried from the site outputs to the states."""
+        zero = self.outs[0].new_zeros((*self.outs[0].shape[:-1], sum(self.widths)))
         if not self.linear:
-            return torch.zeros_like(self.out).detach()
-        (got,) = torch.autograd.grad(
+            return zero
+        got = torch.autograd.grad(
             [g for _, g in self.linear],
             self.w,
             [U[i] for i, _ in self.linear],
             retain_graph=True,
             allow_unused=True,
         )
-        return torch.zeros_like(self.out).detach() if got is None else got
+        blocks = list(torch.split(zero, self.widths, dim=-1))
+        for j, g in zip(self.live, got, strict=True):
+            if g is not None:
+                blocks[j] = g
+        return torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
 
     def matmat(self, X: Any) -> Any:
         """Σ_w J_w A_w (A_wᵀ (J_wᵀ x)) for each x of ``X`` (k, B, S)."""
         out = []
         for x in X:
-            U = [middle(u) for middle, u in zip(self.middles, self.pull(x), strict=True)]
+            got = self._pull(x)
+            U = [None if u is None else middle(u) for middle, u in zip(self.middles, got, strict=True)]
             out.append(self.push(U))
         return torch.stack(out).to(X.dtype)
 

@@ -72,20 +72,41 @@ class ModuleTrajectory(Trajectory):
         return dict(zip(self.names, values, strict=True))
 
     def _cut(
-        self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any], z: Any = None, **tap: Any
+        self,
+        values: dict[str, Any],
+        eps: dict[int, Any],
+        delta: dict[str, Any],
+        z: Any = None,
+        *,
+        parts: bool = False,
+        **tap: Any,
     ) -> Any:
-        """f(z; θ + δ) with eps added to site calls' outputs, at the trajectory's states (or ``z``)."""
+        """f(z; θ + δ) with eps added to site calls' outputs, at the trajectory's states (or ``z``).
+
+        ``parts``: the list of per-state column blocks (B, n_j) instead of their concatenation.
+        """
         params = {n: (v + delta[n] if n in delta else v) for n, v in values.items()}
         if z is None:
             z = self.states if self._graph() else self.states.detach()
         tap = _Tap(self.model, self.offsets, z=z, eps=eps, **tap)
-        return self.model._flat(self.model.forward(params, self.inputs, tap).states, self.offsets)
+        return self._out(self.model.forward(params, self.inputs, tap).states, parts)
 
-    def _forward(self, values: dict[str, Any], eps: dict[int, Any], delta: dict[str, Any], **tap: Any) -> Any:
+    def _forward(
+        self,
+        values: dict[str, Any],
+        eps: dict[int, Any],
+        delta: dict[str, Any],
+        *,
+        parts: bool = False,
+        **tap: Any,
+    ) -> Any:
         """z(θ + δ) with eps added to site calls' outputs: the forward itself, no state cut."""
         params = {n: (v + delta[n] if n in delta else v) for n, v in values.items()}
         tap = _Tap(self.model, self.offsets, eps=eps, **tap)
-        return self.model._flat(self.model.forward(params, self.inputs, tap).states, self.offsets)
+        return self._out(self.model.forward(params, self.inputs, tap).states, parts)
+
+    def _out(self, states: list[Any], parts: bool) -> Any:
+        return self.model._parts(states, self.offsets) if parts else self.model._flat(states, self.offsets)
 
     def _graph(self) -> bool:
         return torch.is_grad_enabled() and self.states.requires_grad
@@ -173,7 +194,7 @@ class ModuleTrajectory(Trajectory):
         if saved is not None and key is not None and saved[0] == key:
             return saved[1]
         values = {n: p.detach() for n, p in self.params.items()}
-        f, zeros = self._all_sites_fn(values, cut=cut, z=self.states.detach(), first_order=True)
+        f, zeros = self._all_sites_fn(values, cut=cut, z=self.states.detach(), first_order=True, parts=True)
         lin = Linearisation(f, zeros, tuple(site.variables.detach() for site in self.sites))
         self._saved[cut] = (key, lin)
         return lin
@@ -193,12 +214,20 @@ class ModuleTrajectory(Trajectory):
         return torch.func.vmap(lambda *u: push(u)[0])(*U)
 
     def _all_sites_fn(
-        self, values: dict[str, Any], *, cut: bool = True, z: Any = None, first_order: bool = False
+        self,
+        values: dict[str, Any],
+        *,
+        cut: bool = True,
+        z: Any = None,
+        first_order: bool = False,
+        parts: bool = False,
     ) -> tuple[Callable, tuple]:
         """(eps_1, …, eps_n) ↦ f with every site's perturbation at once, and the zero perturbations.
 
         ``first_order``: only derivatives in eps at eps = 0 are taken (the saved linearisation),
-        so a perturbation's coefficient (a norm's x̂) can be held constant.
+        so a norm's x̂ is held constant and a norm or an elementwise activation is a saved
+        linear map.  ``parts``: f returns the per-state column blocks (B, n_j) (no
+        concatenation in the graph: a product's double backward then writes each block once).
         """
         sites = self.sites  # (builds the sites and their groups on first use)
         groups = self._groups
@@ -222,8 +251,8 @@ class ModuleTrajectory(Trajectory):
                 else:
                     _add_calls(per_call, kind, calls, _split(e, sizes))
             if cut:
-                return self._cut(values, per_call, delta, z, first_order=first_order)
-            return self._forward(values, per_call, delta, first_order=first_order)
+                return self._cut(values, per_call, delta, z, parts=parts, first_order=first_order)
+            return self._forward(values, per_call, delta, parts=parts, first_order=first_order)
 
         return f, tuple(zeros)
 

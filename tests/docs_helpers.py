@@ -48,6 +48,7 @@ OPTIONAL_MODULES = frozenset(
         "scipy",
         "sphinx",
         "sphinx_gallery",
+        "threadpoolctl",
         "torch",
         "tqdm",
         "transformers",

@@ -18,6 +18,16 @@ backward every time.  The middle of a site with r rows, p variables and width b 
 A (Aᵀ U) (2·r·p·b multiply-adds) or G U with the Gram G = A Aᵀ formed once (r²·b),
 whichever is cheaper.
 
+Since only first derivatives at eps = 0 are taken, the forward that is linearised holds
+the parts that are not linear in eps at their values on the trajectory
+(:mod:`kpflow.backends._torch_graph_tap`): an elementwise activation is y(x₀) +
+σ'(x₀)(x − x₀) (a product multiplies by the saved σ'(x₀) in each pass), and a LayerNorm /
+RMSNorm is y(x₀) + J_norm (x − x₀), a
+:class:`~kpflow.backends._torch_graph_linear.SavedLinear` node whose backward is torch's
+fused layer-norm backward and whose double backward is one application of J_norm (the
+norm's own node would be differentiated through its backward formula).  The forward's
+states are kept as separate blocks, so the double backward writes each state's block once.
+
 The linearisation is rebuilt when a parameter, an input or the states change in place
 (torch's version counters), and is never used where the product itself is differentiated
 (autograd on and the states or the probes require grad): that route stays on ``torch.func``.
@@ -83,6 +93,7 @@ class Linearisation:
         self.used = [i for i, g in enumerate(grads) if g is not None]
         self.linear = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
         self.middles = [_middle(A) for A in variables]
+        self._scratch: list[Any] | None = None
 
     def _cotangents(self, v: Any) -> list[Any]:
         """``v`` (B, S) as the live output blocks' cotangents."""
@@ -124,22 +135,33 @@ class Linearisation:
         return torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
 
     def matmat(self, X: Any) -> Any:
-        """Σ_w J_w A_w (A_wᵀ (J_wᵀ x)) for each x of ``X`` (k, B, S)."""
-        out = []
-        for x in X:
+        """Σ_w J_w A_w (A_wᵀ (J_wᵀ x)) for each x of ``X`` (k, B, S).
+
+        The middles write into scratch blocks kept with the linearisation (one per used
+        site, reused by every product), and each probe's result is copied out before the
+        next probe overwrites them.
+        """
+        if self._scratch is None:
+            self._scratch = [torch.empty_like(e) if i in self.used else None for i, e in enumerate(self.eps)]
+        first = self.outs[0]
+        out = first.new_empty((int(X.shape[0]), *first.shape[:-1], sum(self.widths)))
+        for k, x in enumerate(X):
             got = self._pull(x)
-            U = [None if u is None else middle(u) for middle, u in zip(self.middles, got, strict=True)]
-            out.append(self.push(U))
-        return torch.stack(out).to(X.dtype)
+            U = [
+                None if u is None else middle(u, buf)
+                for middle, u, buf in zip(self.middles, got, self._scratch, strict=True)
+            ]
+            out[k] = self.push(U)
+        return out.to(X.dtype)
 
 
-def _middle(A: Any) -> Callable[[Any], Any]:
-    """U ↦ A (Aᵀ U), through the Gram A Aᵀ when that is cheaper (r < 2p)."""
+def _middle(A: Any) -> Callable[[Any, Any], Any]:
+    """(U, out) ↦ A (Aᵀ U) written to ``out``, through the Gram A Aᵀ when that is cheaper (r < 2p)."""
     r, p = int(A.shape[0]), int(A.shape[1])
     if r == 1 and p == 1:
         a = A[0, 0]
-        return lambda U: U * (a * a)
+        return lambda U, out: torch.mul(U, a * a, out=out)
     if r < 2 * p:
         G = A @ A.T
-        return lambda U: G @ U
-    return lambda U: A @ (A.T @ U)
+        return lambda U, out: torch.mm(G, U, out=out)
+    return lambda U, out: torch.mm(A, A.T @ U, out=out)

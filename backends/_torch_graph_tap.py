@@ -103,7 +103,9 @@ class _Tap:
     (for a norm, a dict: ``"scale"`` multiplies x̂ (γ's perturbation), ``"shift"`` is added (β's);
     an attention call's: ``"in_proj"``, ``"out_proj"``).  ``first_order``: only first
     derivatives in eps at eps = 0 are taken, so x̂ is held constant (its own derivative
-    would be multiplied by eps = 0).
+    would be multiplied by eps = 0), a site norm's output is replaced by its tangent map
+    (:func:`~kpflow.backends._torch_graph_linear.linearised_norm`) and an elementwise
+    activation's by its tangent line.
     """
 
     def __init__(

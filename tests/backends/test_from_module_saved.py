@@ -69,3 +69,25 @@ def test_norms_as_saved_linear_maps_match_the_uncached_route_and_jacrev(norm):
     names = {type(g).__name__ for o in traj._linearisation(False).outs for g in _graph_nodes(o.grad_fn)}
     assert "SavedLinearBackward" in names
     assert not names & {"NativeLayerNormBackward0", "RsqrtBackward0", "MeanBackward1"}
+
+
+def test_products_reuse_their_scratch_without_mixing_probes():
+    # a frozen input layer, then one Linear whose output is the only state: J_w passes the
+    # middle's block straight to the output
+    torch.manual_seed(5)
+    nn = torch.nn
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    net[0].requires_grad_(False)
+    model, params = from_module(net, states=["2"], detach=True)
+    traj = model.run(params, torch.randn(5, 3, dtype=DT))
+    V = torch.randn(3, *traj.state_shape, dtype=DT)
+    keep = V.clone()
+    with torch.no_grad():
+        lin = traj._linearisation(False)
+        block = lin.matmat(V)
+        one_by_one = torch.cat([lin.matmat(V[i : i + 1]) for i in range(3)])
+        f, zeros = traj._all_sites_fn(traj._values(), cut=False)
+        ref = traj._gram_matmat(f, zeros, V)
+    assert torch.equal(V, keep)  # the probes are not written to
+    assert torch.allclose(block, ref, rtol=1e-12, atol=1e-13)
+    assert torch.equal(block, one_by_one)  # no probe's result holds another's scratch

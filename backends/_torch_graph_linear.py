@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SavedLinear", "linearised_norm"]
+__all__ = ["SavedLinear", "linearised_norm", "tangent_line"]
 
 
 class SavedLinear(torch.autograd.Function):
@@ -49,6 +49,36 @@ class SavedLinear(torch.autograd.Function):
         return SavedLinear.apply(g, adjoint, apply), None, None
 
 
+class _TangentLine(torch.autograd.Function):
+    """x ↦ y₀ + J (x − x₀), evaluated at x = x₀ only: its value y₀, its backward Jᵀ."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, y0: Any, apply: Callable, adjoint: Callable) -> Any:
+        ctx.maps = (apply, adjoint)
+        return y0.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: Any) -> tuple[Any, None, None, None]:
+        apply, adjoint = ctx.maps
+        return SavedLinear.apply(g, adjoint, apply), None, None, None
+
+
+def tangent_line(x: Any, y0: Any, apply: Callable, adjoint: Callable) -> Any:
+    """y₀ + J (x − x₀) at x = x₀ (one node: its backward Jᵀ, its double backward J).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kpflow.backends._torch_graph_linear import tangent_line
+    >>> x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    >>> d = 2 * x.detach()  # (x²)' at x₀
+    >>> y = tangent_line(x, x.detach() ** 2, lambda u: d * u, lambda g: d * g)
+    >>> y.detach(), torch.autograd.grad(y.sum(), x)[0]
+    (tensor([1., 4.], dtype=torch.float64), tensor([2., 4.], dtype=torch.float64))
+    """
+    return _TangentLine.apply(x, y0, apply, adjoint)
+
+
 def linearised_norm(norm: Any, x: Any, out: Any) -> Any:
     """A LayerNorm / RMSNorm call's output linearised at its input: y(x₀) + J (x − x₀).
 
@@ -65,7 +95,7 @@ def linearised_norm(norm: Any, x: Any, out: Any) -> Any:
         apply, adjoint = _layer_norm_maps(norm, x0, gamma)
     else:
         apply, adjoint = _rms_norm_maps(norm, x0, gamma)
-    return out.detach() + SavedLinear.apply(x - x0, apply, adjoint)
+    return tangent_line(x, out.detach(), apply, adjoint)
 
 
 def _layer_norm_maps(norm: Any, x0: Any, gamma: Any) -> tuple[Callable, Callable]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from kpflow.backends._torch_graph_attention import attention_forward, is_mapped_attention
-from kpflow.backends._torch_graph_linear import linearised_norm
+from kpflow.backends._torch_graph_linear import linearised_norm, tangent_line
 from kpflow.backends._torch_graph_select import _first, _with_first
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _linearised_elementwise(module: Any, args: Any, out: Any) -> Any:
     with torch.enable_grad():
         x0 = x.detach().requires_grad_(True)
         (d,) = torch.autograd.grad(module.forward(x0), x0, torch.ones_like(out))
-    return out.detach() + d * (x - x.detach())
+    return tangent_line(x, out.detach(), lambda u: d * u, lambda g: d * g)
 
 
 def _is_transposed_linear(module: Any) -> bool:

@@ -28,3 +28,5 @@ def test_quick_run_prints_agreeing_eigenvalues_and_a_ratio() -> None:
     rel = float(re.search(r"^EIGENVALUES max relative difference: (\S+)$", out, re.M).group(1))
     assert rel <= 1e-5
     assert re.search(r"^RATIO baseline / kpflow time: \d+\.\d+x$", out, re.M)
+    per = re.search(r"^per product \(CPU, after the runs\): kpflow (\S+) s, jvp/vjp (\S+) s", out, re.M)
+    assert per and float(per.group(1)) > 0 and float(per.group(2)) > 0

@@ -206,20 +206,9 @@ class LSTMTrajectory(RecurrentTrajectory):
 
     def __init__(self, model: LSTM, params: dict[str, Any], x: Any, h0: Any, states: Any) -> None:
         super().__init__(model, params, x, h0, states)
-        xp = self.xp
-        H = model.n_hidden
-        prev = self.prev_states
-        i, f, g, o = model.gates(params, prev[..., :H], x)
-        tau = xp.tanh(states[..., H:])
-        hc = o * (1.0 - tau * tau)
-        dc = [g * i * (1.0 - i), prev[..., H:] * f * (1.0 - f), i * (1.0 - g * g)]
-        Dh = xp.stack([hc * d for d in dc] + [tau * o * (1.0 - o)], axis=-2)  # (B, T, 4, H)
-        Dc = xp.stack([*dc, xp.zeros_like(o)], axis=-2)
-        self.D = xp.stack([Dh, Dc], axis=-3)  # (B, T, 2, 4, H)
-        self.E = xp.stack([hc * f, f], axis=-2)  # (B, T, 2, H)
-        self.f = self.E[..., 1, :]
-        self.hc = hc
-        self._W_hh_T = xp.matrix_transpose(params["weight_hh"])  # a view, made once
+        # one program on jax (torch, parameters requiring grad: recomputed when differentiated)
+        self.D, self.E, self.hc = self.recomputed(_lstm_caches, params, self.prev_states, x, states)
+        self.f, self._W_hh_T = self.derived(_lstm_views, self.E, params["weight_hh"])  # views, once
 
     @property
     def Dh(self) -> Any:
@@ -244,23 +233,47 @@ class LSTMTrajectory(RecurrentTrajectory):
         )
 
     def _make_sites(self) -> list[Site]:
-        xp, H = self.xp, self.model.n_hidden
         (decl,) = self.model.site_table()
-        x = flat_sites(self.x)
-        A = site_variables_of((decl,), {X_T: x, H_PREV: flat_sites(self.prev_states[..., :H])}, like=x)
-        m = x.shape[0]
-        # D (B, T, 2, 4, H) is (m, a, g, n) row-major: unit_D (m, n, a, g) is a permuted view
-        # of it, so neither unit_D nor the site's gate-major D_operand() copies anything
-        unit_D = xp.permute_dims(xp.reshape(self.D, (m, 2, 4, H)), (0, 3, 1, 2))
+        A, unit_D = self.derived(_lstm_site_arrays, self.x, self.prev_states, self.D)
         site = Site(
             decl.name,
-            A[decl.name],
+            A,
             state_shape=self.state_shape,
             unit_D=unit_D,
             rows=decl.rows(),
             batch_major=True,
         )
         return [site]
+
+
+def _lstm_caches(model: LSTM, params: dict[str, Any], prev: Any, x: Any, states: Any) -> tuple[Any, Any, Any]:
+    """``D`` (B, T, 2, 4, H), ``E`` (B, T, 2, H), ``hc`` (B, T, H) at every step (:class:`LSTMTrajectory`)."""
+    xp = array_namespace(prev, x, states)
+    H = model.n_hidden
+    i, f, g, o = model.gates(params, prev[..., :H], x)
+    tau = xp.tanh(states[..., H:])
+    hc = o * (1.0 - tau * tau)
+    dc = [g * i * (1.0 - i), prev[..., H:] * f * (1.0 - f), i * (1.0 - g * g)]
+    Dh = xp.stack([hc * d for d in dc] + [tau * o * (1.0 - o)], axis=-2)  # (B, T, 4, H)
+    Dc = xp.stack([*dc, xp.zeros_like(o)], axis=-2)
+    return xp.stack([Dh, Dc], axis=-3), xp.stack([hc * f, f], axis=-2), hc
+
+
+def _lstm_views(model: LSTM, xp: Any, E: Any, weight_hh: Any) -> tuple[Any, Any]:
+    """``f`` (the row c of ``E``) and W_hhᵀ."""
+    return E[..., 1, :], xp.matrix_transpose(weight_hh)
+
+
+def _lstm_site_arrays(model: LSTM, xp: Any, x: Any, prev: Any, D: Any) -> tuple[Any, Any]:
+    """The site's variables A (m, n_in + H (+ 1)) and unit D (m, H, 2, 4) from x, z_{t−1} and D."""
+    H = model.n_hidden
+    (decl,) = model.site_table()
+    xs = flat_sites(x)
+    A = site_variables_of((decl,), {X_T: xs, H_PREV: flat_sites(prev[..., :H])}, like=xs)
+    m = xs.shape[0]
+    # D (B, T, 2, 4, H) is (m, a, g, n) row-major: unit_D (m, n, a, g) is a permuted view
+    # of it, so neither unit_D nor the site's gate-major D_operand() copies anything
+    return A[decl.name], xp.permute_dims(xp.reshape(D, (m, 2, 4, H)), (0, 3, 1, 2))
 
 
 def _lstm_jvp(xp: Any, H: int, operands: tuple, V: Any, t: Any) -> Any:

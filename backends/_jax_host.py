@@ -5,7 +5,6 @@ See :meth:`kpflow.backends.jax.JaxBackend.dense_kernel`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +14,9 @@ import jax
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-__all__ = ["HOST_KERNEL_ENTRIES", "host_or_compiled", "one_blas_thread"]
+from kpflow._threads import one_blas_thread
+
+__all__ = ["HOST_KERNEL_ENTRIES", "host_or_compiled"]
 
 #: The default of :attr:`kpflow.backends.jax.JaxBackend.host_kernel_entries`: the most entries
 #: (all array arguments together) of a kernel that numpy runs on the host; larger ones are
@@ -27,7 +28,8 @@ HOST_KERNEL_ENTRIES = 2**22
 def host_or_compiled(adapter: Any, compiled: Callable, fn: Callable, static: tuple) -> Callable:
     """``fn(numpy, *static, ...)`` on the host where :func:`_host_device` allows, else ``compiled``.
 
-    The host run holds numpy's BLAS to one thread (:func:`one_blas_thread`).
+    The host run holds numpy's BLAS to one thread (:func:`kpflow._threads.one_blas_thread`):
+    beside jax's own threads a BLAS pool makes each small LAPACK call wait.
     """
     host = functools.partial(fn, array_api_compat.numpy, *static)
 
@@ -41,40 +43,6 @@ def host_or_compiled(adapter: Any, compiled: Callable, fn: Callable, static: tup
 
     run.compiled = compiled  # type: ignore[attr-defined]  # the program off the host route
     return run
-
-
-@functools.cache
-def _blas_controller() -> Any:
-    """threadpoolctl's controller of the BLAS libraries loaded at the first call (numpy's among
-    them: numpy loads its BLAS when imported); None without threadpoolctl."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController().select(user_api="blas")
-
-
-def one_blas_thread() -> Any:
-    """A context in which numpy's BLAS and LAPACK run on one thread (the previous count after it).
-
-    The host kernels are small (at most :data:`HOST_KERNEL_ENTRIES` entries; eigenproblems of a
-    few hundred rows): there a BLAS thread pool's synchronisation costs more than it gains, and
-    on a machine whose cores are busy (jax's own threads, other processes) each LAPACK call
-    waits for descheduled threads, up to a hundred times slower (an eigendecomposition of
-    300 × 300 in 1.5 s instead of 10 ms).  It takes threadpoolctl (installed with the ``jax``
-    extra); without it the context does nothing.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from kpflow.backends._jax_host import one_blas_thread
-    >>> with one_blas_thread():
-    ...     w = np.linalg.eigvalsh(np.eye(3))
-    >>> w.tolist()
-    [1.0, 1.0, 1.0]
-    """
-    controller = _blas_controller()
-    return contextlib.nullcontext() if controller is None else controller.limit(limits=1)
 
 
 def _host_device(args: tuple, limit: int) -> Any:

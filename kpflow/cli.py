@@ -21,6 +21,7 @@ import json
 import sys
 from typing import Any
 
+from kpflow._threads import cpu_threads
 from kpflow.models import registry
 
 __all__ = ["build_parser", "main", "run_demo_command", "run_spectrum"]
@@ -60,6 +61,19 @@ def _int_at_least(minimum: int, what: str) -> Any:
 
 _positive_int = _int_at_least(1, "a positive integer")
 _unit_interval = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+
+
+def _add_threads(parser: Any) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_int_at_least(0, "a non-negative integer"),
+        default=1,
+        help=(
+            "CPU threads of numpy's BLAS and of torch while the command runs (default: 1: at "
+            "the default sizes more threads wait on one another, and far longer when other "
+            "programs keep the cores busy; 0 keeps the libraries' own settings)"
+        ),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
             "folder, e.g. ~/.cache/kpflow/jax; 'off' turns it off)"
         ),
     )
+    _add_threads(spec)
     _add_demo_parser(sub)
     return parser
 
@@ -209,6 +224,7 @@ def _add_demo_parser(sub: Any) -> None:
         "--json", action="store_true", help="print the whole report as JSON instead of the summary"
     )
     demo.add_argument("--progress", action="store_true", help="show progress on stderr")
+    _add_threads(demo)
 
 
 def run_demo_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,7 +259,8 @@ def run_demo_command(args: argparse.Namespace) -> dict[str, Any]:
     )
     config = DemoConfig(**{f: getattr(args, f) for f in fields})
     like = _like(args.backend, _default_dtype(args.backend))
-    report = run_demo(config, like=like, progress=args.progress or None)
+    with cpu_threads(getattr(args, "threads", 1)):
+        report = run_demo(config, like=like, progress=args.progress or None)
     report["files"] = [str(p) for p in write_report(report, args.out)]
     return report
 
@@ -338,10 +355,11 @@ def run_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     entry = registry.entry(args.model)
     shape = entry.input_shape(args.batch, args.time, args.inputs, args.hidden)
     x = get_backend(like).from_host(rng.standard_normal(shape), dtype=like.dtype, device=None)
-    traj = model.run(params, x)
-    report = spectrum_report(
-        traj, k=args.k, num_matvecs=args.matvecs, rng=rng, progress=args.progress or None
-    )
+    with cpu_threads(getattr(args, "threads", 1)):  # after _like: the backend's pools are loaded
+        traj = model.run(params, x)
+        report = spectrum_report(
+            traj, k=args.k, num_matvecs=args.matvecs, rng=rng, progress=args.progress or None
+        )
     config = {
         key: getattr(args, key)
         for key in ("model", "backend", "dtype", "batch", "time", "hidden", "inputs", "k", "matvecs", "seed")

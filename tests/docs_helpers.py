@@ -48,7 +48,6 @@ OPTIONAL_MODULES = frozenset(
         "scipy",
         "sphinx",
         "sphinx_gallery",
-        "threadpoolctl",
         "torch",
         "tqdm",
         "transformers",

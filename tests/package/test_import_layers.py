@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: (layer name, module prefixes).  A module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("array", ("kpflow._array",)),
+    ("array", ("kpflow._array", "kpflow._threads")),
     (
         "adapters",
         (

@@ -95,6 +95,11 @@ def cholesky_qr2(A: LinearOperator, W: Any) -> Any:
     bound on ``cond(W) <= ε^{-1/2}``, where it is stable), and Householder QR of ``Wᵀ``
     otherwise (ill-conditioned or rank-deficient blocks).
     """
+    return _orthonormalised(A, W)[0]
+
+
+def _orthonormalised(A: LinearOperator, W: Any) -> tuple[Any, float]:
+    """:func:`cholesky_qr2` and the first Cholesky factor's ``min diag / max diag`` (0 for Householder)."""
     floor = math.sqrt(dtype_eps(A))
     try:
         Q, quality = kernel(A, _cholesky_pass)(W)
@@ -102,10 +107,10 @@ def cholesky_qr2(A: LinearOperator, W: Any) -> Any:
         if math.isfinite(ok) and ok >= floor:
             Q, quality = kernel(A, _cholesky_pass)(Q)
             if math.isfinite(float(quality)):
-                return Q
+                return Q, ok
     except Exception:
         pass
-    return kernel(A, orthonormal_rows)(W)
+    return kernel(A, orthonormal_rows)(W), 0.0
 
 
 # -- the dense algebra between products (pure functions: compiled per shape on jax) -----------
@@ -142,20 +147,32 @@ def _any(xp: Any, x: Any) -> Any:
     return xp.any(x)
 
 
+#: The least ``min diag / max diag`` of a block's Cholesky factor for which its orthonormal rows
+#: keep ``W``'s orthogonality to the basis without another projection (see :func:`_next_block`).
+WELL_CONDITIONED = 0.125
+
+
 def _next_block(A: LinearOperator, V: Any, W: Any, lost: Any, gen: Any) -> Any:
     """Orthonormal rows spanning ``W ⟂ V``; rows lost to cancellation are refilled at random.
 
-    A row that kept under ``√ε`` of its norm through the projection carries mostly rounding
-    error; any direction ⟂ V is valid for the Krylov–Schur basis, so a random one replaces
-    it.  After normalisation the block is projected once more and re-orthonormalised, so
-    that rows scaled up from tiny norms cannot bring back components along ``V``.
+    ``W`` comes out of two Gram–Schmidt passes against ``V`` (:func:`_expand`), which leave
+    its rows orthogonal to ``V`` to working precision relative to their own norms (twice is
+    enough: Giraud, Langou, Rozložník 2005) unless a row kept under ``√ε`` of its norm: such a
+    row carries mostly rounding error, and since any direction ⟂ V is valid for the
+    Krylov–Schur basis a random one, projected twice, replaces it.  Orthonormalising the
+    block multiplies its components along ``V`` by at most ``cond(W)``: for a well-conditioned
+    block (a single row always) that keeps them at rounding level, otherwise (or after a
+    refill) the block is projected once more and re-orthonormalised.
     """
     xp = A.xp
-    if bool(kernel(A, _any)(lost)):
+    refilled = bool(kernel(A, _any)(lost))
+    if refilled:
         fresh = kernel(A, _project_out)(V, probes(gen, W.shape[0], A.size_in, like_array(A)))
         W = xp.where(lost[:, None], fresh, W)
-    Q = cholesky_qr2(A, W)
-    return cholesky_qr2(A, kernel(A, _project_out)(V, Q))
+    Q, quality = _orthonormalised(A, W)
+    if refilled or quality < WELL_CONDITIONED:
+        return cholesky_qr2(A, kernel(A, _project_out)(V, Q))
+    return Q
 
 
 #: A multiplicity check expands the grown block ``_CHECK_STEPS + 1`` times and tests the Ritz

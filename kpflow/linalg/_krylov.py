@@ -95,11 +95,6 @@ def cholesky_qr2(A: LinearOperator, W: Any) -> Any:
     bound on ``cond(W) <= ε^{-1/2}``, where it is stable), and Householder QR of ``Wᵀ``
     otherwise (ill-conditioned or rank-deficient blocks).
     """
-    return _orthonormalised(A, W)[0]
-
-
-def _orthonormalised(A: LinearOperator, W: Any) -> tuple[Any, float]:
-    """:func:`cholesky_qr2` and the first Cholesky factor's ``min diag / max diag`` (0 for Householder)."""
     floor = math.sqrt(dtype_eps(A))
     try:
         Q, quality = kernel(A, _cholesky_pass)(W)
@@ -107,21 +102,28 @@ def _orthonormalised(A: LinearOperator, W: Any) -> tuple[Any, float]:
         if math.isfinite(ok) and ok >= floor:
             Q, quality = kernel(A, _cholesky_pass)(Q)
             if math.isfinite(float(quality)):
-                return Q, ok
+                return Q
     except Exception:
         pass
-    return kernel(A, orthonormal_rows)(W), 0.0
+    return kernel(A, orthonormal_rows)(W)
 
 
 # -- the dense algebra between products (pure functions: compiled per shape on jax) -----------
 def _expand(xp: Any, V: Any, AQ: Any) -> tuple[Any, Any, Any]:
-    """``H = V (A Q)ᵀ`` (m, s), ``W = A Q ⟂ V`` (twice) and the rows of W that lost all but √ε."""
+    """``H = V (A Q)ᵀ`` (m, s), ``W = A Q ⟂ V`` (one pass) and the rows of W that lost all but √ε.
+
+    The second Gram–Schmidt pass comes after ``W`` is normalised (:func:`_next_block`).
+    """
     H = inner_rows(xp, V, AQ)
     W = AQ - xp.matrix_transpose(H) @ V
-    W = W - inner_rows(xp, W, V) @ V
     before = xp.linalg.vector_norm(AQ, axis=1)
     after = xp.linalg.vector_norm(W, axis=1)
     return H, W, after <= math.sqrt(float(xp.finfo(W.dtype).eps)) * before
+
+
+def _project_once(xp: Any, V: Any, W: Any) -> Any:
+    """``W`` with the row space of orthonormal ``V`` removed (one pass)."""
+    return W - inner_rows(xp, W, V) @ V
 
 
 def _project_out(xp: Any, V: Any, W: Any) -> Any:
@@ -147,32 +149,23 @@ def _any(xp: Any, x: Any) -> Any:
     return xp.any(x)
 
 
-#: The least ``min diag / max diag`` of a block's Cholesky factor for which its orthonormal rows
-#: keep ``W``'s orthogonality to the basis without another projection (see :func:`_next_block`).
-WELL_CONDITIONED = 0.125
-
-
 def _next_block(A: LinearOperator, V: Any, W: Any, lost: Any, gen: Any) -> Any:
     """Orthonormal rows spanning ``W ⟂ V``; rows lost to cancellation are refilled at random.
 
-    ``W`` comes out of two Gram–Schmidt passes against ``V`` (:func:`_expand`), which leave
-    its rows orthogonal to ``V`` to working precision relative to their own norms (twice is
-    enough: Giraud, Langou, Rozložník 2005) unless a row kept under ``√ε`` of its norm: such a
-    row carries mostly rounding error, and since any direction ⟂ V is valid for the
-    Krylov–Schur basis a random one, projected twice, replaces it.  Orthonormalising the
-    block multiplies its components along ``V`` by at most ``cond(W)``: for a well-conditioned
-    block (a single row always) that keeps them at rounding level, otherwise (or after a
-    refill) the block is projected once more and re-orthonormalised.
+    ``W`` comes out of one Gram–Schmidt pass against ``V`` (:func:`_expand`).  A row that kept
+    under ``√ε`` of its norm through it carries mostly rounding error; any direction ⟂ V is
+    valid for the Krylov–Schur basis, so a random one, projected twice, replaces it.  The
+    block is then orthonormalised, projected a second time (classical Gram–Schmidt twice,
+    the second pass on the normalised rows, so that rows scaled up from small norms cannot
+    bring back components along ``V``) and orthonormalised again: two passes over the basis
+    per step, each one product with it and one combination of its rows.
     """
     xp = A.xp
-    refilled = bool(kernel(A, _any)(lost))
-    if refilled:
+    if bool(kernel(A, _any)(lost)):
         fresh = kernel(A, _project_out)(V, probes(gen, W.shape[0], A.size_in, like_array(A)))
         W = xp.where(lost[:, None], fresh, W)
-    Q, quality = _orthonormalised(A, W)
-    if refilled or quality < WELL_CONDITIONED:
-        return cholesky_qr2(A, kernel(A, _project_out)(V, Q))
-    return Q
+    Q = cholesky_qr2(A, W)
+    return cholesky_qr2(A, kernel(A, _project_once)(V, Q))
 
 
 #: A multiplicity check expands the grown block ``_CHECK_STEPS + 1`` times and tests the Ritz

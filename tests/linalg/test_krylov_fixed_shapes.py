@@ -95,7 +95,7 @@ def test_on_jax_a_long_solve_compiles_each_kernel_a_few_times_not_once_per_step(
         jax.monitoring.unregister_event_duration_listener(on_trace)
     assert r.num_matvecs >= 20  # more steps than the 14 rows of the basis: restarts
     np.testing.assert_allclose(case.to_numpy(r.eigenvalues), lam[:6], rtol=1e-8)
-    for name in ("_expand", "_rayleigh_ritz_padded", "_with_columns", "_placed", "_project_out"):
+    for name in ("_expand", "_rayleigh_ritz_padded", "_with_columns", "_placed", "_project_once"):
         # one block shape for the Krylov steps, one more for the multiplicity check's grown
         # block, and for _placed the rows a restart or a lock writes at once
         assert 1 <= traced.count(name) <= 4, (name, traced.count(name))

@@ -87,15 +87,27 @@ def _cholesky_pass(xp: Any, W: Any) -> tuple[Any, Any]:
     return Linv @ W, xp.min(d) / xp.max(d)
 
 
+def _normalised_row(xp: Any, W: Any) -> tuple[Any, Any]:
+    """``W / ‖W‖`` for one row ``W`` (1, n), and ``‖W‖`` (its square summed by :func:`inner_rows`)."""
+    norm = xp.sqrt(inner_rows(xp, W, W)[0, 0])
+    return W / xp.where(norm > 0, norm, xp.ones_like(norm)), norm
+
+
 def cholesky_qr2(A: LinearOperator, W: Any) -> Any:
     """Orthonormal rows spanning the rows of ``W`` (s, n), ``s <= n``: CholeskyQR2, else Householder.
 
     CholeskyQR2 runs at GEMM speed in the row layout (two ``s × s`` Gram matrices); it is
     used when the first Cholesky factor has ``min diag / max diag >= √ε`` (a conservative
     bound on ``cond(W) <= ε^{-1/2}``, where it is stable), and Householder QR of ``Wᵀ``
-    otherwise (ill-conditioned or rank-deficient blocks).
+    otherwise (ill-conditioned or rank-deficient blocks).  A single row is divided by its
+    norm (what CholeskyQR2 does in two passes over it).
     """
     floor = math.sqrt(dtype_eps(A))
+    if W.shape[0] == 1:  # one row: normalised by its (chunk-summed) norm, one pass over it
+        q, norm = kernel(A, _normalised_row)(W)
+        if math.isfinite(float(norm)) and float(norm) > 0:
+            return q
+        return kernel(A, orthonormal_rows)(W)
     try:
         Q, quality = kernel(A, _cholesky_pass)(W)
         ok = float(quality)

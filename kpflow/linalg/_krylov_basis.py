@@ -90,6 +90,11 @@ def _last_rows(xp: Any, s: int, Y: Any, m: Any) -> Any:
     return xp.take(Y, m - s + xp.arange(s, dtype=m.dtype, device=device_of(Y)), axis=0)
 
 
+def _uninitialised(A: LinearOperator, shape: tuple[int, ...]) -> Any:
+    """Storage of ``shape`` with ``A``'s namespace, dtype and device, its entries unset."""
+    return A.xp.empty(shape, dtype=A.dtype, device=A.device)
+
+
 class _Basis:
     """``V`` (rows) and ``T = V A Vᵀ`` in storage of ``max_basis`` rows, updated in place where possible.
 
@@ -106,11 +111,14 @@ class _Basis:
         xp = A.xp
         self.A = A
         self.xp = xp
-        self.V = zeros_like_op(A, (max_basis, A.size_in))
-        self.AV = zeros_like_op(A, (max_basis, A.size_in)) if store_products else None
+        self.fixed = bool(getattr(adapter_of(A), "compiles_per_shape", False))
+        # rows from m on are read only where the storage keeps a fixed shape (then zero);
+        # elsewhere every row is written before it is read, so nothing is zeroed
+        rows = zeros_like_op if self.fixed else _uninitialised
+        self.V = rows(A, (max_basis, A.size_in))
+        self.AV = rows(A, (max_basis, A.size_in)) if store_products else None
         self.T = zeros_like_op(A, (max_basis, max_basis))
         self.m = 0
-        self.fixed = bool(getattr(adapter_of(A), "compiles_per_shape", False))
 
     def _index(self, i: int) -> Any:
         if self.fixed:  # a host scalar copied over: no program compiled for the conversion

@@ -80,7 +80,8 @@ if status == 0 and os.environ.get("KPFLOW_BENCH_AGAIN"):
     again = counts["compiled"] - counts["loaded"] - (before["compiled"] - before["loaded"])
     loaded = counts["loaded"] - before["loaded"]
     print(f"AGAIN wall={wall} cpu={cpu} total={total} compiled={again} loaded={loaded}", file=sys.stderr)
-raise SystemExit(status)
+from kpflow.cli import _end_process
+_end_process(status)  # as the kpflow console script ends
 """
 
 

@@ -1,5 +1,5 @@
 """``python -m kpflow`` runs the ``kpflow`` command line."""
 
-from kpflow.cli import main
+from kpflow.cli import console
 
-raise SystemExit(main())
+console()

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from kpflow._threads import cpu_threads
 from kpflow.models import registry
 
-__all__ = ["build_parser", "main", "run_demo_command", "run_spectrum"]
+__all__ = ["build_parser", "console", "main", "run_demo_command", "run_spectrum"]
 
 #: ``--model`` choices: every entry of kpflow.models.registry
 MODELS = registry.names()
@@ -455,5 +455,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console(argv: list[str] | None = None) -> NoReturn:
+    """The ``kpflow`` console script and ``python -m kpflow``: :func:`main`, then the process ends.
+
+    Once jax is loaded, Python's own teardown of the interpreter takes about 0.4 s on a
+    two-core machine (its runtime's objects and threads), longer than a warm spectrum; so
+    after ``main`` returns, the output streams are flushed, the ``atexit`` handlers run, and
+    the process ends without that teardown.  Without jax it exits as usual.  Call
+    :func:`main` from Python: this function never returns.
+
+    Examples
+    --------
+    >>> from kpflow.cli import console
+    >>> console(["--version"])  # doctest: +SKIP
+    kpflow ...
+    """
+    _end_process(main(argv))
+
+
+def _end_process(status: int) -> NoReturn:
+    """End the process with ``status``, skipping the interpreter's teardown when jax is loaded."""
+    if "jax" not in sys.modules:
+        raise SystemExit(status)
+    import atexit
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console()

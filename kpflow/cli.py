@@ -22,6 +22,7 @@ import sys
 from typing import Any, NoReturn
 
 from kpflow._threads import cpu_threads
+from kpflow.linalg.rank import MIN_ESTIMATE_BUDGET
 from kpflow.models import registry
 
 __all__ = ["build_parser", "console", "main", "run_demo_command", "run_spectrum"]
@@ -34,7 +35,7 @@ DTYPES = ("float64", "float32")
 
 #: The smallest ``--matvecs``: the effective-rank estimates split their budget into
 #: independent probe pairs and need at least this many products.
-MIN_MATVECS = 16
+MIN_MATVECS = MIN_ESTIMATE_BUDGET
 
 
 def _checked(convert: Any, accept: Any, what: str) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 from kpflow import linalg
 from kpflow._array import to_host
+from kpflow.linalg.rank import MIN_ESTIMATE_BUDGET
 from kpflow.models.base import Trajectory
 from kpflow.ntk import global_ntk, parameter_kernel
 
@@ -38,10 +39,6 @@ def axis_names(traj: Trajectory) -> tuple[str, ...]:
 def _floats(xp: Any, a: Any) -> list[float]:
     # one copy to the host (iterating a jax array would compile a program to split it)
     return [float(v) for v in to_host(a).reshape(-1)]
-
-
-#: The smallest budget of an effective-rank estimate (:func:`kpflow.linalg.effective_rank`).
-_MIN_RANK_BUDGET = 16
 
 
 def _scalar(result: Any) -> dict[str, Any]:
@@ -113,7 +110,7 @@ def spectrum_report(
         tr = linalg.trace(op, num_matvecs=num_matvecs, rng=gen, progress=progress)
         # the effective ranks share tr(A) (every partial trace has it): this estimate and a
         # second, independent one; each ratio spends its own products on tr(M²) alone
-        half = max(num_matvecs // 2, min(num_matvecs, _MIN_RANK_BUDGET))
+        half = max(num_matvecs // 2, min(num_matvecs, MIN_ESTIMATE_BUDGET))
         pair = None
         if tr.method != "exact":
             pair = (tr, linalg.trace(op, num_matvecs=max(1, num_matvecs // 2), rng=gen, progress=progress))

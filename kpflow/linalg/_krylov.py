@@ -139,10 +139,8 @@ def _project_once(xp: Any, V: Any, W: Any) -> Any:
 
 
 def _project_out(xp: Any, V: Any, W: Any) -> Any:
-    """``W`` with the row space of orthonormal ``V`` removed (two passes)."""
-    for _ in range(2):
-        W = W - inner_rows(xp, W, V) @ V
-    return W
+    """``W`` with the row space of orthonormal ``V`` removed (two passes of :func:`_project_once`)."""
+    return _project_once(xp, V, _project_once(xp, V, W))
 
 
 def _combine(xp: Any, Y: Any, V: Any) -> Any:

@@ -55,7 +55,11 @@ from kpflow.linalg.norms import DEFAULT_BUDGET, _fro_sq_estimate, _zero, gram_sm
 from kpflow.linalg.trace import trace
 from kpflow.operators.base import LinearOperator
 
-__all__ = ["effective_rank"]
+__all__ = ["MIN_ESTIMATE_BUDGET", "effective_rank"]
+
+#: The smallest ``num_matvecs`` of an ``"estimate"``: two trace estimates and the probes of
+#: ``tr(M²)`` each need a few products.
+MIN_ESTIMATE_BUDGET = 16
 
 
 def _axis_index(A: LinearOperator, name: str, where: str) -> int:
@@ -229,7 +233,9 @@ def effective_rank(
                 return _partial_ratio_from_factor(A, factor, traced, progress)
             return _effective_rank_dense(A, M, n, progress)
         method = "estimate"
-    budget = check_budget(DEFAULT_BUDGET if num_matvecs is None else num_matvecs, 16, where, method)
+    budget = check_budget(
+        DEFAULT_BUDGET if num_matvecs is None else num_matvecs, MIN_ESTIMATE_BUDGET, where, method
+    )
     return _effective_rank_estimate(A, traced, budget, gen, progress, traces)
 
 
